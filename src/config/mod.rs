@@ -1,0 +1,583 @@
+//! Configuration: a TOML file, `CALLRELAY__…` environment overrides, secrets inline or from
+//! files, validated once at start-up with errors that name the offending key.
+
+mod env;
+mod raw;
+mod secret;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use secret::Secret;
+
+use crate::domain::{AccountSid, ApiKeySid, PushChannel};
+use raw::RawConfig;
+
+/// Everything callrelay needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub websocket: WebSocketConfig,
+    pub log: LogConfig,
+    pub accounts: Vec<AccountConfig>,
+    pub admin: AdminConfig,
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// The base URL Twilio calls (scheme, host, optional port and path prefix, no trailing
+    /// slash). `None`: rebuilt from each request's `Host` header.
+    pub public_url: Option<String>,
+    pub webhook_deadline: Duration,
+    pub dedupe_window: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `None`: the embedded memory store. A secret because it may carry a password.
+    pub redis_url: Option<Secret>,
+    pub key_prefix: String,
+    pub command_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebSocketConfig {
+    pub ping_interval: Duration,
+    pub queue_capacity: usize,
+    pub presence_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    pub sid: AccountSid,
+    /// The primary Auth Token, then the secondary one during a rotation.
+    pub auth_tokens: Vec<Secret>,
+    /// Webhook signing keys by id (`X-Twilio-Webhooks-Signature-Settings: key=<id>`).
+    pub shared_keys: Vec<(String, Secret)>,
+    /// API keys whose secrets verify Access Tokens minted for this account.
+    pub api_keys: Vec<(ApiKeySid, Secret)>,
+    pub webhook_basic_auth: Option<BasicAuth>,
+    pub require_signature: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    pub api_keys: Vec<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: String,
+    pub channel: PushChannel,
+    /// Channel-specific settings, read by the channel that serves the app.
+    pub settings: toml::Table,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the configuration file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn env(var: &str, message: &str) -> Self {
+        Self::Env {
+            var: var.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where configuration values come from: the optional file, then the environment.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut table = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                message: e.message().to_owned(),
+            })?
+        }
+        None => toml::Table::new(),
+    };
+    env::apply(&mut table, std::env::vars())?;
+    from_table(table)
+}
+
+/// Parses and validates a configuration held in a string (no environment overrides).
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: PathBuf::from("<string>"),
+        message: e.message().to_owned(),
+    })?;
+    from_table(table)
+}
+
+fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+        |e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".into() } else { key };
+            ConfigError::invalid(key, e.into_inner().to_string())
+        },
+    )?;
+    validate(raw)
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let server = validate_server(raw.server)?;
+    let store = StoreConfig {
+        redis_url: secret(
+            "store.redis_url",
+            raw.store.redis_url,
+            raw.store.redis_url_file,
+        )?,
+        key_prefix: {
+            let prefix = raw.store.key_prefix.unwrap_or_else(|| "callrelay".into());
+            if prefix.is_empty()
+                || !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            {
+                return Err(ConfigError::invalid(
+                    "store.key_prefix",
+                    "use letters, digits and - _ . : only",
+                ));
+            }
+            prefix
+        },
+        command_timeout: millis(
+            "store.command_timeout_ms",
+            raw.store.command_timeout_ms,
+            1000,
+            10..=60_000,
+        )?,
+    };
+    if let Some(url) = &store.redis_url {
+        let u = url.expose();
+        if !(u.starts_with("redis://")
+            || u.starts_with("rediss://")
+            || u.starts_with("redis+unix://")
+            || u.starts_with("unix://"))
+        {
+            return Err(ConfigError::invalid(
+                "store.redis_url",
+                "must start with redis://, rediss://, redis+unix:// or unix://",
+            ));
+        }
+    }
+    let websocket = WebSocketConfig {
+        ping_interval: millis(
+            "websocket.ping_interval_ms",
+            raw.websocket.ping_interval_ms,
+            20_000,
+            100..=600_000,
+        )?,
+        queue_capacity: raw.websocket.queue_capacity.unwrap_or(16) as usize,
+        presence_ttl: millis(
+            "websocket.presence_ttl_ms",
+            raw.websocket.presence_ttl_ms,
+            15_000,
+            300..=600_000,
+        )?,
+    };
+    if !(1..=4096).contains(&websocket.queue_capacity) {
+        return Err(ConfigError::invalid(
+            "websocket.queue_capacity",
+            "must be between 1 and 4096",
+        ));
+    }
+    let log = LogConfig {
+        format: match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "log.format",
+                    format!("`{other}` is not one of text, json"),
+                ));
+            }
+        },
+        level: raw.log.level.unwrap_or_else(|| "info".into()),
+    };
+
+    let mut accounts = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, account) in raw.accounts.into_iter().enumerate() {
+        let parsed = validate_account(&format!("accounts[{i}]"), account)?;
+        if !seen.insert(parsed.sid.clone()) {
+            return Err(ConfigError::invalid(
+                format!("accounts[{i}].sid"),
+                format!("account {} is configured twice", parsed.sid),
+            ));
+        }
+        accounts.push(parsed);
+    }
+
+    let admin = validate_admin(raw.admin)?;
+    let apps = validate_apps(raw.apps)?;
+    Ok(Config {
+        server,
+        store,
+        websocket,
+        log,
+        accounts,
+        admin,
+        apps,
+    })
+}
+
+fn validate_server(raw: raw::RawServer) -> Result<ServerConfig, ConfigError> {
+    let addr = |key: &str, value: Option<String>, default: &str| {
+        let value = value.unwrap_or_else(|| default.into());
+        value.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::invalid(key, format!("`{value}` is not an address like 0.0.0.0:8080"))
+        })
+    };
+    let public_url = match raw.public_url {
+        None => None,
+        Some(url) => Some(validate_public_url(&url)?),
+    };
+    Ok(ServerConfig {
+        listen: addr("server.listen", raw.listen, "0.0.0.0:8080")?,
+        admin_listen: addr("server.admin_listen", raw.admin_listen, "0.0.0.0:9090")?,
+        public_url,
+        webhook_deadline: millis(
+            "server.webhook_deadline_ms",
+            raw.webhook_deadline_ms,
+            5000,
+            50..=60_000,
+        )?,
+        dedupe_window: Duration::from_secs(match raw.dedupe_window_secs.unwrap_or(600) {
+            s @ 1..=86_400 => s,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "server.dedupe_window_secs",
+                    "must be between 1 and 86400",
+                ));
+            }
+        }),
+        shutdown_grace: millis(
+            "server.shutdown_grace_ms",
+            raw.shutdown_grace_ms,
+            10_000,
+            0..=600_000,
+        )?,
+    })
+}
+
+fn validate_public_url(url: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError::invalid("server.public_url", why.to_owned());
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("must start with https:// or http://"))?;
+    if url.contains('?') || url.contains('#') {
+        return Err(bad("must not have a query string or a fragment"));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(bad("has no host"));
+    }
+    if authority.contains('@') {
+        return Err(bad(
+            "must not carry credentials; configure webhook_username/webhook_password instead",
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("must not contain whitespace"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+fn validate_account(key: &str, raw: raw::RawAccount) -> Result<AccountConfig, ConfigError> {
+    let sid_text = raw
+        .sid
+        .ok_or_else(|| ConfigError::invalid(format!("{key}.sid"), "is required"))?;
+    let sid = AccountSid::parse(&sid_text)
+        .map_err(|e| ConfigError::invalid(format!("{key}.sid"), e.0))?;
+    let mut auth_tokens = Vec::new();
+    if let Some(t) = secret(
+        &format!("{key}.auth_token"),
+        raw.auth_token,
+        raw.auth_token_file,
+    )? {
+        auth_tokens.push(t);
+    }
+    if let Some(t) = secret(
+        &format!("{key}.secondary_auth_token"),
+        raw.secondary_auth_token,
+        raw.secondary_auth_token_file,
+    )? {
+        if auth_tokens.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.secondary_auth_token"),
+                "is set without auth_token; set the primary token first",
+            ));
+        }
+        auth_tokens.push(t);
+    }
+    let mut shared_keys = Vec::new();
+    for (j, k) in raw.shared_keys.into_iter().enumerate() {
+        let kkey = format!("{key}.shared_keys[{j}]");
+        let id = k
+            .id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| ConfigError::invalid(format!("{kkey}.id"), "is required"))?;
+        let secret = secret(&format!("{kkey}.secret"), k.secret, k.secret_file)?
+            .ok_or_else(|| ConfigError::invalid(format!("{kkey}.secret"), "is required"))?;
+        shared_keys.push((id, secret));
+    }
+    let mut api_keys = Vec::new();
+    for (j, k) in raw.api_keys.into_iter().enumerate() {
+        let kkey = format!("{key}.api_keys[{j}]");
+        let sid_text = k
+            .sid
+            .ok_or_else(|| ConfigError::invalid(format!("{kkey}.sid"), "is required"))?;
+        let sid = ApiKeySid::parse(&sid_text)
+            .map_err(|e| ConfigError::invalid(format!("{kkey}.sid"), e.0))?;
+        let secret = secret(&format!("{kkey}.secret"), k.secret, k.secret_file)?
+            .ok_or_else(|| ConfigError::invalid(format!("{kkey}.secret"), "is required"))?;
+        api_keys.push((sid, secret));
+    }
+    let password = secret(
+        &format!("{key}.webhook_password"),
+        raw.webhook_password,
+        raw.webhook_password_file,
+    )?;
+    let webhook_basic_auth = match (raw.webhook_username, password) {
+        (None, None) => None,
+        (Some(username), Some(password)) if !username.is_empty() => {
+            Some(BasicAuth { username, password })
+        }
+        _ => {
+            return Err(ConfigError::invalid(
+                format!("{key}.webhook_username"),
+                "webhook_username and webhook_password go together",
+            ));
+        }
+    };
+    let require_signature = raw.require_signature.unwrap_or(true);
+    if require_signature && auth_tokens.is_empty() && shared_keys.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{key}.auth_token"),
+            "is required to check X-Twilio-Signature (or configure shared_keys)",
+        ));
+    }
+    if !require_signature && webhook_basic_auth.is_none() {
+        return Err(ConfigError::invalid(
+            format!("{key}.require_signature"),
+            "is false but no webhook_username/webhook_password is set: the webhook would accept anyone",
+        ));
+    }
+    Ok(AccountConfig {
+        sid,
+        auth_tokens,
+        shared_keys,
+        api_keys,
+        webhook_basic_auth,
+        require_signature,
+    })
+}
+
+/// Admin keys must be long enough that guessing them is hopeless.
+const MIN_ADMIN_KEY_LEN: usize = 24;
+
+fn validate_admin(raw: raw::RawAdmin) -> Result<AdminConfig, ConfigError> {
+    let mut keys: Vec<(String, String)> = raw
+        .api_keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| (format!("admin.api_keys[{i}]"), k))
+        .collect();
+    if let Some(path) = raw.api_keys_file {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::invalid(
+                "admin.api_keys_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                keys.push((
+                    format!("admin.api_keys_file (line {})", n + 1),
+                    line.to_owned(),
+                ));
+            }
+        }
+    }
+    let mut api_keys = Vec::new();
+    for (key, value) in keys {
+        if value.len() < MIN_ADMIN_KEY_LEN || value.chars().any(char::is_whitespace) {
+            return Err(ConfigError::invalid(
+                key,
+                format!(
+                    "admin keys are at least {MIN_ADMIN_KEY_LEN} characters without spaces"
+                ),
+            ));
+        }
+        if value.split('.').count() == 3 {
+            return Err(ConfigError::invalid(
+                key,
+                "an admin key must not look like a JWT (two dots)",
+            ));
+        }
+        api_keys.push(Secret::new(value));
+    }
+    Ok(AdminConfig { api_keys })
+}
+
+fn validate_apps(raw: Vec<raw::RawApp>) -> Result<Vec<AppConfig>, ConfigError> {
+    let mut apps = Vec::new();
+    let mut names = HashSet::new();
+    for (i, app) in raw.into_iter().enumerate() {
+        let key = format!("apps[{i}]");
+        let name = app
+            .name
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ConfigError::invalid(format!("{key}.name"), "is required"))?;
+        if !names.insert(name.clone()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("app `{name}` is configured twice"),
+            ));
+        }
+        let channel = match app.channel.as_deref() {
+            Some("apns") => PushChannel::Apns,
+            Some("fcm") => PushChannel::Fcm,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    format!("{key}.channel"),
+                    format!("`{other}` is not one of apns, fcm"),
+                ));
+            }
+            None => {
+                return Err(ConfigError::invalid(
+                    format!("{key}.channel"),
+                    "is required (apns or fcm)",
+                ));
+            }
+        };
+        apps.push(AppConfig {
+            name,
+            channel,
+            settings: app.settings,
+        });
+    }
+    Ok(apps)
+}
+
+/// Resolves a secret given inline as `key` or in a file as `key_file`.
+fn secret(
+    key: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            key,
+            format!("set either {key} or {key}_file, not both"),
+        )),
+        (Some(value), None) => {
+            if value.is_empty() {
+                Err(ConfigError::invalid(key, "is empty"))
+            } else {
+                Ok(Some(Secret::new(value)))
+            }
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::invalid(
+                    format!("{key}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            // Files written by `echo` or editors end with a newline that is not part of the secret.
+            let value = text.trim_end_matches(['\n', '\r']).to_owned();
+            if value.is_empty() {
+                Err(ConfigError::invalid(
+                    format!("{key}_file"),
+                    format!("{} is empty", path.display()),
+                ))
+            } else {
+                Ok(Some(Secret::new(value)))
+            }
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn millis(
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(Duration::from_millis(v))
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!(
+                "{v} is out of range ({}..={} milliseconds)",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+impl Config {
+    pub fn account(&self, sid: &AccountSid) -> Option<&AccountConfig> {
+        self.accounts.iter().find(|a| &a.sid == sid)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+use super::*;
+
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+fn account_toml(extra: &str) -> String {
+    format!("[[accounts]]\nsid = \"{SID}\"\nauth_token = \"12345\"\n{extra}")
+}
+
+#[test]
+fn defaults_apply_to_an_empty_file() {
+    let config = from_toml_str("").unwrap();
+    assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.server.admin_listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(config.server.webhook_deadline, Duration::from_secs(5));
+    assert_eq!(config.server.dedupe_window, Duration::from_secs(600));
+    assert!(config.store.redis_url.is_none());
+    assert_eq!(config.store.key_prefix, "callrelay");
+    assert_eq!(config.log.format, LogFormat::Text);
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let err = from_toml_str("[server]\nlistne = \"x\"").unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("server"), "{text}");
+    assert!(text.contains("listne"), "{text}");
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let err = from_toml_str("[server]\nwebhook_deadline_ms = \"soon\"").unwrap_err();
+    assert!(
+        err.to_string().starts_with("server.webhook_deadline_ms"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_account_sid_is_named_with_its_index() {
+    let err = from_toml_str("[[accounts]]\nsid = \"ACnope\"\nauth_token = \"x\"").unwrap_err();
+    assert!(err.to_string().starts_with("accounts[0].sid:"), "{err}");
+}
+
+#[test]
+fn account_needs_a_way_to_authenticate_webhooks() {
+    let err = from_toml_str(&format!("[[accounts]]\nsid = \"{SID}\"")).unwrap_err();
+    assert!(err.to_string().starts_with("accounts[0].auth_token"), "{err}");
+    let err = from_toml_str(&format!(
+        "[[accounts]]\nsid = \"{SID}\"\nrequire_signature = false"
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("accounts[0].require_signature"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_come_from_files_without_the_trailing_newline() {
+    let dir = std::env::temp_dir().join(format!("callrelay-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let config = from_toml_str(&format!(
+        "[[accounts]]\nsid = \"{SID}\"\nauth_token_file = \"{}\"",
+        token.display()
+    ))
+    .unwrap();
+    assert_eq!(config.accounts[0].auth_tokens[0].expose(), "s3cret");
+
+    let err = from_toml_str(&format!(
+        "[[accounts]]\nsid = \"{SID}\"\nauth_token_file = \"{}\"",
+        dir.join("missing").display()
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("accounts[0].auth_token_file"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn inline_and_file_together_is_an_error() {
+    let err = from_toml_str(&account_toml("auth_token_file = \"/x\"")).unwrap_err();
+    assert!(err.to_string().contains("not both"), "{err}");
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let config = from_toml_str(&format!(
+        "[[accounts]]\nsid = \"{SID}\"\nauth_token = \"authtokenvalue\"\n\
+         api_keys = [{{ sid = \"SK0123456789abcdef0123456789abcdef\", secret = \"apisecretvalue\" }}]\n\
+         [store]\nredis_url = \"redis://:redispassword@127.0.0.1\""
+    ))
+    .unwrap();
+    let dump = format!("{config:?}");
+    for secret in ["authtokenvalue", "apisecretvalue", "redispassword"] {
+        assert!(!dump.contains(secret), "{secret} in {dump}");
+    }
+    assert!(dump.contains("[redacted]"), "{dump}");
+}
+
+#[test]
+fn public_url_is_checked_and_normalised() {
+    let config = from_toml_str("[server]\npublic_url = \"https://relay.example.com/relay/\"").unwrap();
+    assert_eq!(
+        config.server.public_url.as_deref(),
+        Some("https://relay.example.com/relay")
+    );
+    for bad in [
+        "ftp://x",
+        "https://",
+        "https://u:p@x.com",
+        "https://x.com/?a=1",
+    ] {
+        let err = from_toml_str(&format!("[server]\npublic_url = \"{bad}\"")).unwrap_err();
+        assert!(err.to_string().starts_with("server.public_url"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn admin_keys_must_be_long() {
+    let err = from_toml_str("[admin]\napi_keys = [\"short\"]").unwrap_err();
+    assert!(err.to_string().starts_with("admin.api_keys[0]"), "{err}");
+    let ok = from_toml_str("[admin]\napi_keys = [\"0123456789abcdef0123456789\"]").unwrap();
+    assert_eq!(ok.admin.api_keys.len(), 1);
+}
+
+#[test]
+fn environment_overrides_the_file_and_accepts_numbers_as_strings() {
+    let mut table: toml::Table = toml::from_str(&account_toml("")).unwrap();
+    env::apply(
+        &mut table,
+        vec![
+            (
+                "CALLRELAY__SERVER__WEBHOOK_DEADLINE_MS".to_string(),
+                "1500".to_string(),
+            ),
+            (
+                "CALLRELAY__ACCOUNTS__0__AUTH_TOKEN".to_string(),
+                "67890".to_string(),
+            ),
+            (
+                "CALLRELAY__ACCOUNTS__0__REQUIRE_SIGNATURE".to_string(),
+                "true".to_string(),
+            ),
+        ],
+    )
+    .unwrap();
+    let config = from_table(table).unwrap();
+    assert_eq!(config.server.webhook_deadline, Duration::from_millis(1500));
+    assert_eq!(config.accounts[0].auth_tokens[0].expose(), "67890");
+}
+
+#[test]
+fn apps_need_a_known_channel_and_unique_names() {
+    let err = from_toml_str("[[apps]]\nname = \"a\"\nchannel = \"sms\"").unwrap_err();
+    assert!(err.to_string().starts_with("apps[0].channel"), "{err}");
+    let err = from_toml_str(
+        "[[apps]]\nname = \"a\"\nchannel = \"fcm\"\n[[apps]]\nname = \"a\"\nchannel = \"apns\"",
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("apps[1].name"), "{err}");
+}

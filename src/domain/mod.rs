@@ -1,0 +1,13 @@
+//! The vocabulary of callrelay: identifiers, bindings and call notifications, each parsed once
+//! at the edge.
+
+mod binding;
+mod ids;
+mod notification;
+
+pub use binding::{
+    ApnsEnvironment, Binding, BindingRequest, InvalidBinding, PushChannel, PushType,
+    check_app_name, DEFAULT_TTL_SECONDS,
+};
+pub use ids::{AccountSid, ApiKeySid, BindingId, Identity, InvalidId};
+pub use notification::{CallNotification, InvalidNotification};
