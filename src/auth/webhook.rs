@@ -1,0 +1,295 @@
+//! Authenticating a call-notification webhook: `X-Twilio-Signature` with the `bodySHA256`
+//! scheme, and optional HTTP Basic credentials.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use super::signature::{self, SignatureAlgorithm};
+use crate::config::AccountConfig;
+
+/// What the webhook handler hands over: the URL Twilio requested (as reconstructed from the
+/// public URL), the relevant headers, and the raw body.
+pub struct WebhookCredentials<'a> {
+    pub url: &'a str,
+    pub signature: Option<&'a str>,
+    pub signature_settings: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Why a webhook was refused. Logged; the caller only ever sees `403`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookAuthError {
+    #[error("no HTTP Basic credentials")]
+    MissingBasic,
+    #[error("wrong HTTP Basic credentials")]
+    WrongBasic,
+    #[error("no X-Twilio-Signature header")]
+    MissingSignature,
+    #[error("the URL has no bodySHA256 parameter, so the signature does not cover the body")]
+    MissingBodyHash,
+    #[error("bodySHA256 does not match the body")]
+    BodyHashMismatch,
+    #[error("X-Twilio-Webhooks-Signature-Settings names unknown shared key `{0}`")]
+    UnknownSharedKey(String),
+    #[error("X-Twilio-Webhooks-Signature-Settings names unsupported algorithm `{0}`")]
+    UnknownAlgorithm(String),
+    #[error("X-Twilio-Webhooks-Signature-Settings is malformed")]
+    MalformedSettings,
+    #[error("the signature does not match (url {url})")]
+    BadSignature { url: String },
+}
+
+pub fn authenticate(
+    account: &AccountConfig,
+    request: &WebhookCredentials<'_>,
+) -> Result<(), WebhookAuthError> {
+    if let Some(basic) = &account.webhook_basic_auth {
+        let (user, password) = request
+            .authorization
+            .and_then(parse_basic)
+            .ok_or(WebhookAuthError::MissingBasic)?;
+        // Both compared in full, so timing says nothing about which part was wrong.
+        let user_ok = constant_time_eq(user.as_bytes(), basic.username.as_bytes());
+        let pass_ok = constant_time_eq(password.as_bytes(), basic.password.expose().as_bytes());
+        if !(user_ok & pass_ok) {
+            return Err(WebhookAuthError::WrongBasic);
+        }
+    }
+    if account.require_signature {
+        check_signature(account, request)?;
+    }
+    Ok(())
+}
+
+fn check_signature(
+    account: &AccountConfig,
+    request: &WebhookCredentials<'_>,
+) -> Result<(), WebhookAuthError> {
+    let header = request
+        .signature
+        .ok_or(WebhookAuthError::MissingSignature)?;
+    let claimed_hash = body_hash_param(request.url).ok_or(WebhookAuthError::MissingBodyHash)?;
+    if !claimed_hash.eq_ignore_ascii_case(&signature::body_sha256_hex(request.body)) {
+        return Err(WebhookAuthError::BodyHashMismatch);
+    }
+    let keys: Vec<(&[u8], SignatureAlgorithm)> = match parse_settings(request.signature_settings)? {
+        Some((key_id, alg)) => {
+            let secret = account
+                .shared_keys
+                .iter()
+                .find(|(id, _)| *id == key_id)
+                .map(|(_, secret)| secret)
+                .ok_or_else(|| WebhookAuthError::UnknownSharedKey(key_id.clone()))?;
+            vec![(secret.expose().as_bytes(), alg)]
+        }
+        None => account
+            .auth_tokens
+            .iter()
+            .map(|t| (t.expose().as_bytes(), SignatureAlgorithm::HmacSha1))
+            .collect(),
+    };
+    let urls = signature::url_variants(request.url);
+    for (key, alg) in &keys {
+        for url in &urls {
+            if signature::verify(*alg, key, url, &[], header) {
+                return Ok(());
+            }
+        }
+    }
+    Err(WebhookAuthError::BadSignature {
+        url: request.url.to_owned(),
+    })
+}
+
+/// `key=<id>,algorithm=<HMAC_SHA1|HMAC_SHA256>`. No header, or no `algorithm=`, means the
+/// legacy scheme (Auth Token, HMAC-SHA1).
+fn parse_settings(
+    header: Option<&str>,
+) -> Result<Option<(String, SignatureAlgorithm)>, WebhookAuthError> {
+    let Some(header) = header else {
+        return Ok(None);
+    };
+    let mut key = None;
+    let mut algorithm = None;
+    for part in header.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let (name, value) = part
+            .split_once('=')
+            .ok_or(WebhookAuthError::MalformedSettings)?;
+        match name.trim() {
+            "key" => key = Some(value.trim().to_owned()),
+            "algorithm" => algorithm = Some(value.trim().to_owned()),
+            _ => {}
+        }
+    }
+    let Some(algorithm) = algorithm else {
+        return Ok(None);
+    };
+    let alg = match algorithm.as_str() {
+        "HMAC_SHA1" => SignatureAlgorithm::HmacSha1,
+        "HMAC_SHA256" => SignatureAlgorithm::HmacSha256,
+        _ => return Err(WebhookAuthError::UnknownAlgorithm(algorithm)),
+    };
+    let key = key
+        .filter(|k| !k.is_empty())
+        .ok_or(WebhookAuthError::MalformedSettings)?;
+    Ok(Some((key, alg)))
+}
+
+/// The `bodySHA256` query parameter. Twilio sends it once; a URL carrying two different
+/// values is refused rather than guessed at.
+fn body_hash_param(url: &str) -> Option<&str> {
+    let query = url.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or_default();
+    let mut found: Option<&str> = None;
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("bodySHA256=") {
+            match found {
+                Some(previous) if previous != value => return None,
+                _ => found = Some(value),
+            }
+        }
+    }
+    found.filter(|v| v.len() == 64)
+}
+
+fn parse_basic(header: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// Equality whose running time depends only on the lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BasicAuth, Secret};
+    use crate::domain::AccountSid;
+
+    const BODY: &[u8] = br#"{"property": "value", "boolean": true}"#;
+    const HASH: &str = "0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
+
+    fn account() -> AccountConfig {
+        AccountConfig {
+            sid: AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap(),
+            auth_tokens: vec![Secret::new("12345"), Secret::new("67890")],
+            shared_keys: vec![("k1".into(), Secret::new("sharedsecret"))],
+            api_keys: vec![],
+            webhook_basic_auth: None,
+            require_signature: true,
+        }
+    }
+
+    fn creds<'a>(url: &'a str, sig: Option<&'a str>) -> WebhookCredentials<'a> {
+        WebhookCredentials {
+            url,
+            signature: sig,
+            signature_settings: None,
+            authorization: None,
+            body: BODY,
+        }
+    }
+
+    #[test]
+    fn official_json_vector_passes_with_either_auth_token() {
+        let url = format!("https://mycompany.com/myapp.php?bodySHA256={HASH}");
+        assert_eq!(
+            authenticate(&account(), &creds(&url, Some("y77kIzt2vzLz71DgmJGsen2scGs="))),
+            Ok(())
+        );
+        let sig = signature::compute(SignatureAlgorithm::HmacSha1, b"67890", &url, &[]);
+        assert_eq!(authenticate(&account(), &creds(&url, Some(&sig))), Ok(()));
+        let sig = signature::compute(SignatureAlgorithm::HmacSha1, b"other", &url, &[]);
+        assert!(matches!(
+            authenticate(&account(), &creds(&url, Some(&sig))),
+            Err(WebhookAuthError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn body_must_match_its_hash() {
+        let url = format!("https://mycompany.com/myapp.php?bodySHA256={HASH}");
+        let mut c = creds(&url, Some("y77kIzt2vzLz71DgmJGsen2scGs="));
+        c.body = br#"{"property": "value", "boolean": false}"#;
+        assert_eq!(
+            authenticate(&account(), &c),
+            Err(WebhookAuthError::BodyHashMismatch)
+        );
+        let bare = "https://mycompany.com/myapp.php";
+        assert_eq!(
+            authenticate(&account(), &creds(bare, Some("x"))),
+            Err(WebhookAuthError::MissingBodyHash)
+        );
+        assert_eq!(
+            authenticate(&account(), &creds(&url, None)),
+            Err(WebhookAuthError::MissingSignature)
+        );
+    }
+
+    #[test]
+    fn shared_key_with_sha256() {
+        let url = format!("https://relay.example.com/v1/twilio/call-notifications?bodySHA256={HASH}");
+        let sig = signature::compute(SignatureAlgorithm::HmacSha256, b"sharedsecret", &url, &[]);
+        let mut c = creds(&url, Some(&sig));
+        c.signature_settings = Some("key=k1,algorithm=HMAC_SHA256");
+        assert_eq!(authenticate(&account(), &c), Ok(()));
+        c.signature_settings = Some("key=k2,algorithm=HMAC_SHA256");
+        assert_eq!(
+            authenticate(&account(), &c),
+            Err(WebhookAuthError::UnknownSharedKey("k2".into()))
+        );
+        c.signature_settings = Some("key=k1,algorithm=HMAC_MD5");
+        assert_eq!(
+            authenticate(&account(), &c),
+            Err(WebhookAuthError::UnknownAlgorithm("HMAC_MD5".into()))
+        );
+        // Without algorithm= the legacy scheme applies, so the shared-key signature fails.
+        c.signature_settings = Some("key=k1");
+        assert!(authenticate(&account(), &c).is_err());
+    }
+
+    #[test]
+    fn basic_credentials_when_configured() {
+        let mut acc = account();
+        acc.webhook_basic_auth = Some(BasicAuth {
+            username: "twilio".into(),
+            password: Secret::new("pw"),
+        });
+        let url = format!("https://mycompany.com/myapp.php?bodySHA256={HASH}");
+        let mut c = creds(&url, Some("y77kIzt2vzLz71DgmJGsen2scGs="));
+        assert_eq!(authenticate(&acc, &c), Err(WebhookAuthError::MissingBasic));
+        let wrong = format!("Basic {}", STANDARD.encode("twilio:nope"));
+        c.authorization = Some(&wrong);
+        assert_eq!(authenticate(&acc, &c), Err(WebhookAuthError::WrongBasic));
+        let right = format!("Basic {}", STANDARD.encode("twilio:pw"));
+        c.authorization = Some(&right);
+        assert_eq!(authenticate(&acc, &c), Ok(()));
+        acc.require_signature = false;
+        c.signature = None;
+        assert_eq!(authenticate(&acc, &c), Ok(()));
+    }
+
+    #[test]
+    fn conflicting_body_hash_parameters_are_refused() {
+        let url = format!("https://h/p?bodySHA256={HASH}&bodySHA256={}", "0".repeat(64));
+        assert_eq!(body_hash_param(&url), None);
+        let url = format!("https://h/p?bodySHA256={HASH}&bodySHA256={HASH}");
+        assert_eq!(body_hash_param(&url), Some(HASH));
+    }
+}
