@@ -1,0 +1,324 @@
+//! The embedded store: the same semantics as the Redis engine, inside one process, kept in
+//! memory only. Several callrelay instances in one process may share one `MemoryStore`, which
+//! lets unit tests exercise replica-to-replica delivery without Redis.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use super::{Claim, PutOutcome, SocketPresence, Store, StoreError, Targets};
+use crate::domain::{AccountSid, Binding, BindingId, Identity, PushChannel};
+
+type IdentityKey = (AccountSid, Identity);
+type AddressKey = (AccountSid, PushChannel, String);
+
+#[derive(Default)]
+struct State {
+    bindings: HashMap<IdentityKey, HashMap<BindingId, Binding>>,
+    sockets: HashMap<IdentityKey, HashMap<String, SocketPresence>>,
+    owners: HashMap<AddressKey, (Identity, BindingId)>,
+    messages: HashMap<(AccountSid, String), (Claim, Instant)>,
+    subscribers: HashMap<String, mpsc::Sender<Bytes>>,
+}
+
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+/// How many messages a replica's inbox holds before publishing reports no receiver.
+const INBOX_CAPACITY: usize = 4096;
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn key(account: &AccountSid, identity: &Identity) -> IdentityKey {
+    (account.clone(), identity.clone())
+}
+
+fn address_key(b: &Binding) -> AddressKey {
+    (b.account_sid.clone(), b.channel, b.address.clone())
+}
+
+impl State {
+    fn remove_binding(&mut self, k: &IdentityKey, id: &BindingId) -> Option<Binding> {
+        let map = self.bindings.get_mut(k)?;
+        let removed = map.remove(id)?;
+        if map.is_empty() {
+            self.bindings.remove(k);
+        }
+        let ak = address_key(&removed);
+        if self.owners.get(&ak) == Some(&(removed.identity.clone(), removed.id.clone())) {
+            self.owners.remove(&ak);
+        }
+        Some(removed)
+    }
+
+    fn live_bindings(&self, k: &IdentityKey, now: OffsetDateTime) -> Vec<Binding> {
+        let mut list: Vec<Binding> = self
+            .bindings
+            .get(k)
+            .map(|m| m.values().filter(|b| !b.is_expired(now)).cloned().collect())
+            .unwrap_or_default();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+
+    fn forget_old_messages(&mut self) {
+        let now = Instant::now();
+        self.messages.retain(|_, (_, until)| *until > now);
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn engine(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn put_binding(&self, binding: Binding) -> Result<PutOutcome, StoreError> {
+        let mut s = self.lock();
+        let k = key(&binding.account_sid, &binding.identity);
+        let previous = s.bindings.get(&k).and_then(|m| m.get(&binding.id)).cloned();
+        let mut stored = binding;
+        if let Some(prev) = &previous {
+            stored.created_at = prev.created_at;
+            // The replaced binding's token is no longer this binding's: release it.
+            if prev.channel != stored.channel || prev.address != stored.address {
+                let ak = address_key(prev);
+                if s.owners.get(&ak) == Some(&(prev.identity.clone(), prev.id.clone())) {
+                    s.owners.remove(&ak);
+                }
+            }
+        }
+        let mut displaced = Vec::new();
+        let owner = (stored.identity.clone(), stored.id.clone());
+        if let Some(old) = s.owners.insert(address_key(&stored), owner.clone())
+            && old != owner
+        {
+            let old_key = (stored.account_sid.clone(), old.0.clone());
+            let same_token = s
+                .bindings
+                .get(&old_key)
+                .and_then(|m| m.get(&old.1))
+                .is_some_and(|b| b.channel == stored.channel && b.address == stored.address);
+            if same_token {
+                if let Some(map) = s.bindings.get_mut(&old_key) {
+                    map.remove(&old.1);
+                    if map.is_empty() {
+                        s.bindings.remove(&old_key);
+                    }
+                }
+                displaced.push(old);
+            }
+        }
+        s.bindings
+            .entry(k)
+            .or_default()
+            .insert(stored.id.clone(), stored.clone());
+        Ok(PutOutcome {
+            binding: stored,
+            created: previous.is_none(),
+            displaced,
+        })
+    }
+
+    async fn get_binding(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        id: &BindingId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Binding>, StoreError> {
+        let s = self.lock();
+        Ok(s.bindings
+            .get(&key(account, identity))
+            .and_then(|m| m.get(id))
+            .filter(|b| !b.is_expired(now))
+            .cloned())
+    }
+
+    async fn list_bindings(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Binding>, StoreError> {
+        Ok(self.lock().live_bindings(&key(account, identity), now))
+    }
+
+    async fn delete_binding(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        id: &BindingId,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .remove_binding(&key(account, identity), id)
+            .is_some())
+    }
+
+    async fn delete_bindings(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> Result<usize, StoreError> {
+        let mut s = self.lock();
+        let k = key(account, identity);
+        let ids: Vec<BindingId> = s
+            .bindings
+            .get(&k)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for id in &ids {
+            s.remove_binding(&k, id);
+        }
+        Ok(ids.len())
+    }
+
+    async fn refresh_binding(
+        &self,
+        binding: &Binding,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        if let Some(current) = s
+            .bindings
+            .get_mut(&key(&binding.account_sid, &binding.identity))
+            .and_then(|m| m.get_mut(&binding.id))
+            && current == binding
+        {
+            *current = binding.refreshed(now);
+        }
+        Ok(())
+    }
+
+    async fn remove_dead_binding(&self, binding: &Binding) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        let k = key(&binding.account_sid, &binding.identity);
+        let unchanged = s
+            .bindings
+            .get(&k)
+            .and_then(|m| m.get(&binding.id))
+            .is_some_and(|b| b.channel == binding.channel && b.address == binding.address);
+        if unchanged {
+            s.remove_binding(&k, &binding.id);
+        }
+        Ok(())
+    }
+
+    async fn targets(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        now: OffsetDateTime,
+    ) -> Result<Targets, StoreError> {
+        let s = self.lock();
+        let k = key(account, identity);
+        let mut sockets: Vec<SocketPresence> = s
+            .sockets
+            .get(&k)
+            .map(|m| m.values().filter(|p| p.lease_until > now).cloned().collect())
+            .unwrap_or_default();
+        sockets.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
+        Ok(Targets {
+            bindings: s.live_bindings(&k, now),
+            sockets,
+        })
+    }
+
+    async fn put_presences(&self, presences: &[SocketPresence]) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        for p in presences {
+            s.sockets
+                .entry(key(&p.account_sid, &p.identity))
+                .or_default()
+                .insert(p.conn_id.clone(), p.clone());
+        }
+        Ok(())
+    }
+
+    async fn remove_presence(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        conn_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        let k = key(account, identity);
+        if let Some(map) = s.sockets.get_mut(&k) {
+            map.remove(conn_id);
+            if map.is_empty() {
+                s.sockets.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim_message(
+        &self,
+        account: &AccountSid,
+        message_id: &str,
+        pending_for: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut s = self.lock();
+        s.forget_old_messages();
+        let k = (account.clone(), message_id.to_owned());
+        if let Some((state, _)) = s.messages.get(&k) {
+            return Ok(*state);
+        }
+        s.messages
+            .insert(k, (Claim::Pending, Instant::now() + pending_for));
+        Ok(Claim::Acquired)
+    }
+
+    async fn settle_message(
+        &self,
+        account: &AccountSid,
+        message_id: &str,
+        delivered: bool,
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        let k = (account.clone(), message_id.to_owned());
+        if delivered {
+            s.messages
+                .insert(k, (Claim::Delivered, Instant::now() + window));
+        } else {
+            s.messages.remove(&k);
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError> {
+        let sender = self.lock().subscribers.get(node).cloned();
+        Ok(match sender {
+            Some(tx) if tx.try_send(message).is_ok() => 1,
+            _ => 0,
+        })
+    }
+
+    async fn subscribe(&self, node: &str) -> Result<mpsc::Receiver<Bytes>, StoreError> {
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        self.lock().subscribers.insert(node.to_owned(), tx);
+        Ok(rx)
+    }
+}

@@ -1,0 +1,183 @@
+//! Where bindings, socket presence, delivered-message markers and the replica bus live. One
+//! trait, two engines: `redis` for production and several replicas, `memory` for a single
+//! process. Both pass the same conformance suite (`tests/it/store.rs`).
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use crate::config::StoreConfig;
+use crate::domain::{AccountSid, Binding, BindingId, Identity};
+
+/// A live WebSocket connection as other replicas see it: which replica holds it, until when
+/// the holder has promised to be alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketPresence {
+    pub conn_id: String,
+    pub account_sid: AccountSid,
+    pub identity: Identity,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub connected_at: OffsetDateTime,
+    /// The presence counts until this instant unless the holder renews it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub lease_until: OffsetDateTime,
+}
+
+/// Everything a webhook can deliver to for one (account, identity).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targets {
+    pub bindings: Vec<Binding>,
+    pub sockets: Vec<SocketPresence>,
+}
+
+impl Targets {
+    pub fn is_empty(&self) -> bool {
+        self.bindings.is_empty() && self.sockets.is_empty()
+    }
+}
+
+/// The result of registering a binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The binding as stored (its `created_at` kept from the binding it replaced).
+    pub binding: Binding,
+    /// No binding with this id existed.
+    pub created: bool,
+    /// Bindings removed because they held the same device token: another identity's (a move)
+    /// or an older registration under another id.
+    pub displaced: Vec<(Identity, BindingId)>,
+}
+
+/// Claiming a `twi_message_id` before delivering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody delivered it: the caller delivers and then settles the claim.
+    Acquired,
+    /// Another request is delivering it right now.
+    Pending,
+    /// Already delivered within the dedupe window.
+    Delivered,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unreachable: {0}")]
+    Unavailable(String),
+    #[error("the store holds data callrelay cannot read: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which engine, for logs and `/readyz`.
+    fn engine(&self) -> &'static str;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates or replaces a binding, keeping one binding per (account, channel, address).
+    async fn put_binding(&self, binding: Binding) -> Result<PutOutcome, StoreError>;
+
+    /// Unexpired binding with this id, if any.
+    async fn get_binding(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        id: &BindingId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Binding>, StoreError>;
+
+    async fn list_bindings(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Binding>, StoreError>;
+
+    /// Returns whether a binding was removed.
+    async fn delete_binding(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        id: &BindingId,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes every binding of the identity; returns how many there were.
+    async fn delete_bindings(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> Result<usize, StoreError>;
+
+    /// After a successful push: extends the binding's life, unless it changed meanwhile.
+    async fn refresh_binding(&self, binding: &Binding, now: OffsetDateTime)
+    -> Result<(), StoreError>;
+
+    /// After the push service called the address dead: removes the binding, unless it was
+    /// re-registered with another address meanwhile.
+    async fn remove_dead_binding(&self, binding: &Binding) -> Result<(), StoreError>;
+
+    /// Bindings and live sockets of one identity, in one round trip.
+    async fn targets(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        now: OffsetDateTime,
+    ) -> Result<Targets, StoreError>;
+
+    /// Announces or renews live sockets.
+    async fn put_presences(&self, presences: &[SocketPresence]) -> Result<(), StoreError>;
+
+    async fn remove_presence(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        conn_id: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Marks `message_id` as being delivered, unless it already is or was.
+    async fn claim_message(
+        &self,
+        account: &AccountSid,
+        message_id: &str,
+        pending_for: Duration,
+    ) -> Result<Claim, StoreError>;
+
+    /// Ends a claim: remembered for `window` when delivered, forgotten otherwise so that a
+    /// retry goes through.
+    async fn settle_message(
+        &self,
+        account: &AccountSid,
+        message_id: &str,
+        delivered: bool,
+        window: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Sends a message to a replica; returns how many subscribers received it (0 or 1).
+    /// A positive count says nothing about delivery: replicas acknowledge separately.
+    async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError>;
+
+    /// Messages sent to `node`, for as long as the receiver is kept.
+    async fn subscribe(&self, node: &str) -> Result<mpsc::Receiver<Bytes>, StoreError>;
+}
+
+/// Opens the configured engine.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.redis_url {
+        Some(url) => Ok(Arc::new(
+            redis::RedisStore::connect(url.expose(), &config.key_prefix, config.command_timeout)
+                .await?,
+        )),
+        None => Ok(Arc::new(memory::MemoryStore::new())),
+    }
+}

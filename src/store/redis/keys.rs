@@ -1,0 +1,64 @@
+//! The Redis key layout. Everything about one (account, identity) shares the hash tag
+//! `{AC…:identity}`, so one round trip answers a webhook and the layout works unchanged on
+//! Redis Cluster.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<p>:{AC…:bob}:bindings` | hash | binding id → binding JSON |
+//! | `<p>:{AC…:bob}:sockets` | hash | connection id → socket presence JSON |
+//! | `<p>:addr:{AC…:apns:<token>}` | string | `["identity","binding id"]`: who owns the token |
+//! | `<p>:msg:{AC…:<twi_message_id>}` | string | `pending` or `delivered` |
+//! | `<p>:node:<node id>` | pub/sub channel | messages for one replica |
+
+use crate::domain::{AccountSid, Identity, PushChannel};
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn bindings(&self, account: &AccountSid, identity: &Identity) -> String {
+        format!("{}:{{{account}:{identity}}}:bindings", self.prefix)
+    }
+
+    pub fn sockets(&self, account: &AccountSid, identity: &Identity) -> String {
+        format!("{}:{{{account}:{identity}}}:sockets", self.prefix)
+    }
+
+    pub fn address(&self, account: &AccountSid, channel: PushChannel, address: &str) -> String {
+        format!("{}:addr:{{{account}:{}:{address}}}", self.prefix, channel.as_str())
+    }
+
+    pub fn message(&self, account: &AccountSid, message_id: &str) -> String {
+        format!("{}:msg:{{{account}:{message_id}}}", self.prefix)
+    }
+
+    pub fn node_channel(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_keys_share_one_hash_tag() {
+        let keys = Keys::new("callrelay");
+        let a = AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap();
+        let bob = Identity::parse("team:bob").unwrap();
+        assert_eq!(
+            keys.bindings(&a, &bob),
+            "callrelay:{AC0123456789abcdef0123456789abcdef:team:bob}:bindings"
+        );
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+        assert_eq!(tag(&keys.bindings(&a, &bob)), tag(&keys.sockets(&a, &bob)));
+    }
+}

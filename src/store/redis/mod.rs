@@ -1,0 +1,508 @@
+//! The Redis engine: bindings, presence and dedupe markers in Redis, replica messages over
+//! Redis pub/sub. Every call is bounded by the configured command timeout, so a Redis outage
+//! turns into quick `503`s rather than hung webhooks; the connections heal by themselves.
+
+mod bus;
+mod keys;
+mod scripts;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, IntoConnectionInfo, ProtocolVersion};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use super::{Claim, PutOutcome, SocketPresence, Store, StoreError, Targets};
+use crate::domain::{AccountSid, Binding, BindingId, Identity};
+pub use keys::Keys;
+use scripts::{CLAIM, DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL};
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    timeout: Duration,
+    bus: bus::Bus,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// The JSON kept in the address index: who owns a device token.
+fn owner_json(identity: &Identity, id: &BindingId) -> String {
+    serde_json::to_string(&(identity.as_str(), id.as_str())).expect("strings serialise")
+}
+
+fn parse_owner(text: &str) -> Option<(Identity, BindingId)> {
+    let (identity, id): (String, String) = serde_json::from_str(text).ok()?;
+    Some((Identity::parse(&identity).ok()?, BindingId::parse(&id).ok()?))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("bindings and presences serialise")
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisStore {
+    /// Opens the connections lazily: callrelay starts even while Redis is down, reports not
+    /// ready, and connects as soon as Redis answers.
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let info = url
+            .into_connection_info()
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis_url: {e}")))?;
+        // RESP3 lets the connection notice a disconnect at once and reconnect in the background.
+        let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(settings);
+        let client = Client::open(info).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(unavailable)?;
+        let bus = bus::Bus::new(client, config)?;
+        Ok(Self {
+            conn,
+            keys: Keys::new(prefix),
+            timeout,
+            bus,
+        })
+    }
+
+    async fn run<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn.clone();
+        self.run(c.hget(key, field)).await
+    }
+
+    async fn hdel_if_equal(&self, key: &str, field: &str, value: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let n: i64 = self
+            .run(HDEL_IF_EQUAL.key(key).arg(field).arg(value).invoke_async(&mut c))
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn release_address(&self, binding: &Binding) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let key = self
+            .keys
+            .address(&binding.account_sid, binding.channel, &binding.address);
+        let _: i64 = self
+            .run(
+                DEL_IF_EQUAL
+                    .key(key)
+                    .arg(owner_json(&binding.identity, &binding.id))
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes `id` from `identity` if it still holds the given token.
+    async fn remove_if_same_token(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        id: &BindingId,
+        like: &Binding,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.bindings(account, identity);
+        let Some(text) = self.hget(&key, id.as_str()).await? else {
+            return Ok(false);
+        };
+        let Ok(current) = serde_json::from_str::<Binding>(&text) else {
+            return Ok(false);
+        };
+        if current.channel != like.channel || current.address != like.address {
+            return Ok(false);
+        }
+        self.hdel_if_equal(&key, id.as_str(), &text).await
+    }
+
+    fn parse_bindings(
+        &self,
+        key: &str,
+        entries: Vec<(String, String)>,
+        now: OffsetDateTime,
+    ) -> Vec<Binding> {
+        let mut live = Vec::with_capacity(entries.len());
+        let mut expired = Vec::new();
+        for (field, text) in entries {
+            match serde_json::from_str::<Binding>(&text) {
+                Ok(b) if b.is_expired(now) => expired.push((field, text)),
+                Ok(b) => live.push(b),
+                Err(e) => tracing::warn!(key, field, error = %e, "skipping unreadable binding"),
+            }
+        }
+        self.sweep(key, expired);
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        live
+    }
+
+    /// Deletes expired entries in the background; each only if it did not change meanwhile.
+    fn sweep(&self, key: &str, entries: Vec<(String, String)>) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut c = self.conn.clone();
+        let key = key.to_owned();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            for (field, value) in entries {
+                let mut invocation = HDEL_IF_EQUAL.key(&key);
+                invocation.arg(&field).arg(&value);
+                let call = invocation.invoke_async::<i64>(&mut c);
+                if tokio::time::timeout(timeout, call).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn engine(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: String = self.run(redis::cmd("PING").query_async(&mut c)).await?;
+        Ok(())
+    }
+
+    async fn put_binding(&self, binding: Binding) -> Result<PutOutcome, StoreError> {
+        let key = self.keys.bindings(&binding.account_sid, &binding.identity);
+        let ttl_ms = millis(binding.ttl());
+        // Read, then write only if nothing changed in between; a concurrent writer makes us
+        // read again.
+        let mut attempt = 0;
+        let (stored, previous) = loop {
+            attempt += 1;
+            let current = self.hget(&key, binding.id.as_str()).await?;
+            let previous = current
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Binding>(t).ok());
+            let mut stored = binding.clone();
+            if let Some(p) = &previous {
+                stored.created_at = p.created_at;
+            }
+            let mut c = self.conn.clone();
+            let written: i64 = self
+                .run(
+                    HSET_IF_UNCHANGED
+                        .key(&key)
+                        .arg(binding.id.as_str())
+                        .arg(current.as_deref().unwrap_or(""))
+                        .arg(to_json(&stored))
+                        .arg(ttl_ms)
+                        .invoke_async(&mut c),
+                )
+                .await?;
+            if written == 1 {
+                break (stored, previous);
+            }
+            if attempt >= 5 {
+                return Err(StoreError::Unavailable(
+                    "the binding kept changing while being written".into(),
+                ));
+            }
+        };
+
+        if let Some(p) = &previous
+            && (p.channel != stored.channel || p.address != stored.address)
+        {
+            self.release_address(p).await?;
+        }
+
+        let owner = owner_json(&stored.identity, &stored.id);
+        let address_key = self
+            .keys
+            .address(&stored.account_sid, stored.channel, &stored.address);
+        let mut c = self.conn.clone();
+        let previous_owner: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&address_key)
+                    .arg(&owner)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .arg("GET")
+                    .query_async(&mut c),
+            )
+            .await?;
+        let mut displaced = Vec::new();
+        if let Some(old) = previous_owner.filter(|o| *o != owner)
+            && let Some((old_identity, old_id)) = parse_owner(&old)
+            && self
+                .remove_if_same_token(&stored.account_sid, &old_identity, &old_id, &stored)
+                .await?
+        {
+            displaced.push((old_identity, old_id));
+        }
+        Ok(PutOutcome {
+            binding: stored,
+            created: previous.is_none(),
+            displaced,
+        })
+    }
+
+    async fn get_binding(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        id: &BindingId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Binding>, StoreError> {
+        let key = self.keys.bindings(account, identity);
+        let Some(text) = self.hget(&key, id.as_str()).await? else {
+            return Ok(None);
+        };
+        let binding: Binding = serde_json::from_str(&text).map_err(|e| corrupt(&key, e))?;
+        Ok((!binding.is_expired(now)).then_some(binding))
+    }
+
+    async fn list_bindings(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Binding>, StoreError> {
+        let key = self.keys.bindings(account, identity);
+        let mut c = self.conn.clone();
+        let entries: Vec<(String, String)> = self.run(c.hgetall(&key)).await?;
+        Ok(self.parse_bindings(&key, entries, now))
+    }
+
+    async fn delete_binding(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        id: &BindingId,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.bindings(account, identity);
+        let mut c = self.conn.clone();
+        let old: Option<String> = self
+            .run(HTAKE.key(&key).arg(id.as_str()).invoke_async(&mut c))
+            .await?;
+        let Some(old) = old else {
+            return Ok(false);
+        };
+        if let Ok(binding) = serde_json::from_str::<Binding>(&old) {
+            self.release_address(&binding).await?;
+        }
+        Ok(true)
+    }
+
+    async fn delete_bindings(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> Result<usize, StoreError> {
+        let key = self.keys.bindings(account, identity);
+        let mut c = self.conn.clone();
+        let flat: Vec<String> = self.run(HTAKE_ALL.key(&key).invoke_async(&mut c)).await?;
+        let values: Vec<&String> = flat.iter().skip(1).step_by(2).collect();
+        for text in &values {
+            if let Ok(binding) = serde_json::from_str::<Binding>(text) {
+                self.release_address(&binding).await?;
+            }
+        }
+        Ok(values.len())
+    }
+
+    async fn refresh_binding(
+        &self,
+        binding: &Binding,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.bindings(&binding.account_sid, &binding.identity);
+        let refreshed = binding.refreshed(now);
+        let ttl_ms = millis(binding.ttl());
+        let mut c = self.conn.clone();
+        let written: i64 = self
+            .run(
+                HSET_IF_UNCHANGED
+                    .key(&key)
+                    .arg(binding.id.as_str())
+                    .arg(to_json(binding))
+                    .arg(to_json(&refreshed))
+                    .arg(ttl_ms)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        if written == 1 {
+            let address_key =
+                self.keys
+                    .address(&binding.account_sid, binding.channel, &binding.address);
+            let mut c = self.conn.clone();
+            let _: i64 = self.run(c.pexpire(address_key, ttl_ms as i64)).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_dead_binding(&self, binding: &Binding) -> Result<(), StoreError> {
+        if self
+            .remove_if_same_token(&binding.account_sid, &binding.identity, &binding.id, binding)
+            .await?
+        {
+            self.release_address(binding).await?;
+        }
+        Ok(())
+    }
+
+    async fn targets(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        now: OffsetDateTime,
+    ) -> Result<Targets, StoreError> {
+        let bindings_key = self.keys.bindings(account, identity);
+        let sockets_key = self.keys.sockets(account, identity);
+        let mut c = self.conn.clone();
+        let (bindings, sockets): (Vec<(String, String)>, Vec<(String, String)>) = self
+            .run(
+                redis::pipe()
+                    .hgetall(&bindings_key)
+                    .hgetall(&sockets_key)
+                    .query_async(&mut c),
+            )
+            .await?;
+        let bindings = self.parse_bindings(&bindings_key, bindings, now);
+        let mut live = Vec::with_capacity(sockets.len());
+        let mut stale = Vec::new();
+        for (field, text) in sockets {
+            match serde_json::from_str::<SocketPresence>(&text) {
+                Ok(p) if p.lease_until > now => live.push(p),
+                Ok(_) => stale.push((field, text)),
+                Err(e) => tracing::warn!(key = sockets_key, field, error = %e, "skipping unreadable presence"),
+            }
+        }
+        self.sweep(&sockets_key, stale);
+        live.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
+        Ok(Targets {
+            bindings,
+            sockets: live,
+        })
+    }
+
+    async fn put_presences(&self, presences: &[SocketPresence]) -> Result<(), StoreError> {
+        if presences.is_empty() {
+            return Ok(());
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut pipe = redis::pipe();
+        for p in presences {
+            let key = self.keys.sockets(&p.account_sid, &p.identity);
+            // The hash outlives every lease in it, so a replica that dies leaves nothing behind
+            // for long.
+            let lease = (p.lease_until - now).max(time::Duration::ZERO);
+            let key_ttl = (lease.whole_milliseconds() as i64) * 2 + 1000;
+            pipe.hset(&key, &p.conn_id, to_json(p))
+                .ignore()
+                .pexpire(&key, key_ttl)
+                .ignore();
+        }
+        let mut c = self.conn.clone();
+        self.run(pipe.query_async::<()>(&mut c)).await
+    }
+
+    async fn remove_presence(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        conn_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .run(c.hdel(self.keys.sockets(account, identity), conn_id))
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_message(
+        &self,
+        account: &AccountSid,
+        message_id: &str,
+        pending_for: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut c = self.conn.clone();
+        let state: String = self
+            .run(
+                CLAIM
+                    .key(self.keys.message(account, message_id))
+                    .arg(millis(pending_for))
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        match state.as_str() {
+            "acquired" => Ok(Claim::Acquired),
+            "pending" => Ok(Claim::Pending),
+            "delivered" => Ok(Claim::Delivered),
+            other => Err(corrupt("message marker", other)),
+        }
+    }
+
+    async fn settle_message(
+        &self,
+        account: &AccountSid,
+        message_id: &str,
+        delivered: bool,
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.message(account, message_id);
+        let mut c = self.conn.clone();
+        if delivered {
+            let _: () = self
+                .run(c.pset_ex(key, "delivered", millis(window)))
+                .await?;
+        } else {
+            let _: i64 = self.run(c.del(key)).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError> {
+        let mut c = self.conn.clone();
+        let receivers: i64 = self
+            .run(c.publish(self.keys.node_channel(node), message.as_ref()))
+            .await?;
+        Ok(usize::try_from(receivers).unwrap_or(0))
+    }
+
+    async fn subscribe(&self, node: &str) -> Result<mpsc::Receiver<Bytes>, StoreError> {
+        self.bus.subscribe(self.keys.node_channel(node)).await
+    }
+}
+
+/// Routes pushed pub/sub messages to the receiver of their channel.
+type Routes = Arc<Mutex<HashMap<String, mpsc::Sender<Bytes>>>>;

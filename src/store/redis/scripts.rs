@@ -1,0 +1,76 @@
+//! Lua scripts for the few updates that must be atomic on one key. Each touches only the keys
+//! it is given, all in one hash slot.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Sets a hash field only if it still holds the expected value (`''`: absent), then makes sure
+/// the key lives at least `ttl` milliseconds. Returns 1 when written.
+pub static HSET_IF_UNCHANGED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (cur or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local ttl = tonumber(ARGV[4])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+",
+    )
+});
+
+/// Deletes a hash field only if it holds exactly the given value. Returns 1 when deleted.
+pub static HDEL_IF_EQUAL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+",
+    )
+});
+
+/// Deletes a hash field and returns what it held.
+pub static HTAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return v
+",
+    )
+});
+
+/// Deletes a hash and returns its fields and values.
+pub static HTAKE_ALL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return v
+",
+    )
+});
+
+/// Deletes a string key only if it holds the given value.
+pub static DEL_IF_EQUAL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+/// Claims a message id: `acquired` when nobody had, otherwise its state (`pending` or
+/// `delivered`).
+pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then return 'acquired' end
+return redis.call('GET', KEYS[1]) or 'acquired'
+",
+    )
+});
