@@ -1,7 +1,17 @@
 //! callrelay delivers Twilio Voice call notifications to the callee's devices over APNs, FCM
-//! and WebSockets. See ARCHITECTURE.md for the map.
+//! and WebSockets. `ARCHITECTURE.md` has the map; [`app::start`] is the entry point.
 
+pub mod app;
+pub mod auth;
+pub mod channels;
+pub mod cli;
 pub mod config;
 pub mod domain;
-pub mod auth;
+pub mod http;
+pub mod metrics;
+pub mod relay;
 pub mod store;
+pub mod telemetry;
+
+pub use app::{App, Listeners, StartError, start, start_with_store};
+pub use config::Config;

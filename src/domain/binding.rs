@@ -187,9 +187,7 @@ impl BindingRequest {
             }
         }
         if let Some(device_id) = &w.device_id
-            && (device_id.is_empty()
-                || device_id.len() > MAX_DEVICE_ID_LEN
-                || device_id.chars().any(char::is_control))
+            && !valid_device_id(device_id)
         {
             return Err(invalid(
                 "device_id",
@@ -224,6 +222,13 @@ impl BindingRequest {
             ttl_seconds,
         })
     }
+}
+
+/// A device identifier: 1 to 256 bytes without control characters.
+pub fn valid_device_id(device_id: &str) -> bool {
+    !device_id.is_empty()
+        && device_id.len() <= MAX_DEVICE_ID_LEN
+        && !device_id.chars().any(char::is_control)
 }
 
 /// App names as configured and as named by bindings.

@@ -7,7 +7,7 @@ mod notification;
 
 pub use binding::{
     ApnsEnvironment, Binding, BindingRequest, InvalidBinding, PushChannel, PushType,
-    check_app_name, DEFAULT_TTL_SECONDS,
+    check_app_name, valid_device_id, DEFAULT_TTL_SECONDS,
 };
 pub use ids::{AccountSid, ApiKeySid, BindingId, Identity, InvalidId};
 pub use notification::{CallNotification, InvalidNotification};

@@ -1,0 +1,199 @@
+//! Starting and stopping callrelay: one entry point that takes the configuration and,
+//! optionally, listeners already bound (tests bind port 0), and one shutdown path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::channels::websocket::WebSocketChannel;
+use crate::channels::{self, Channels};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+use crate::store::{self, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Channel(#[from] channels::ChannelConfigError),
+}
+
+/// Listeners bound by the caller.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// A running callrelay.
+pub struct App {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// This replica's id on the replica bus.
+    pub node: String,
+    shutdown: CancellationToken,
+    finished: JoinHandle<()>,
+}
+
+impl App {
+    /// Begins a graceful shutdown: no new connections; in-flight webhooks finish; sockets get
+    /// a close frame and their presence is withdrawn.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until everything has stopped.
+    pub async fn stopped(self) {
+        let _ = self.finished.await;
+    }
+}
+
+/// Starts callrelay on the configured store.
+pub async fn start(config: Config, listeners: Option<Listeners>) -> Result<App, StartError> {
+    let store = store::open(&config.store).await?;
+    start_with_store(config, listeners, store).await
+}
+
+/// Starts callrelay on a given store (several instances may share a memory store).
+pub async fn start_with_store(
+    config: Config,
+    listeners: Option<Listeners>,
+    store: Arc<dyn Store>,
+) -> Result<App, StartError> {
+    let listeners = match listeners {
+        Some(l) => l,
+        None => Listeners {
+            public: bind(config.server.listen).await?,
+            admin: bind(config.server.admin_listen).await?,
+        },
+    };
+    let public_addr = listeners.public.local_addr().map_err(|source| StartError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+    let admin_addr = listeners.admin.local_addr().map_err(|source| StartError::Bind {
+        addr: config.server.admin_listen,
+        source,
+    })?;
+
+    let config = Arc::new(config);
+    let node = uuid::Uuid::new_v4().simple().to_string();
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let metrics = Arc::new(Metrics::new());
+
+    let apps: HashMap<String, Arc<dyn channels::Channel>> = channels::push_channels(&config)?;
+    let sockets = WebSocketChannel::new(
+        node.clone(),
+        store.clone(),
+        config.websocket.clone(),
+        tasks.clone(),
+    );
+    sockets.start(shutdown.clone()).await?;
+    let relay = Arc::new(Relay::new(
+        config.clone(),
+        store.clone(),
+        Channels {
+            websocket: sockets.clone(),
+            apps,
+        },
+        metrics.clone(),
+        tasks.clone(),
+    ));
+    let state = AppState {
+        config: config.clone(),
+        relay,
+        auth: Arc::new(Authenticator::new(&config)),
+        sockets,
+        metrics,
+        store: store.clone(),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    };
+
+    if config.store.redis_url.is_none() {
+        tracing::warn!(
+            "using the embedded memory store: bindings are lost on restart and replicas share nothing; set store.redis_url for production"
+        );
+    }
+    if config.server.public_url.is_none() && !config.accounts.is_empty() {
+        tracing::warn!(
+            "server.public_url is not set: webhook signatures are checked against the Host header; set it to the URL Twilio calls"
+        );
+    }
+    tracing::info!(%public_addr, %admin_addr, node, store = store.engine(), accounts = config.accounts.len(), "callrelay listening");
+
+    let public = axum::serve(listeners.public, http::public_router(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin_stop = CancellationToken::new();
+    let admin = axum::serve(listeners.admin, http::admin_router(state))
+        .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
+    let admin_task = tokio::spawn(async move {
+        if let Err(e) = admin.await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    let grace = config.server.shutdown_grace;
+    let finished = tokio::spawn(async move {
+        if let Err(e) = public.await {
+            tracing::error!(error = %e, "public listener failed");
+        }
+        // The public listener has drained its in-flight requests; sessions are closing and
+        // withdrawing their presence.
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!("shutdown grace period over; stopping with work in flight");
+        }
+        admin_stop.cancel();
+        let _ = admin_task.await;
+        tracing::info!("callrelay stopped");
+    });
+    Ok(App {
+        public_addr,
+        admin_addr,
+        node,
+        shutdown,
+        finished,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

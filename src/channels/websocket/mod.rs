@@ -1,0 +1,261 @@
+//! WebSocket bindings: a connection is a live binding of its identity on the replica that
+//! holds it. Its presence in the store (renewed while the replica lives, expiring when it
+//! dies) lets any replica find it; the replica bus carries the payload to the holder, which
+//! acknowledges the hand-off. Delivery is never inferred from how many replicas a publish
+//! reached.
+
+mod registry;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use registry::{Handoff, LocalSocket};
+use registry::Registry;
+use wire::WireMessage;
+
+use super::{Channel, Outcome, Target};
+use crate::config::WebSocketConfig;
+use crate::domain::{AccountSid, CallNotification, Identity};
+use crate::store::{SocketPresence, Store, StoreError};
+
+/// Presences written per store round trip when renewing.
+const RENEW_BATCH: usize = 500;
+
+pub struct WebSocketChannel {
+    node: String,
+    registry: Registry,
+    store: Arc<dyn Store>,
+    config: WebSocketConfig,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Handoff>>>,
+    next_request: AtomicU64,
+    tasks: TaskTracker,
+}
+
+/// A registered socket. Dropping it unregisters the socket here and withdraws its presence.
+pub struct SocketLease {
+    channel: Arc<WebSocketChannel>,
+    pub socket: LocalSocket,
+}
+
+impl Drop for SocketLease {
+    fn drop(&mut self) {
+        self.channel.registry.unregister(&self.socket.conn_id);
+        let store = self.channel.store.clone();
+        let s = self.socket.clone();
+        self.channel.tasks.spawn(async move {
+            if let Err(e) = store
+                .remove_presence(&s.account_sid, &s.identity, &s.conn_id)
+                .await
+            {
+                // The lease runs out by itself; until then a webhook finds the socket gone.
+                tracing::warn!(conn_id = s.conn_id, error = %e, "could not withdraw socket presence");
+            }
+        });
+    }
+}
+
+impl WebSocketChannel {
+    pub fn new(
+        node: String,
+        store: Arc<dyn Store>,
+        config: WebSocketConfig,
+        tasks: TaskTracker,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            registry: Registry::default(),
+            store,
+            config,
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            tasks,
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn live_sockets(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Subscribes to this replica's inbox and starts renewing presences; both stop at
+    /// `shutdown`.
+    pub async fn start(self: &Arc<Self>, shutdown: CancellationToken) -> Result<(), StoreError> {
+        let inbox = self.store.subscribe(&self.node).await?;
+        let me = self.clone();
+        let stop = shutdown.clone();
+        self.tasks.spawn(async move { me.serve_inbox(inbox, stop).await });
+        let me = self.clone();
+        self.tasks.spawn(async move { me.renew_presences(shutdown).await });
+        Ok(())
+    }
+
+    /// Registers a new socket and announces it. When the store cannot be reached the socket
+    /// is not registered: a socket nobody can find would swallow nothing but also receive
+    /// nothing, and the client is better off retrying.
+    pub async fn connect(
+        self: &Arc<Self>,
+        account_sid: AccountSid,
+        identity: Identity,
+        device_id: Option<String>,
+    ) -> Result<(SocketLease, mpsc::Receiver<Bytes>), StoreError> {
+        let (socket, rx) =
+            self.registry
+                .register(account_sid, identity, device_id, self.config.queue_capacity);
+        // Registered locally first, so a webhook that sees the presence finds the queue.
+        let lease = SocketLease {
+            channel: self.clone(),
+            socket,
+        };
+        let presence = self.presence(&lease.socket, OffsetDateTime::now_utc());
+        self.store.put_presences(&[presence]).await?;
+        Ok((lease, rx))
+    }
+
+    fn presence(&self, s: &LocalSocket, now: OffsetDateTime) -> SocketPresence {
+        SocketPresence {
+            conn_id: s.conn_id.clone(),
+            account_sid: s.account_sid.clone(),
+            identity: s.identity.clone(),
+            node: self.node.clone(),
+            device_id: s.device_id.clone(),
+            connected_at: s.connected_at,
+            lease_until: now + self.config.presence_ttl,
+        }
+    }
+
+    async fn renew_presences(self: Arc<Self>, shutdown: CancellationToken) {
+        // Three renewals per lease: one lost round trip does not let a live socket lapse.
+        let every = self.config.presence_ttl / 3;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = OffsetDateTime::now_utc();
+            let presences: Vec<SocketPresence> = self
+                .registry
+                .snapshot()
+                .iter()
+                .map(|s| self.presence(s, now))
+                .collect();
+            for chunk in presences.chunks(RENEW_BATCH) {
+                if let Err(e) = self.store.put_presences(chunk).await {
+                    tracing::warn!(error = %e, sockets = presences.len(), "could not renew socket presences");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn serve_inbox(self: Arc<Self>, mut inbox: mpsc::Receiver<Bytes>, shutdown: CancellationToken) {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = inbox.recv() => match m {
+                    Some(m) => m,
+                    None => return,
+                },
+            };
+            match WireMessage::decode(message) {
+                Some(WireMessage::Deliver {
+                    request,
+                    reply_to,
+                    conn_id,
+                    payload,
+                }) => {
+                    let handoff = self.registry.hand_off(&conn_id, payload);
+                    let ack = WireMessage::Ack { request, handoff }.encode();
+                    let store = self.store.clone();
+                    // Acknowledging must not hold up the next hand-off.
+                    self.tasks.spawn(async move {
+                        if let Err(e) = store.publish(&reply_to, ack).await {
+                            tracing::warn!(error = %e, "could not acknowledge a delivery");
+                        }
+                    });
+                }
+                Some(WireMessage::Ack { request, handoff }) => {
+                    let waiter = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&request);
+                    if let Some(w) = waiter {
+                        let _ = w.send(handoff);
+                    }
+                }
+                None => tracing::warn!("ignoring an unreadable replica message"),
+            }
+        }
+    }
+
+    async fn deliver_remote(&self, p: &SocketPresence, payload: Bytes, deadline: Instant) -> Outcome {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request, tx);
+        let message = WireMessage::Deliver {
+            request,
+            reply_to: self.node.clone(),
+            conn_id: p.conn_id.clone(),
+            payload,
+        };
+        let outcome = match self.store.publish(&p.node, message.encode()).await {
+            Ok(0) => Outcome::Failed(format!("replica {} is not listening", p.node)),
+            Ok(_) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(handoff)) => return outcome_of(handoff),
+                _ => Outcome::Failed(format!("replica {} did not acknowledge in time", p.node)),
+            },
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&request);
+        outcome
+    }
+}
+
+fn outcome_of(handoff: Handoff) -> Outcome {
+    match handoff {
+        Handoff::Queued => Outcome::Delivered,
+        Handoff::Full => Outcome::Failed("the socket's queue is full (slow reader)".into()),
+        Handoff::Gone => Outcome::Dead("the socket is closed".into()),
+    }
+}
+
+#[async_trait]
+impl Channel for WebSocketChannel {
+    async fn deliver(
+        &self,
+        target: &Target,
+        notification: &CallNotification,
+        deadline: Instant,
+    ) -> Outcome {
+        let Target::Socket(p) = target else {
+            return Outcome::Failed("not a socket".into());
+        };
+        if p.node == self.node {
+            outcome_of(self.registry.hand_off(&p.conn_id, notification.raw.clone()))
+        } else {
+            self.deliver_remote(p, notification.raw.clone(), deadline).await
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Messages between replicas on the bus. A delivery request names the socket and where to send
+//! the acknowledgement; the holder answers with what became of the hand-off. Text headers
+//! keep the format readable in `redis-cli monitor`; the payload follows unchanged.
+//!
+//! ```text
+//! D <request id> <reply node> <connection id>\n<payload bytes>
+//! A <request id> <queued|full|gone>
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::registry::Handoff;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireMessage {
+    Deliver {
+        request: u64,
+        reply_to: String,
+        conn_id: String,
+        payload: Bytes,
+    },
+    Ack {
+        request: u64,
+        handoff: Handoff,
+    },
+}
+
+impl WireMessage {
+    pub fn encode(&self) -> Bytes {
+        match self {
+            WireMessage::Deliver {
+                request,
+                reply_to,
+                conn_id,
+                payload,
+            } => {
+                let header = format!("D {request} {reply_to} {conn_id}\n");
+                let mut out = BytesMut::with_capacity(header.len() + payload.len());
+                out.put_slice(header.as_bytes());
+                out.put_slice(payload);
+                out.freeze()
+            }
+            WireMessage::Ack { request, handoff } => {
+                let status = match handoff {
+                    Handoff::Queued => "queued",
+                    Handoff::Full => "full",
+                    Handoff::Gone => "gone",
+                };
+                Bytes::from(format!("A {request} {status}"))
+            }
+        }
+    }
+
+    pub fn decode(message: Bytes) -> Option<Self> {
+        match message.first()? {
+            b'D' => {
+                let newline = message.iter().position(|b| *b == b'\n')?;
+                let header = std::str::from_utf8(&message[..newline]).ok()?;
+                let mut parts = header.split(' ');
+                let (_, request, reply_to, conn_id) =
+                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+                if parts.next().is_some() {
+                    return None;
+                }
+                Some(WireMessage::Deliver {
+                    request: request.parse().ok()?,
+                    reply_to: reply_to.to_owned(),
+                    conn_id: conn_id.to_owned(),
+                    payload: message.slice(newline + 1..),
+                })
+            }
+            b'A' => {
+                let text = std::str::from_utf8(&message).ok()?;
+                let mut parts = text.split(' ');
+                let (_, request, status) = (parts.next()?, parts.next()?, parts.next()?);
+                let handoff = match status {
+                    "queued" => Handoff::Queued,
+                    "full" => Handoff::Full,
+                    "gone" => Handoff::Gone,
+                    _ => return None,
+                };
+                Some(WireMessage::Ack {
+                    request: request.parse().ok()?,
+                    handoff,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_keep_payload_bytes() {
+        let payload = Bytes::from_static(b"{\"twi_to\":\"client:bob\"}\n\x00tail");
+        let m = WireMessage::Deliver {
+            request: 42,
+            reply_to: "node-a".into(),
+            conn_id: "c1".into(),
+            payload: payload.clone(),
+        };
+        assert_eq!(WireMessage::decode(m.encode()), Some(m));
+        for handoff in [Handoff::Queued, Handoff::Full, Handoff::Gone] {
+            let a = WireMessage::Ack { request: 7, handoff };
+            assert_eq!(WireMessage::decode(a.encode()), Some(a));
+        }
+    }
+
+    #[test]
+    fn garbage_is_ignored() {
+        for m in ["", "X", "D 1 a\n", "D x a b\n", "A 1 maybe", "A 1"] {
+            assert_eq!(WireMessage::decode(Bytes::from(m)), None, "{m:?}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The command line: `serve`, `check-config`, and developer helpers for trying callrelay out.
+
+mod dev;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+
+#[derive(Debug, Parser)]
+#[command(name = "callrelay", version, about = "Relays Twilio Voice call notifications to APNs, FCM and WebSockets")]
+pub struct Cli {
+    /// Configuration file (TOML). Every key can also be set as CALLRELAY__SECTION__KEY.
+    #[arg(long, short, global = true, env = "CALLRELAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve,
+    /// Validate the configuration and say what is wrong.
+    CheckConfig,
+    /// Helpers for trying callrelay out locally.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
+}
+
+pub async fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("callrelay: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::CheckConfig => check_config(&config),
+        Command::Dev(command) => dev::run(command, &config).await,
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    crate::telemetry::init(&config.log);
+    let app = match crate::start(config, None).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "callrelay could not start");
+            eprintln!("callrelay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::app::shutdown_signal().await;
+    tracing::info!("shutting down");
+    app.shutdown();
+    app.stopped().await;
+    ExitCode::SUCCESS
+}
+
+fn check_config(config: &Config) -> ExitCode {
+    if let Err(e) = crate::channels::push_channels(config) {
+        eprintln!("callrelay: configuration error: {e}");
+        return ExitCode::from(2);
+    }
+    println!(
+        "configuration OK: {} account(s), {} push app(s), {} admin key(s), store: {}",
+        config.accounts.len(),
+        config.apps.len(),
+        config.admin.api_keys.len(),
+        if config.store.redis_url.is_some() {
+            "redis"
+        } else {
+            "memory (embedded)"
+        }
+    );
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,83 @@
+//! HTTP: the public listener (webhook, bindings API, WebSocket) and the admin listener.
+//! Handlers parse and authenticate, then call the relay; they never touch the store directly
+//! except `/readyz`'s ping.
+
+mod admin;
+mod bindings;
+pub mod problem;
+mod request_id;
+mod webhook;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::channels::websocket::WebSocketChannel;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+use crate::store::Store;
+
+pub use webhook::signed_url;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub relay: Arc<Relay>,
+    pub auth: Arc<Authenticator>,
+    pub sockets: Arc<WebSocketChannel>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn Store>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+pub fn public_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/twilio/call-notifications",
+            post(webhook::call_notification).layer(DefaultBodyLimit::max(webhook::MAX_BODY)),
+        )
+        .route(
+            "/v1/bindings",
+            post(bindings::create)
+                .get(bindings::list)
+                .delete(bindings::delete_all)
+                .layer(DefaultBodyLimit::max(bindings::MAX_BODY)),
+        )
+        .route(
+            "/v1/bindings/{id}",
+            put(bindings::replace)
+                .get(bindings::get_one)
+                .delete(bindings::delete_one)
+                .layer(DefaultBodyLimit::max(bindings::MAX_BODY)),
+        )
+        .route("/v1/ws", get(ws::connect))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .with_state(state)
+}
+
+async fn not_found() -> problem::Problem {
+    problem::Problem::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        "no such endpoint",
+    )
+}

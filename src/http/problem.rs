@@ -1,0 +1,173 @@
+//! The one place where errors become HTTP answers: RFC 9457 problem documents with a stable
+//! `type` per kind of client error (listed in the README). Internal causes are logged here and
+//! never sent.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::relay::{BindingError, Summary, WebhookError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("urn:callrelay:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn unauthenticated(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Authentication required",
+            detail,
+        )
+    }
+
+    pub fn store_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "Store unavailable",
+            "the binding store cannot be reached; retry shortly",
+        )
+    }
+
+    /// For a request body the extractor refused (too large, unreadable).
+    pub fn body_rejected(status: StatusCode, detail: impl Into<String>) -> Self {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(status, "payload-too-large", "Payload too large", detail)
+        } else {
+            Self::new(status, "bad-request", "Bad request", detail)
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(&self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+fn summary(status: StatusCode, summary: Summary) -> Response {
+    (status, Json(summary)).into_response()
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        match self {
+            WebhookError::Invalid(e) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-notification",
+                "Invalid call notification",
+                e.to_string(),
+            )
+            .into_response(),
+            WebhookError::UnknownAccount(sid) => {
+                tracing::warn!(account = %sid, "webhook for an account that is not configured");
+                Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "unknown-account",
+                    "Account not configured",
+                    "the notification's account is not configured on this relay",
+                )
+                .into_response()
+            }
+            WebhookError::Unauthenticated(why) => {
+                // Why is for the operator; the caller learns only that it failed.
+                tracing::warn!(reason = %why, "webhook authentication failed");
+                Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "webhook-authentication-failed",
+                    "Webhook authentication failed",
+                    "the request's signature or credentials did not verify",
+                )
+                .into_response()
+            }
+            WebhookError::NoBinding => Problem::new(
+                StatusCode::NOT_FOUND,
+                "no-binding",
+                "No binding",
+                "no binding matches the callee's account and identity",
+            )
+            .into_response(),
+            WebhookError::AllRemoved(s) => summary(StatusCode::NOT_FOUND, s),
+            WebhookError::AllFailed(s) => summary(StatusCode::BAD_GATEWAY, s),
+            WebhookError::Store(e) => {
+                tracing::error!(error = %e, "store error while answering a webhook");
+                Problem::store_unavailable().into_response()
+            }
+        }
+    }
+}
+
+impl IntoResponse for BindingError {
+    fn into_response(self) -> Response {
+        match self {
+            BindingError::Invalid(e) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-binding",
+                "Invalid binding",
+                e.to_string(),
+            ),
+            BindingError::BadRequest(detail) => {
+                Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+            }
+            BindingError::Unauthenticated(why) => {
+                tracing::info!(reason = %why, "bindings API authentication failed");
+                Problem::unauthenticated(
+                    "present a Twilio Access Token or an admin key as a Bearer credential",
+                )
+            }
+            BindingError::Forbidden(detail) => {
+                Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+            }
+            BindingError::NotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "binding-not-found",
+                "Binding not found",
+                "no binding with this id for this identity",
+            ),
+            BindingError::App(detail) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "app-not-configured",
+                "Push app not configured",
+                detail,
+            ),
+            BindingError::Store(e) => {
+                tracing::error!(error = %e, "store error in the bindings API");
+                Problem::store_unavailable()
+            }
+        }
+        .into_response()
+    }
+}

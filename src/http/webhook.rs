@@ -1,0 +1,133 @@
+//! `POST /v1/twilio/call-notifications`: parse, hand to the relay, answer.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tokio::time::Instant;
+
+use super::AppState;
+use super::problem::Problem;
+use crate::auth::webhook::WebhookCredentials;
+use crate::config::ServerConfig;
+use crate::domain::CallNotification;
+use crate::metrics::OutcomeLabels;
+use crate::relay::WebhookError;
+
+/// Twilio's notifications are a few hundred bytes; 64 KiB leaves room for large `twi_params`.
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub async fn call_notification(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let (outcome, response) = answer(&state, &headers, &uri, body).await;
+    state
+        .metrics
+        .webhooks
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
+    state
+        .metrics
+        .webhook_duration
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> (&'static str, Response) {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let outcome = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "bad_request"
+            };
+            let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("the body is larger than {MAX_BODY} bytes")
+            } else {
+                rejection.body_text()
+            };
+            return (outcome, Problem::body_rejected(status, detail).into_response());
+        }
+    };
+    let notification = match CallNotification::parse(body) {
+        Ok(n) => n,
+        Err(e) => return ("bad_request", WebhookError::from(e).into_response()),
+    };
+    let url = signed_url(&state.config.server, headers, uri);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let credentials = WebhookCredentials {
+        url: &url,
+        signature: header("x-twilio-signature"),
+        signature_settings: header("x-twilio-webhooks-signature-settings"),
+        authorization: header("authorization"),
+        body: &notification.raw,
+    };
+    match state.relay.notify(&notification, &credentials).await {
+        Ok(summary) => {
+            let outcome = if summary.duplicate {
+                "duplicate"
+            } else {
+                "delivered"
+            };
+            tracing::info!(
+                account = %notification.account_sid,
+                identity = %notification.identity,
+                message_id = notification.message_id.as_deref().unwrap_or(""),
+                delivered = summary.delivered,
+                failed = summary.failed,
+                removed = summary.removed,
+                duplicate = summary.duplicate,
+                "call notification relayed"
+            );
+            (outcome, (StatusCode::OK, Json(summary)).into_response())
+        }
+        Err(e) => {
+            let outcome = match &e {
+                WebhookError::Invalid(_) => "bad_request",
+                WebhookError::UnknownAccount(_) | WebhookError::Unauthenticated(_) => "forbidden",
+                WebhookError::NoBinding | WebhookError::AllRemoved(_) => "not_found",
+                WebhookError::AllFailed(_) => "failed",
+                WebhookError::Store(_) => "unavailable",
+            };
+            if matches!(e, WebhookError::NoBinding | WebhookError::AllRemoved(_) | WebhookError::AllFailed(_)) {
+                tracing::info!(
+                    account = %notification.account_sid,
+                    identity = %notification.identity,
+                    outcome,
+                    "call notification not delivered"
+                );
+            }
+            (outcome, e.into_response())
+        }
+    }
+}
+
+/// The URL Twilio signed: the configured public URL plus the path and query as received.
+/// Without a public URL, the request's own `Host` (and `X-Forwarded-Proto`) stand in.
+pub fn signed_url(server: &ServerConfig, headers: &HeaderMap, uri: &Uri) -> String {
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    match &server.public_url {
+        Some(base) => format!("{base}{path_and_query}"),
+        None => {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let scheme = header("x-forwarded-proto")
+                .filter(|p| *p == "https" || *p == "http")
+                .unwrap_or("http");
+            let host = header("host").unwrap_or_default();
+            format!("{scheme}://{host}{path_and_query}")
+        }
+    }
+}

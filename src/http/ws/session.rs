@@ -1,0 +1,223 @@
+//! One WebSocket connection's life after the upgrade: write what the relay queues for it,
+//! ping, notice a peer that went quiet, and say goodbye at shutdown. Generic over the socket,
+//! so it can be tested with an in-memory pair.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A write that takes longer than this means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// RFC 6455 "going away".
+const GOING_AWAY: u16 = 1001;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    ClientClosed,
+    Unresponsive,
+    ShuttingDown,
+    WriteFailed,
+    ReadFailed,
+    Unregistered,
+}
+
+pub async fn run<S, E>(
+    mut socket: S,
+    mut queue: mpsc::Receiver<Bytes>,
+    ping_interval: Duration,
+    shutdown: CancellationToken,
+) -> End
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
+{
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                // What was already handed to this socket still goes out, then the close frame.
+                while let Ok(payload) = queue.try_recv() {
+                    if !send(&mut socket, text(payload)).await {
+                        return End::WriteFailed;
+                    }
+                }
+                let close = Message::Close(Some(CloseFrame {
+                    code: GOING_AWAY,
+                    reason: Utf8Bytes::from_static("callrelay is shutting down"),
+                }));
+                send(&mut socket, close).await;
+                return End::ShuttingDown;
+            }
+            item = queue.recv() => match item {
+                Some(payload) => {
+                    if !send(&mut socket, text(payload)).await {
+                        return End::WriteFailed;
+                    }
+                }
+                None => return End::Unregistered,
+            },
+            incoming = socket.next() => match incoming {
+                Some(Ok(Message::Close(_))) | None => return End::ClientClosed,
+                // Any frame (pong, or whatever the client sends) proves it is alive.
+                Some(Ok(_)) => last_heard = Instant::now(),
+                Some(Err(_)) => return End::ReadFailed,
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= ping_interval * 2 {
+                    return End::Unresponsive;
+                }
+                if !send(&mut socket, Message::Ping(Bytes::new())).await {
+                    return End::WriteFailed;
+                }
+            }
+        }
+    }
+}
+
+fn text(payload: Bytes) -> Message {
+    // Payloads were checked to be UTF-8 when the webhook arrived.
+    match Utf8Bytes::try_from(payload) {
+        Ok(t) => Message::Text(t),
+        Err(_) => Message::Text(Utf8Bytes::from_static("")),
+    }
+}
+
+async fn send<S, E>(socket: &mut S, message: Message) -> bool
+where
+    S: Sink<Message, Error = E> + Unpin,
+{
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, socket.send(message)).await,
+        Ok(Ok(()))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::channel::mpsc as fmpsc;
+
+    /// An in-memory socket: what the session writes goes to `sent`, what the test pushes into
+    /// `incoming` is what the session reads.
+    struct Pair {
+        incoming: fmpsc::UnboundedReceiver<Result<Message, ()>>,
+        sent: fmpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for Pair {
+        type Item = Result<Message, ()>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.incoming.poll_next_unpin(cx)
+        }
+    }
+
+    impl Sink<Message> for Pair {
+        type Error = ();
+        fn poll_ready(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), ()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), ()> {
+            self.sent.unbounded_send(item).map_err(|_| ())
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), ()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), ()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn pair() -> (
+        Pair,
+        fmpsc::UnboundedSender<Result<Message, ()>>,
+        fmpsc::UnboundedReceiver<Message>,
+    ) {
+        let (to_session, incoming) = fmpsc::unbounded();
+        let (sent, from_session) = fmpsc::unbounded();
+        (Pair { incoming, sent }, to_session, from_session)
+    }
+
+    #[tokio::test]
+    async fn queued_payloads_go_out_as_text_frames_in_order() {
+        let (socket, to_session, mut from_session) = pair();
+        let (tx, rx) = mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(socket, rx, Duration::from_secs(60), shutdown.clone()));
+        tx.send(Bytes::from_static(b"{\"a\":1}")).await.unwrap();
+        tx.send(Bytes::from_static(b"{\"b\":2}")).await.unwrap();
+        assert_eq!(
+            from_session.next().await,
+            Some(Message::Text(Utf8Bytes::from_static("{\"a\":1}")))
+        );
+        assert_eq!(
+            from_session.next().await,
+            Some(Message::Text(Utf8Bytes::from_static("{\"b\":2}")))
+        );
+        to_session.unbounded_send(Ok(Message::Close(None))).unwrap();
+        assert_eq!(task.await.unwrap(), End::ClientClosed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_dropped_after_two_intervals() {
+        let (socket, _to_session, mut from_session) = pair();
+        let (_tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(run(socket, rx, Duration::from_secs(10), CancellationToken::new()));
+        assert!(matches!(from_session.next().await, Some(Message::Ping(_))));
+        assert_eq!(task.await.unwrap(), End::Unresponsive);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_answers_pings_stays() {
+        let (socket, to_session, mut from_session) = pair();
+        let (_tx, rx) = mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(socket, rx, Duration::from_secs(10), shutdown.clone()));
+        for _ in 0..5 {
+            assert!(matches!(from_session.next().await, Some(Message::Ping(_))));
+            to_session.unbounded_send(Ok(Message::Pong(Bytes::new()))).unwrap();
+        }
+        assert!(!task.is_finished());
+        shutdown.cancel();
+        assert_eq!(task.await.unwrap(), End::ShuttingDown);
+    }
+
+    #[tokio::test]
+    async fn shutdown_flushes_the_queue_then_sends_going_away() {
+        let (socket, _to_session, mut from_session) = pair();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Bytes::from_static(b"{}")).await.unwrap();
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        assert_eq!(
+            run(socket, rx, Duration::from_secs(60), shutdown).await,
+            End::ShuttingDown
+        );
+        assert_eq!(
+            from_session.next().await,
+            Some(Message::Text(Utf8Bytes::from_static("{}")))
+        );
+        match from_session.next().await {
+            Some(Message::Close(Some(frame))) => assert_eq!(frame.code, GOING_AWAY),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Prometheus metrics, served on the admin listener's `/metrics`.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub channel: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BindingOpLabels {
+    pub operation: &'static str,
+    pub status: u16,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to ~8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub webhooks: Family<OutcomeLabels, Counter>,
+    pub webhook_duration: Histogram,
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub delivery_duration: Family<ChannelLabels, Histogram>,
+    pub live_sockets: Gauge<i64, AtomicI64>,
+    pub binding_requests: Family<BindingOpLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("callrelay");
+        let webhooks = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Call-notification webhooks by outcome",
+            webhooks.clone(),
+        );
+        let webhook_duration = latency_histogram();
+        registry.register(
+            "webhook_duration_seconds",
+            "Time from receiving a webhook to answering it",
+            webhook_duration.clone(),
+        );
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Deliveries by channel and outcome (delivered, removed, failed)",
+            deliveries.clone(),
+        );
+        let delivery_duration =
+            Family::<ChannelLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "delivery_duration_seconds",
+            "Time one delivery took, by channel",
+            delivery_duration.clone(),
+        );
+        let live_sockets = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "websocket_connections",
+            "WebSocket connections held by this replica",
+            live_sockets.clone(),
+        );
+        let binding_requests = Family::<BindingOpLabels, Counter>::default();
+        registry.register(
+            "binding_requests",
+            "Bindings API requests by operation and status",
+            binding_requests.clone(),
+        );
+        Self {
+            registry,
+            webhooks,
+            webhook_duration,
+            deliveries,
+            delivery_duration,
+            live_sockets,
+            binding_requests,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,199 @@
+//! Managing push bindings on behalf of a caller: an Access Token holder manages its own
+//! identity's bindings; an admin caller names the account and identity.
+
+use time::OffsetDateTime;
+
+use super::{BindingError, Relay};
+use crate::auth::Caller;
+use crate::domain::{AccountSid, Binding, BindingId, BindingRequest, Identity};
+use crate::store::SocketPresence;
+
+/// The (account, identity) a request acts on, once the caller is allowed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingScope {
+    pub account_sid: AccountSid,
+    pub identity: Identity,
+}
+
+/// Everything an identity has: stored push bindings and the sockets open right now.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub bindings: Vec<Binding>,
+    pub sockets: Vec<SocketPresence>,
+}
+
+impl Relay {
+    /// Decides which (account, identity) `caller` may act on, given what the request names.
+    pub fn scope(
+        &self,
+        caller: &Caller,
+        account_sid: Option<AccountSid>,
+        identity: Option<Identity>,
+    ) -> Result<BindingScope, BindingError> {
+        match caller {
+            Caller::Client {
+                account_sid: own_account,
+                identity: own_identity,
+            } => {
+                if account_sid.as_ref().is_some_and(|a| a != own_account) {
+                    return Err(BindingError::Forbidden(
+                        "the access token belongs to another account".into(),
+                    ));
+                }
+                if identity.as_ref().is_some_and(|i| i != own_identity) {
+                    return Err(BindingError::Forbidden(
+                        "an access token may only manage its own identity's bindings".into(),
+                    ));
+                }
+                Ok(BindingScope {
+                    account_sid: own_account.clone(),
+                    identity: own_identity.clone(),
+                })
+            }
+            Caller::Admin => {
+                let account_sid = account_sid.ok_or_else(|| {
+                    BindingError::BadRequest("account_sid is required with an admin key".into())
+                })?;
+                if self.config.account(&account_sid).is_none() {
+                    return Err(BindingError::Forbidden(format!(
+                        "account {account_sid} is not configured on this relay"
+                    )));
+                }
+                let identity = identity.ok_or_else(|| {
+                    BindingError::BadRequest("identity is required with an admin key".into())
+                })?;
+                Ok(BindingScope {
+                    account_sid,
+                    identity,
+                })
+            }
+        }
+    }
+
+    /// Creates (`id` absent: server-assigned) or replaces a binding. Returns the stored
+    /// binding and whether it is new.
+    pub async fn register(
+        &self,
+        caller: &Caller,
+        id: Option<BindingId>,
+        request: BindingRequest,
+    ) -> Result<(Binding, bool), BindingError> {
+        let id = match (id, &request.id) {
+            (Some(path), Some(body)) if path != *body => {
+                return Err(BindingError::BadRequest(format!(
+                    "the body's id `{body}` differs from the URL's `{path}`"
+                )));
+            }
+            (Some(path), _) => path,
+            (None, Some(_)) => {
+                return Err(BindingError::BadRequest(
+                    "to choose the id, use PUT /v1/bindings/{id}".into(),
+                ));
+            }
+            (None, None) => BindingId::generate(),
+        };
+        let scope = self.scope(caller, request.account_sid.clone(), request.identity.clone())?;
+        let app = self.resolve_app(&request)?;
+        let now = OffsetDateTime::now_utc();
+        let binding = Binding {
+            id,
+            account_sid: scope.account_sid,
+            identity: scope.identity,
+            channel: request.channel,
+            address: request.address,
+            app,
+            apns_environment: request.apns_environment,
+            push_type: request.push_type,
+            device_id: request.device_id,
+            ttl_seconds: request.ttl_seconds,
+            created_at: now,
+            updated_at: now,
+            expires_at: now + std::time::Duration::from_secs(request.ttl_seconds),
+        };
+        let outcome = self.store.put_binding(binding).await?;
+        for (identity, id) in &outcome.displaced {
+            tracing::info!(
+                binding = %outcome.binding.id,
+                identity = %outcome.binding.identity,
+                previous_identity = %identity,
+                previous_binding = %id,
+                "device token moved to a new binding"
+            );
+        }
+        Ok((outcome.binding, outcome.created))
+    }
+
+    fn resolve_app(&self, request: &BindingRequest) -> Result<String, BindingError> {
+        let channel = request.channel;
+        match &request.app {
+            Some(name) => {
+                let app = self
+                    .config
+                    .apps
+                    .iter()
+                    .find(|a| &a.name == name)
+                    .ok_or_else(|| BindingError::App(format!("no app named `{name}` is configured")))?;
+                if app.channel != channel {
+                    return Err(BindingError::App(format!(
+                        "app `{name}` serves {}, not {}",
+                        app.channel.as_str(),
+                        channel.as_str()
+                    )));
+                }
+                Ok(app.name.clone())
+            }
+            None => {
+                let mut serving = self.config.apps.iter().filter(|a| a.channel == channel);
+                match (serving.next(), serving.next()) {
+                    (Some(app), None) => Ok(app.name.clone()),
+                    (None, _) => Err(BindingError::App(format!(
+                        "no {} app is configured on this relay",
+                        channel.as_str()
+                    ))),
+                    (Some(_), Some(_)) => Err(BindingError::App(format!(
+                        "several {} apps are configured: name one in `app`",
+                        channel.as_str()
+                    ))),
+                }
+            }
+        }
+    }
+
+    pub async fn binding(&self, scope: &BindingScope, id: &BindingId) -> Result<Binding, BindingError> {
+        self.store
+            .get_binding(&scope.account_sid, &scope.identity, id, OffsetDateTime::now_utc())
+            .await?
+            .ok_or(BindingError::NotFound)
+    }
+
+    pub async fn listing(&self, scope: &BindingScope) -> Result<Listing, BindingError> {
+        let now = OffsetDateTime::now_utc();
+        let targets = self
+            .store
+            .targets(&scope.account_sid, &scope.identity, now)
+            .await?;
+        Ok(Listing {
+            bindings: targets.bindings,
+            sockets: targets.sockets,
+        })
+    }
+
+    pub async fn remove(&self, scope: &BindingScope, id: &BindingId) -> Result<(), BindingError> {
+        if self
+            .store
+            .delete_binding(&scope.account_sid, &scope.identity, id)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(BindingError::NotFound)
+        }
+    }
+
+    pub async fn remove_all(&self, scope: &BindingScope) -> Result<usize, BindingError> {
+        Ok(self
+            .store
+            .delete_bindings(&scope.account_sid, &scope.identity)
+            .await?)
+    }
+}

@@ -1,0 +1,47 @@
+//! What can go wrong in the relay's two jobs. `http::problem` maps each variant to a status.
+
+use crate::auth::AuthError;
+use crate::auth::webhook::WebhookAuthError;
+use crate::domain::{AccountSid, InvalidBinding, InvalidNotification};
+use crate::store::StoreError;
+
+use super::Summary;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("invalid call notification: {0}")]
+    Invalid(#[from] InvalidNotification),
+    #[error("account {0} is not configured")]
+    UnknownAccount(AccountSid),
+    #[error("webhook authentication failed: {0}")]
+    Unauthenticated(#[from] WebhookAuthError),
+    #[error("no binding for the callee")]
+    NoBinding,
+    /// Every binding turned out dead and was removed.
+    #[error("every binding of the callee was dead")]
+    AllRemoved(Summary),
+    /// No binding accepted the notification.
+    #[error("no binding accepted the notification")]
+    AllFailed(Summary),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindingError {
+    #[error("{0}")]
+    Invalid(#[from] InvalidBinding),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication failed: {0}")]
+    Unauthenticated(#[from] AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("no such binding")]
+    NotFound,
+    /// The binding names no usable push app.
+    #[error("{0}")]
+    App(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,60 @@
+//! The relay's domain logic: answering call notifications and managing bindings. Handlers
+//! parse and authenticate, then call in here; this module talks to the store and the channels
+//! through their traits only.
+
+mod bindings;
+mod error;
+mod notify;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio_util::task::TaskTracker;
+
+pub use bindings::{BindingScope, Listing};
+pub use error::{BindingError, WebhookError};
+
+use crate::channels::Channels;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What a webhook came to, as its JSON answer says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub delivered: usize,
+    pub failed: usize,
+    pub removed: usize,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+pub struct Relay {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    channels: Channels,
+    metrics: Arc<Metrics>,
+    tasks: TaskTracker,
+}
+
+impl Relay {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        channels: Channels,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            channels,
+            metrics,
+            tasks,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}

@@ -1,0 +1,186 @@
+//! Answering a call notification: authenticate, look up, drop Twilio's retries of what was
+//! already delivered, deliver to every target at once within the deadline.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use super::{Relay, Summary, WebhookError};
+use crate::auth::webhook::{self, WebhookCredentials};
+use crate::channels::{Outcome, Target};
+use crate::domain::CallNotification;
+use crate::metrics::{ChannelLabels, DeliveryLabels};
+use crate::store::Claim;
+
+/// How often a retry of a notification still being delivered checks whether it is done.
+const PENDING_POLL: Duration = Duration::from_millis(20);
+
+impl Relay {
+    pub async fn notify(
+        &self,
+        notification: &CallNotification,
+        credentials: &WebhookCredentials<'_>,
+    ) -> Result<Summary, WebhookError> {
+        let started = Instant::now();
+        let deadline = started + self.config.server.webhook_deadline;
+        let account = self
+            .config
+            .account(&notification.account_sid)
+            .ok_or_else(|| WebhookError::UnknownAccount(notification.account_sid.clone()))?;
+        webhook::authenticate(account, credentials)?;
+
+        let now = OffsetDateTime::now_utc();
+        let targets = self
+            .store
+            .targets(&notification.account_sid, &notification.identity, now)
+            .await?;
+        if targets.is_empty() {
+            return Err(WebhookError::NoBinding);
+        }
+
+        if let Some(id) = &notification.message_id {
+            // The claim outlives the deadline a little, so a crashed delivery frees it soon.
+            let pending_for = self.config.server.webhook_deadline + Duration::from_secs(2);
+            loop {
+                match self
+                    .store
+                    .claim_message(&notification.account_sid, id, pending_for)
+                    .await?
+                {
+                    Claim::Acquired => break,
+                    Claim::Delivered => return Ok(Summary::duplicate()),
+                    // Another request is delivering it: wait for its outcome, so that a failed
+                    // delivery still lets this retry through.
+                    Claim::Pending if Instant::now() + PENDING_POLL < deadline => {
+                        tokio::time::sleep(PENDING_POLL).await;
+                    }
+                    Claim::Pending => return Ok(Summary::duplicate()),
+                }
+            }
+        }
+
+        let mut all: Vec<Target> = targets.bindings.into_iter().map(Target::Push).collect();
+        all.extend(targets.sockets.into_iter().map(Target::Socket));
+        let summary = self.deliver_all(all, notification, deadline).await;
+
+        if let Some(id) = &notification.message_id {
+            let delivered = summary.delivered > 0;
+            if let Err(e) = self
+                .store
+                .settle_message(
+                    &notification.account_sid,
+                    id,
+                    delivered,
+                    self.config.server.dedupe_window,
+                )
+                .await
+            {
+                // The pending marker expires by itself; the worst case is one redelivery.
+                tracing::warn!(error = %e, "could not record the delivery for dedupe");
+            }
+        }
+
+        if summary.delivered > 0 {
+            Ok(summary)
+        } else if summary.failed == 0 {
+            Err(WebhookError::AllRemoved(summary))
+        } else {
+            Err(WebhookError::AllFailed(summary))
+        }
+    }
+
+    async fn deliver_all(
+        &self,
+        targets: Vec<Target>,
+        notification: &CallNotification,
+        deadline: Instant,
+    ) -> Summary {
+        let outcomes = join_all(
+            targets
+                .iter()
+                .map(|t| self.deliver_one(t, notification, deadline)),
+        )
+        .await;
+        let mut summary = Summary::default();
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Delivered => summary.delivered += 1,
+                Outcome::Dead(_) => summary.removed += 1,
+                Outcome::Failed(_) => summary.failed += 1,
+            }
+        }
+        summary
+    }
+
+    async fn deliver_one(
+        &self,
+        target: &Target,
+        notification: &CallNotification,
+        deadline: Instant,
+    ) -> Outcome {
+        let started = Instant::now();
+        let channel = target.channel_name();
+        let outcome = match self.channels.for_target(target) {
+            None => Outcome::Failed("the binding's app is not configured".into()),
+            Some(c) => tokio::time::timeout_at(deadline, c.deliver(target, notification, deadline))
+                .await
+                .unwrap_or_else(|_| Outcome::Failed("no answer within the webhook deadline".into())),
+        };
+        self.metrics
+            .delivery_duration
+            .get_or_create(&ChannelLabels { channel })
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                channel,
+                outcome: outcome.label(),
+            })
+            .inc();
+        match (&outcome, target) {
+            (Outcome::Dead(why), Target::Push(b)) => {
+                tracing::info!(binding = %b.id, identity = %b.identity, channel, reason = why, "removing dead binding");
+                if let Err(e) = self.store.remove_dead_binding(b).await {
+                    tracing::warn!(binding = %b.id, error = %e, "could not remove dead binding");
+                }
+            }
+            (Outcome::Dead(why), Target::Socket(p)) => {
+                tracing::debug!(conn_id = p.conn_id, reason = why, "removing closed socket");
+                if let Err(e) = self
+                    .store
+                    .remove_presence(&p.account_sid, &p.identity, &p.conn_id)
+                    .await
+                {
+                    tracing::warn!(conn_id = p.conn_id, error = %e, "could not remove closed socket");
+                }
+            }
+            (Outcome::Failed(why), _) => {
+                tracing::warn!(channel, reason = why, "delivery failed");
+            }
+            (Outcome::Delivered, Target::Push(b)) => {
+                // Each successful push extends the binding's life, as Twilio's own do; off the
+                // answer's path.
+                let store = self.store.clone();
+                let b = b.clone();
+                self.tasks.spawn(async move {
+                    if let Err(e) = store.refresh_binding(&b, OffsetDateTime::now_utc()).await {
+                        tracing::warn!(binding = %b.id, error = %e, "could not refresh binding");
+                    }
+                });
+            }
+            (Outcome::Delivered, Target::Socket(_)) => {}
+        }
+        outcome
+    }
+}
+
+impl Summary {
+    pub fn duplicate() -> Self {
+        Self {
+            duplicate: true,
+            ..Self::default()
+        }
+    }
+}
