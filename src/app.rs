@@ -61,33 +61,46 @@ impl App {
     }
 }
 
-/// Starts callrelay on the configured store.
-pub async fn start(config: Config, listeners: Option<Listeners>) -> Result<App, StartError> {
-    let store = store::open(&config.store).await?;
-    start_with_store(config, listeners, store).await
+/// What an embedder (or a test) may supply instead of what the configuration says.
+#[derive(Default)]
+pub struct Options {
+    /// Listeners already bound (tests bind port 0); default: bind the configured addresses.
+    pub listeners: Option<Listeners>,
+    /// A store to use instead of opening the configured one (several instances may share a
+    /// memory store).
+    pub store: Option<Arc<dyn Store>>,
+    /// Channels for push apps, by app name, used instead of building them from the
+    /// configuration.
+    pub push_channels: HashMap<String, Arc<dyn channels::Channel>>,
 }
 
-/// Starts callrelay on a given store (several instances may share a memory store).
-pub async fn start_with_store(
-    config: Config,
-    listeners: Option<Listeners>,
-    store: Arc<dyn Store>,
-) -> Result<App, StartError> {
-    let listeners = match listeners {
+/// Starts callrelay: binds, opens the store, starts the listeners and background tasks.
+pub async fn start(config: Config, options: Options) -> Result<App, StartError> {
+    let store = match options.store {
+        Some(s) => s,
+        None => store::open(&config.store).await?,
+    };
+    let listeners = match options.listeners {
         Some(l) => l,
         None => Listeners {
             public: bind(config.server.listen).await?,
             admin: bind(config.server.admin_listen).await?,
         },
     };
-    let public_addr = listeners.public.local_addr().map_err(|source| StartError::Bind {
-        addr: config.server.listen,
-        source,
-    })?;
-    let admin_addr = listeners.admin.local_addr().map_err(|source| StartError::Bind {
-        addr: config.server.admin_listen,
-        source,
-    })?;
+    let public_addr = listeners
+        .public
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let admin_addr = listeners
+        .admin
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.server.admin_listen,
+            source,
+        })?;
 
     let config = Arc::new(config);
     let node = uuid::Uuid::new_v4().simple().to_string();
@@ -95,7 +108,7 @@ pub async fn start_with_store(
     let tasks = TaskTracker::new();
     let metrics = Arc::new(Metrics::new());
 
-    let apps: HashMap<String, Arc<dyn channels::Channel>> = channels::push_channels(&config)?;
+    let apps = channels::push_channels(&config, options.push_channels)?;
     let sockets = WebSocketChannel::new(
         node.clone(),
         store.clone(),

@@ -13,5 +13,5 @@ pub mod relay;
 pub mod store;
 pub mod telemetry;
 
-pub use app::{App, Listeners, StartError, start, start_with_store};
+pub use app::{App, Listeners, Options, StartError, start};
 pub use config::Config;

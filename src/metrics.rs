@@ -31,6 +31,20 @@ pub struct BindingOpLabels {
     pub status: u16,
 }
 
+/// The `outcome` label of `callrelay_webhooks_total`.
+pub const WEBHOOK_OUTCOMES: [&str; 8] = [
+    "delivered",
+    "duplicate",
+    "not_found",
+    "bad_request",
+    "too_large",
+    "forbidden",
+    "failed",
+    "unavailable",
+];
+pub const CHANNELS: [&str; 3] = ["websocket", "apns", "fcm"];
+pub const DELIVERY_OUTCOMES: [&str; 3] = ["delivered", "removed", "failed"];
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms to ~8 s.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -73,8 +87,9 @@ impl Metrics {
             "Deliveries by channel and outcome (delivered, removed, failed)",
             deliveries.clone(),
         );
-        let delivery_duration =
-            Family::<ChannelLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let delivery_duration = Family::<ChannelLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         registry.register(
             "delivery_duration_seconds",
             "Time one delivery took, by channel",
@@ -92,6 +107,15 @@ impl Metrics {
             "Bindings API requests by operation and status",
             binding_requests.clone(),
         );
+        // Every known series exists from the start, so rates and alerts see zeros, not gaps.
+        for outcome in WEBHOOK_OUTCOMES {
+            let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
+        }
+        for channel in CHANNELS {
+            for outcome in DELIVERY_OUTCOMES {
+                let _ = deliveries.get_or_create(&DeliveryLabels { channel, outcome });
+            }
+        }
         Self {
             registry,
             webhooks,

@@ -141,11 +141,11 @@ impl TokenVerifier {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
-                _ => TokenError::Malformed,
-            }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
+            .kind()
+        {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+            _ => TokenError::Malformed,
         })?;
         let claims = data.claims;
         let leeway = LEEWAY.as_secs();
@@ -279,7 +279,14 @@ mod tests {
     fn minted_tokens_verify() {
         let (v, account, key, secret) = setup();
         let identity = Identity::parse("bob").unwrap();
-        let token = mint_at(&account, &key, &secret, &identity, NOW, Duration::from_secs(3600));
+        let token = mint_at(
+            &account,
+            &key,
+            &secret,
+            &identity,
+            NOW,
+            Duration::from_secs(3600),
+        );
         let ok = v.verify_at(&token, NOW + 10).unwrap();
         assert_eq!(ok.identity, identity);
         assert_eq!(ok.account_sid, account);
@@ -308,14 +315,20 @@ mod tests {
             URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
             URL_SAFE_NO_PAD.encode(claims(NOW + 60).to_string())
         );
-        assert!(matches!(v.verify_at(&none, NOW), Err(TokenError::Algorithm(_))));
+        assert!(matches!(
+            v.verify_at(&none, NOW),
+            Err(TokenError::Algorithm(_))
+        ));
 
         let hs512 = encode_raw(
             serde_json::json!({"alg": "HS512"}),
             claims(NOW + 60),
             b"api-key-secret",
         );
-        assert!(matches!(v.verify_at(&hs512, NOW), Err(TokenError::Algorithm(_))));
+        assert!(matches!(
+            v.verify_at(&hs512, NOW),
+            Err(TokenError::Algorithm(_))
+        ));
 
         let wrong_key = mint_at(&account, &key, &Secret::new("other"), &bob, NOW, hour);
         assert_eq!(v.verify_at(&wrong_key, NOW), Err(TokenError::BadSignature));
@@ -326,15 +339,28 @@ mod tests {
 
         let other_account = AccountSid::parse("ACffffffffffffffffffffffffffffffff").unwrap();
         let unknown_sub = mint_at(&other_account, &key, &secret, &bob, NOW, hour);
-        assert_eq!(v.verify_at(&unknown_sub, NOW), Err(TokenError::UnknownAccount));
+        assert_eq!(
+            v.verify_at(&unknown_sub, NOW),
+            Err(TokenError::UnknownAccount)
+        );
 
         let token = mint_at(&account, &key, &secret, &bob, NOW, hour);
-        assert_eq!(v.verify_at(&token, NOW + 3600 + 31), Err(TokenError::Expired));
+        assert_eq!(
+            v.verify_at(&token, NOW + 3600 + 31),
+            Err(TokenError::Expired)
+        );
         assert!(v.verify_at(&token, NOW + 3600 + 29).is_ok(), "leeway");
         assert_eq!(v.verify_at(&token, NOW - 31), Err(TokenError::NotYetValid));
         assert!(v.verify_at(&token, NOW - 29).is_ok(), "leeway");
 
-        let long = mint_at(&account, &key, &secret, &bob, NOW, Duration::from_secs(48 * 3600));
+        let long = mint_at(
+            &account,
+            &key,
+            &secret,
+            &bob,
+            NOW,
+            Duration::from_secs(48 * 3600),
+        );
         assert_eq!(v.verify_at(&long, NOW), Err(TokenError::LifetimeTooLong));
 
         let no_identity = encode_raw(

@@ -78,7 +78,7 @@ impl Authenticator {
             });
         }
         let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
-        if self.admin_key_digests.iter().any(|d| *d == digest) {
+        if self.admin_key_digests.contains(&digest) {
             Ok(Caller::Admin)
         } else {
             Err(AuthError::UnknownAdminKey)

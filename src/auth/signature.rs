@@ -43,10 +43,14 @@ fn mac_sha256(key: &[u8], data: &[u8]) -> Hmac<Sha256> {
 pub fn compute(alg: SignatureAlgorithm, key: &[u8], url: &str, params: &[(&str, &str)]) -> String {
     let data = signed_data(url, params);
     let digest = match alg {
-        SignatureAlgorithm::HmacSha1 => mac_sha1(key, data.as_bytes()).finalize().into_bytes().to_vec(),
-        SignatureAlgorithm::HmacSha256 => {
-            mac_sha256(key, data.as_bytes()).finalize().into_bytes().to_vec()
-        }
+        SignatureAlgorithm::HmacSha1 => mac_sha1(key, data.as_bytes())
+            .finalize()
+            .into_bytes()
+            .to_vec(),
+        SignatureAlgorithm::HmacSha256 => mac_sha256(key, data.as_bytes())
+            .finalize()
+            .into_bytes()
+            .to_vec(),
     };
     STANDARD.encode(digest)
 }
@@ -64,10 +68,12 @@ pub fn verify(
     };
     let data = signed_data(url, params);
     match alg {
-        SignatureAlgorithm::HmacSha1 => mac_sha1(key, data.as_bytes()).verify_slice(&expected).is_ok(),
-        SignatureAlgorithm::HmacSha256 => {
-            mac_sha256(key, data.as_bytes()).verify_slice(&expected).is_ok()
-        }
+        SignatureAlgorithm::HmacSha1 => mac_sha1(key, data.as_bytes())
+            .verify_slice(&expected)
+            .is_ok(),
+        SignatureAlgorithm::HmacSha256 => mac_sha256(key, data.as_bytes())
+            .verify_slice(&expected)
+            .is_ok(),
     }
 }
 
@@ -131,7 +137,13 @@ mod tests {
             compute(SignatureAlgorithm::HmacSha1, TOKEN, url, FORM),
             "RSOYDt4T1cUTdK1PDd93/VVr8B8="
         );
-        assert!(verify(SignatureAlgorithm::HmacSha1, TOKEN, url, FORM, "RSOYDt4T1cUTdK1PDd93/VVr8B8="));
+        assert!(verify(
+            SignatureAlgorithm::HmacSha1,
+            TOKEN,
+            url,
+            FORM,
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        ));
     }
 
     #[test]
@@ -204,17 +216,47 @@ mod tests {
         let url = "https://relay.example.com/v1/twilio/call-notifications?bodySHA256=00";
         let sig = compute(SignatureAlgorithm::HmacSha256, b"shared", url, &[]);
         assert_eq!(STANDARD.decode(&sig).unwrap().len(), 32);
-        assert!(verify(SignatureAlgorithm::HmacSha256, b"shared", url, &[], &sig));
-        assert!(!verify(SignatureAlgorithm::HmacSha1, b"shared", url, &[], &sig));
+        assert!(verify(
+            SignatureAlgorithm::HmacSha256,
+            b"shared",
+            url,
+            &[],
+            &sig
+        ));
+        assert!(!verify(
+            SignatureAlgorithm::HmacSha1,
+            b"shared",
+            url,
+            &[],
+            &sig
+        ));
     }
 
     #[test]
     fn wrong_key_url_or_garbage_fails() {
         let url = format!("https://mycompany.com/myapp.php?bodySHA256={BODY_HASH}");
         let good = "y77kIzt2vzLz71DgmJGsen2scGs=";
-        assert!(!verify(SignatureAlgorithm::HmacSha1, b"54321", &url, &[], good));
-        assert!(!verify(SignatureAlgorithm::HmacSha1, TOKEN, &format!("{url}x"), &[], good));
-        assert!(!verify(SignatureAlgorithm::HmacSha1, TOKEN, &url, &[], "not base64!"));
+        assert!(!verify(
+            SignatureAlgorithm::HmacSha1,
+            b"54321",
+            &url,
+            &[],
+            good
+        ));
+        assert!(!verify(
+            SignatureAlgorithm::HmacSha1,
+            TOKEN,
+            &format!("{url}x"),
+            &[],
+            good
+        ));
+        assert!(!verify(
+            SignatureAlgorithm::HmacSha1,
+            TOKEN,
+            &url,
+            &[],
+            "not base64!"
+        ));
         assert!(!verify(SignatureAlgorithm::HmacSha1, TOKEN, &url, &[], ""));
     }
 
@@ -228,10 +270,16 @@ mod tests {
             url_variants("http://h:80/p?q"),
             vec!["http://h:80/p?q".to_string(), "http://h/p?q".to_string()]
         );
-        assert_eq!(url_variants("https://h:8443/p"), vec!["https://h:8443/p".to_string()]);
+        assert_eq!(
+            url_variants("https://h:8443/p"),
+            vec!["https://h:8443/p".to_string()]
+        );
         assert_eq!(
             url_variants("https://[::1]/p"),
-            vec!["https://[::1]/p".to_string(), "https://[::1]:443/p".to_string()]
+            vec![
+                "https://[::1]/p".to_string(),
+                "https://[::1]:443/p".to_string()
+            ]
         );
         assert_eq!(
             url_variants("https://h?x=1"),

@@ -210,7 +210,10 @@ mod tests {
     fn official_json_vector_passes_with_either_auth_token() {
         let url = format!("https://mycompany.com/myapp.php?bodySHA256={HASH}");
         assert_eq!(
-            authenticate(&account(), &creds(&url, Some("y77kIzt2vzLz71DgmJGsen2scGs="))),
+            authenticate(
+                &account(),
+                &creds(&url, Some("y77kIzt2vzLz71DgmJGsen2scGs="))
+            ),
             Ok(())
         );
         let sig = signature::compute(SignatureAlgorithm::HmacSha1, b"67890", &url, &[]);
@@ -244,7 +247,8 @@ mod tests {
 
     #[test]
     fn shared_key_with_sha256() {
-        let url = format!("https://relay.example.com/v1/twilio/call-notifications?bodySHA256={HASH}");
+        let url =
+            format!("https://relay.example.com/v1/twilio/call-notifications?bodySHA256={HASH}");
         let sig = signature::compute(SignatureAlgorithm::HmacSha256, b"sharedsecret", &url, &[]);
         let mut c = creds(&url, Some(&sig));
         c.signature_settings = Some("key=k1,algorithm=HMAC_SHA256");
@@ -287,7 +291,10 @@ mod tests {
 
     #[test]
     fn conflicting_body_hash_parameters_are_refused() {
-        let url = format!("https://h/p?bodySHA256={HASH}&bodySHA256={}", "0".repeat(64));
+        let url = format!(
+            "https://h/p?bodySHA256={HASH}&bodySHA256={}",
+            "0".repeat(64)
+        );
         assert_eq!(body_hash_param(&url), None);
         let url = format!("https://h/p?bodySHA256={HASH}&bodySHA256={HASH}");
         assert_eq!(body_hash_param(&url), Some(HASH));

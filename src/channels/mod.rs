@@ -87,12 +87,18 @@ pub struct ChannelConfigError {
     pub message: String,
 }
 
-/// One push channel per configured app.
+/// One push channel per configured app: `given` ones first, the rest built from the
+/// configuration.
 pub fn push_channels(
     config: &crate::config::Config,
+    mut given: HashMap<String, Arc<dyn Channel>>,
 ) -> Result<HashMap<String, Arc<dyn Channel>>, ChannelConfigError> {
-    let channels = HashMap::new();
-    if let Some((index, app)) = config.apps.iter().enumerate().next() {
+    let mut channels = HashMap::new();
+    for (index, app) in config.apps.iter().enumerate() {
+        if let Some(channel) = given.remove(&app.name) {
+            channels.insert(app.name.clone(), channel);
+            continue;
+        }
         return Err(ChannelConfigError {
             index,
             name: app.name.clone(),

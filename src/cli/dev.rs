@@ -108,7 +108,10 @@ fn token(config: &Config, identity: &str, sid: Option<&str>, ttl: u64) -> Result
     let account = account(config, sid)?;
     let identity = Identity::parse(identity).map_err(|e| e.to_string())?;
     let (key, secret) = account.api_keys.first().ok_or_else(|| {
-        format!("account {} has no api_keys to sign tokens with", account.sid)
+        format!(
+            "account {} has no api_keys to sign tokens with",
+            account.sid
+        )
     })?;
     if ttl == 0 || ttl > access_token::MAX_LIFETIME.as_secs() {
         return Err("--ttl must be between 1 and 86400 seconds".into());
@@ -216,7 +219,9 @@ async fn listen(
     let (mut socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(|e| format!("cannot connect to {target}: {e}"))?;
-    eprintln!("listening as {identity} on {target}; waiting for call notifications (Ctrl-C to stop)");
+    eprintln!(
+        "listening as {identity} on {target}; waiting for call notifications (Ctrl-C to stop)"
+    );
     while let Some(message) = socket.next().await {
         match message.map_err(|e| e.to_string())? {
             Message::Text(text) => println!("{text}"),

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config};
 
 #[derive(Debug, Parser)]
-#[command(name = "callrelay", version, about = "Relays Twilio Voice call notifications to APNs, FCM and WebSockets")]
+#[command(
+    name = "callrelay",
+    version,
+    about = "Relays Twilio Voice call notifications to APNs, FCM and WebSockets"
+)]
 pub struct Cli {
     /// Configuration file (TOML). Every key can also be set as CALLRELAY__SECTION__KEY.
     #[arg(long, short, global = true, env = "CALLRELAY_CONFIG")]
@@ -48,7 +52,7 @@ pub async fn run() -> ExitCode {
 
 async fn serve(config: Config) -> ExitCode {
     crate::telemetry::init(&config.log);
-    let app = match crate::start(config, None).await {
+    let app = match crate::start(config, crate::Options::default()).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, "callrelay could not start");
@@ -64,7 +68,7 @@ async fn serve(config: Config) -> ExitCode {
 }
 
 fn check_config(config: &Config) -> ExitCode {
-    if let Err(e) = crate::channels::push_channels(config) {
+    if let Err(e) = crate::channels::push_channels(config, Default::default()) {
         eprintln!("callrelay: configuration error: {e}");
         return ExitCode::from(2);
     }

@@ -42,7 +42,10 @@ fn parse_value(name: &str, raw: &str) -> Result<Value, ConfigError> {
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
         let doc: Table = toml::from_str(&format!("v = {raw}"))
             .map_err(|e| ConfigError::env(name, &format!("not a TOML inline value: {e}")))?;
-        Ok(doc.get("v").cloned().unwrap_or(Value::String(String::new())))
+        Ok(doc
+            .get("v")
+            .cloned()
+            .unwrap_or(Value::String(String::new())))
     } else {
         Ok(Value::String(raw.to_owned()))
     }
@@ -123,10 +126,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(root["server"]["listen"].as_str(), Some("127.0.0.1:8080"));
-        assert_eq!(
-            root["server"]["webhook_deadline_ms"].as_str(),
-            Some("2500")
-        );
+        assert_eq!(root["server"]["webhook_deadline_ms"].as_str(), Some("2500"));
         assert!(!root.contains_key("unrelated"));
     }
 
@@ -163,6 +163,9 @@ mod tests {
     fn rejects_skipped_indices_and_names_the_variable() {
         let mut root = Table::new();
         let err = apply(&mut root, vars(&[("CALLRELAY__ACCOUNTS__3__SID", "x")])).unwrap_err();
-        assert!(err.to_string().contains("CALLRELAY__ACCOUNTS__3__SID"), "{err}");
+        assert!(
+            err.to_string().contains("CALLRELAY__ACCOUNTS__3__SID"),
+            "{err}"
+        );
     }
 }

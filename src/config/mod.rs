@@ -158,13 +158,16 @@ pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
-    let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
-        |e| {
+    let raw: RawConfig =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(top level)".into() } else { key };
+            let key = if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            };
             ConfigError::invalid(key, e.into_inner().to_string())
-        },
-    )?;
+        })?;
     validate(raw)
 }
 
@@ -275,7 +278,10 @@ fn validate_server(raw: raw::RawServer) -> Result<ServerConfig, ConfigError> {
     let addr = |key: &str, value: Option<String>, default: &str| {
         let value = value.unwrap_or_else(|| default.into());
         value.parse::<SocketAddr>().map_err(|_| {
-            ConfigError::invalid(key, format!("`{value}` is not an address like 0.0.0.0:8080"))
+            ConfigError::invalid(
+                key,
+                format!("`{value}` is not an address like 0.0.0.0:8080"),
+            )
         })
     };
     let public_url = match raw.public_url {
@@ -364,10 +370,9 @@ fn validate_account(key: &str, raw: raw::RawAccount) -> Result<AccountConfig, Co
     let mut shared_keys = Vec::new();
     for (j, k) in raw.shared_keys.into_iter().enumerate() {
         let kkey = format!("{key}.shared_keys[{j}]");
-        let id = k
-            .id
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| ConfigError::invalid(format!("{kkey}.id"), "is required"))?;
+        let id =
+            k.id.filter(|id| !id.is_empty())
+                .ok_or_else(|| ConfigError::invalid(format!("{kkey}.id"), "is required"))?;
         let secret = secret(&format!("{kkey}.secret"), k.secret, k.secret_file)?
             .ok_or_else(|| ConfigError::invalid(format!("{kkey}.secret"), "is required"))?;
         shared_keys.push((id, secret));
@@ -456,9 +461,7 @@ fn validate_admin(raw: raw::RawAdmin) -> Result<AdminConfig, ConfigError> {
         if value.len() < MIN_ADMIN_KEY_LEN || value.chars().any(char::is_whitespace) {
             return Err(ConfigError::invalid(
                 key,
-                format!(
-                    "admin keys are at least {MIN_ADMIN_KEY_LEN} characters without spaces"
-                ),
+                format!("admin keys are at least {MIN_ADMIN_KEY_LEN} characters without spaces"),
             ));
         }
         if value.split('.').count() == 3 {

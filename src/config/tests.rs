@@ -44,7 +44,10 @@ fn bad_account_sid_is_named_with_its_index() {
 #[test]
 fn account_needs_a_way_to_authenticate_webhooks() {
     let err = from_toml_str(&format!("[[accounts]]\nsid = \"{SID}\"")).unwrap_err();
-    assert!(err.to_string().starts_with("accounts[0].auth_token"), "{err}");
+    assert!(
+        err.to_string().starts_with("accounts[0].auth_token"),
+        "{err}"
+    );
     let err = from_toml_str(&format!(
         "[[accounts]]\nsid = \"{SID}\"\nrequire_signature = false"
     ))
@@ -103,7 +106,8 @@ fn secrets_never_show_in_debug_output() {
 
 #[test]
 fn public_url_is_checked_and_normalised() {
-    let config = from_toml_str("[server]\npublic_url = \"https://relay.example.com/relay/\"").unwrap();
+    let config =
+        from_toml_str("[server]\npublic_url = \"https://relay.example.com/relay/\"").unwrap();
     assert_eq!(
         config.server.public_url.as_deref(),
         Some("https://relay.example.com/relay")
@@ -115,7 +119,10 @@ fn public_url_is_checked_and_normalised() {
         "https://x.com/?a=1",
     ] {
         let err = from_toml_str(&format!("[server]\npublic_url = \"{bad}\"")).unwrap_err();
-        assert!(err.to_string().starts_with("server.public_url"), "{bad}: {err}");
+        assert!(
+            err.to_string().starts_with("server.public_url"),
+            "{bad}: {err}"
+        );
     }
 }
 

@@ -156,10 +156,9 @@ impl BindingRequest {
     }
 
     fn from_wire(w: Wire) -> Result<Self, InvalidBinding> {
-        let id = w
-            .id
-            .map(|v| BindingId::parse(&v).map_err(|e| invalid("id", e.0)))
-            .transpose()?;
+        let id =
+            w.id.map(|v| BindingId::parse(&v).map_err(|e| invalid("id", e.0)))
+                .transpose()?;
         let account_sid = w
             .account_sid
             .map(|v| AccountSid::parse(&v).map_err(|e| invalid("account_sid", e.0)))
@@ -264,7 +263,8 @@ fn check_address(channel: PushChannel, address: &str) -> Result<(), InvalidBindi
         PushChannel::Fcm => {
             let ok = (1..=MAX_ADDRESS_LEN).contains(&address.len())
                 && address.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'+' | b'/' | b'=' | b'-')
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'.' | b'_' | b'~' | b':' | b'+' | b'/' | b'=' | b'-')
                 });
             if ok {
                 Ok(())
@@ -313,13 +313,31 @@ mod tests {
             (r#"{"channel":"fcm","address":5}"#, "address"),
             (r#"{"channel":"fcm","address":"a b"}"#, "address"),
             (r#"{"channel":"apns","address":"xyz"}"#, "address"),
-            (r#"{"channel":"fcm","address":"t","push_type":"voip"}"#, "push_type"),
-            (r#"{"channel":"fcm","address":"t","ttl_seconds":5}"#, "ttl_seconds"),
-            (r#"{"channel":"fcm","address":"t","ttl_seconds":-5}"#, "ttl_seconds"),
+            (
+                r#"{"channel":"fcm","address":"t","push_type":"voip"}"#,
+                "push_type",
+            ),
+            (
+                r#"{"channel":"fcm","address":"t","ttl_seconds":5}"#,
+                "ttl_seconds",
+            ),
+            (
+                r#"{"channel":"fcm","address":"t","ttl_seconds":-5}"#,
+                "ttl_seconds",
+            ),
             (r#"{"channel":"fcm","address":"t","id":"a/b"}"#, "id"),
-            (r#"{"channel":"fcm","address":"t","account_sid":"AC1"}"#, "account_sid"),
-            (r#"{"channel":"fcm","address":"t","identity":""}"#, "identity"),
-            (r#"{"channel":"fcm","address":"t","created_at":"now"}"#, "created_at"),
+            (
+                r#"{"channel":"fcm","address":"t","account_sid":"AC1"}"#,
+                "account_sid",
+            ),
+            (
+                r#"{"channel":"fcm","address":"t","identity":""}"#,
+                "identity",
+            ),
+            (
+                r#"{"channel":"fcm","address":"t","created_at":"now"}"#,
+                "created_at",
+            ),
         ];
         for (body, field) in cases {
             let err = BindingRequest::parse(body.as_bytes()).unwrap_err();

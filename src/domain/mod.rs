@@ -6,8 +6,8 @@ mod ids;
 mod notification;
 
 pub use binding::{
-    ApnsEnvironment, Binding, BindingRequest, InvalidBinding, PushChannel, PushType,
-    check_app_name, valid_device_id, DEFAULT_TTL_SECONDS,
+    ApnsEnvironment, Binding, BindingRequest, DEFAULT_TTL_SECONDS, InvalidBinding, PushChannel,
+    PushType, check_app_name, valid_device_id,
 };
 pub use ids::{AccountSid, ApiKeySid, BindingId, Identity, InvalidId};
 pub use notification::{CallNotification, InvalidNotification};

@@ -54,9 +54,8 @@ impl CallNotification {
         if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(InvalidNotification::NotObject);
         }
-        let wire: Wire = serde_json::from_slice(&raw).map_err(|e| {
-            InvalidNotification::NotJson(e.to_string())
-        })?;
+        let wire: Wire = serde_json::from_slice(&raw)
+            .map_err(|e| InvalidNotification::NotJson(e.to_string()))?;
         let account = string(wire.twi_account_sid)
             .ok_or(InvalidNotification::MissingString("twi_account_sid"))?;
         let to = string(wire.twi_to).ok_or(InvalidNotification::MissingString("twi_to"))?;
@@ -65,8 +64,8 @@ impl CallNotification {
         let identity = to
             .strip_prefix("client:")
             .ok_or_else(|| InvalidNotification::To(String::new()))?;
-        let identity = Identity::parse(identity)
-            .map_err(|e| InvalidNotification::To(format!(": {}", e.0)))?;
+        let identity =
+            Identity::parse(identity).map_err(|e| InvalidNotification::To(format!(": {}", e.0)))?;
         let message_id = match wire.twi_message_id {
             None => None,
             Some(v) => match serde_json::from_str::<String>(v.get()) {
@@ -130,12 +129,27 @@ mod tests {
             ("{".into(), E::NotJson(String::new())),
             (format!("{{{to}}}"), E::MissingString("twi_account_sid")),
             (format!("{{{acc}}}"), E::MissingString("twi_to")),
-            (format!(r#"{{{acc},"twi_to":5}}"#), E::MissingString("twi_to")),
-            (format!(r#"{{{acc},"twi_to":null}}"#), E::MissingString("twi_to")),
-            (format!(r#"{{"twi_account_sid":"AC1",{to}}}"#), E::AccountSid(String::new())),
+            (
+                format!(r#"{{{acc},"twi_to":5}}"#),
+                E::MissingString("twi_to"),
+            ),
+            (
+                format!(r#"{{{acc},"twi_to":null}}"#),
+                E::MissingString("twi_to"),
+            ),
+            (
+                format!(r#"{{"twi_account_sid":"AC1",{to}}}"#),
+                E::AccountSid(String::new()),
+            ),
             (format!(r#"{{{acc},"twi_to":"bob"}}"#), E::To(String::new())),
-            (format!(r#"{{{acc},"twi_to":"client:"}}"#), E::To(String::new())),
-            (format!(r#"{{{acc},{to},"twi_message_id":7}}"#), E::MessageId),
+            (
+                format!(r#"{{{acc},"twi_to":"client:"}}"#),
+                E::To(String::new()),
+            ),
+            (
+                format!(r#"{{{acc},{to},"twi_message_id":7}}"#),
+                E::MessageId,
+            ),
             (format!(r#"{{{acc},{to},{to}}}"#), E::NotJson(String::new())),
         ];
         for (body, expected) in cases {

@@ -89,11 +89,15 @@ fn scope(
     let Query(params) = params.map_err(|e| BindingError::BadRequest(e.body_text()))?;
     let account_sid = params
         .account_sid
-        .map(|a| AccountSid::parse(&a).map_err(|e| BindingError::BadRequest(format!("account_sid: {e}"))))
+        .map(|a| {
+            AccountSid::parse(&a).map_err(|e| BindingError::BadRequest(format!("account_sid: {e}")))
+        })
         .transpose()?;
     let identity = params
         .identity
-        .map(|i| Identity::parse(&i).map_err(|e| BindingError::BadRequest(format!("identity: {e}"))))
+        .map(|i| {
+            Identity::parse(&i).map_err(|e| BindingError::BadRequest(format!("identity: {e}")))
+        })
         .transpose()?;
     state.relay.scope(caller, account_sid, identity)
 }
@@ -106,7 +110,7 @@ fn binding_id(raw: &str) -> Result<BindingId, BindingError> {
 fn request_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<BindingRequest, Response> {
+) -> Result<BindingRequest, Problem> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -118,8 +122,7 @@ fn request_body(
             "unsupported-media-type",
             "Unsupported media type",
             "send the binding as Content-Type: application/json",
-        )
-        .into_response());
+        ));
     }
     let body = body.map_err(|rejection| {
         let status = rejection.status();
@@ -128,9 +131,9 @@ fn request_body(
         } else {
             rejection.body_text()
         };
-        Problem::body_rejected(status, detail).into_response()
+        Problem::body_rejected(status, detail)
     })?;
-    BindingRequest::parse(&body).map_err(|e| BindingError::from(e).into_response())
+    BindingRequest::parse(&body).map_err(|e| BindingError::from(e).into())
 }
 
 fn created(binding: &Binding) -> Response {
@@ -148,7 +151,7 @@ pub async fn create(
 ) -> Response {
     let response = async {
         let caller = caller(&state, &headers).map_err(IntoResponse::into_response)?;
-        let request = request_body(&headers, body)?;
+        let request = request_body(&headers, body).map_err(IntoResponse::into_response)?;
         let (binding, _) = state
             .relay
             .register(&caller, None, request)
@@ -169,7 +172,7 @@ pub async fn replace(
     let response = async {
         let caller = caller(&state, &headers).map_err(IntoResponse::into_response)?;
         let id = binding_id(&id).map_err(IntoResponse::into_response)?;
-        let request = request_body(&headers, body)?;
+        let request = request_body(&headers, body).map_err(IntoResponse::into_response)?;
         let (binding, is_new) = state
             .relay
             .register(&caller, Some(id), request)

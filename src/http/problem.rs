@@ -19,7 +19,12 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, slug: &str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        slug: &str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             kind: format!("urn:callrelay:problem:{slug}"),
             title,
@@ -132,16 +137,25 @@ impl IntoResponse for WebhookError {
 
 impl IntoResponse for BindingError {
     fn into_response(self) -> Response {
-        match self {
+        Problem::from(self).into_response()
+    }
+}
+
+impl From<BindingError> for Problem {
+    fn from(e: BindingError) -> Self {
+        match e {
             BindingError::Invalid(e) => Problem::new(
                 StatusCode::BAD_REQUEST,
                 "invalid-binding",
                 "Invalid binding",
                 e.to_string(),
             ),
-            BindingError::BadRequest(detail) => {
-                Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
-            }
+            BindingError::BadRequest(detail) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "Bad request",
+                detail,
+            ),
             BindingError::Unauthenticated(why) => {
                 tracing::info!(reason = %why, "bindings API authentication failed");
                 Problem::unauthenticated(
@@ -168,6 +182,5 @@ impl IntoResponse for BindingError {
                 Problem::store_unavailable()
             }
         }
-        .into_response()
     }
 }

@@ -1,11 +1,11 @@
 //! `POST /v1/twilio/call-notifications`: parse, hand to the relay, answer.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use tokio::time::Instant;
 
 use super::AppState;
@@ -59,7 +59,10 @@ async fn answer(
             } else {
                 rejection.body_text()
             };
-            return (outcome, Problem::body_rejected(status, detail).into_response());
+            return (
+                outcome,
+                Problem::body_rejected(status, detail).into_response(),
+            );
         }
     };
     let notification = match CallNotification::parse(body) {
@@ -102,7 +105,10 @@ async fn answer(
                 WebhookError::AllFailed(_) => "failed",
                 WebhookError::Store(_) => "unavailable",
             };
-            if matches!(e, WebhookError::NoBinding | WebhookError::AllRemoved(_) | WebhookError::AllFailed(_)) {
+            if matches!(
+                e,
+                WebhookError::NoBinding | WebhookError::AllRemoved(_) | WebhookError::AllFailed(_)
+            ) {
                 tracing::info!(
                     account = %notification.account_sid,
                     identity = %notification.identity,

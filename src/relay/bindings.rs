@@ -92,7 +92,11 @@ impl Relay {
             }
             (None, None) => BindingId::generate(),
         };
-        let scope = self.scope(caller, request.account_sid.clone(), request.identity.clone())?;
+        let scope = self.scope(
+            caller,
+            request.account_sid.clone(),
+            request.identity.clone(),
+        )?;
         let app = self.resolve_app(&request)?;
         let now = OffsetDateTime::now_utc();
         let binding = Binding {
@@ -132,7 +136,9 @@ impl Relay {
                     .apps
                     .iter()
                     .find(|a| &a.name == name)
-                    .ok_or_else(|| BindingError::App(format!("no app named `{name}` is configured")))?;
+                    .ok_or_else(|| {
+                        BindingError::App(format!("no app named `{name}` is configured"))
+                    })?;
                 if app.channel != channel {
                     return Err(BindingError::App(format!(
                         "app `{name}` serves {}, not {}",
@@ -159,9 +165,18 @@ impl Relay {
         }
     }
 
-    pub async fn binding(&self, scope: &BindingScope, id: &BindingId) -> Result<Binding, BindingError> {
+    pub async fn binding(
+        &self,
+        scope: &BindingScope,
+        id: &BindingId,
+    ) -> Result<Binding, BindingError> {
         self.store
-            .get_binding(&scope.account_sid, &scope.identity, id, OffsetDateTime::now_utc())
+            .get_binding(
+                &scope.account_sid,
+                &scope.identity,
+                id,
+                OffsetDateTime::now_utc(),
+            )
             .await?
             .ok_or(BindingError::NotFound)
     }

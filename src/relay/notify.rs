@@ -126,7 +126,9 @@ impl Relay {
             None => Outcome::Failed("the binding's app is not configured".into()),
             Some(c) => tokio::time::timeout_at(deadline, c.deliver(target, notification, deadline))
                 .await
-                .unwrap_or_else(|_| Outcome::Failed("no answer within the webhook deadline".into())),
+                .unwrap_or_else(|_| {
+                    Outcome::Failed("no answer within the webhook deadline".into())
+                }),
         };
         self.metrics
             .delivery_duration

@@ -236,7 +236,12 @@ impl Store for MemoryStore {
         let mut sockets: Vec<SocketPresence> = s
             .sockets
             .get(&k)
-            .map(|m| m.values().filter(|p| p.lease_until > now).cloned().collect())
+            .map(|m| {
+                m.values()
+                    .filter(|p| p.lease_until > now)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         sockets.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
         Ok(Targets {

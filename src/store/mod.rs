@@ -120,8 +120,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<usize, StoreError>;
 
     /// After a successful push: extends the binding's life, unless it changed meanwhile.
-    async fn refresh_binding(&self, binding: &Binding, now: OffsetDateTime)
-    -> Result<(), StoreError>;
+    async fn refresh_binding(
+        &self,
+        binding: &Binding,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
 
     /// After the push service called the address dead: removes the binding, unless it was
     /// re-registered with another address meanwhile.

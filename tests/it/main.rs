@@ -1,1 +1,13 @@
-fn main(){}
+//! callrelay's integration tests: the real service on port 0, a private redis-server, real
+//! WebSocket clients. Set TEST_LOG=1 to see callrelay's logs.
+
+mod helpers;
+
+mod admin;
+mod bindings;
+mod cli;
+mod replicas;
+mod store;
+mod store_faults;
+mod webhook;
+mod websocket;

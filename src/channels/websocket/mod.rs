@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use registry::{Handoff, LocalSocket};
 use registry::Registry;
+pub use registry::{Handoff, LocalSocket};
 use wire::WireMessage;
 
 use super::{Channel, Outcome, Target};
@@ -96,9 +96,11 @@ impl WebSocketChannel {
         let inbox = self.store.subscribe(&self.node).await?;
         let me = self.clone();
         let stop = shutdown.clone();
-        self.tasks.spawn(async move { me.serve_inbox(inbox, stop).await });
+        self.tasks
+            .spawn(async move { me.serve_inbox(inbox, stop).await });
         let me = self.clone();
-        self.tasks.spawn(async move { me.renew_presences(shutdown).await });
+        self.tasks
+            .spawn(async move { me.renew_presences(shutdown).await });
         Ok(())
     }
 
@@ -163,7 +165,11 @@ impl WebSocketChannel {
         }
     }
 
-    async fn serve_inbox(self: Arc<Self>, mut inbox: mpsc::Receiver<Bytes>, shutdown: CancellationToken) {
+    async fn serve_inbox(
+        self: Arc<Self>,
+        mut inbox: mpsc::Receiver<Bytes>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -204,7 +210,12 @@ impl WebSocketChannel {
         }
     }
 
-    async fn deliver_remote(&self, p: &SocketPresence, payload: Bytes, deadline: Instant) -> Outcome {
+    async fn deliver_remote(
+        &self,
+        p: &SocketPresence,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Outcome {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -255,7 +266,8 @@ impl Channel for WebSocketChannel {
         if p.node == self.node {
             outcome_of(self.registry.hand_off(&p.conn_id, notification.raw.clone()))
         } else {
-            self.deliver_remote(p, notification.raw.clone(), deadline).await
+            self.deliver_remote(p, notification.raw.clone(), deadline)
+                .await
         }
     }
 }

@@ -103,11 +103,23 @@ mod tests {
         let r = Registry::default();
         let (a, i) = ids();
         let (s, mut rx) = r.register(a, i, None, 2);
-        assert_eq!(r.hand_off(&s.conn_id, Bytes::from_static(b"1")), Handoff::Queued);
-        assert_eq!(r.hand_off(&s.conn_id, Bytes::from_static(b"2")), Handoff::Queued);
-        assert_eq!(r.hand_off(&s.conn_id, Bytes::from_static(b"3")), Handoff::Full);
+        assert_eq!(
+            r.hand_off(&s.conn_id, Bytes::from_static(b"1")),
+            Handoff::Queued
+        );
+        assert_eq!(
+            r.hand_off(&s.conn_id, Bytes::from_static(b"2")),
+            Handoff::Queued
+        );
+        assert_eq!(
+            r.hand_off(&s.conn_id, Bytes::from_static(b"3")),
+            Handoff::Full
+        );
         assert_eq!(rx.try_recv().unwrap(), Bytes::from_static(b"1"));
-        assert_eq!(r.hand_off(&s.conn_id, Bytes::from_static(b"4")), Handoff::Queued);
+        assert_eq!(
+            r.hand_off(&s.conn_id, Bytes::from_static(b"4")),
+            Handoff::Queued
+        );
     }
 
     #[test]

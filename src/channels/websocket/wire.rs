@@ -104,7 +104,10 @@ mod tests {
         };
         assert_eq!(WireMessage::decode(m.encode()), Some(m));
         for handoff in [Handoff::Queued, Handoff::Full, Handoff::Gone] {
-            let a = WireMessage::Ack { request: 7, handoff };
+            let a = WireMessage::Ack {
+                request: 7,
+                handoff,
+            };
             assert_eq!(WireMessage::decode(a.encode()), Some(a));
         }
     }

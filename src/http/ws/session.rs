@@ -102,7 +102,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::channel::mpsc as fmpsc;
+    use tokio::sync::mpsc as fmpsc;
 
     /// An in-memory socket: what the session writes goes to `sent`, what the test pushes into
     /// `incoming` is what the session reads.
@@ -117,7 +117,7 @@ mod tests {
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<Option<Self::Item>> {
-            self.incoming.poll_next_unpin(cx)
+            self.incoming.poll_recv(cx)
         }
     }
 
@@ -130,7 +130,7 @@ mod tests {
             std::task::Poll::Ready(Ok(()))
         }
         fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), ()> {
-            self.sent.unbounded_send(item).map_err(|_| ())
+            self.sent.send(item).map_err(|_| ())
         }
         fn poll_flush(
             self: std::pin::Pin<&mut Self>,
@@ -151,8 +151,8 @@ mod tests {
         fmpsc::UnboundedSender<Result<Message, ()>>,
         fmpsc::UnboundedReceiver<Message>,
     ) {
-        let (to_session, incoming) = fmpsc::unbounded();
-        let (sent, from_session) = fmpsc::unbounded();
+        let (to_session, incoming) = fmpsc::unbounded_channel();
+        let (sent, from_session) = fmpsc::unbounded_channel();
         (Pair { incoming, sent }, to_session, from_session)
     }
 
@@ -165,14 +165,14 @@ mod tests {
         tx.send(Bytes::from_static(b"{\"a\":1}")).await.unwrap();
         tx.send(Bytes::from_static(b"{\"b\":2}")).await.unwrap();
         assert_eq!(
-            from_session.next().await,
+            from_session.recv().await,
             Some(Message::Text(Utf8Bytes::from_static("{\"a\":1}")))
         );
         assert_eq!(
-            from_session.next().await,
+            from_session.recv().await,
             Some(Message::Text(Utf8Bytes::from_static("{\"b\":2}")))
         );
-        to_session.unbounded_send(Ok(Message::Close(None))).unwrap();
+        to_session.send(Ok(Message::Close(None))).unwrap();
         assert_eq!(task.await.unwrap(), End::ClientClosed);
     }
 
@@ -180,8 +180,13 @@ mod tests {
     async fn a_silent_peer_is_dropped_after_two_intervals() {
         let (socket, _to_session, mut from_session) = pair();
         let (_tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(run(socket, rx, Duration::from_secs(10), CancellationToken::new()));
-        assert!(matches!(from_session.next().await, Some(Message::Ping(_))));
+        let task = tokio::spawn(run(
+            socket,
+            rx,
+            Duration::from_secs(10),
+            CancellationToken::new(),
+        ));
+        assert!(matches!(from_session.recv().await, Some(Message::Ping(_))));
         assert_eq!(task.await.unwrap(), End::Unresponsive);
     }
 
@@ -192,8 +197,8 @@ mod tests {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(socket, rx, Duration::from_secs(10), shutdown.clone()));
         for _ in 0..5 {
-            assert!(matches!(from_session.next().await, Some(Message::Ping(_))));
-            to_session.unbounded_send(Ok(Message::Pong(Bytes::new()))).unwrap();
+            assert!(matches!(from_session.recv().await, Some(Message::Ping(_))));
+            to_session.send(Ok(Message::Pong(Bytes::new()))).unwrap();
         }
         assert!(!task.is_finished());
         shutdown.cancel();
@@ -212,10 +217,10 @@ mod tests {
             End::ShuttingDown
         );
         assert_eq!(
-            from_session.next().await,
+            from_session.recv().await,
             Some(Message::Text(Utf8Bytes::from_static("{}")))
         );
-        match from_session.next().await {
+        match from_session.recv().await {
             Some(Message::Close(Some(frame))) => assert_eq!(frame.code, GOING_AWAY),
             other => panic!("expected a close frame, got {other:?}"),
         }

@@ -33,7 +33,11 @@ impl Keys {
     }
 
     pub fn address(&self, account: &AccountSid, channel: PushChannel, address: &str) -> String {
-        format!("{}:addr:{{{account}:{}:{address}}}", self.prefix, channel.as_str())
+        format!(
+            "{}:addr:{{{account}:{}:{address}}}",
+            self.prefix,
+            channel.as_str()
+        )
     }
 
     pub fn message(&self, account: &AccountSid, message_id: &str) -> String {

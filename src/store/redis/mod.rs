@@ -45,7 +45,10 @@ fn owner_json(identity: &Identity, id: &BindingId) -> String {
 
 fn parse_owner(text: &str) -> Option<(Identity, BindingId)> {
     let (identity, id): (String, String) = serde_json::from_str(text).ok()?;
-    Some((Identity::parse(&identity).ok()?, BindingId::parse(&id).ok()?))
+    Some((
+        Identity::parse(&identity).ok()?,
+        BindingId::parse(&id).ok()?,
+    ))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
@@ -64,7 +67,10 @@ impl RedisStore {
             .into_connection_info()
             .map_err(|e| StoreError::Unavailable(format!("invalid redis_url: {e}")))?;
         // RESP3 lets the connection notice a disconnect at once and reconnect in the background.
-        let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
         let client = Client::open(info).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
@@ -105,7 +111,13 @@ impl RedisStore {
     async fn hdel_if_equal(&self, key: &str, field: &str, value: &str) -> Result<bool, StoreError> {
         let mut c = self.conn.clone();
         let n: i64 = self
-            .run(HDEL_IF_EQUAL.key(key).arg(field).arg(value).invoke_async(&mut c))
+            .run(
+                HDEL_IF_EQUAL
+                    .key(key)
+                    .arg(field)
+                    .arg(value)
+                    .invoke_async(&mut c),
+            )
             .await?;
         Ok(n == 1)
     }
@@ -372,7 +384,12 @@ impl Store for RedisStore {
 
     async fn remove_dead_binding(&self, binding: &Binding) -> Result<(), StoreError> {
         if self
-            .remove_if_same_token(&binding.account_sid, &binding.identity, &binding.id, binding)
+            .remove_if_same_token(
+                &binding.account_sid,
+                &binding.identity,
+                &binding.id,
+                binding,
+            )
             .await?
         {
             self.release_address(binding).await?;
@@ -404,7 +421,9 @@ impl Store for RedisStore {
             match serde_json::from_str::<SocketPresence>(&text) {
                 Ok(p) if p.lease_until > now => live.push(p),
                 Ok(_) => stale.push((field, text)),
-                Err(e) => tracing::warn!(key = sockets_key, field, error = %e, "skipping unreadable presence"),
+                Err(e) => {
+                    tracing::warn!(key = sockets_key, field, error = %e, "skipping unreadable presence")
+                }
             }
         }
         self.sweep(&sockets_key, stale);

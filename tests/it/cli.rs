@@ -1,0 +1,118 @@
+//! The `callrelay` binary's commands.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::helpers::*;
+
+fn callrelay() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_callrelay"));
+    // Keep the environment from leaking configuration into the tests.
+    c.env_remove("CALLRELAY_CONFIG");
+    c
+}
+
+fn write_config(text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("callrelay-cli-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_broken_keys() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.toml");
+    let out = callrelay()
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+
+    let broken = write_config("[[accounts]]\nsid = \"ACnope\"\nauth_token = \"x\"\n");
+    let out = callrelay()
+        .args(["check-config", "--config"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("accounts[0].sid"), "{err}");
+
+    // Environment variables override the file, and are named when wrong.
+    let out = callrelay()
+        .args(["check-config", "--config", example])
+        .env("CALLRELAY__SERVER__WEBHOOK_DEADLINE_MS", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.webhook_deadline_ms"));
+    std::fs::remove_file(broken).unwrap();
+}
+
+#[test]
+fn check_config_never_prints_secrets() {
+    let path = write_config(&format!(
+        "[[accounts]]\nsid = \"ACnope\"\nauth_token = \"{AUTH_TOKEN}\"\n"
+    ));
+    let out = callrelay()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains(AUTH_TOKEN), "{all}");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[tokio::test]
+async fn dev_helpers_mint_tokens_and_send_signed_webhooks() {
+    let app = spawn_app().await;
+    let port = app.base.rsplit(':').next().unwrap();
+    let config =
+        write_config(&TestConfig::default().toml(&format!("127.0.0.1:{port}"), "127.0.0.1:0"));
+
+    let out = callrelay()
+        .args(["dev", "token", "--identity", "bob", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let minted = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut socket = WsClient::connect(&app.base, &minted, None).await.unwrap();
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_callrelay"))
+        .args([
+            "dev",
+            "send-webhook",
+            "--to",
+            "bob",
+            "--message-id",
+            "RMcli",
+            "--config",
+        ])
+        .arg(&config)
+        .env_remove("CALLRELAY_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("200 "), "{stdout}");
+    let frame = socket.next_text(Duration::from_secs(5)).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+    assert_eq!(v["twi_to"], "client:bob");
+    assert_eq!(v["twi_message_id"], "RMcli");
+    std::fs::remove_file(config).unwrap();
+}

@@ -1,0 +1,108 @@
+//! Several callrelay replicas sharing one Redis: a webhook on one reaches a socket held by
+//! another, and a replica that goes away takes its sockets' bindings with it.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Two replicas configured alike: same Redis, same key prefix.
+fn pair_config() -> TestConfig {
+    TestConfig {
+        presence_ttl_ms: 2000,
+        ..TestConfig::redis()
+    }
+}
+
+#[tokio::test]
+async fn webhook_on_one_replica_reaches_a_socket_on_another() {
+    let config = pair_config();
+    let a = spawn_with(config.clone()).await;
+    let b = spawn_with(config).await;
+    let mut bob = b.connect_ws("bob").await;
+    let body = payload(ACCOUNT, "bob");
+    let r = a.webhook(body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body, json!({"delivered": 1, "failed": 0, "removed": 0}));
+    assert_eq!(bob.next_text(WAIT).await.unwrap().as_bytes(), &body[..]);
+
+    // Sockets on both replicas, webhook on either: both receive.
+    let mut bob_on_a = a.connect_ws("bob").await;
+    let r = b.notify("bob").await;
+    assert_eq!(r.body["delivered"], 2);
+    assert!(bob.next_text(WAIT).await.is_some());
+    assert!(bob_on_a.next_text(WAIT).await.is_some());
+}
+
+#[tokio::test]
+async fn a_socket_closed_on_the_other_replica_stops_counting() {
+    let config = pair_config();
+    let a = spawn_with(config.clone()).await;
+    let b = spawn_with(config).await;
+    let bob = b.connect_ws("bob").await;
+    assert_eq!(a.notify("bob").await.status, StatusCode::OK);
+    bob.abort();
+    assert!(
+        eventually(Duration::from_millis(2500), || async {
+            a.notify("bob").await.status == StatusCode::NOT_FOUND
+        })
+        .await,
+        "404 within the presence window after the socket died"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_replica_takes_its_sockets_bindings_with_it_within_seconds() {
+    let config = pair_config();
+    let a = spawn_with(config.clone()).await;
+    let mut b = ProcessApp::start(&config).await;
+    let mut bob = WsClient::connect(&b.base, &token("bob"), None)
+        .await
+        .unwrap();
+    let r = a.notify("bob").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(bob.next_text(WAIT).await.is_some());
+
+    b.kill();
+    let killed = std::time::Instant::now();
+    // Until the lease runs out the socket still counts, but it is not reported delivered.
+    let r = a.notify("bob").await;
+    assert_ne!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.notify("bob").await.status == StatusCode::NOT_FOUND
+        })
+        .await,
+        "the dead replica's socket must stop counting"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(4),
+        "took {:?} (lease 2 s)",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_replica_stopped_with_sigterm_closes_sockets_and_withdraws_them_at_once() {
+    let config = TestConfig {
+        // A long lease: a 404 right away proves the presence was withdrawn, not expired.
+        presence_ttl_ms: 60_000,
+        ..TestConfig::redis()
+    };
+    let a = spawn_with(config.clone()).await;
+    let mut b = ProcessApp::start(&config).await;
+    let mut bob = WsClient::connect(&b.base, &token("bob"), None)
+        .await
+        .unwrap();
+    assert_eq!(a.notify("bob").await.status, StatusCode::OK);
+    assert!(bob.next_text(WAIT).await.is_some());
+    let status = b.terminate();
+    assert!(status.success(), "graceful exit: {status:?}");
+    let frame = bob.closed(WAIT).await.expect("close frame");
+    assert_eq!(u16::from(frame.code), 1001);
+    assert_eq!(a.notify("bob").await.status, StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,599 @@
+//! The store conformance suite: every engine must pass every case. The Redis engine runs
+//! against the test's own redis-server, each case under its own key prefix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use callrelay::domain::{
+    AccountSid, ApnsEnvironment, Binding, BindingId, Identity, PushChannel, PushType,
+};
+use callrelay::store::memory::MemoryStore;
+use callrelay::store::redis::RedisStore;
+use callrelay::store::{Claim, SocketPresence, Store};
+use time::OffsetDateTime;
+
+use crate::helpers::redis;
+
+fn account() -> AccountSid {
+    AccountSid::parse(crate::helpers::ACCOUNT).unwrap()
+}
+
+fn ident(name: &str) -> Identity {
+    Identity::parse(name).unwrap()
+}
+
+fn id(v: &str) -> BindingId {
+    BindingId::parse(v).unwrap()
+}
+
+fn binding(identity: &str, binding_id: &str, address: &str, now: OffsetDateTime) -> Binding {
+    Binding {
+        id: id(binding_id),
+        account_sid: account(),
+        identity: ident(identity),
+        channel: PushChannel::Apns,
+        address: address.to_owned(),
+        app: "ios".into(),
+        apns_environment: Some(ApnsEnvironment::Production),
+        push_type: Some(PushType::Voip),
+        device_id: None,
+        ttl_seconds: 3600,
+        created_at: now,
+        updated_at: now,
+        expires_at: now + Duration::from_secs(3600),
+    }
+}
+
+fn presence(identity: &str, conn: &str, node: &str, lease: Duration) -> SocketPresence {
+    let now = OffsetDateTime::now_utc();
+    SocketPresence {
+        conn_id: conn.into(),
+        account_sid: account(),
+        identity: ident(identity),
+        node: node.into(),
+        device_id: Some("d1".into()),
+        connected_at: now,
+        lease_until: now + lease,
+    }
+}
+
+/// Timestamps as stored (RFC 3339 keeps nanoseconds, so equality holds).
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+async fn memory() -> Arc<dyn Store> {
+    Arc::new(MemoryStore::new())
+}
+
+async fn redis() -> Arc<dyn Store> {
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    Arc::new(
+        RedisStore::connect(&redis::shared().url(), &prefix, Duration::from_secs(2))
+            .await
+            .unwrap(),
+    )
+}
+
+/// Runs each case against both engines.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory_engine {
+            $(#[tokio::test] async fn $case() { super::$case(super::memory().await).await; })*
+        }
+        mod redis_engine {
+            $(#[tokio::test] async fn $case() { super::$case(super::redis().await).await; })*
+        }
+    };
+}
+
+conformance!(
+    put_get_list_delete,
+    replacing_keeps_created_at,
+    a_token_moves_between_identities,
+    a_token_registered_again_under_a_new_id_replaces_the_old_binding,
+    changing_a_bindings_token_releases_the_old_one,
+    expired_bindings_are_never_returned,
+    refresh_extends_unless_the_binding_changed,
+    dead_binding_removal_respects_re_registration,
+    delete_all_removes_every_binding_and_frees_the_tokens,
+    presence_leases_expire_and_can_be_withdrawn,
+    message_claims,
+    replica_messages,
+);
+
+async fn put_get_list_delete(store: Arc<dyn Store>) {
+    let t = now();
+    let b1 = binding("bob", "b1", "aa", t);
+    let b2 = binding("bob", "b2", "bb", t);
+    let out = store.put_binding(b1.clone()).await.unwrap();
+    assert!(out.created);
+    assert_eq!(out.binding, b1);
+    assert!(out.displaced.is_empty());
+    store.put_binding(b2.clone()).await.unwrap();
+    assert_eq!(
+        store
+            .get_binding(&account(), &ident("bob"), &id("b1"), t)
+            .await
+            .unwrap(),
+        Some(b1.clone())
+    );
+    assert_eq!(
+        store
+            .get_binding(&account(), &ident("alice"), &id("b1"), t)
+            .await
+            .unwrap(),
+        None,
+        "ids are scoped to their identity"
+    );
+    assert_eq!(
+        store
+            .list_bindings(&account(), &ident("bob"), t)
+            .await
+            .unwrap(),
+        vec![b1.clone(), b2.clone()]
+    );
+    let targets = store.targets(&account(), &ident("bob"), t).await.unwrap();
+    assert_eq!(targets.bindings, vec![b1, b2.clone()]);
+    assert!(targets.sockets.is_empty());
+    assert!(
+        store
+            .delete_binding(&account(), &ident("bob"), &id("b1"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_binding(&account(), &ident("bob"), &id("b1"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .list_bindings(&account(), &ident("bob"), t)
+            .await
+            .unwrap(),
+        vec![b2]
+    );
+}
+
+async fn replacing_keeps_created_at(store: Arc<dyn Store>) {
+    let t = now();
+    store
+        .put_binding(binding("bob", "b1", "aa", t))
+        .await
+        .unwrap();
+    let later = t + Duration::from_secs(60);
+    let mut replacement = binding("bob", "b1", "aa", later);
+    replacement.push_type = Some(PushType::Alert);
+    let out = store.put_binding(replacement).await.unwrap();
+    assert!(!out.created);
+    assert_eq!(out.binding.created_at, t);
+    assert_eq!(out.binding.updated_at, later);
+    let stored = store
+        .get_binding(&account(), &ident("bob"), &id("b1"), later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.created_at, t);
+    assert_eq!(stored.push_type, Some(PushType::Alert));
+}
+
+async fn a_token_moves_between_identities(store: Arc<dyn Store>) {
+    let t = now();
+    store
+        .put_binding(binding("bob", "phone", "aa", t))
+        .await
+        .unwrap();
+    let out = store
+        .put_binding(binding("alice", "phone2", "aa", t))
+        .await
+        .unwrap();
+    assert_eq!(out.displaced, vec![(ident("bob"), id("phone"))]);
+    assert!(
+        store
+            .list_bindings(&account(), &ident("bob"), t)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .list_bindings(&account(), &ident("alice"), t)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // And back again.
+    let out = store
+        .put_binding(binding("bob", "phone", "aa", t))
+        .await
+        .unwrap();
+    assert_eq!(out.displaced, vec![(ident("alice"), id("phone2"))]);
+    assert!(
+        store
+            .list_bindings(&account(), &ident("alice"), t)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The same token on another channel is another address.
+    let mut fcm = binding("carol", "c", "aa", t);
+    fcm.channel = PushChannel::Fcm;
+    fcm.apns_environment = None;
+    fcm.push_type = None;
+    assert!(store.put_binding(fcm).await.unwrap().displaced.is_empty());
+    assert_eq!(
+        store
+            .list_bindings(&account(), &ident("bob"), t)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn a_token_registered_again_under_a_new_id_replaces_the_old_binding(store: Arc<dyn Store>) {
+    let t = now();
+    store
+        .put_binding(binding("bob", "old", "aa", t))
+        .await
+        .unwrap();
+    let out = store
+        .put_binding(binding("bob", "new", "aa", t))
+        .await
+        .unwrap();
+    assert_eq!(out.displaced, vec![(ident("bob"), id("old"))]);
+    let list = store
+        .list_bindings(&account(), &ident("bob"), t)
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, id("new"));
+}
+
+async fn changing_a_bindings_token_releases_the_old_one(store: Arc<dyn Store>) {
+    let t = now();
+    store
+        .put_binding(binding("bob", "b", "aa", t))
+        .await
+        .unwrap();
+    store
+        .put_binding(binding("bob", "b", "bb", t))
+        .await
+        .unwrap();
+    // "aa" is free now: registering it elsewhere displaces nothing and leaves bob alone.
+    let out = store
+        .put_binding(binding("alice", "a", "aa", t))
+        .await
+        .unwrap();
+    assert!(out.displaced.is_empty());
+    let bob = store
+        .list_bindings(&account(), &ident("bob"), t)
+        .await
+        .unwrap();
+    assert_eq!(bob.len(), 1);
+    assert_eq!(bob[0].address, "bb");
+    // And "bb" still belongs to bob.
+    let out = store
+        .put_binding(binding("carol", "c", "bb", t))
+        .await
+        .unwrap();
+    assert_eq!(out.displaced, vec![(ident("bob"), id("b"))]);
+}
+
+async fn expired_bindings_are_never_returned(store: Arc<dyn Store>) {
+    let t = now();
+    let mut short = binding("bob", "short", "aa", t);
+    short.ttl_seconds = 60;
+    short.expires_at = t + Duration::from_secs(60);
+    store.put_binding(short.clone()).await.unwrap();
+    store
+        .put_binding(binding("bob", "long", "bb", t))
+        .await
+        .unwrap();
+    // Still there just before it expires.
+    let before = t + Duration::from_secs(59);
+    assert_eq!(
+        store
+            .list_bindings(&account(), &ident("bob"), before)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let after = t + Duration::from_secs(61);
+    assert_eq!(
+        store
+            .get_binding(&account(), &ident("bob"), &id("short"), after)
+            .await
+            .unwrap(),
+        None
+    );
+    let live = store
+        .list_bindings(&account(), &ident("bob"), after)
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, id("long"));
+    let targets = store
+        .targets(&account(), &ident("bob"), after)
+        .await
+        .unwrap();
+    assert_eq!(targets.bindings.len(), 1);
+}
+
+async fn refresh_extends_unless_the_binding_changed(store: Arc<dyn Store>) {
+    let t = now();
+    let b = store
+        .put_binding(binding("bob", "b", "aa", t))
+        .await
+        .unwrap()
+        .binding;
+    let later = t + Duration::from_secs(1800);
+    store.refresh_binding(&b, later).await.unwrap();
+    let refreshed = store
+        .get_binding(&account(), &ident("bob"), &id("b"), later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refreshed.expires_at, later + Duration::from_secs(3600));
+    assert_eq!(refreshed.updated_at, later);
+    // A refresh based on an outdated copy (the binding was re-registered since) does nothing.
+    store
+        .put_binding(binding("bob", "b", "cc", t))
+        .await
+        .unwrap();
+    store
+        .refresh_binding(&b, later + Duration::from_secs(10))
+        .await
+        .unwrap();
+    let current = store
+        .get_binding(&account(), &ident("bob"), &id("b"), t)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.address, "cc");
+    assert_eq!(current.expires_at, t + Duration::from_secs(3600));
+}
+
+async fn dead_binding_removal_respects_re_registration(store: Arc<dyn Store>) {
+    let t = now();
+    let b = store
+        .put_binding(binding("bob", "b", "aa", t))
+        .await
+        .unwrap()
+        .binding;
+    // Re-registered with a fresh token before the push service's verdict arrived.
+    store
+        .put_binding(binding("bob", "b", "bb", t))
+        .await
+        .unwrap();
+    store.remove_dead_binding(&b).await.unwrap();
+    assert_eq!(
+        store
+            .list_bindings(&account(), &ident("bob"), t)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // The current token dies: gone, and its token is free.
+    let current = binding("bob", "b", "bb", t);
+    store.remove_dead_binding(&current).await.unwrap();
+    assert!(
+        store
+            .list_bindings(&account(), &ident("bob"), t)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let out = store
+        .put_binding(binding("alice", "a", "bb", t))
+        .await
+        .unwrap();
+    assert!(out.displaced.is_empty());
+}
+
+async fn delete_all_removes_every_binding_and_frees_the_tokens(store: Arc<dyn Store>) {
+    let t = now();
+    for (i, addr) in ["aa", "bb", "cc"].iter().enumerate() {
+        store
+            .put_binding(binding("bob", &format!("b{i}"), addr, t))
+            .await
+            .unwrap();
+    }
+    store
+        .put_binding(binding("alice", "a", "dd", t))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_bindings(&account(), &ident("bob"))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .delete_bindings(&account(), &ident("bob"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        store
+            .list_bindings(&account(), &ident("bob"), t)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .list_bindings(&account(), &ident("alice"), t)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let out = store
+        .put_binding(binding("carol", "c", "aa", t))
+        .await
+        .unwrap();
+    assert!(out.displaced.is_empty());
+}
+
+async fn presence_leases_expire_and_can_be_withdrawn(store: Arc<dyn Store>) {
+    let p1 = presence("bob", "c1", "node-a", Duration::from_secs(30));
+    let p2 = presence("bob", "c2", "node-b", Duration::from_secs(30));
+    let short = presence("bob", "c3", "node-c", Duration::from_millis(300));
+    store
+        .put_presences(&[p1.clone(), p2.clone(), short])
+        .await
+        .unwrap();
+    let t = now();
+    let sockets = store
+        .targets(&account(), &ident("bob"), t)
+        .await
+        .unwrap()
+        .sockets;
+    assert_eq!(sockets.len(), 3);
+    let later = t + Duration::from_secs(1);
+    let sockets = store
+        .targets(&account(), &ident("bob"), later)
+        .await
+        .unwrap()
+        .sockets;
+    assert_eq!(sockets, vec![p1.clone(), p2.clone()]);
+    store
+        .remove_presence(&account(), &ident("bob"), "c1")
+        .await
+        .unwrap();
+    let sockets = store
+        .targets(&account(), &ident("bob"), later)
+        .await
+        .unwrap()
+        .sockets;
+    assert_eq!(sockets, vec![p2.clone()]);
+    // Renewal extends a lease.
+    let mut renewed = p2.clone();
+    renewed.lease_until = p2.lease_until + Duration::from_secs(60);
+    store.put_presences(&[renewed.clone()]).await.unwrap();
+    let far = t + Duration::from_secs(45);
+    let sockets = store
+        .targets(&account(), &ident("bob"), far)
+        .await
+        .unwrap()
+        .sockets;
+    assert_eq!(sockets, vec![renewed]);
+    assert!(
+        store
+            .targets(&account(), &ident("alice"), t)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn message_claims(store: Arc<dyn Store>) {
+    let a = account();
+    let pending = Duration::from_secs(5);
+    let window = Duration::from_secs(600);
+    assert_eq!(
+        store.claim_message(&a, "RM1", pending).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.claim_message(&a, "RM1", pending).await.unwrap(),
+        Claim::Pending
+    );
+    store.settle_message(&a, "RM1", true, window).await.unwrap();
+    assert_eq!(
+        store.claim_message(&a, "RM1", pending).await.unwrap(),
+        Claim::Delivered
+    );
+    // A failed delivery is forgotten, so the retry may deliver.
+    assert_eq!(
+        store.claim_message(&a, "RM2", pending).await.unwrap(),
+        Claim::Acquired
+    );
+    store
+        .settle_message(&a, "RM2", false, window)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim_message(&a, "RM2", pending).await.unwrap(),
+        Claim::Acquired
+    );
+    // A claim whose holder vanished lapses.
+    assert_eq!(
+        store
+            .claim_message(&a, "RM3", Duration::from_millis(100))
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        store.claim_message(&a, "RM3", pending).await.unwrap(),
+        Claim::Acquired
+    );
+    // Delivered markers lapse after the window.
+    assert_eq!(
+        store.claim_message(&a, "RM4", pending).await.unwrap(),
+        Claim::Acquired
+    );
+    store
+        .settle_message(&a, "RM4", true, Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        store.claim_message(&a, "RM4", pending).await.unwrap(),
+        Claim::Acquired
+    );
+    // Ids are per account.
+    let other = AccountSid::parse(crate::helpers::OTHER_ACCOUNT).unwrap();
+    assert_eq!(
+        store.claim_message(&other, "RM1", pending).await.unwrap(),
+        Claim::Acquired
+    );
+}
+
+async fn replica_messages(store: Arc<dyn Store>) {
+    let node = format!("n{}", uuid::Uuid::new_v4().simple());
+    assert_eq!(
+        store
+            .publish(&node, Bytes::from_static(b"x"))
+            .await
+            .unwrap(),
+        0
+    );
+    let mut inbox = store.subscribe(&node).await.unwrap();
+    // The subscription may take a moment to reach Redis.
+    let mut received = None;
+    for _ in 0..100 {
+        if store
+            .publish(&node, Bytes::from_static(b"hello\n\x00bytes"))
+            .await
+            .unwrap()
+            == 1
+        {
+            received = tokio::time::timeout(Duration::from_secs(2), inbox.recv())
+                .await
+                .unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(received, Some(Bytes::from_static(b"hello\n\x00bytes")));
+    assert_eq!(
+        store
+            .publish("someone-else", Bytes::from_static(b"x"))
+            .await
+            .unwrap(),
+        0
+    );
+}
