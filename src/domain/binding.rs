@@ -126,16 +126,36 @@ fn invalid(field: &str, message: impl Into<String>) -> InvalidBinding {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wire {
+    #[serde(default, deserialize_with = "present")]
     id: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     account_sid: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     identity: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     channel: Option<PushChannel>,
+    #[serde(default, deserialize_with = "present")]
     address: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     app: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     apns_environment: Option<ApnsEnvironment>,
+    #[serde(default, deserialize_with = "present")]
     push_type: Option<PushType>,
+    #[serde(default, deserialize_with = "present")]
     device_id: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     ttl_seconds: Option<u64>,
+}
+
+/// An optional member, when present, must hold a value: `null` is refused rather than read as
+/// "absent", as the JSON Schema says.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 impl BindingRequest {

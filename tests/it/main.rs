@@ -7,6 +7,7 @@ mod admin;
 mod bindings;
 mod cli;
 mod replicas;
+mod schema;
 mod store;
 mod store_faults;
 mod webhook;
