@@ -189,7 +189,7 @@ async fn send_webhook(
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("callrelay answered {status}"))
+        Err(format!("not delivered ({status})"))
     }
 }
 

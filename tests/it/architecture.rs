@@ -1,0 +1,66 @@
+//! Checks the layering rules ARCHITECTURE.md states, by reading the source.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn src(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(sub)
+}
+
+/// Files under `dir` whose code mentions `needle` (comments excluded).
+fn offenders(dir: &Path, needle: &str) -> Vec<String> {
+    let files = rust_files(dir);
+    assert!(!files.is_empty(), "no sources under {}", dir.display());
+    files
+        .into_iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .any(|l| l.contains(needle))
+        })
+        .map(|f| f.display().to_string())
+        .collect()
+}
+
+#[test]
+fn only_the_redis_engine_imports_redis() {
+    let all = offenders(&src(""), "redis::");
+    let outside: Vec<&String> = all
+        .iter()
+        .filter(|f| !f.contains("/src/store/redis/") && !f.ends_with("/src/store/mod.rs"))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "redis used outside store/redis: {outside:?}"
+    );
+}
+
+#[test]
+fn channels_never_import_axum() {
+    assert_eq!(offenders(&src("channels"), "axum"), Vec::<String>::new());
+}
+
+#[test]
+fn handlers_never_reach_the_store_or_redis_directly() {
+    assert_eq!(offenders(&src("http"), "redis"), Vec::<String>::new());
+    // `/readyz` pings through the trait; nothing else in http/ names the store.
+    let store_users: Vec<String> = offenders(&src("http"), "state.store")
+        .into_iter()
+        .filter(|f| !f.ends_with("admin.rs"))
+        .collect();
+    assert_eq!(store_users, Vec::<String>::new());
+}
