@@ -47,11 +47,18 @@ impl Bus {
         // Subscribing waits for Redis; until it answers, nothing can reach this replica anyway.
         tokio::spawn(async move {
             let mut conn = conn;
+            let mut attempts = 0u32;
             loop {
                 match conn.subscribe(&channel).await {
                     Ok(()) => break,
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot subscribe to the replica channel yet; retrying");
+                        // Said once loudly; `/readyz` keeps reporting the outage meanwhile.
+                        if attempts == 0 {
+                            tracing::warn!(error = %e, "cannot subscribe to the replica channel yet; retrying every second");
+                        } else {
+                            tracing::debug!(error = %e, attempts, "still cannot subscribe to the replica channel");
+                        }
+                        attempts += 1;
                         if tx.is_closed() {
                             return;
                         }
