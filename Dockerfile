@@ -14,8 +14,8 @@
 # glibc dynamically, and a newer Debian (trixie, glibc 2.41) would produce a binary that needs
 # symbols the runtime's glibc 2.36 lacks.
 
-# The crate declares rust-version 1.85, but some locked dependencies (redis 1.8, jsonwebtoken 11)
-# need 1.88 or newer. Override with --build-arg RUST_VERSION=… to move the toolchain.
+# The crate needs Rust 1.88 or newer (its rust-version); override with
+# --build-arg RUST_VERSION=… to move the toolchain.
 ARG RUST_VERSION=1.95
 
 ############################################################################################
