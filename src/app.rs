@@ -108,7 +108,7 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
     let tasks = TaskTracker::new();
     let metrics = Arc::new(Metrics::new());
 
-    let apps = channels::push_channels(&config, options.push_channels)?;
+    let apps = channels::push_channels(&config, options.push_channels, &metrics)?;
     let sockets = WebSocketChannel::new(
         node.clone(),
         store.clone(),

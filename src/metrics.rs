@@ -45,6 +45,20 @@ pub const WEBHOOK_OUTCOMES: [&str; 8] = [
 pub const CHANNELS: [&str; 3] = ["websocket", "apns", "fcm"];
 pub const DELIVERY_OUTCOMES: [&str; 3] = ["delivered", "removed", "failed"];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub app: String,
+    pub channel: &'static str,
+    /// `success`, the push service's reason or error code, or callrelay's own
+    /// (`timeout`, `connection_error`, `payload_too_large`).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    pub app: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms to ~8 s.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -58,6 +72,12 @@ pub struct Metrics {
     pub delivery_duration: Family<ChannelLabels, Histogram>,
     pub live_sockets: Gauge<i64, AtomicI64>,
     pub binding_requests: Family<BindingOpLabels, Counter>,
+    /// Answers from Apple and Google (and callrelay's own verdicts), per app.
+    pub push_results: Family<PushLabels, Counter>,
+    /// Provider tokens signed (APNs) and access tokens fetched (FCM), per app.
+    pub push_auth_tokens: Family<AppLabels, Counter>,
+    /// When each certificate-auth APNs app's client certificate expires (Unix seconds).
+    pub apns_certificate_expiry: Family<AppLabels, Gauge<i64, AtomicI64>>,
 }
 
 impl Default for Metrics {
@@ -107,6 +127,24 @@ impl Metrics {
             "Bindings API requests by operation and status",
             binding_requests.clone(),
         );
+        let push_results = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "push_results",
+            "Push attempts by app and result (success, the service's reason, or timeout/connection_error/payload_too_large)",
+            push_results.clone(),
+        );
+        let push_auth_tokens = Family::<AppLabels, Counter>::default();
+        registry.register(
+            "push_auth_tokens",
+            "APNs provider tokens signed and FCM access tokens fetched, by app",
+            push_auth_tokens.clone(),
+        );
+        let apns_certificate_expiry = Family::<AppLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "apns_certificate_expiry_timestamp_seconds",
+            "Expiry of each certificate-auth APNs app's client certificate (Unix time)",
+            apns_certificate_expiry.clone(),
+        );
         // Every known series exists from the start, so rates and alerts see zeros, not gaps.
         for outcome in WEBHOOK_OUTCOMES {
             let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
@@ -124,6 +162,9 @@ impl Metrics {
             delivery_duration,
             live_sockets,
             binding_requests,
+            push_results,
+            push_auth_tokens,
+            apns_certificate_expiry,
         }
     }
 

@@ -1,6 +1,10 @@
 //! Delivery channels. Each takes one target and the notification and says what happened;
 //! none of them touches HTTP routing or decides what a webhook answers.
 
+pub mod apns;
+pub mod fcm;
+pub mod http;
+pub mod retry;
 pub mod websocket;
 
 use std::collections::HashMap;
@@ -78,35 +82,76 @@ impl Channels {
     }
 }
 
-/// A push app whose channel this build cannot serve, or whose settings are wrong.
+/// A push app whose settings are wrong or whose key or certificate cannot be loaded.
 #[derive(Debug, thiserror::Error)]
-#[error("apps[{index}] ({name}): {message}")]
+#[error("apps[{index}].{key}: {message} (app `{name}`)")]
 pub struct ChannelConfigError {
     pub index: usize,
     pub name: String,
+    pub key: String,
     pub message: String,
 }
 
+/// What a channel reports about its own settings; `key` is relative to the app's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SettingsError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads an app's channel-specific settings into `T`, naming the key on error.
+pub fn parse_settings<T: serde::de::DeserializeOwned>(
+    table: &toml::Table,
+) -> Result<T, SettingsError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+        let key = e.path().to_string();
+        SettingsError::new(
+            if key == "." { "settings".into() } else { key },
+            e.into_inner().to_string(),
+        )
+    })
+}
+
 /// One push channel per configured app: `given` ones first, the rest built from the
-/// configuration.
+/// configuration (which loads every key and certificate, so a broken one is named here).
 pub fn push_channels(
     config: &crate::config::Config,
     mut given: HashMap<String, Arc<dyn Channel>>,
+    metrics: &Arc<crate::metrics::Metrics>,
 ) -> Result<HashMap<String, Arc<dyn Channel>>, ChannelConfigError> {
+    use crate::domain::PushChannel;
     let mut channels = HashMap::new();
     for (index, app) in config.apps.iter().enumerate() {
         if let Some(channel) = given.remove(&app.name) {
             channels.insert(app.name.clone(), channel);
             continue;
         }
-        return Err(ChannelConfigError {
+        let built: Result<Arc<dyn Channel>, SettingsError> = match app.channel {
+            PushChannel::Apns => {
+                apns::ApnsChannel::from_config(&app.name, &app.settings, metrics.clone())
+                    .map(|c| Arc::new(c) as Arc<dyn Channel>)
+            }
+            PushChannel::Fcm => {
+                fcm::FcmChannel::from_config(&app.name, &app.settings, metrics.clone())
+                    .map(|c| Arc::new(c) as Arc<dyn Channel>)
+            }
+        };
+        let channel = built.map_err(|e| ChannelConfigError {
             index,
             name: app.name.clone(),
-            message: format!(
-                "the {} channel is not available in this version of callrelay",
-                app.channel.as_str()
-            ),
-        });
+            key: e.key,
+            message: e.message,
+        })?;
+        channels.insert(app.name.clone(), channel);
     }
     Ok(channels)
 }

@@ -36,6 +36,7 @@ enum Command {
 
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
+    crate::channels::http::install_crypto_provider();
     let config = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -68,7 +69,8 @@ async fn serve(config: Config) -> ExitCode {
 }
 
 fn check_config(config: &Config) -> ExitCode {
-    if let Err(e) = crate::channels::push_channels(config, Default::default()) {
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    if let Err(e) = crate::channels::push_channels(config, Default::default(), &metrics) {
         eprintln!("callrelay: configuration error: {e}");
         return ExitCode::from(2);
     }

@@ -515,8 +515,9 @@ fn validate_apps(raw: Vec<raw::RawApp>) -> Result<Vec<AppConfig>, ConfigError> {
     Ok(apps)
 }
 
-/// Resolves a secret given inline as `key` or in a file as `key_file`.
-fn secret(
+/// Resolves a secret given inline as `key` or in a file as `key_file`. Push channels use it for
+/// their own settings, so every secret follows the same rules.
+pub fn secret(
     key: &str,
     inline: Option<String>,
     file: Option<PathBuf>,

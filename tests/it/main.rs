@@ -2,11 +2,14 @@
 //! WebSocket clients. Set TEST_LOG=1 to see callrelay's logs.
 
 mod helpers;
+mod mocks;
 
 mod admin;
+mod apns;
 mod architecture;
 mod bindings;
 mod cli;
+mod fcm;
 mod replicas;
 mod schema;
 mod store;

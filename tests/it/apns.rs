@@ -1,0 +1,1 @@
+//! apns channel tests (written with the channel).

@@ -1,0 +1,1 @@
+//! fcm channel tests (written with the channel).

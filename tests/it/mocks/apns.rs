@@ -1,0 +1,1 @@
+//! Mock apns service (written with the channel).

@@ -1,0 +1,1 @@
+//! Mock fcm service (written with the channel).
