@@ -181,8 +181,16 @@ mod tests {
     #[tokio::test]
     async fn serves_http2_over_tls_trusted_through_the_ca_file() {
         let ca = TestCa::new("self-test");
+        assert_eq!(std::fs::read_to_string(&ca.ca_file).unwrap(), ca.ca_pem());
+        let handler = |axum::Extension(PeerCertificate(peer)): axum::Extension<PeerCertificate>| async move {
+            if peer.is_some() {
+                "hello, certified client"
+            } else {
+                "hello"
+            }
+        };
         let server = serve(
-            Router::new().route("/", axum::routing::get(|| async { "hello" })),
+            Router::new().route("/", axum::routing::get(handler)),
             ca.server_config(None),
         )
         .await;
