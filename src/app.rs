@@ -76,6 +76,7 @@ pub struct Options {
 
 /// Starts callrelay: binds, opens the store, starts the listeners and background tasks.
 pub async fn start(config: Config, options: Options) -> Result<App, StartError> {
+    channels::http::install_crypto_provider();
     let store = match options.store {
         Some(s) => s,
         None => store::open(&config.store).await?,

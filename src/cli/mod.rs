@@ -29,6 +29,8 @@ enum Command {
     Serve,
     /// Validate the configuration and say what is wrong.
     CheckConfig,
+    /// Print the OpenAPI document of the public API.
+    Openapi,
     /// Helpers for trying callrelay out locally.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -37,6 +39,9 @@ enum Command {
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
     crate::channels::http::install_crypto_provider();
+    if let Command::Openapi = cli.command {
+        return print_openapi();
+    }
     let config = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -48,7 +53,15 @@ pub async fn run() -> ExitCode {
         Command::Serve => serve(config).await,
         Command::CheckConfig => check_config(&config),
         Command::Dev(command) => dev::run(command, &config).await,
+        Command::Openapi => print_openapi(),
     }
+}
+
+fn print_openapi() -> ExitCode {
+    let text = serde_json::to_string_pretty(&crate::http::openapi::document())
+        .expect("the document serialises");
+    println!("{text}");
+    ExitCode::SUCCESS
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -4,6 +4,7 @@
 
 mod admin;
 mod bindings;
+pub mod openapi;
 pub mod problem;
 mod request_id;
 mod webhook;
@@ -60,6 +61,7 @@ pub fn public_router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(bindings::MAX_BODY)),
         )
         .route("/v1/ws", get(ws::connect))
+        .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
@@ -71,6 +73,10 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
         .with_state(state)
+}
+
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
 }
 
 async fn not_found() -> problem::Problem {

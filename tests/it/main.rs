@@ -10,6 +10,7 @@ mod architecture;
 mod bindings;
 mod cli;
 mod fcm;
+mod openapi;
 mod replicas;
 mod schema;
 mod store;

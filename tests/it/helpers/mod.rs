@@ -37,9 +37,11 @@ pub const ADMIN_KEY: &str = "admin-key-for-tests-0123456789abcdef";
 pub const APNS_TOKEN: &str = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1";
 pub const APNS_TOKEN_2: &str = "b0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b2";
 
+/// Once per test process: logs when TEST_LOG is set, and the TLS provider for HTTP clients.
 pub fn init_logging() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
+        callrelay::channels::http::install_crypto_provider();
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(
@@ -427,6 +429,7 @@ fn free_port() -> u16 {
 
 impl ProcessApp {
     pub async fn start(config: &TestConfig) -> Self {
+        init_logging();
         let (port, admin_port) = (free_port(), free_port());
         let toml = config.toml(
             &format!("127.0.0.1:{port}"),

@@ -1,0 +1,439 @@
+//! The OpenAPI 3.1 description of the public API, built here next to the routes it
+//! describes and served at `/openapi.json`. The binding schemas come from `bindings-schema/`,
+//! so the API description and the JSON Schemas cannot drift apart; `openapi.json` at the
+//! repository root is this document, committed, and a test fails when the two differ
+//! (`cargo run -q -- openapi > openapi.json` regenerates it).
+
+use serde_json::{Map, Value, json};
+
+const BINDING_REQUEST: &str = include_str!("../../bindings-schema/binding-request.schema.json");
+const BINDING: &str = include_str!("../../bindings-schema/binding.schema.json");
+const BINDING_LIST: &str = include_str!("../../bindings-schema/binding-list.schema.json");
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut schemas = Map::new();
+    for (name, text) in [
+        ("BindingRequest", BINDING_REQUEST),
+        ("Binding", BINDING),
+        ("BindingList", BINDING_LIST),
+    ] {
+        hoist(
+            name,
+            serde_json::from_str(text).expect("bindings-schema files are JSON"),
+            &mut schemas,
+        );
+    }
+    schemas.insert("Problem".into(), problem_schema());
+    schemas.insert("DeliverySummary".into(), summary_schema());
+    schemas.insert("CallNotification".into(), notification_schema());
+    schemas.insert(
+        "Deleted".into(),
+        json!({
+            "type": "object",
+            "required": ["deleted"],
+            "properties": {"deleted": {"type": "integer", "minimum": 0, "description": "How many bindings were removed."}},
+            "additionalProperties": false
+        }),
+    );
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "callrelay",
+            "version": env!("CARGO_PKG_VERSION"),
+            "summary": "Relays Twilio Voice call notifications to devices over APNs, FCM and WebSockets.",
+            "description": "Errors are RFC 9457 problem documents whose `type` is `urn:callrelay:problem:<slug>`; the README lists them.",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"}
+        },
+        "paths": {
+            "/v1/twilio/call-notifications": {"post": webhook_operation()},
+            "/v1/bindings": {
+                "post": create_operation(),
+                "get": list_operation(),
+                "delete": delete_all_operation()
+            },
+            "/v1/bindings/{id}": {
+                "parameters": [{"$ref": "#/components/parameters/BindingId"}],
+                "put": replace_operation(),
+                "get": get_operation(),
+                "delete": delete_operation()
+            },
+            "/v1/ws": {"get": websocket_operation()},
+            "/openapi.json": {"get": {
+                "operationId": "getOpenApi",
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}
+            }}
+        },
+        "components": {
+            "schemas": schemas,
+            "parameters": parameters(),
+            "responses": responses(),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A Twilio Access Token (HS256 JWT signed with an API key secret configured for its account; acts as `grants.identity`) or an admin key (manages any identity of the configured accounts)."
+                },
+                "twilioSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Twilio-Signature",
+                    "description": "Twilio's request signature over the public URL (which carries `bodySHA256`), keyed with the account's Auth Token or a shared key named by `X-Twilio-Webhooks-Signature-Settings`."
+                },
+                "webhookBasic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "HTTP Basic credentials, when the account configures them."
+                }
+            }
+        }
+    })
+}
+
+/// Moves a bindings-schema document into `components/schemas` under `name`, its `$defs`
+/// alongside it, rewriting references between the files to component references.
+fn hoist(name: &str, mut schema: Value, out: &mut Map<String, Value>) {
+    let object = schema
+        .as_object_mut()
+        .expect("a schema document is an object");
+    object.remove("$schema");
+    object.remove("$id");
+    if let Some(Value::Object(defs)) = object.remove("$defs") {
+        for (def, mut value) in defs {
+            rewrite_refs(&mut value);
+            out.insert(component_name(&def), value);
+        }
+    }
+    rewrite_refs(&mut schema);
+    out.insert(name.to_owned(), schema);
+}
+
+fn component_name(def: &str) -> String {
+    let mut chars = def.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+fn rewrite_refs(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get_mut("$ref") {
+                let def = target.rsplit_once("#/$defs/").map(|(_, d)| d.to_owned());
+                *target = match (def, target.as_str()) {
+                    (Some(def), _) => format!("#/components/schemas/{}", component_name(&def)),
+                    (None, "binding.schema.json") => "#/components/schemas/Binding".into(),
+                    (None, "binding-request.schema.json") => {
+                        "#/components/schemas/BindingRequest".into()
+                    }
+                    (None, other) => panic!("unexpected reference {other} in bindings-schema"),
+                };
+            }
+            map.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+fn problem_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "An RFC 9457 problem document.",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string", "pattern": "^urn:callrelay:problem:[a-z-]+$"},
+            "title": {"type": "string"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": {"type": "string"}
+        },
+        "additionalProperties": false
+    })
+}
+
+fn summary_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "What became of a call notification.",
+        "required": ["delivered", "failed", "removed"],
+        "properties": {
+            "delivered": {"type": "integer", "minimum": 0, "description": "Bindings that accepted it."},
+            "failed": {"type": "integer", "minimum": 0, "description": "Bindings that did not, for a reason that may pass; they are kept."},
+            "removed": {"type": "integer", "minimum": 0, "description": "Bindings found dead and removed."},
+            "duplicate": {"type": "boolean", "const": true, "description": "Present when this twi_message_id was already delivered: nothing was sent again."}
+        },
+        "additionalProperties": false
+    })
+}
+
+fn notification_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "Twilio's call notification. callrelay reads the members below and forwards the document unmodified; any other member is allowed and forwarded too.",
+        "required": ["twi_account_sid", "twi_to"],
+        "properties": {
+            "twi_account_sid": {"$ref": "#/components/schemas/AccountSid"},
+            "twi_to": {"type": "string", "pattern": "^client:[^\\u0000-\\u001f\\u007f-\\u009f]+$", "description": "`client:<identity>`"},
+            "twi_message_id": {"type": "string", "minLength": 1, "maxLength": 256},
+            "twi_from": {"type": "string"},
+            "twi_call_sid": {"type": "string"},
+            "twi_bridge_token": {"type": "string"},
+            "twi_message_type": {"type": "string"},
+            "twi_params": {"type": "string"}
+        },
+        "additionalProperties": true
+    })
+}
+
+fn parameters() -> Value {
+    json!({
+        "BindingId": {
+            "name": "id", "in": "path", "required": true,
+            "schema": {"$ref": "#/components/schemas/BindingId"}
+        },
+        "Identity": {
+            "name": "identity", "in": "query", "required": false,
+            "description": "Whose bindings. Optional with an access token (its own identity); required with an admin key.",
+            "schema": {"$ref": "#/components/schemas/Identity"}
+        },
+        "AccountSid": {
+            "name": "account_sid", "in": "query", "required": false,
+            "description": "Which account. Optional with an access token (its own account); required with an admin key.",
+            "schema": {"$ref": "#/components/schemas/AccountSid"}
+        }
+    })
+}
+
+fn problem(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    })
+}
+
+fn responses() -> Value {
+    let mut unauthorized = problem("No or invalid credentials.");
+    unauthorized["headers"] =
+        json!({"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}});
+    let mut unavailable = problem("The store cannot be reached; retry shortly.");
+    unavailable["headers"] = json!({"Retry-After": {"schema": {"type": "string"}}});
+    json!({
+        "BadRequest": problem("The request is malformed; the detail says how."),
+        "Unauthorized": unauthorized,
+        "Forbidden": problem("The caller may not act on this account or identity."),
+        "NotFound": problem("No such binding."),
+        "PayloadTooLarge": problem("The body is over the limit."),
+        "UnsupportedMediaType": problem("The body is not `application/json`."),
+        "AppNotConfigured": problem("No push app serves the binding's channel, or the named app does not."),
+        "StoreUnavailable": unavailable
+    })
+}
+
+fn r(name: &str) -> Value {
+    json!({"$ref": format!("#/components/responses/{name}")})
+}
+
+fn binding_body() -> Value {
+    json!({
+        "required": true,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BindingRequest"}}}
+    })
+}
+
+fn binding_response(description: &str, location: bool) -> Value {
+    let mut response = json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Binding"}}}
+    });
+    if location {
+        response["headers"] = json!({"Location": {"required": true, "schema": {"type": "string"}}});
+    }
+    response
+}
+
+fn scope_parameters() -> Value {
+    json!([
+        {"$ref": "#/components/parameters/Identity"},
+        {"$ref": "#/components/parameters/AccountSid"}
+    ])
+}
+
+fn webhook_operation() -> Value {
+    let summary = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeliverySummary"}}}});
+    json!({
+        "operationId": "postCallNotification",
+        "summary": "Twilio's call-notification webhook",
+        "description": "Delivers the notification, unmodified, to every binding of (twi_account_sid, identity in twi_to) within the webhook deadline. A twi_message_id already delivered is answered 200 with `duplicate: true`.",
+        "security": [{"twilioSignature": []}, {"webhookBasic": []}],
+        "parameters": [{
+            "name": "bodySHA256", "in": "query", "required": true,
+            "description": "Lowercase hex SHA-256 of the body, added by Twilio; the signature covers it.",
+            "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}
+        }],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CallNotification"}}}},
+        "responses": {
+            "200": summary("At least one binding accepted the notification (or it was a duplicate)."),
+            "400": problem("Not a JSON object with twi_account_sid and twi_to = client:<identity>."),
+            "403": problem("The account is not configured, or the request did not authenticate."),
+            "404": {
+                "description": "No binding for the callee (a problem document), or every binding turned out dead and was removed (a summary).",
+                "content": {
+                    PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}},
+                    "application/json": {"schema": {"$ref": "#/components/schemas/DeliverySummary"}}
+                }
+            },
+            "413": r("PayloadTooLarge"),
+            "502": summary("No binding accepted the notification."),
+            "503": r("StoreUnavailable")
+        }
+    })
+}
+
+fn bearer() -> Value {
+    json!([{"bearer": []}])
+}
+
+fn create_operation() -> Value {
+    json!({
+        "operationId": "createBinding",
+        "summary": "Register a push binding (the id is assigned)",
+        "security": bearer(),
+        "requestBody": binding_body(),
+        "responses": {
+            "201": binding_response("Created.", true),
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "413": r("PayloadTooLarge"), "415": r("UnsupportedMediaType"),
+            "422": r("AppNotConfigured"), "503": r("StoreUnavailable")
+        }
+    })
+}
+
+fn replace_operation() -> Value {
+    json!({
+        "operationId": "putBinding",
+        "summary": "Create or replace the binding with this id",
+        "security": bearer(),
+        "requestBody": binding_body(),
+        "responses": {
+            "200": binding_response("Replaced (created_at kept).", false),
+            "201": binding_response("Created.", true),
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "413": r("PayloadTooLarge"), "415": r("UnsupportedMediaType"),
+            "422": r("AppNotConfigured"), "503": r("StoreUnavailable")
+        }
+    })
+}
+
+fn get_operation() -> Value {
+    json!({
+        "operationId": "getBinding",
+        "summary": "Read one binding",
+        "security": bearer(),
+        "parameters": scope_parameters(),
+        "responses": {
+            "200": binding_response("The binding.", false),
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "404": r("NotFound"), "503": r("StoreUnavailable")
+        }
+    })
+}
+
+fn delete_operation() -> Value {
+    json!({
+        "operationId": "deleteBinding",
+        "summary": "Remove one binding",
+        "security": bearer(),
+        "parameters": scope_parameters(),
+        "responses": {
+            "204": {"description": "Removed."},
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "404": r("NotFound"), "503": r("StoreUnavailable")
+        }
+    })
+}
+
+fn list_operation() -> Value {
+    json!({
+        "operationId": "listBindings",
+        "summary": "An identity's push bindings and open sockets",
+        "security": bearer(),
+        "parameters": scope_parameters(),
+        "responses": {
+            "200": {"description": "The bindings.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BindingList"}}}},
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "503": r("StoreUnavailable")
+        }
+    })
+}
+
+fn delete_all_operation() -> Value {
+    json!({
+        "operationId": "deleteBindings",
+        "summary": "Remove every push binding of an identity",
+        "security": bearer(),
+        "parameters": scope_parameters(),
+        "responses": {
+            "200": {"description": "Removed.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deleted"}}}},
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "503": r("StoreUnavailable")
+        }
+    })
+}
+
+fn websocket_operation() -> Value {
+    json!({
+        "operationId": "openWebSocket",
+        "summary": "Open a WebSocket: a live binding of the token's identity",
+        "description": "Each call notification for the identity arrives as one text frame holding exactly the JSON Twilio sent. The server pings; a client silent for two ping intervals is dropped. At shutdown the server sends a 1001 close frame.",
+        "security": [{"bearer": []}, {}],
+        "parameters": [
+            {"name": "access_token", "in": "query", "required": false, "description": "A Twilio Access Token, for clients that cannot set headers (browsers).", "schema": {"type": "string", "maxLength": 8192}},
+            {"name": "device_id", "in": "query", "required": false, "schema": {"$ref": "#/components/schemas/DeviceId"}}
+        ],
+        "responses": {
+            "101": {"description": "Switching protocols: the socket is open."},
+            "400": r("BadRequest"),
+            "401": r("Unauthorized"),
+            "426": problem("The request is not a WebSocket upgrade this server can accept."),
+            "503": r("StoreUnavailable")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r.clone());
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves_inside_the_document() {
+        let doc = document();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 20);
+        for r in all {
+            let pointer = r
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("external ref {r}"));
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+    }
+}
