@@ -11,6 +11,7 @@ mod bindings;
 mod cli;
 mod fcm;
 mod openapi;
+mod properties;
 mod replicas;
 mod schema;
 mod store;
