@@ -114,6 +114,7 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         node.clone(),
         store.clone(),
         config.websocket.clone(),
+        &config.limits,
         tasks.clone(),
     );
     sockets.start(shutdown.clone()).await?;
@@ -134,6 +135,9 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         sockets,
         metrics,
         store: store.clone(),
+        limiter: Arc::new(http::RateLimiter::new(
+            config.limits.binding_requests_per_minute,
+        )),
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
     };
@@ -150,8 +154,12 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
     }
     tracing::info!(%public_addr, %admin_addr, node, store = store.engine(), accounts = config.accounts.len(), "callrelay listening");
 
-    let public = axum::serve(listeners.public, http::public_router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let public = http::server::serve(
+        listeners.public,
+        http::public_router(state.clone()),
+        config.limits.clone(),
+        shutdown.clone(),
+    );
     let admin_stop = CancellationToken::new();
     let admin = axum::serve(listeners.admin, http::admin_router(state))
         .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
@@ -162,9 +170,7 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
     });
     let grace = config.server.shutdown_grace;
     let finished = tokio::spawn(async move {
-        if let Err(e) = public.await {
-            tracing::error!(error = %e, "public listener failed");
-        }
+        public.await;
         // The public listener has drained its in-flight requests; sessions are closing and
         // withdrawing their presence.
         tasks.close();

@@ -19,8 +19,9 @@ pub enum Caller {
         account_sid: AccountSid,
         identity: Identity,
     },
-    /// An app backend that may manage every identity of the configured accounts.
-    Admin,
+    /// An app backend that may manage every identity of the configured accounts. `key` is the
+    /// admin key's position in the configuration (rate limits count per key).
+    Admin { key: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +34,19 @@ pub enum AuthError {
     UnknownAdminKey,
     #[error("access token refused: {0}")]
     Token(#[from] TokenError),
+}
+
+impl Caller {
+    /// What rate limits count against: the identity for a token holder, the key for an admin.
+    pub fn rate_key(&self) -> String {
+        match self {
+            Caller::Client {
+                account_sid,
+                identity,
+            } => format!("client:{account_sid}:{identity}"),
+            Caller::Admin { key } => format!("admin:{key}"),
+        }
+    }
 }
 
 /// Verifies bearer credentials: Access Tokens (three dot-separated parts) and admin keys.
@@ -78,10 +92,9 @@ impl Authenticator {
             });
         }
         let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
-        if self.admin_key_digests.contains(&digest) {
-            Ok(Caller::Admin)
-        } else {
-            Err(AuthError::UnknownAdminKey)
+        match self.admin_key_digests.iter().position(|d| *d == digest) {
+            Some(key) => Ok(Caller::Admin { key }),
+            None => Err(AuthError::UnknownAdminKey),
         }
     }
 

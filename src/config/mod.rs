@@ -22,6 +22,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub websocket: WebSocketConfig,
     pub log: LogConfig,
+    pub limits: Limits,
     pub accounts: Vec<AccountConfig>,
     pub admin: AdminConfig,
     pub apps: Vec<AppConfig>,
@@ -52,6 +53,26 @@ pub struct WebSocketConfig {
     pub ping_interval: Duration,
     pub queue_capacity: usize,
     pub presence_ttl: Duration,
+}
+
+/// Abuse limits: what one client, one identity or the whole replica may use.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections on the public listener (WebSockets included); more wait to be accepted.
+    pub max_connections: usize,
+    /// Time a client gets to send a request's headers, and the longest a keep-alive connection
+    /// may sit idle: a slow client cannot hold a connection.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// Time a request (body included) may take, WebSocket sessions excepted.
+    pub request_timeout: Duration,
+    /// Bindings API requests per minute per credential (per replica); `0` turns the limit off.
+    pub binding_requests_per_minute: u32,
+    pub max_bindings_per_identity: usize,
+    pub max_sockets_per_identity: usize,
+    /// WebSocket connections one replica holds.
+    pub max_sockets: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +269,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         level: raw.log.level.unwrap_or_else(|| "info".into()),
     };
 
+    let limits = validate_limits(raw.limits, &server)?;
+
     let mut accounts = Vec::new();
     let mut seen = HashSet::new();
     for (i, account) in raw.accounts.into_iter().enumerate() {
@@ -268,9 +291,77 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         store,
         websocket,
         log,
+        limits,
         accounts,
         admin,
         apps,
+    })
+}
+
+fn validate_limits(raw: raw::RawLimits, server: &ServerConfig) -> Result<Limits, ConfigError> {
+    let count =
+        |key: &str, value: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>| {
+            let v = value.unwrap_or(default);
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError::invalid(
+                    key,
+                    format!("{v} is out of range ({}..={})", range.start(), range.end()),
+                ))
+            }
+        };
+    let request_timeout = millis(
+        "limits.request_timeout_ms",
+        raw.request_timeout_ms,
+        server.webhook_deadline.as_millis() as u64 + 10_000,
+        100..=600_000,
+    )?;
+    if request_timeout <= server.webhook_deadline {
+        return Err(ConfigError::invalid(
+            "limits.request_timeout_ms",
+            "must be longer than server.webhook_deadline_ms, or webhooks would be cut off",
+        ));
+    }
+    Ok(Limits {
+        max_connections: count(
+            "limits.max_connections",
+            raw.max_connections,
+            50_000,
+            1..=1_000_000,
+        )? as usize,
+        header_read_timeout: millis(
+            "limits.header_read_timeout_ms",
+            raw.header_read_timeout_ms,
+            10_000,
+            100..=600_000,
+        )?,
+        max_header_bytes: count(
+            "limits.max_header_bytes",
+            raw.max_header_bytes,
+            32 * 1024,
+            8192..=1024 * 1024,
+        )? as usize,
+        request_timeout,
+        binding_requests_per_minute: count(
+            "limits.binding_requests_per_minute",
+            raw.binding_requests_per_minute,
+            120,
+            0..=1_000_000,
+        )? as u32,
+        max_bindings_per_identity: count(
+            "limits.max_bindings_per_identity",
+            raw.max_bindings_per_identity,
+            20,
+            1..=10_000,
+        )? as usize,
+        max_sockets_per_identity: count(
+            "limits.max_sockets_per_identity",
+            raw.max_sockets_per_identity,
+            10,
+            1..=10_000,
+        )? as usize,
+        max_sockets: count("limits.max_sockets", raw.max_sockets, 20_000, 1..=1_000_000)? as usize,
     })
 }
 

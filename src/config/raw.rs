@@ -17,6 +17,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
     pub accounts: Vec<RawAccount>,
     #[serde(default)]
     pub admin: RawAdmin,
@@ -57,6 +59,27 @@ pub struct RawWebSocket {
     pub queue_capacity: Option<u64>,
     #[serde(default, deserialize_with = "lenient::number")]
     pub presence_ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub max_connections: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub header_read_timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub max_header_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub request_timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub binding_requests_per_minute: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub max_bindings_per_identity: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub max_sockets_per_identity: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub max_sockets: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

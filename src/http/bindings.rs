@@ -70,15 +70,28 @@ fn record(state: &AppState, operation: &'static str, response: Response) -> Resp
     response
 }
 
-fn respond(result: Result<Response, BindingError>) -> Response {
-    result.unwrap_or_else(IntoResponse::into_response)
+fn respond(result: Result<Response, Response>) -> Response {
+    result.unwrap_or_else(|r| r)
 }
 
-fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, BindingError> {
+fn fail(e: BindingError) -> Response {
+    e.into_response()
+}
+
+/// Authenticates the caller, then charges the request to its rate limit.
+fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    Ok(state.auth.authorization_header(header)?)
+    let caller = state
+        .auth
+        .authorization_header(header)
+        .map_err(|e| BindingError::from(e).into_response())?;
+    state
+        .limiter
+        .check(&caller.rate_key())
+        .map_err(Problem::rate_limited)?;
+    Ok(caller)
 }
 
 fn scope(
@@ -150,7 +163,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let response = async {
-        let caller = caller(&state, &headers).map_err(IntoResponse::into_response)?;
+        let caller = caller(&state, &headers)?;
         let request = request_body(&headers, body).map_err(IntoResponse::into_response)?;
         let (binding, _) = state
             .relay
@@ -170,7 +183,7 @@ pub async fn replace(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let response = async {
-        let caller = caller(&state, &headers).map_err(IntoResponse::into_response)?;
+        let caller = caller(&state, &headers)?;
         let id = binding_id(&id).map_err(IntoResponse::into_response)?;
         let request = request_body(&headers, body).map_err(IntoResponse::into_response)?;
         let (binding, is_new) = state
@@ -196,9 +209,9 @@ pub async fn get_one(
 ) -> Response {
     let result = async {
         let caller = caller(&state, &headers)?;
-        let id = binding_id(&id)?;
-        let scope = scope(&state, &caller, params)?;
-        let binding = state.relay.binding(&scope, &id).await?;
+        let id = binding_id(&id).map_err(fail)?;
+        let scope = scope(&state, &caller, params).map_err(fail)?;
+        let binding = state.relay.binding(&scope, &id).await.map_err(fail)?;
         Ok(Json(binding).into_response())
     }
     .await;
@@ -213,9 +226,9 @@ pub async fn delete_one(
 ) -> Response {
     let result = async {
         let caller = caller(&state, &headers)?;
-        let id = binding_id(&id)?;
-        let scope = scope(&state, &caller, params)?;
-        state.relay.remove(&scope, &id).await?;
+        let id = binding_id(&id).map_err(fail)?;
+        let scope = scope(&state, &caller, params).map_err(fail)?;
+        state.relay.remove(&scope, &id).await.map_err(fail)?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
     .await;
@@ -229,8 +242,8 @@ pub async fn list(
 ) -> Response {
     let result = async {
         let caller = caller(&state, &headers)?;
-        let scope = scope(&state, &caller, params)?;
-        let listing = state.relay.listing(&scope).await?;
+        let scope = scope(&state, &caller, params).map_err(fail)?;
+        let listing = state.relay.listing(&scope).await.map_err(fail)?;
         let view = ListView {
             bindings: &listing.bindings,
             sockets: listing.sockets.iter().map(SocketView::from).collect(),
@@ -248,8 +261,8 @@ pub async fn delete_all(
 ) -> Response {
     let result = async {
         let caller = caller(&state, &headers)?;
-        let scope = scope(&state, &caller, params)?;
-        let deleted = state.relay.remove_all(&scope).await?;
+        let scope = scope(&state, &caller, params).map_err(fail)?;
+        let deleted = state.relay.remove_all(&scope).await.map_err(fail)?;
         Ok(Json(serde_json::json!({ "deleted": deleted })).into_response())
     }
     .await;

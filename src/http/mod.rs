@@ -6,7 +6,9 @@ mod admin;
 mod bindings;
 pub mod openapi;
 pub mod problem;
+mod rate_limit;
 mod request_id;
+pub mod server;
 mod webhook;
 mod ws;
 
@@ -25,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::relay::Relay;
 use crate::store::Store;
 
+pub use rate_limit::RateLimiter;
 pub use webhook::signed_url;
 
 /// What every handler can reach.
@@ -36,6 +39,7 @@ pub struct AppState {
     pub sockets: Arc<WebSocketChannel>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn Store>,
+    pub limiter: Arc<RateLimiter>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -63,6 +67,10 @@ pub fn public_router(state: AppState) -> Router {
         .route("/v1/ws", get(ws::connect))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.limits.request_timeout,
+            request_timeout,
+        ))
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }
@@ -73,6 +81,26 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
         .with_state(state)
+}
+
+/// Bounds the time a request may take, reading its body included: a client trickling a body
+/// cannot hold a request open. (WebSocket sessions run after their upgrade answer, outside it.)
+async fn request_timeout(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => problem::Problem::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            format!("the request took longer than {} ms", limit.as_millis()),
+        )
+        .into_response(),
+    }
 }
 
 async fn openapi_json() -> axum::Json<serde_json::Value> {

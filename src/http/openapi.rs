@@ -221,6 +221,10 @@ fn responses() -> Value {
     let mut unauthorized = problem("No or invalid credentials.");
     unauthorized["headers"] =
         json!({"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}});
+    let mut rate_limited = problem(
+        "Too many requests from this credential (or, for sockets, for this identity); retry after `Retry-After` seconds.",
+    );
+    rate_limited["headers"] = json!({"Retry-After": {"schema": {"type": "string"}}});
     let mut unavailable = problem("The store cannot be reached; retry shortly.");
     unavailable["headers"] = json!({"Retry-After": {"schema": {"type": "string"}}});
     json!({
@@ -231,7 +235,10 @@ fn responses() -> Value {
         "PayloadTooLarge": problem("The body is over the limit."),
         "UnsupportedMediaType": problem("The body is not `application/json`."),
         "AppNotConfigured": problem("No push app serves the binding's channel, or the named app does not."),
-        "StoreUnavailable": unavailable
+        "StoreUnavailable": unavailable,
+        "RequestTimeout": problem("The request (its body included) took longer than `limits.request_timeout_ms`."),
+        "RateLimited": rate_limited,
+        "TooManyBindings": problem("The identity has `limits.max_bindings_per_identity` bindings already.")
     })
 }
 
@@ -288,6 +295,7 @@ fn webhook_operation() -> Value {
                     "application/json": {"schema": {"$ref": "#/components/schemas/DeliverySummary"}}
                 }
             },
+            "408": r("RequestTimeout"),
             "413": r("PayloadTooLarge"),
             "502": summary("No binding accepted the notification."),
             "503": r("StoreUnavailable")
@@ -308,8 +316,9 @@ fn create_operation() -> Value {
         "responses": {
             "201": binding_response("Created.", true),
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "408": r("RequestTimeout"), "409": r("TooManyBindings"),
             "413": r("PayloadTooLarge"), "415": r("UnsupportedMediaType"),
-            "422": r("AppNotConfigured"), "503": r("StoreUnavailable")
+            "422": r("AppNotConfigured"), "429": r("RateLimited"), "503": r("StoreUnavailable")
         }
     })
 }
@@ -324,8 +333,9 @@ fn replace_operation() -> Value {
             "200": binding_response("Replaced (created_at kept).", false),
             "201": binding_response("Created.", true),
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "408": r("RequestTimeout"), "409": r("TooManyBindings"),
             "413": r("PayloadTooLarge"), "415": r("UnsupportedMediaType"),
-            "422": r("AppNotConfigured"), "503": r("StoreUnavailable")
+            "422": r("AppNotConfigured"), "429": r("RateLimited"), "503": r("StoreUnavailable")
         }
     })
 }
@@ -339,7 +349,8 @@ fn get_operation() -> Value {
         "responses": {
             "200": binding_response("The binding.", false),
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
-            "404": r("NotFound"), "503": r("StoreUnavailable")
+            "404": r("NotFound"), "408": r("RequestTimeout"), "429": r("RateLimited"),
+            "503": r("StoreUnavailable")
         }
     })
 }
@@ -353,7 +364,8 @@ fn delete_operation() -> Value {
         "responses": {
             "204": {"description": "Removed."},
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
-            "404": r("NotFound"), "503": r("StoreUnavailable")
+            "404": r("NotFound"), "408": r("RequestTimeout"), "429": r("RateLimited"),
+            "503": r("StoreUnavailable")
         }
     })
 }
@@ -367,7 +379,7 @@ fn list_operation() -> Value {
         "responses": {
             "200": {"description": "The bindings.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BindingList"}}}},
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
-            "503": r("StoreUnavailable")
+            "408": r("RequestTimeout"), "429": r("RateLimited"), "503": r("StoreUnavailable")
         }
     })
 }
@@ -381,7 +393,7 @@ fn delete_all_operation() -> Value {
         "responses": {
             "200": {"description": "Removed.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deleted"}}}},
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
-            "503": r("StoreUnavailable")
+            "408": r("RequestTimeout"), "429": r("RateLimited"), "503": r("StoreUnavailable")
         }
     })
 }
@@ -401,7 +413,8 @@ fn websocket_operation() -> Value {
             "400": r("BadRequest"),
             "401": r("Unauthorized"),
             "426": problem("The request is not a WebSocket upgrade this server can accept."),
-            "503": r("StoreUnavailable")
+            "429": r("RateLimited"),
+            "503": problem("The store cannot be reached, or this replica holds all the sockets it may; retry (another replica).")
         }
     })
 }

@@ -51,6 +51,21 @@ impl Problem {
         )
     }
 
+    pub fn rate_limited(retry_after: std::time::Duration) -> Response {
+        let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            format!("slow down: retry in {seconds} s"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
+    }
+
     /// For a request body the extractor refused (too large, unreadable).
     pub fn body_rejected(status: StatusCode, detail: impl Into<String>) -> Self {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -170,6 +185,12 @@ impl From<BindingError> for Problem {
                 "binding-not-found",
                 "Binding not found",
                 "no binding with this id for this identity",
+            ),
+            BindingError::TooManyBindings(limit) => Problem::new(
+                StatusCode::CONFLICT,
+                "too-many-bindings",
+                "Too many bindings",
+                format!("the identity already has {limit} bindings; delete unused ones first"),
             ),
             BindingError::App(detail) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

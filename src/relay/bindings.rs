@@ -50,7 +50,7 @@ impl Relay {
                     identity: own_identity.clone(),
                 })
             }
-            Caller::Admin => {
+            Caller::Admin { .. } => {
                 let account_sid = account_sid.ok_or_else(|| {
                     BindingError::BadRequest("account_sid is required with an admin key".into())
                 })?;
@@ -114,6 +114,7 @@ impl Relay {
             updated_at: now,
             expires_at: now + std::time::Duration::from_secs(request.ttl_seconds),
         };
+        self.check_binding_limit(&binding).await?;
         let outcome = self.store.put_binding(binding).await?;
         for (identity, id) in &outcome.displaced {
             tracing::info!(
@@ -125,6 +126,24 @@ impl Relay {
             );
         }
         Ok((outcome.binding, outcome.created))
+    }
+
+    /// Refuses a new binding past the per-identity limit. Replacing a binding, or registering a
+    /// token the identity already holds, adds nothing and is always allowed. Concurrent
+    /// registrations may pass the limit by a few; it bounds abuse, not exact counts.
+    async fn check_binding_limit(&self, new: &Binding) -> Result<(), BindingError> {
+        let limit = self.config.limits.max_bindings_per_identity;
+        let existing = self
+            .store
+            .list_bindings(&new.account_sid, &new.identity, OffsetDateTime::now_utc())
+            .await?;
+        let replaces = existing
+            .iter()
+            .any(|b| b.id == new.id || (b.channel == new.channel && b.address == new.address));
+        if !replaces && existing.len() >= limit {
+            return Err(BindingError::TooManyBindings(limit));
+        }
+        Ok(())
     }
 
     fn resolve_app(&self, request: &BindingRequest) -> Result<String, BindingError> {

@@ -39,6 +39,8 @@ pub enum BindingError {
     Forbidden(String),
     #[error("no such binding")]
     NotFound,
+    #[error("the identity already has {0} bindings, the most allowed")]
+    TooManyBindings(usize),
     /// The binding names no usable push app.
     #[error("{0}")]
     App(String),

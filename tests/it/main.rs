@@ -10,6 +10,7 @@ mod architecture;
 mod bindings;
 mod cli;
 mod fcm;
+mod limits;
 mod openapi;
 mod properties;
 mod replicas;

@@ -24,7 +24,7 @@ pub use registry::{Handoff, LocalSocket};
 use wire::WireMessage;
 
 use super::{Channel, Outcome, Target};
-use crate::config::WebSocketConfig;
+use crate::config::{Limits, WebSocketConfig};
 use crate::domain::{AccountSid, CallNotification, Identity};
 use crate::store::{SocketPresence, Store, StoreError};
 
@@ -36,9 +36,22 @@ pub struct WebSocketChannel {
     registry: Registry,
     store: Arc<dyn Store>,
     config: WebSocketConfig,
+    max_sockets: usize,
+    max_sockets_per_identity: usize,
     pending: Mutex<HashMap<u64, oneshot::Sender<Handoff>>>,
     next_request: AtomicU64,
     tasks: TaskTracker,
+}
+
+/// Why a socket could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("this replica holds the most sockets it may ({0})")]
+    OverCapacity(usize),
+    #[error("the identity already has {0} open sockets, the most allowed")]
+    TooManyForIdentity(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A registered socket. Dropping it unregisters the socket here and withdraws its presence.
@@ -69,6 +82,7 @@ impl WebSocketChannel {
         node: String,
         store: Arc<dyn Store>,
         config: WebSocketConfig,
+        limits: &Limits,
         tasks: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -76,6 +90,8 @@ impl WebSocketChannel {
             registry: Registry::default(),
             store,
             config,
+            max_sockets: limits.max_sockets,
+            max_sockets_per_identity: limits.max_sockets_per_identity,
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             tasks,
@@ -112,7 +128,22 @@ impl WebSocketChannel {
         account_sid: AccountSid,
         identity: Identity,
         device_id: Option<String>,
-    ) -> Result<(SocketLease, mpsc::Receiver<Bytes>), StoreError> {
+    ) -> Result<(SocketLease, mpsc::Receiver<Bytes>), ConnectError> {
+        if self.registry.len() >= self.max_sockets {
+            return Err(ConnectError::OverCapacity(self.max_sockets));
+        }
+        // Counted across replicas; a burst of simultaneous connects may pass it by a few.
+        let open = self
+            .store
+            .targets(&account_sid, &identity, OffsetDateTime::now_utc())
+            .await?
+            .sockets
+            .len();
+        if open >= self.max_sockets_per_identity {
+            return Err(ConnectError::TooManyForIdentity(
+                self.max_sockets_per_identity,
+            ));
+        }
         let (socket, rx) =
             self.registry
                 .register(account_sid, identity, device_id, self.config.queue_capacity);

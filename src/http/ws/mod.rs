@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::problem::Problem;
+use crate::channels::websocket::ConnectError;
 use crate::domain::valid_device_id;
 
 /// Clients have nothing to say beyond pongs; anything larger than this is refused.
@@ -91,9 +92,28 @@ pub async fn connect(
         .await
     {
         Ok(registered) => registered,
-        Err(e) => {
+        Err(ConnectError::Store(e)) => {
             tracing::error!(error = %e, "cannot announce a new socket");
             return Problem::store_unavailable().into_response();
+        }
+        Err(e @ ConnectError::TooManyForIdentity(_)) => {
+            return Problem::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too-many-sockets",
+                "Too many sockets",
+                e.to_string(),
+            )
+            .into_response();
+        }
+        Err(e @ ConnectError::OverCapacity(_)) => {
+            tracing::warn!(error = %e, "refusing a socket");
+            return Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "over-capacity",
+                "Over capacity",
+                "this replica holds all the sockets it may; reconnect to another",
+            )
+            .into_response();
         }
     };
 

@@ -1,0 +1,276 @@
+//! Abuse limits: slow and idle clients, oversize heads, slow bodies, request rates, bindings
+//! and sockets per identity, sockets and connections per replica.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+fn limits(extra: &str) -> TestConfig {
+    TestConfig {
+        fake_apps: vec![("android", "fcm")],
+        extra: format!("[limits]\n{extra}\n"),
+        ..TestConfig::default()
+    }
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection; returns what it sent and when it closed.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<(String, Instant)> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Some((String::from_utf8_lossy(&out).into_owned(), Instant::now()));
+            }
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    let app = spawn_with(limits("header_read_timeout_ms = 300")).await;
+    let mut stream = connect(&app).await;
+    let started = Instant::now();
+    stream
+        .write_all(b"GET /v1/bindings HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Keep sending a header byte now and then, never finishing.
+    let writer = async {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if stream.write_all(b"X").await.is_err() {
+                break;
+            }
+        }
+    };
+    writer.await;
+    let closed = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    assert!(closed.is_some(), "the connection must be closed");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let app = spawn_with(limits("header_read_timeout_ms = 300")).await;
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (answer, closed_at) = read_until_closed(&mut stream, Duration::from_secs(3))
+        .await
+        .expect("closed after idling");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        &answer[..40.min(answer.len())]
+    );
+    let idle = closed_at - started;
+    assert!(idle < Duration::from_secs(2), "closed after {idle:?}");
+}
+
+#[tokio::test]
+async fn oversize_request_heads_are_refused() {
+    let app = spawn_with(limits("max_header_bytes = 8192")).await;
+    let r = app
+        .http
+        .get(app.url("/v1/bindings"))
+        .header("x-filler", "a".repeat(20_000))
+        .send()
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(e) => assert!(e.is_request() || e.is_connect() || e.is_body(), "{e}"),
+    }
+    // Normal requests still work.
+    let r = app
+        .api(Method::GET, "/v1/bindings", &token("bob"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_times_out() {
+    let app = spawn_with(TestConfig {
+        deadline_ms: 200,
+        ..limits("request_timeout_ms = 400")
+    })
+    .await;
+    let mut stream = connect(&app).await;
+    let head = format!(
+        "POST /v1/bindings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        token("bob")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = String::new();
+    let mut buf = [0u8; 4096];
+    // Trickle the body; the answer arrives before it is complete.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = stream.write_all(b" ").await;
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await
+            && n > 0
+        {
+            answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+            break;
+        }
+    }
+    assert!(answer.starts_with("HTTP/1.1 408"), "got {answer:?}");
+    assert!(answer.contains("urn:callrelay:problem:request-timeout"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn binding_requests_are_rate_limited_per_credential() {
+    let app = spawn_with(limits("binding_requests_per_minute = 5")).await;
+    let bob = token("bob");
+    for _ in 0..5 {
+        let r = app.api(Method::GET, "/v1/bindings", &bob, None).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let r = app.api(Method::GET, "/v1/bindings", &bob, None).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.body["type"], "urn:callrelay:problem:rate-limited");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=12).contains(&retry), "Retry-After {retry}");
+    // A new token for bob is still bob; alice and the admin key have their own budgets.
+    let r = app
+        .api(Method::GET, "/v1/bindings", &token("bob"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let r = app
+        .api(Method::GET, "/v1/bindings", &token("alice"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = app
+        .api(
+            Method::GET,
+            &format!("/v1/bindings?account_sid={ACCOUNT}&identity=bob"),
+            ADMIN_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bindings_per_identity_are_capped() {
+    let app = spawn_with(limits("max_bindings_per_identity = 2")).await;
+    let bob = token("bob");
+    for id in ["a", "b"] {
+        let r = app
+            .api(
+                Method::PUT,
+                &format!("/v1/bindings/{id}"),
+                &bob,
+                Some(json!({"channel": "fcm", "address": id})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let r = app
+        .api(
+            Method::PUT,
+            "/v1/bindings/c",
+            &bob,
+            Some(json!({"channel": "fcm", "address": "c"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.body["type"], "urn:callrelay:problem:too-many-bindings");
+    // Replacing one, or registering a token bob already holds, is fine.
+    let r = app
+        .api(
+            Method::PUT,
+            "/v1/bindings/a",
+            &bob,
+            Some(json!({"channel": "fcm", "address": "a2"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = app
+        .api(
+            Method::POST,
+            "/v1/bindings",
+            &bob,
+            Some(json!({"channel": "fcm", "address": "b"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // Other identities have their own allowance.
+    let r = app
+        .api(
+            Method::PUT,
+            "/v1/bindings/c",
+            &token("alice"),
+            Some(json!({"channel": "fcm", "address": "c"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn sockets_are_capped_per_identity_and_per_replica() {
+    let app = spawn_with(limits("max_sockets_per_identity = 2\nmax_sockets = 3")).await;
+    let _b1 = app.connect_ws("bob").await;
+    let _b2 = app.connect_ws("bob").await;
+    let refused = WsClient::connect(&app.base, &token("bob"), None).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS)
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    let _a1 = app.connect_ws("alice").await;
+    match WsClient::connect(&app.base, &token("carol"), None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE)
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let app = spawn_with(limits(
+        "max_connections = 2\nheader_read_timeout_ms = 60000",
+    ))
+    .await;
+    let first = connect(&app).await;
+    let second = connect(&app).await;
+    // Give the server a moment to take both.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiting = {
+        let http = reqwest::Client::new();
+        let url = app.url("/openapi.json");
+        tokio::spawn(async move { http.get(url).send().await.map(|r| r.status()) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a third connection must wait");
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("served once a slot frees")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    drop(second);
+}
