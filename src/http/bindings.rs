@@ -70,23 +70,19 @@ fn record(state: &AppState, operation: &'static str, response: Response) -> Resp
     response
 }
 
-fn respond(result: Result<Response, Response>) -> Response {
-    result.unwrap_or_else(|r| r)
-}
-
-fn fail(e: BindingError) -> Response {
-    e.into_response()
+fn respond(result: Result<Response, Problem>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Authenticates the caller, then charges the request to its rate limit.
-fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Problem> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let caller = state
         .auth
         .authorization_header(header)
-        .map_err(|e| BindingError::from(e).into_response())?;
+        .map_err(BindingError::from)?;
     state
         .limiter
         .check(&caller.rate_key())
@@ -162,18 +158,14 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = async {
+    let result = async {
         let caller = caller(&state, &headers)?;
-        let request = request_body(&headers, body).map_err(IntoResponse::into_response)?;
-        let (binding, _) = state
-            .relay
-            .register(&caller, None, request)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        Ok::<_, Response>(created(&binding))
+        let request = request_body(&headers, body)?;
+        let (binding, _) = state.relay.register(&caller, None, request).await?;
+        Ok(created(&binding))
     }
     .await;
-    record(&state, "create", response.unwrap_or_else(|r| r))
+    record(&state, "create", respond(result))
 }
 
 pub async fn replace(
@@ -182,23 +174,19 @@ pub async fn replace(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = async {
+    let result = async {
         let caller = caller(&state, &headers)?;
-        let id = binding_id(&id).map_err(IntoResponse::into_response)?;
-        let request = request_body(&headers, body).map_err(IntoResponse::into_response)?;
-        let (binding, is_new) = state
-            .relay
-            .register(&caller, Some(id), request)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        Ok::<_, Response>(if is_new {
+        let id = binding_id(&id)?;
+        let request = request_body(&headers, body)?;
+        let (binding, is_new) = state.relay.register(&caller, Some(id), request).await?;
+        Ok(if is_new {
             created(&binding)
         } else {
             (StatusCode::OK, Json(binding)).into_response()
         })
     }
     .await;
-    record(&state, "replace", response.unwrap_or_else(|r| r))
+    record(&state, "replace", respond(result))
 }
 
 pub async fn get_one(
@@ -209,9 +197,13 @@ pub async fn get_one(
 ) -> Response {
     let result = async {
         let caller = caller(&state, &headers)?;
-        let id = binding_id(&id).map_err(fail)?;
-        let scope = scope(&state, &caller, params).map_err(fail)?;
-        let binding = state.relay.binding(&scope, &id).await.map_err(fail)?;
+        let id = binding_id(&id).map_err(Problem::from)?;
+        let scope = scope(&state, &caller, params).map_err(Problem::from)?;
+        let binding = state
+            .relay
+            .binding(&scope, &id)
+            .await
+            .map_err(Problem::from)?;
         Ok(Json(binding).into_response())
     }
     .await;
@@ -226,9 +218,13 @@ pub async fn delete_one(
 ) -> Response {
     let result = async {
         let caller = caller(&state, &headers)?;
-        let id = binding_id(&id).map_err(fail)?;
-        let scope = scope(&state, &caller, params).map_err(fail)?;
-        state.relay.remove(&scope, &id).await.map_err(fail)?;
+        let id = binding_id(&id).map_err(Problem::from)?;
+        let scope = scope(&state, &caller, params).map_err(Problem::from)?;
+        state
+            .relay
+            .remove(&scope, &id)
+            .await
+            .map_err(Problem::from)?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
     .await;
@@ -242,8 +238,8 @@ pub async fn list(
 ) -> Response {
     let result = async {
         let caller = caller(&state, &headers)?;
-        let scope = scope(&state, &caller, params).map_err(fail)?;
-        let listing = state.relay.listing(&scope).await.map_err(fail)?;
+        let scope = scope(&state, &caller, params).map_err(Problem::from)?;
+        let listing = state.relay.listing(&scope).await.map_err(Problem::from)?;
         let view = ListView {
             bindings: &listing.bindings,
             sockets: listing.sockets.iter().map(SocketView::from).collect(),
@@ -261,8 +257,12 @@ pub async fn delete_all(
 ) -> Response {
     let result = async {
         let caller = caller(&state, &headers)?;
-        let scope = scope(&state, &caller, params).map_err(fail)?;
-        let deleted = state.relay.remove_all(&scope).await.map_err(fail)?;
+        let scope = scope(&state, &caller, params).map_err(Problem::from)?;
+        let deleted = state
+            .relay
+            .remove_all(&scope)
+            .await
+            .map_err(Problem::from)?;
         Ok(Json(serde_json::json!({ "deleted": deleted })).into_response())
     }
     .await;
