@@ -15,6 +15,7 @@ mod openapi;
 mod properties;
 mod replicas;
 mod schema;
+mod secrets;
 mod store;
 mod store_faults;
 mod webhook;

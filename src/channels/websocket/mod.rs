@@ -170,15 +170,15 @@ impl WebSocketChannel {
     }
 
     async fn renew_presences(self: Arc<Self>, shutdown: CancellationToken) {
-        // Three renewals per lease: one lost round trip does not let a live socket lapse.
+        // Three renewals per lease: one lost round trip does not let a live socket lapse. After
+        // a failure (Redis restarting), retry soon, so leases are back before they run out.
         let every = self.config.presence_ttl / 3;
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let retry = (self.config.presence_ttl / 10).max(std::time::Duration::from_millis(100));
+        let mut wait = every;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             let now = OffsetDateTime::now_utc();
             let presences: Vec<SocketPresence> = self
@@ -187,9 +187,11 @@ impl WebSocketChannel {
                 .iter()
                 .map(|s| self.presence(s, now))
                 .collect();
+            wait = every;
             for chunk in presences.chunks(RENEW_BATCH) {
                 if let Err(e) = self.store.put_presences(chunk).await {
                     tracing::warn!(error = %e, sockets = presences.len(), "could not renew socket presences");
+                    wait = retry;
                     break;
                 }
             }

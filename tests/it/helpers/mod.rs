@@ -407,6 +407,7 @@ pub struct ProcessApp {
     pub base: String,
     pub admin: String,
     _config: tempfile_path::TempPath,
+    log: tempfile_path::TempPath,
 }
 
 mod tempfile_path {
@@ -429,6 +430,12 @@ fn free_port() -> u16 {
 
 impl ProcessApp {
     pub async fn start(config: &TestConfig) -> Self {
+        Self::start_with_env(config, &[]).await
+    }
+
+    /// Starts the binary with extra environment variables; its stderr (the logs) goes to a
+    /// file that `logs` reads.
+    pub async fn start_with_env(config: &TestConfig, env: &[(&str, &str)]) -> Self {
         init_logging();
         let (port, admin_port) = (free_port(), free_port());
         let toml = config.toml(
@@ -437,25 +444,26 @@ impl ProcessApp {
         );
         let path = std::env::temp_dir().join(format!("callrelay-{}.toml", uuid::Uuid::new_v4()));
         std::fs::write(&path, toml).unwrap();
-        let log = if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_callrelay"))
+        let log_path = std::env::temp_dir().join(format!("callrelay-{}.log", uuid::Uuid::new_v4()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callrelay"));
+        command
             .arg("serve")
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "callrelay=debug")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("the callrelay binary starts");
+            .stderr(log);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("the callrelay binary starts");
         let app = Self {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             admin: format!("http://127.0.0.1:{admin_port}"),
             _config: tempfile_path::TempPath(path),
+            log: tempfile_path::TempPath(log_path),
         };
         let started = Instant::now();
         loop {
@@ -471,6 +479,11 @@ impl ProcessApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         app
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log.0).unwrap_or_default()
     }
 
     /// SIGKILL: no graceful shutdown, nothing cleaned up.
@@ -496,6 +509,9 @@ impl ProcessApp {
 impl Drop for ProcessApp {
     fn drop(&mut self) {
         self.kill();
+        if std::env::var_os("TEST_LOG").is_some() {
+            eprintln!("{}", self.logs());
+        }
     }
 }
 

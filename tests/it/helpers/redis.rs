@@ -9,6 +9,7 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: std::path::PathBuf,
+    password: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -23,12 +24,18 @@ impl RedisServer {
     /// Starts a server that keeps its data in an append-only file, so a restart on the same
     /// port keeps what was written.
     pub fn start() -> Self {
+        Self::start_with_password(None)
+    }
+
+    /// A server that requires `AUTH` with this password.
+    pub fn start_with_password(password: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(format!("callrelay-redis-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = Self {
             port: free_port(),
             child: None,
             dir,
+            password: password.map(str::to_owned),
         };
         server.launch();
         server
@@ -39,12 +46,17 @@ impl RedisServer {
         // killed before any destructor runs.
         let script = format!(
             "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
-             --dir {dir} --logfile redis.log & r=$!; \
+             --dir {dir} --logfile redis.log {auth} & r=$!; \
              trap 'kill $r 2>/dev/null; exit 0' TERM INT; \
              while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2; done; \
              kill $r 2>/dev/null; wait $r",
             port = self.port,
             dir = self.dir.display(),
+            auth = self
+                .password
+                .as_ref()
+                .map(|p| format!("--requirepass {p}"))
+                .unwrap_or_default(),
             parent = std::process::id(),
         );
         let child = Command::new("sh")
@@ -68,7 +80,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Stops the server (its data stays on disk).
