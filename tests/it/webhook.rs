@@ -486,3 +486,99 @@ async fn webhook_metrics_count_outcomes() {
     }
     assert!(metrics.contains("callrelay_delivery_duration_seconds_bucket{le="));
 }
+
+#[tokio::test]
+async fn query_strings_are_signed_exactly_as_sent() {
+    let app = spawn_with(TestConfig {
+        public_url: Some("https://relay.example.com".into()),
+        ..TestConfig::default()
+    })
+    .await;
+    let _bob = app.connect_ws("bob").await;
+    let body = payload(ACCOUNT, "bob");
+    let hash = callrelay::auth::signature::body_sha256_hex(&body);
+    // Repeated and percent-encoded parameters, as Twilio sends them: signed over the raw URL.
+    let query = format!("x=1&x=2&tenant=a%20b%2Fc&empty=&bodySHA256={hash}");
+    let path = format!("/v1/twilio/call-notifications?{query}");
+    let send = |sig: String| {
+        app.http
+            .post(app.url(&path))
+            .header("x-twilio-signature", sig)
+            .body(body.clone())
+            .send()
+    };
+    let signed = sign(AUTH_TOKEN, &format!("https://relay.example.com{path}"));
+    let r = answer(send(signed).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // The same parameters decoded, or in another order, are another URL.
+    for other in [
+        format!("x=1&x=2&tenant=a b/c&empty=&bodySHA256={hash}"),
+        format!("x=2&x=1&tenant=a%20b%2Fc&empty=&bodySHA256={hash}"),
+    ] {
+        let sig = sign(
+            AUTH_TOKEN,
+            &format!("https://relay.example.com/v1/twilio/call-notifications?{other}"),
+        );
+        let r = answer(send(sig).await.unwrap()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{other}");
+    }
+}
+
+#[tokio::test]
+async fn http_basic_credentials_are_required_when_configured() {
+    use base64::Engine as _;
+    let basic_account = "AC33333333333333333333333333333333";
+    let app = spawn_with(TestConfig {
+        accounts: Some(format!(
+            "[[accounts]]\nsid = \"{basic_account}\"\nauth_token = \"{AUTH_TOKEN}\"\n\
+             webhook_username = \"twilio\"\nwebhook_password = \"basic-pw\"\n\
+             api_keys = [{{ sid = \"{API_KEY}\", secret = \"{API_SECRET}\" }}]\n"
+        )),
+        ..TestConfig::default()
+    })
+    .await;
+    let mut bob = WsClient::connect(
+        &app.base,
+        &mint(
+            basic_account,
+            API_KEY,
+            API_SECRET,
+            "bob",
+            Duration::from_secs(600),
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let body = payload(basic_account, "bob");
+    let url = app.url(&webhook_path(&body));
+    let send = |authorization: Option<String>| {
+        let mut request = app
+            .http
+            .post(&url)
+            .header("x-twilio-signature", sign(AUTH_TOKEN, &url))
+            .body(body.clone());
+        if let Some(a) = authorization {
+            request = request.header("authorization", a);
+        }
+        request.send()
+    };
+    let encode = |creds: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(creds)
+        )
+    };
+    for wrong in [
+        None,
+        Some(encode("twilio:nope")),
+        Some(encode("other:basic-pw")),
+        Some("Bearer x".into()),
+    ] {
+        let r = answer(send(wrong.clone()).await.unwrap()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{wrong:?}");
+    }
+    let r = answer(send(Some(encode("twilio:basic-pw"))).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(bob.next_text(WAIT).await.is_some());
+}
