@@ -304,12 +304,15 @@ mod tests {
         assert!(v.verify_at(&token, NOW).is_ok());
     }
 
-    #[test]
-    fn each_rejection_has_its_reason() {
-        let (v, account, key, secret) = setup();
-        let bob = Identity::parse("bob").unwrap();
-        let hour = Duration::from_secs(3600);
+    const HOUR: Duration = Duration::from_secs(3600);
 
+    fn bob() -> Identity {
+        Identity::parse("bob").unwrap()
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let (v, ..) = setup();
         let none = format!(
             "{}.{}.",
             URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
@@ -319,63 +322,110 @@ mod tests {
             v.verify_at(&none, NOW),
             Err(TokenError::Algorithm(_))
         ));
+    }
 
-        let hs512 = encode_raw(
-            serde_json::json!({"alg": "HS512"}),
-            claims(NOW + 60),
-            b"api-key-secret",
+    #[test]
+    fn other_hmac_algorithms_are_refused_even_with_the_right_key() {
+        let (v, ..) = setup();
+        for alg in ["HS384", "HS512"] {
+            let token = encode_raw(
+                serde_json::json!({"alg": alg}),
+                claims(NOW + 60),
+                b"api-key-secret",
+            );
+            assert!(
+                matches!(v.verify_at(&token, NOW), Err(TokenError::Algorithm(_))),
+                "{alg}"
+            );
+        }
+        let rs = format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(claims(NOW + 60).to_string())
         );
         assert!(matches!(
-            v.verify_at(&hs512, NOW),
+            v.verify_at(&rs, NOW),
             Err(TokenError::Algorithm(_))
         ));
+    }
 
-        let wrong_key = mint_at(&account, &key, &Secret::new("other"), &bob, NOW, hour);
-        assert_eq!(v.verify_at(&wrong_key, NOW), Err(TokenError::BadSignature));
+    #[test]
+    fn a_wrong_key_is_refused() {
+        let (v, account, key, _) = setup();
+        let token = mint_at(&account, &key, &Secret::new("other"), &bob(), NOW, HOUR);
+        assert_eq!(v.verify_at(&token, NOW), Err(TokenError::BadSignature));
+    }
 
+    #[test]
+    fn an_unknown_issuer_is_refused() {
+        let (v, account, _, secret) = setup();
         let other_key = ApiKeySid::parse("SKffffffffffffffffffffffffffffffff").unwrap();
-        let unknown_iss = mint_at(&account, &other_key, &secret, &bob, NOW, hour);
-        assert_eq!(v.verify_at(&unknown_iss, NOW), Err(TokenError::UnknownKey));
+        let token = mint_at(&account, &other_key, &secret, &bob(), NOW, HOUR);
+        assert_eq!(v.verify_at(&token, NOW), Err(TokenError::UnknownKey));
+    }
 
-        let other_account = AccountSid::parse("ACffffffffffffffffffffffffffffffff").unwrap();
-        let unknown_sub = mint_at(&other_account, &key, &secret, &bob, NOW, hour);
-        assert_eq!(
-            v.verify_at(&unknown_sub, NOW),
-            Err(TokenError::UnknownAccount)
-        );
+    #[test]
+    fn a_subject_that_is_not_a_configured_account_is_refused() {
+        let (v, _, key, secret) = setup();
+        let other = AccountSid::parse("ACffffffffffffffffffffffffffffffff").unwrap();
+        let token = mint_at(&other, &key, &secret, &bob(), NOW, HOUR);
+        assert_eq!(v.verify_at(&token, NOW), Err(TokenError::UnknownAccount));
+    }
 
-        let token = mint_at(&account, &key, &secret, &bob, NOW, hour);
+    #[test]
+    fn expired_tokens_are_refused_after_the_leeway() {
+        let (v, account, key, secret) = setup();
+        let token = mint_at(&account, &key, &secret, &bob(), NOW, HOUR);
         assert_eq!(
             v.verify_at(&token, NOW + 3600 + 31),
             Err(TokenError::Expired)
         );
-        assert!(v.verify_at(&token, NOW + 3600 + 29).is_ok(), "leeway");
-        assert_eq!(v.verify_at(&token, NOW - 31), Err(TokenError::NotYetValid));
-        assert!(v.verify_at(&token, NOW - 29).is_ok(), "leeway");
+        assert!(v.verify_at(&token, NOW + 3600 + 29).is_ok());
+    }
 
-        let long = mint_at(
+    #[test]
+    fn tokens_not_valid_yet_are_refused_beyond_the_leeway() {
+        let (v, account, key, secret) = setup();
+        let token = mint_at(&account, &key, &secret, &bob(), NOW, HOUR);
+        assert_eq!(v.verify_at(&token, NOW - 31), Err(TokenError::NotYetValid));
+        assert!(v.verify_at(&token, NOW - 29).is_ok());
+    }
+
+    #[test]
+    fn lifetimes_over_a_day_are_refused() {
+        let (v, account, key, secret) = setup();
+        let token = mint_at(
             &account,
             &key,
             &secret,
-            &bob,
+            &bob(),
             NOW,
             Duration::from_secs(48 * 3600),
         );
-        assert_eq!(v.verify_at(&long, NOW), Err(TokenError::LifetimeTooLong));
+        assert_eq!(v.verify_at(&token, NOW), Err(TokenError::LifetimeTooLong));
+    }
 
-        let no_identity = encode_raw(
+    #[test]
+    fn a_missing_identity_is_refused() {
+        let (v, ..) = setup();
+        let token = encode_raw(
             serde_json::json!({"alg": "HS256"}),
             serde_json::json!({"iss": KEY, "sub": ACC, "exp": NOW + 60, "grants": {}}),
             b"api-key-secret",
         );
-        assert_eq!(v.verify_at(&no_identity, NOW), Err(TokenError::Identity));
+        assert_eq!(v.verify_at(&token, NOW), Err(TokenError::Identity));
+    }
 
-        assert_eq!(v.verify_at("a.b", NOW), Err(TokenError::Malformed));
-        assert_eq!(v.verify_at("", NOW), Err(TokenError::Malformed));
+    #[test]
+    fn oversize_and_malformed_tokens_are_refused() {
+        let (v, account, key, secret) = setup();
         assert_eq!(
             v.verify_at(&"a".repeat(MAX_TOKEN_LEN + 1), NOW),
             Err(TokenError::TooLong)
         );
+        assert_eq!(v.verify_at("a.b", NOW), Err(TokenError::Malformed));
+        assert_eq!(v.verify_at("", NOW), Err(TokenError::Malformed));
+        let token = mint_at(&account, &key, &secret, &bob(), NOW, HOUR);
         let mut tampered = token.clone();
         tampered.pop();
         tampered.push(if token.ends_with('A') { 'B' } else { 'A' });

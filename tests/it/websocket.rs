@@ -237,3 +237,24 @@ async fn shutdown_sends_going_away_and_waits_for_in_flight_webhooks() {
     assert_eq!(in_flight.await.unwrap().unwrap(), StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn oversize_client_messages_close_the_socket() {
+    let app = spawn_app().await;
+    let mut small = app.connect_ws("bob").await;
+    // Small messages from clients are ignored; the socket stays a binding.
+    small.send_text("hello").await.unwrap();
+    assert_eq!(app.notify("bob").await.status, StatusCode::OK);
+    assert!(small.next_text(WAIT).await.is_some());
+
+    let mut big = app.connect_ws("carol").await;
+    big.send_text(&"x".repeat(10 * 1024)).await.unwrap();
+    // The server refuses the frame and drops the connection; carol is no longer reachable.
+    let _ = big.closed(WAIT).await;
+    assert!(
+        eventually(WAIT, || async {
+            app.notify("carol").await.status == StatusCode::NOT_FOUND
+        })
+        .await
+    );
+}

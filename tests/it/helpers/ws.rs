@@ -89,4 +89,9 @@ impl WsClient {
     pub fn abort(self) {
         drop(self.stream);
     }
+
+    /// Sends a text frame; the error when the server has closed the connection.
+    pub async fn send_text(&mut self, text: &str) -> Result<(), Error> {
+        self.stream.send(Message::text(text)).await
+    }
 }
