@@ -333,7 +333,14 @@ async fn service_unavailable_is_retried_then_delivered() {
     bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
     s.apns.script([Reply::error(503, "ServiceUnavailable")]);
     let body = payload(ACCOUNT, "bob");
+    let started = Instant::now();
     let answer = s.app.webhook(body.clone()).await;
+    // The backoff is short: the first retry follows within tens of milliseconds.
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     assert_eq!(
         answer.body,
