@@ -38,6 +38,9 @@ pub const APNS_TOKEN: &str = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4
 pub const APNS_TOKEN_2: &str = "b0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b2";
 
 pub fn init_logging() {
+    // The tests' own reqwest clients need the process's rustls provider (reqwest is built with
+    // `rustls-no-provider`); callrelay installs it in `cli::run`, which tests do not go through.
+    callrelay::channels::http::install_crypto_provider();
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
@@ -427,6 +430,7 @@ fn free_port() -> u16 {
 
 impl ProcessApp {
     pub async fn start(config: &TestConfig) -> Self {
+        init_logging();
         let (port, admin_port) = (free_port(), free_port());
         let toml = config.toml(
             &format!("127.0.0.1:{port}"),
