@@ -467,6 +467,22 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn connection_errors_do_not_name_the_device_token() {
+        let client = http::client(&TlsSettings::default()).unwrap();
+        // Nothing listens on port 1: the connection is refused at once.
+        let request = client.post("https://127.0.0.1:1/3/device/a0b1c2d3e4f5a6b7c8d9");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match send(request, deadline).await {
+            Answer::Connection(why) => {
+                assert!(!why.contains("a0b1c2d3e4f5a6b7c8d9"), "{why}");
+                assert!(!why.contains("/3/device"), "{why}");
+                assert!(why.contains("Connection refused"), "{why}");
+            }
+            _ => panic!("expected a connection error"),
+        }
+    }
+
     #[test]
     fn reasons_are_apples_words_or_the_status() {
         let s = StatusCode::BAD_REQUEST;
