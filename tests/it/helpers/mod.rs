@@ -41,6 +41,8 @@ pub const APNS_TOKEN_2: &str = "b0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3
 pub fn init_logging() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
+        // The tests' own reqwest clients need the process's rustls provider (reqwest is built
+        // with `rustls-no-provider`); callrelay installs it in `start`, after they exist.
         callrelay::channels::http::install_crypto_provider();
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
