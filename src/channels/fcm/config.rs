@@ -210,7 +210,7 @@ impl PrivateKey {
     /// mangled one) is refused now rather than at the first call.
     fn from_pem(pem: &str) -> Result<Self, String> {
         let bad =
-            "`private_key` is not an RSA private key in PEM form (-----BEGIN PRIVATE KEY-----)";
+            "`private_key` is not an RSA private key in PEM form (PKCS#8, as Google issues them)";
         let key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| bad.to_owned())?;
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
