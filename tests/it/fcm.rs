@@ -641,3 +641,111 @@ mod check_config {
         );
     }
 }
+
+/// Sends per second against the mock, straight through `FcmChannel::deliver` with one and
+/// with four connections, then through the real webhook. Run in release mode:
+/// `cargo test --release --test it fcm::throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check; run it in release mode"]
+async fn throughput() {
+    use std::sync::Arc;
+
+    use callrelay::channels::{Channel, Outcome, Target};
+    use callrelay::domain::{
+        AccountSid, Binding, BindingId, CallNotification, Identity, PushChannel,
+    };
+    use futures_util::StreamExt;
+
+    const SENDS: usize = 20_000;
+    const IN_FLIGHT: usize = 256;
+
+    let mock = MockFcm::start().await;
+    let notification =
+        CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let binding = Binding {
+        id: BindingId::parse("throughput").unwrap(),
+        account_sid: AccountSid::parse(ACCOUNT).unwrap(),
+        identity: Identity::parse("bob").unwrap(),
+        channel: PushChannel::Fcm,
+        address: FCM_TOKEN.into(),
+        app: "android".into(),
+        apns_environment: None,
+        push_type: None,
+        device_id: None,
+        ttl_seconds: 3600,
+        created_at: now,
+        updated_at: now,
+        expires_at: now + time::Duration::hours(1),
+    };
+    let target = Target::Push(binding);
+    for connections in [1, 4] {
+        let settings: toml::Table = toml::from_str(&format!(
+            "service_account_file = \"{}\"\nbase_url = \"{}\"\nca_file = \"{}\"\nconnections = {connections}\n",
+            mock.service_account_file(PROJECT).display(),
+            mock.url(),
+            mock.ca.ca_file.display()
+        ))
+        .unwrap();
+        let channel = Arc::new(
+            callrelay::channels::fcm::FcmChannel::from_config(
+                "android",
+                &settings,
+                Arc::new(callrelay::metrics::Metrics::new()),
+            )
+            .unwrap(),
+        );
+        // Warm up: the token and the connections.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for _ in 0..connections {
+            assert_eq!(
+                channel.deliver(&target, &notification, deadline).await,
+                Outcome::Delivered
+            );
+        }
+        let started = Instant::now();
+        let outcomes: Vec<Outcome> = futures_util::stream::iter(0..SENDS)
+            .map(|_| {
+                let (channel, target, notification) =
+                    (channel.clone(), target.clone(), notification.clone());
+                async move {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                    channel.deliver(&target, &notification, deadline).await
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let elapsed = started.elapsed();
+        assert!(outcomes.iter().all(|o| *o == Outcome::Delivered));
+        println!(
+            "FcmChannel::deliver, connections = {connections}: {SENDS} sends, {IN_FLIGHT} in flight, {:.2} s, {:.0} sends/s",
+            elapsed.as_secs_f64(),
+            SENDS as f64 / elapsed.as_secs_f64()
+        );
+    }
+
+    // The whole path: signed webhook in, binding lookup, dedupe claim, FCM send, answer.
+    const WEBHOOKS: usize = 5_000;
+    let app = spawn_with(TestConfig {
+        extra: format!("{}connections = 4\n", mock.app_toml("android", PROJECT)),
+        ..TestConfig::default()
+    })
+    .await;
+    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    assert_eq!(app.notify("bob").await.status, StatusCode::OK);
+    let started = Instant::now();
+    let statuses: Vec<StatusCode> = futures_util::stream::iter(0..WEBHOOKS)
+        .map(|_| async { app.notify("bob").await.status })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    println!(
+        "webhook to FCM through callrelay, connections = 4: {WEBHOOKS} webhooks, 64 in flight, {:.2} s, {:.0} webhooks/s",
+        elapsed.as_secs_f64(),
+        WEBHOOKS as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(mock.token_fetches(), 3, "one per channel built");
+}
