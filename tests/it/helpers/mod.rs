@@ -195,6 +195,8 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_with(config: TestConfig) -> TestApp {
     init_logging();
+    // The tests' own reqwest clients need rustls's provider too, whichever test runs first.
+    callrelay::channels::http::install_crypto_provider();
     let parsed = callrelay::config::from_toml_str(&config.toml("127.0.0.1:0", "127.0.0.1:0"))
         .expect("test configuration is valid");
     let listeners = Listeners {
@@ -427,6 +429,7 @@ fn free_port() -> u16 {
 
 impl ProcessApp {
     pub async fn start(config: &TestConfig) -> Self {
+        callrelay::channels::http::install_crypto_provider();
         let (port, admin_port) = (free_port(), free_port());
         let toml = config.toml(
             &format!("127.0.0.1:{port}"),
