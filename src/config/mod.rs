@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use raw::lenient;
 pub use secret::Secret;
 
 use crate::domain::{AccountSid, ApiKeySid, PushChannel};
