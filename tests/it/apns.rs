@@ -14,9 +14,9 @@ use crate::helpers::*;
 use crate::mocks::apns::{MockApns, Recorded, Reply, TeamKey};
 use crate::mocks::tls::{TestCa, temp_file};
 
-const TOPIC: &str = "com.example.voice";
-const TEAM: &str = "TEAM123456";
-const KEY_ID: &str = "KEY1234567";
+pub(crate) const TOPIC: &str = "com.example.voice";
+pub(crate) const TEAM: &str = "TEAM123456";
+pub(crate) const KEY_ID: &str = "KEY1234567";
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -36,7 +36,13 @@ fn path_str(p: &Path) -> String {
 
 /// An `[[apps]]` entry with token authentication, both environments routed to the mock under
 /// `/prod` and `/sandbox`.
-fn token_app(name: &str, topic: &str, key: &TeamKey, apns: &MockApns, extra: &str) -> String {
+pub(crate) fn token_app(
+    name: &str,
+    topic: &str,
+    key: &TeamKey,
+    apns: &MockApns,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [[apps]]

@@ -9,8 +9,11 @@ use base64::engine::general_purpose::STANDARD;
 use reqwest::Method;
 use serde_json::json;
 
+use crate::apns::{KEY_ID, TEAM, TOPIC, token_app};
 use crate::helpers::redis::RedisServer;
 use crate::helpers::*;
+use crate::mocks::apns::{MockApns, Reply as ApnsReply, TeamKey};
+use crate::mocks::fcm::{MockFcm, Reply as FcmReply};
 
 const BASIC_ACCOUNT: &str = "AC22222222222222222222222222222222";
 const BASIC_PASSWORD: &str = "basic-password-never-shown";
@@ -41,9 +44,15 @@ webhook_username = "twilio"
 webhook_password = "{BASIC_PASSWORD}"
 "#
     );
+    // Push apps with real keys, against the local mocks: their keys and tokens are secrets too.
+    let team_key = TeamKey::generate(TEAM, KEY_ID);
+    let apns = MockApns::token_auth(&[&team_key]).await;
+    let fcm = MockFcm::start().await;
     let config = TestConfig {
         engine: Engine::RedisAt(redis.url()),
         accounts: Some(accounts),
+        extra: token_app("ios", TOPIC, &team_key, &apns, "")
+            + &fcm.app_toml("android", "voice-project"),
         ..TestConfig::default()
     };
     let app = ProcessApp::start_with_env(
@@ -79,8 +88,30 @@ webhook_password = "{BASIC_PASSWORD}"
     );
     let wrong_basic = format!("Basic {}", STANDARD.encode("twilio:nope"));
 
-    // A live socket and a binding-less identity, so webhooks take both the 200 and 404 paths.
+    // A live socket, an APNs and an FCM binding for bob, and a binding-less identity, so
+    // webhooks take the 200, 404 and push paths; the push services refuse some of them.
     let mut socket = WsClient::connect(&app.base, &bob, None).await.unwrap();
+    for binding in [
+        json!({"channel": "apns", "address": APNS_TOKEN}),
+        json!({"channel": "fcm", "address": "fcm-token:secret-test"}),
+    ] {
+        let r = answer(
+            http.post(format!("{}/v1/bindings", app.base))
+                .bearer_auth(&bob)
+                .json(&binding)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, reqwest::StatusCode::CREATED, "{}", r.text);
+    }
+    apns.script([
+        ApnsReply::error(403, "InvalidProviderToken"),
+        ApnsReply::error(500, "InternalServerError"),
+    ]);
+    fcm.answer([FcmReply::error("INVALID_ARGUMENT")]);
+    fcm.revoke_tokens();
 
     let webhook = |body: Vec<u8>, token: Option<&str>, extra: Option<(&'static str, String)>| {
         let url = format!("{}{}", app.base, webhook_path(&body));
@@ -206,7 +237,7 @@ webhook_password = "{BASIC_PASSWORD}"
             Method::POST,
             "/v1/bindings",
             Some(format!("Bearer {bob}")),
-            Some(json!({"channel": "fcm", "address": API_SECRET})),
+            Some(json!({"channel": "sms", "address": API_SECRET})),
         ),
         (
             Method::PUT,
@@ -252,6 +283,22 @@ webhook_password = "{BASIC_PASSWORD}"
     );
     assert!(logs.contains("\"level\":\"DEBUG\""), "debug logging was on");
 
+    let mut push_tokens: Vec<String> = apns.distinct_bearer_tokens();
+    push_tokens.extend(fcm.sent().iter().filter_map(|s| {
+        s.headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+    }));
+    assert!(!push_tokens.is_empty(), "the push services were reached");
+    // A line from the middle of each private key.
+    let p8_line = team_key.p8_pem.lines().nth(1).unwrap().to_owned();
+    let fcm_key_line = crate::mocks::fcm::PRIVATE_KEY
+        .lines()
+        .nth(5)
+        .unwrap()
+        .to_owned();
     let secrets = [
         AUTH_TOKEN,
         SECONDARY_AUTH_TOKEN,
@@ -266,16 +313,23 @@ webhook_password = "{BASIC_PASSWORD}"
         &expired,
         &wrong_secret,
         &basic["Basic ".len()..],
+        &p8_line,
+        &fcm_key_line,
     ];
     for (place, text) in [("logs", logs.as_str()), ("metrics", metrics.as_str())]
         .into_iter()
         .chain(seen.iter().map(|s| ("an answer", s.as_str())))
     {
-        for secret in secrets {
+        for secret in secrets
+            .iter()
+            .copied()
+            .chain(push_tokens.iter().map(String::as_str))
+        {
             assert!(
                 !text.contains(secret),
-                "a secret ({}…) appears in {place}",
-                &secret[..6]
+                "a secret ({}…) appears in {place}: {}",
+                &secret[..6],
+                if place == "an answer" { text } else { "" }
             );
         }
     }

@@ -1,0 +1,56 @@
+//! One identity reached over every channel at once.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::apns::{KEY_ID, TEAM, TOPIC, token_app};
+use crate::helpers::*;
+use crate::mocks::apns::{MockApns, TeamKey};
+use crate::mocks::fcm::MockFcm;
+
+#[tokio::test]
+async fn a_websocket_an_apns_and_an_fcm_binding_all_receive() {
+    let key = TeamKey::generate(TEAM, KEY_ID);
+    let apns = MockApns::token_auth(&[&key]).await;
+    let fcm = MockFcm::start().await;
+    let app = spawn_with(TestConfig {
+        extra: token_app("ios", TOPIC, &key, &apns, "") + &fcm.app_toml("android", "voice-project"),
+        ..TestConfig::redis()
+    })
+    .await;
+    let bob = token("bob");
+    for body in [
+        json!({"channel": "apns", "address": APNS_TOKEN}),
+        json!({"channel": "fcm", "address": "fcm-token:bob-pixel"}),
+    ] {
+        let r = app
+            .api(Method::POST, "/v1/bindings", &bob, Some(body))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let mut socket = app.connect_ws("bob").await;
+
+    let body = payload(ACCOUNT, "bob");
+    let r = app.webhook(body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body, json!({"delivered": 3, "failed": 0, "removed": 0}));
+
+    // The socket and the VoIP push carry Twilio's bytes; FCM carries each member as a string.
+    let frame = socket.next_text(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(frame.as_bytes(), &body[..]);
+    let pushes = apns.requests();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].body, body);
+    assert_eq!(pushes[0].header("apns-topic"), format!("{TOPIC}.voip"));
+    let messages = fcm.messages();
+    assert_eq!(messages.len(), 1);
+    let sent: Value = serde_json::from_slice(&body).unwrap();
+    let data = messages[0]["data"].as_object().unwrap();
+    assert_eq!(data.len(), sent.as_object().unwrap().len());
+    for (k, v) in sent.as_object().unwrap() {
+        assert_eq!(data[k], *v, "{k}");
+    }
+    assert_eq!(messages[0]["token"], "fcm-token:bob-pixel");
+}
