@@ -39,7 +39,7 @@ pub fn document() -> Value {
         }),
     );
 
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "callrelay",
@@ -92,7 +92,16 @@ pub fn document() -> Value {
                 }
             }
         }
-    })
+    });
+    // The listener refuses an oversize request head before any route sees it.
+    for item in doc["paths"].as_object_mut().expect("paths").values_mut() {
+        for (method, operation) in item.as_object_mut().expect("a path item").iter_mut() {
+            if method != "parameters" {
+                operation["responses"]["431"] = r("HeadTooLarge");
+            }
+        }
+    }
+    doc
 }
 
 /// Moves a bindings-schema document into `components/schemas` under `name`, its `$defs`
@@ -238,7 +247,8 @@ fn responses() -> Value {
         "StoreUnavailable": unavailable,
         "RequestTimeout": problem("The request (its body included) took longer than `limits.request_timeout_ms`."),
         "RateLimited": rate_limited,
-        "TooManyBindings": problem("The identity has `limits.max_bindings_per_identity` bindings already.")
+        "TooManyBindings": problem("The identity has `limits.max_bindings_per_identity` bindings already."),
+        "HeadTooLarge": {"description": "The request line and headers are larger than `limits.max_header_bytes` (no body)."}
     })
 }
 

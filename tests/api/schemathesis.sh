@@ -23,6 +23,18 @@ cargo build --locked -q
 bin="$root/target/debug/callrelay"
 
 work=$(mktemp -d)
+# Push apps, so that binding registrations succeed: a throwaway APNs key and the tests' FCM
+# key (neither is ever used to reach Apple or Google here).
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/AuthKey.p8" 2>/dev/null
+python3 - "$root/tests/fixtures/fcm/test-service-account-key.pem" > "$work/firebase.json" <<'PY'
+import json, sys
+print(json.dumps({
+    "type": "service_account", "project_id": "schemathesis",
+    "private_key": open(sys.argv[1]).read(),
+    "client_email": "callrelay@schemathesis.iam.gserviceaccount.com",
+    "token_uri": "https://127.0.0.1:9/token",
+}))
+PY
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 admin_port=$(free_port)
@@ -46,6 +58,24 @@ webhook_password = "schemathesis-basic-password"
 
 [admin]
 api_keys = ["schemathesis-admin-key-0123456789"]
+
+# Generous limits, so that the generated requests reach the API's logic rather than the limiter.
+[limits]
+binding_requests_per_minute = 0
+max_bindings_per_identity = 10000
+
+[[apps]]
+name = "ios"
+channel = "apns"
+topic = "com.example.voice"
+team_id = "TEAM123456"
+key_id = "KEY1234567"
+key_file = "$work/AuthKey.p8"
+
+[[apps]]
+name = "android"
+channel = "fcm"
+service_account_file = "$work/firebase.json"
 TOML
 "$bin" serve --config "$work/callrelay.toml" > "$work/callrelay.log" 2>&1 &
 pid=$!
@@ -63,13 +93,13 @@ common=(--checks all --max-examples "$max_examples" --seed "$seed" --workers 1
         --exclude-checks ignored_auth,positive_data_acceptance,use_after_free,ensure_resource_availability)
 status=0
 echo "== bindings API as an access-token holder (seed $seed, $max_examples examples per operation)"
-"$venv/bin/schemathesis" run "$base/openapi.json" "${common[@]}" \
+"$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
   --include-path-regex '^/v1/bindings' -H "Authorization: Bearer $token" || status=1
 echo "== webhook with HTTP Basic credentials"
-"$venv/bin/schemathesis" run "$base/openapi.json" "${common[@]}" \
+"$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
   --include-path /v1/twilio/call-notifications --auth "twilio:schemathesis-basic-password" || status=1
 echo "== WebSocket upgrade endpoint and the document itself"
-"$venv/bin/schemathesis" run "$base/openapi.json" "${common[@]}" \
+"$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
   --include-path /v1/ws --include-path /openapi.json -H "Authorization: Bearer $token" || status=1
 if grep -q '"level":"ERROR"\|panicked' "$work/callrelay.log"; then
   echo "callrelay logged errors or panicked:"; grep '"level":"ERROR"\|panicked' "$work/callrelay.log" | head -20
