@@ -30,7 +30,10 @@ impl Backoff {
             Duration::from_millis(25u64 << self.attempt.min(6)).min(Duration::from_secs(1));
         self.attempt += 1;
         let delay = retry_after.unwrap_or(scheduled);
-        let ready_at = Instant::now() + delay + MIN_REQUEST_TIME;
+        // `Retry-After` comes from the server: an absurd value must not overflow the clock.
+        let ready_at = Instant::now()
+            .checked_add(delay)
+            .and_then(|t| t.checked_add(MIN_REQUEST_TIME))?;
         (ready_at < self.deadline).then_some(delay)
     }
 
@@ -75,6 +78,7 @@ mod tests {
             Some(Duration::from_secs(2))
         );
         assert_eq!(b.next_delay(Some(Duration::from_secs(10))), None);
+        assert_eq!(b.next_delay(Some(Duration::from_secs(u64::MAX))), None);
     }
 
     #[test]

@@ -21,8 +21,16 @@ pub fn apply(
         .into_iter()
         .filter(|(k, _)| k.starts_with(PREFIX) && k.len() > PREFIX.len())
         .collect();
-    // Sorted so that array elements are created in index order (…__0__ before …__1__).
-    vars.sort();
+    // Sorted so that array elements are created in index order, comparing numeric segments as
+    // numbers (…__2__ before …__10__).
+    vars.sort_by_cached_key(|(name, _)| {
+        name.split("__")
+            .map(|seg| match seg.parse::<u64>() {
+                Ok(n) => (0, n, String::new()),
+                Err(_) => (1, 0, seg.to_owned()),
+            })
+            .collect::<Vec<_>>()
+    });
     for (name, raw) in vars {
         let path: Vec<String> = name[PREFIX.len()..]
             .split("__")
@@ -40,8 +48,13 @@ pub fn apply(
 fn parse_value(name: &str, raw: &str) -> Result<Value, ConfigError> {
     let trimmed = raw.trim_start();
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        let doc: Table = toml::from_str(&format!("v = {raw}"))
-            .map_err(|e| ConfigError::env(name, &format!("not a TOML inline value: {e}")))?;
+        // The error names the variable but not the value: it may be a secret.
+        let doc: Table = toml::from_str(&format!("v = {raw}")).map_err(|_| {
+            ConfigError::env(
+                name,
+                "starts with `[` or `{` but is not a TOML inline array or table",
+            )
+        })?;
         Ok(doc
             .get("v")
             .cloned()
@@ -157,6 +170,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(root["admin"]["api_keys"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn more_than_ten_elements_are_created_in_numeric_order() {
+        let mut root = Table::new();
+        let list: Vec<(String, String)> = (0..12)
+            .map(|i| (format!("CALLRELAY__ACCOUNTS__{i}__SID"), format!("AC{i}")))
+            .collect();
+        apply(&mut root, list).unwrap();
+        let accounts = root["accounts"].as_array().unwrap();
+        assert_eq!(accounts.len(), 12);
+        assert_eq!(accounts[10]["sid"].as_str(), Some("AC10"));
+    }
+
+    #[test]
+    fn a_malformed_inline_value_is_not_echoed() {
+        let mut root = Table::new();
+        let err = apply(
+            &mut root,
+            vars(&[("CALLRELAY__ACCOUNTS__0__AUTH_TOKEN", "{s3cret-value")]),
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -112,12 +112,23 @@ pub struct AdminConfig {
     pub api_keys: Vec<Secret>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppConfig {
     pub name: String,
     pub channel: PushChannel,
-    /// Channel-specific settings, read by the channel that serves the app.
+    /// Channel-specific settings, read by the channel that serves the app. They may hold
+    /// inline secrets (`key`, `private_key`, `service_account`…), so `Debug` lists the keys only.
     pub settings: toml::Table,
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("name", &self.name)
+            .field("channel", &self.channel)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

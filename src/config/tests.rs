@@ -94,11 +94,17 @@ fn secrets_never_show_in_debug_output() {
     let config = from_toml_str(&format!(
         "[[accounts]]\nsid = \"{SID}\"\nauth_token = \"authtokenvalue\"\n\
          api_keys = [{{ sid = \"SK0123456789abcdef0123456789abcdef\", secret = \"apisecretvalue\" }}]\n\
-         [store]\nredis_url = \"redis://:redispassword@127.0.0.1\""
+         [store]\nredis_url = \"redis://:redispassword@127.0.0.1\"\n\
+         [[apps]]\nname = \"ios\"\nchannel = \"apns\"\nkey = \"inlineapnskey\""
     ))
     .unwrap();
     let dump = format!("{config:?}");
-    for secret in ["authtokenvalue", "apisecretvalue", "redispassword"] {
+    for secret in [
+        "authtokenvalue",
+        "apisecretvalue",
+        "redispassword",
+        "inlineapnskey",
+    ] {
         assert!(!dump.contains(secret), "{secret} in {dump}");
     }
     assert!(dump.contains("[redacted]"), "{dump}");

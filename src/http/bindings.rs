@@ -95,6 +95,14 @@ fn scope(
     caller: &Caller,
     params: Result<Query<ScopeParams>, QueryRejection>,
 ) -> Result<BindingScope, BindingError> {
+    let (account_sid, identity) = scope_params(params)?;
+    state.relay.scope(caller, account_sid, identity)
+}
+
+/// The `account_sid` and `identity` query parameters, parsed.
+fn scope_params(
+    params: Result<Query<ScopeParams>, QueryRejection>,
+) -> Result<(Option<AccountSid>, Option<Identity>), BindingError> {
     let Query(params) = params.map_err(|e| BindingError::BadRequest(e.body_text()))?;
     let account_sid = params
         .account_sid
@@ -108,7 +116,7 @@ fn scope(
             Identity::parse(&i).map_err(|e| BindingError::BadRequest(format!("identity: {e}")))
         })
         .transpose()?;
-    state.relay.scope(caller, account_sid, identity)
+    Ok((account_sid, identity))
 }
 
 fn binding_id(raw: &str) -> Result<BindingId, BindingError> {
@@ -156,12 +164,14 @@ fn created(binding: &Binding) -> Response {
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
+    params: Result<Query<ScopeParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let caller = caller(&state, &headers)?;
+        let named = scope_params(params)?;
         let request = request_body(&headers, body)?;
-        let (binding, _) = state.relay.register(&caller, None, request).await?;
+        let (binding, _) = state.relay.register(&caller, None, request, named).await?;
         Ok(created(&binding))
     }
     .await;
@@ -172,13 +182,18 @@ pub async fn replace(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    params: Result<Query<ScopeParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let caller = caller(&state, &headers)?;
         let id = binding_id(&id)?;
+        let named = scope_params(params)?;
         let request = request_body(&headers, body)?;
-        let (binding, is_new) = state.relay.register(&caller, Some(id), request).await?;
+        let (binding, is_new) = state
+            .relay
+            .register(&caller, Some(id), request, named)
+            .await?;
         Ok(if is_new {
             created(&binding)
         } else {

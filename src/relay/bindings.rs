@@ -72,11 +72,14 @@ impl Relay {
 
     /// Creates (`id` absent: server-assigned) or replaces a binding. Returns the stored
     /// binding and whether it is new.
+    /// `named` is the (account, identity) the query string names, if any; the body may name
+    /// them too, but not differently.
     pub async fn register(
         &self,
         caller: &Caller,
         id: Option<BindingId>,
         request: BindingRequest,
+        named: (Option<AccountSid>, Option<Identity>),
     ) -> Result<(Binding, bool), BindingError> {
         let id = match (id, &request.id) {
             (Some(path), Some(body)) if path != *body => {
@@ -92,11 +95,9 @@ impl Relay {
             }
             (None, None) => BindingId::generate(),
         };
-        let scope = self.scope(
-            caller,
-            request.account_sid.clone(),
-            request.identity.clone(),
-        )?;
+        let account_sid = agree("account_sid", request.account_sid.clone(), named.0)?;
+        let identity = agree("identity", request.identity.clone(), named.1)?;
+        let scope = self.scope(caller, account_sid, identity)?;
         let app = self.resolve_app(&request)?;
         let now = OffsetDateTime::now_utc();
         let binding = Binding {
@@ -229,5 +230,19 @@ impl Relay {
             .store
             .delete_bindings(&scope.account_sid, &scope.identity)
             .await?)
+    }
+}
+
+/// The value the body or the query string gives, refusing two different ones.
+fn agree<T: PartialEq + std::fmt::Display>(
+    name: &str,
+    body: Option<T>,
+    query: Option<T>,
+) -> Result<Option<T>, BindingError> {
+    match (body, query) {
+        (Some(b), Some(q)) if b != q => Err(BindingError::BadRequest(format!(
+            "{name} is `{b}` in the body but `{q}` in the query string"
+        ))),
+        (b, q) => Ok(b.or(q)),
     }
 }

@@ -23,6 +23,7 @@ struct State {
     sockets: HashMap<IdentityKey, HashMap<String, SocketPresence>>,
     owners: HashMap<AddressKey, (Identity, BindingId)>,
     messages: HashMap<(AccountSid, String), (Claim, Instant)>,
+    messages_pruned: Option<Instant>,
     subscribers: HashMap<String, mpsc::Sender<Bytes>>,
 }
 
@@ -77,9 +78,42 @@ impl State {
         list
     }
 
+    /// Drops lapsed dedupe markers, at most once a second: a scan per claim would cost as much
+    /// as the markers of the whole window.
     fn forget_old_messages(&mut self) {
         let now = Instant::now();
+        if self
+            .messages_pruned
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.messages_pruned = Some(now);
         self.messages.retain(|_, (_, until)| *until > now);
+    }
+
+    /// Deletes the identity's expired bindings (with their token ownership) and lapsed socket
+    /// leases, as Redis would let them expire: memory is not kept for the dead.
+    fn prune(&mut self, k: &IdentityKey, now: OffsetDateTime) {
+        let expired: Vec<BindingId> = self
+            .bindings
+            .get(k)
+            .map(|m| {
+                m.values()
+                    .filter(|b| b.is_expired(now))
+                    .map(|b| b.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in expired {
+            self.remove_binding(k, &id);
+        }
+        if let Some(sockets) = self.sockets.get_mut(k) {
+            sockets.retain(|_, p| p.lease_until > now);
+            if sockets.is_empty() {
+                self.sockets.remove(k);
+            }
+        }
     }
 }
 
@@ -96,6 +130,8 @@ impl Store for MemoryStore {
     async fn put_binding(&self, binding: Binding) -> Result<PutOutcome, StoreError> {
         let mut s = self.lock();
         let k = key(&binding.account_sid, &binding.identity);
+        // An expired binding counts as absent: the new one starts a new life.
+        s.prune(&k, binding.updated_at);
         let previous = s.bindings.get(&k).and_then(|m| m.get(&binding.id)).cloned();
         let mut stored = binding;
         if let Some(prev) = &previous {
@@ -147,12 +183,10 @@ impl Store for MemoryStore {
         id: &BindingId,
         now: OffsetDateTime,
     ) -> Result<Option<Binding>, StoreError> {
-        let s = self.lock();
-        Ok(s.bindings
-            .get(&key(account, identity))
-            .and_then(|m| m.get(id))
-            .filter(|b| !b.is_expired(now))
-            .cloned())
+        let mut s = self.lock();
+        let k = key(account, identity);
+        s.prune(&k, now);
+        Ok(s.bindings.get(&k).and_then(|m| m.get(id)).cloned())
     }
 
     async fn list_bindings(
@@ -161,7 +195,10 @@ impl Store for MemoryStore {
         identity: &Identity,
         now: OffsetDateTime,
     ) -> Result<Vec<Binding>, StoreError> {
-        Ok(self.lock().live_bindings(&key(account, identity), now))
+        let mut s = self.lock();
+        let k = key(account, identity);
+        s.prune(&k, now);
+        Ok(s.live_bindings(&k, now))
     }
 
     async fn delete_binding(
@@ -170,10 +207,10 @@ impl Store for MemoryStore {
         identity: &Identity,
         id: &BindingId,
     ) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .remove_binding(&key(account, identity), id)
-            .is_some())
+        let mut s = self.lock();
+        let k = key(account, identity);
+        s.prune(&k, OffsetDateTime::now_utc());
+        Ok(s.remove_binding(&k, id).is_some())
     }
 
     async fn delete_bindings(
@@ -231,8 +268,9 @@ impl Store for MemoryStore {
         identity: &Identity,
         now: OffsetDateTime,
     ) -> Result<Targets, StoreError> {
-        let s = self.lock();
+        let mut s = self.lock();
         let k = key(account, identity);
+        s.prune(&k, now);
         let mut sockets: Vec<SocketPresence> = s
             .sockets
             .get(&k)
@@ -287,7 +325,9 @@ impl Store for MemoryStore {
         let mut s = self.lock();
         s.forget_old_messages();
         let k = (account.clone(), message_id.to_owned());
-        if let Some((state, _)) = s.messages.get(&k) {
+        if let Some((state, until)) = s.messages.get(&k)
+            && *until > Instant::now()
+        {
             return Ok(*state);
         }
         s.messages

@@ -239,10 +239,37 @@ async fn admin_keys_manage_any_identity_of_configured_accounts() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
+    // The account and identity may also be named in the query string when registering.
+    let r = app
+        .api(
+            Method::PUT,
+            &format!("/v1/bindings/by-query{q}"),
+            ADMIN_KEY,
+            Some(json!({"channel": "fcm", "address": "tok-2"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["account_sid"], OTHER_ACCOUNT);
+    assert_eq!(r.body["identity"], "bob");
+    let r = app
+        .api(
+            Method::POST,
+            &format!("/v1/bindings?account_sid={OTHER_ACCOUNT}&identity=alice"),
+            ADMIN_KEY,
+            Some(json!({"identity": "bob", "channel": "fcm", "address": "tok-3"})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "body and query disagree: {}",
+        r.text
+    );
+
     let r = app
         .api(Method::DELETE, &format!("/v1/bindings{q}"), ADMIN_KEY, None)
         .await;
-    assert_eq!(r.body, json!({"deleted": 1}));
+    assert_eq!(r.body, json!({"deleted": 2}));
 }
 
 #[tokio::test]
@@ -356,6 +383,20 @@ async fn an_access_token_only_reaches_its_own_identity() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app
+        .api(
+            Method::POST,
+            "/v1/bindings?identity=alice",
+            &bob,
+            Some(json!({"channel": "fcm", "address": "tok"})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a query naming another identity: {}",
+        r.text
+    );
     for (method, path) in [
         (Method::GET, "/v1/bindings?identity=alice"),
         (Method::DELETE, "/v1/bindings?identity=alice"),

@@ -95,6 +95,7 @@ conformance!(
     a_token_registered_again_under_a_new_id_replaces_the_old_binding,
     changing_a_bindings_token_releases_the_old_one,
     expired_bindings_are_never_returned,
+    registering_over_an_expired_binding_starts_a_new_one,
     refresh_extends_unless_the_binding_changed,
     dead_binding_removal_respects_re_registration,
     delete_all_removes_every_binding_and_frees_the_tokens,
@@ -323,6 +324,24 @@ async fn expired_bindings_are_never_returned(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(targets.bindings.len(), 1);
+}
+
+async fn registering_over_an_expired_binding_starts_a_new_one(store: Arc<dyn Store>) {
+    let t = now();
+    let mut short = binding("bob", "b", "aa", t);
+    short.ttl_seconds = 60;
+    short.expires_at = t + Duration::from_secs(60);
+    store.put_binding(short).await.unwrap();
+    let later = t + Duration::from_secs(120);
+    let out = store
+        .put_binding(binding("bob", "b", "aa", later))
+        .await
+        .unwrap();
+    assert!(
+        out.created,
+        "the expired binding does not count as replaced"
+    );
+    assert_eq!(out.binding.created_at, later);
 }
 
 async fn refresh_extends_unless_the_binding_changed(store: Arc<dyn Store>) {

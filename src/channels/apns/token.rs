@@ -103,7 +103,7 @@ impl TokenCache {
         now: u64,
         sign: impl FnOnce(u64) -> Result<String, E>,
     ) -> Result<ProviderToken, E> {
-        let mut state = self.state.lock().expect("token cache lock");
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(token) = &state.current
             && now.saturating_sub(token.issued_at) < RENEW_AFTER_SECS
             // A clock that jumped back would otherwise keep a token "from the future".
@@ -128,7 +128,7 @@ impl TokenCache {
         now: u64,
         sign: impl FnOnce(u64) -> Result<String, E>,
     ) -> Result<Option<ProviderToken>, E> {
-        let mut state = self.state.lock().expect("token cache lock");
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(current) = &state.current
             && current != rejected
         {

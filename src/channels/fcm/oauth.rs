@@ -23,6 +23,8 @@ const RENEW_BEFORE: Duration = Duration::from_secs(300);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Used when the token endpoint does not say how long its token lives (Google's live an hour).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest lifetime a token endpoint is believed about.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Serialize)]
 struct Claims<'a> {
@@ -112,7 +114,7 @@ impl TokenCache {
         Fut: Future<Output = Result<Fetched, String>>,
     {
         let seen_attempts = {
-            let state = self.state.lock().expect("token cache lock");
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(token) = self.usable(&state) {
                 return Ok(token);
             }
@@ -120,7 +122,7 @@ impl TokenCache {
         };
         let _refreshing = self.refresh.lock().await;
         {
-            let state = self.state.lock().expect("token cache lock");
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(token) = self.usable(&state) {
                 return Ok(token);
             }
@@ -131,7 +133,7 @@ impl TokenCache {
             }
         }
         let result = fetch().await;
-        let mut state = self.state.lock().expect("token cache lock");
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.attempts += 1;
         match result {
             Ok(fetched) => {
@@ -155,7 +157,7 @@ impl TokenCache {
 
     /// Forgets `failed` (a token FCM refused) unless it has already been replaced.
     pub fn invalidate(&self, failed: &Arc<AccessToken>) {
-        let mut state = self.state.lock().expect("token cache lock");
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state
             .token
             .as_ref()
@@ -283,9 +285,11 @@ impl TokenSource {
         tracing::debug!(app = %self.app, expires_in = ?parsed.expires_in, "fetched an FCM access token");
         Ok(Fetched {
             access_token: Secret::new(parsed.access_token),
+            // Google's tokens live an hour; a token endpoint claiming more (or an absurd value)
+            // is held to that, so the cache's arithmetic cannot overflow.
             lifetime: parsed
                 .expires_in
-                .map(Duration::from_secs)
+                .map(|s| Duration::from_secs(s.min(MAX_LIFETIME.as_secs())))
                 .unwrap_or(DEFAULT_LIFETIME),
         })
     }

@@ -221,9 +221,11 @@ impl Store for RedisStore {
         let (stored, previous) = loop {
             attempt += 1;
             let current = self.hget(&key, binding.id.as_str()).await?;
+            // An expired binding counts as absent: the new one starts a new life.
             let previous = current
                 .as_deref()
-                .and_then(|t| serde_json::from_str::<Binding>(t).ok());
+                .and_then(|t| serde_json::from_str::<Binding>(t).ok())
+                .filter(|b| !b.is_expired(binding.updated_at));
             let mut stored = binding.clone();
             if let Some(p) = &previous {
                 stored.created_at = p.created_at;
@@ -329,10 +331,14 @@ impl Store for RedisStore {
         let Some(old) = old else {
             return Ok(false);
         };
-        if let Ok(binding) = serde_json::from_str::<Binding>(&old) {
-            self.release_address(&binding).await?;
+        match serde_json::from_str::<Binding>(&old) {
+            Ok(binding) => {
+                self.release_address(&binding).await?;
+                // Gone either way; an expired one was already gone as far as callers could see.
+                Ok(!binding.is_expired(OffsetDateTime::now_utc()))
+            }
+            Err(_) => Ok(true),
         }
-        Ok(true)
     }
 
     async fn delete_bindings(
