@@ -194,6 +194,11 @@ impl MockFcm {
         self.state.sent.lock().unwrap().clone()
     }
 
+    /// How many requests reached `messages:send`, authorised or not.
+    pub fn sent_count(&self) -> usize {
+        self.state.sent.lock().unwrap().len()
+    }
+
     /// The messages of the authorised sends.
     pub fn messages(&self) -> Vec<Value> {
         self.sent()

@@ -1,0 +1,186 @@
+//! A fleet of real WebSocket clients (tokio-tungstenite), each authenticated with its own
+//! Twilio Access Token, that timestamps every notification it receives. Connections are spread
+//! over several loopback source addresses so that large fleets do not run out of ports.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use callrelay::auth::access_token;
+use callrelay::config::Secret;
+use callrelay::domain::{AccountSid, ApiKeySid, Identity};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpSocket;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::sync::CancellationToken;
+
+use crate::procs::{ACCOUNT, API_KEY, API_SECRET, Error};
+use crate::webhooks::parse_message_id;
+
+/// A notification as one client received it.
+pub struct Frame {
+    pub run: u32,
+    pub index: u64,
+    pub at: Instant,
+}
+
+pub struct Fleet {
+    frames: mpsc::UnboundedReceiver<Frame>,
+    /// Sockets that ended while they should have stayed open.
+    dropped: Arc<AtomicU64>,
+    unreadable: Arc<AtomicU64>,
+    stop: CancellationToken,
+    clients: JoinSet<()>,
+    pub size: usize,
+}
+
+/// An Access Token for `identity`, as the app's backend would mint it.
+pub fn token(identity: &str) -> String {
+    access_token::mint(
+        &AccountSid::parse(ACCOUNT).expect("a valid account"),
+        &ApiKeySid::parse(API_KEY).expect("a valid API key"),
+        &Secret::new(API_SECRET),
+        &Identity::parse(identity).expect("a valid identity"),
+        Duration::from_secs(3600),
+    )
+}
+
+fn source(i: usize, sources: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (i % sources as usize) as u8)
+}
+
+impl Fleet {
+    /// Connects one client per identity to `server`, `parallel` handshakes at a time.
+    pub async fn connect(
+        server: SocketAddr,
+        identities: &[String],
+        sources: u8,
+        parallel: usize,
+    ) -> Result<Self, Error> {
+        let (tx, frames) = mpsc::unbounded_channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let unreadable = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let mut handshakes = JoinSet::new();
+        let gate = Arc::new(Semaphore::new(parallel));
+        for (i, identity) in identities.iter().enumerate() {
+            let permit = gate.clone().acquire_owned().await?;
+            let local = SocketAddr::V4(SocketAddrV4::new(source(i, sources), 0));
+            let token = token(identity);
+            handshakes.spawn(async move {
+                let _permit = permit;
+                open(server, local, &token).await
+            });
+        }
+        let mut clients = JoinSet::new();
+        while let Some(joined) = handshakes.join_next().await {
+            let socket = joined??;
+            let (tx, dropped, unreadable, stop) = (
+                tx.clone(),
+                dropped.clone(),
+                unreadable.clone(),
+                stop.clone(),
+            );
+            clients.spawn(async move {
+                let (mut write, mut read) = socket.split();
+                loop {
+                    let message = tokio::select! {
+                        _ = stop.cancelled() => {
+                            let _ = write.send(Message::Close(None)).await;
+                            return;
+                        }
+                        m = read.next() => m,
+                    };
+                    match message {
+                        Some(Ok(Message::Text(text))) => {
+                            let at = Instant::now();
+                            match parse_message_id(text.as_bytes()) {
+                                Some((run, index)) => {
+                                    let _ = tx.send(Frame { run, index, at });
+                                }
+                                None => {
+                                    unreadable.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        // tungstenite answers pings by itself on the next write or flush.
+                        Some(Ok(Message::Ping(_))) => {
+                            let _ = write.flush().await;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            frames,
+            dropped,
+            unreadable,
+            stop,
+            clients,
+            size: identities.len(),
+        })
+    }
+
+    /// Waits until `expected` frames of `run` have arrived or `patience` has passed.
+    pub async fn collect(&mut self, run: u32, expected: usize, patience: Duration) -> Vec<Frame> {
+        let until = tokio::time::Instant::now() + patience;
+        let mut out = Vec::with_capacity(expected);
+        while out.len() < expected {
+            match tokio::time::timeout_at(until, self.frames.recv()).await {
+                Ok(Some(f)) if f.run == run => out.push(f),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Fails when a client lost its socket or received something that is not a notification.
+    pub fn check(&self) -> Result<(), Error> {
+        let (dropped, unreadable) = (
+            self.dropped.load(Ordering::Relaxed),
+            self.unreadable.load(Ordering::Relaxed),
+        );
+        if dropped + unreadable > 0 {
+            return Err(format!(
+                "{dropped} of {} sockets closed early, {unreadable} unreadable frames",
+                self.size
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Closes every socket and waits for the clients to finish.
+    pub async fn close(mut self) {
+        self.stop.cancel();
+        while self.clients.join_next().await.is_some() {}
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn open(server: SocketAddr, local: SocketAddr, token: &str) -> Result<Socket, Error> {
+    let tcp = TcpSocket::new_v4()?;
+    tcp.bind(local)?;
+    let stream = tcp.connect(server).await?;
+    stream.set_nodelay(true)?;
+    let mut request = format!("ws://{server}/v1/ws").into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let (socket, response) = tokio_tungstenite::client_async(request, stream).await?;
+    if response.status() != 101 {
+        return Err(format!("upgrade answered {}", response.status()).into());
+    }
+    Ok(socket)
+}

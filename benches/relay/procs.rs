@@ -1,0 +1,322 @@
+//! The processes a benchmark runs against: a private `redis-server`, callrelay replicas built
+//! from this tree, and the reference webhook under gunicorn. Each is killed when dropped, so a
+//! failed scenario leaves nothing running.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The account every scenario uses: the one the baseline's seed command writes bindings for.
+pub const ACCOUNT: &str = "AC00000000000000000000000000000000";
+pub const AUTH_TOKEN: &str = "bench-auth-token";
+pub const API_KEY: &str = "SK00000000000000000000000000000000";
+pub const API_SECRET: &str = "bench-api-key-secret";
+pub const ADMIN_KEY: &str = "bench-admin-key-0123456789abcdef";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A directory of its own for one process's configuration and log, removed on drop.
+pub struct WorkDir(pub PathBuf);
+
+impl WorkDir {
+    pub fn new(what: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "callrelay-bench-{}-{what}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).expect("a temporary directory");
+        Self(dir)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop; its output goes to `log`.
+struct Managed {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Managed {
+    fn spawn(command: &mut Command, log: PathBuf) -> Result<Self, Error> {
+        let out = fs::File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| format!("cannot start {:?}: {e}", command.get_program()))?;
+        Ok(Self { child, log })
+    }
+
+    /// Waits until `ready` holds, failing early when the process exits.
+    fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), Error> {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if ready() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                return Err(format!("{what} exited ({status}): {}", self.tail()).into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("{what} did not become ready: {}", self.tail()).into())
+    }
+
+    fn tail(&self) -> String {
+        let bytes = fs::read(&self.log).unwrap_or_default();
+        let start = bytes.len().saturating_sub(2000);
+        String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one raw request and returns the whole answer, or `None` when nothing answers.
+fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(request).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    raw_exchange(addr, request.as_bytes()).is_some_and(|a| a.starts_with("HTTP/1.1 200"))
+}
+
+pub struct Redis {
+    pub port: u16,
+    _process: Managed,
+    _dir: WorkDir,
+}
+
+impl Redis {
+    /// A private server on a free port that keeps nothing on disk.
+    pub fn start() -> Result<Self, Error> {
+        let dir = WorkDir::new("redis");
+        let port = free_port();
+        let mut process = Managed::spawn(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(&dir.0),
+            dir.file("redis.log"),
+        )
+        .map_err(|e| format!("{e} (install it: apt-get install redis-server)"))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        process.wait_until("redis-server", || {
+            raw_exchange(addr, b"PING\r\nQUIT\r\n").is_some_and(|a| a.starts_with("+PONG"))
+        })?;
+        Ok(Self {
+            port,
+            _process: process,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// One callrelay replica, started from the binary this benchmark was built with.
+pub struct Callrelay {
+    pub addr: SocketAddr,
+    process: Managed,
+    _dir: WorkDir,
+}
+
+impl Callrelay {
+    /// `extra` is appended to the generated configuration (push apps, limits).
+    pub fn start(redis: &Redis, prefix: &str, extra: &str) -> Result<Self, Error> {
+        let dir = WorkDir::new("callrelay");
+        let (port, admin_port) = (free_port(), free_port());
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
+public_url = "http://127.0.0.1:{port}"
+
+[store]
+redis_url = "{redis}"
+key_prefix = "{prefix}"
+
+[log]
+format = "json"
+
+[limits]
+# Room for the socket scenarios, and bindings registered in bulk by the push scenario;
+# everything else keeps its default.
+max_sockets = 100000
+max_connections = 100000
+binding_requests_per_minute = 0
+
+[[accounts]]
+sid = "{ACCOUNT}"
+auth_token = "{AUTH_TOKEN}"
+api_keys = [{{ sid = "{API_KEY}", secret = "{API_SECRET}" }}]
+
+[admin]
+api_keys = ["{ADMIN_KEY}"]
+{extra}
+"#,
+            redis = redis.url(),
+        );
+        let path = dir.file("callrelay.toml");
+        fs::write(&path, config)?;
+        let mut process = Managed::spawn(
+            Command::new(env!("CARGO_BIN_EXE_callrelay"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&path)
+                .env_remove("RUST_LOG"),
+            dir.file("callrelay.log"),
+        )?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        process.wait_until("callrelay", || http_get_ok(admin, "/readyz"))?;
+        Ok(Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            process,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Log lines at warn level or above; a clean run has none.
+    pub fn complaints(&self) -> Vec<String> {
+        fs::read_to_string(&self.process.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(r#""level":"WARN""#) || l.contains(r#""level":"ERROR""#))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The reference webhook (`../shared/baseline/app.py`) under gunicorn, as its README runs it.
+pub struct Baseline {
+    pub addr: SocketAddr,
+    _process: Managed,
+    _dir: WorkDir,
+}
+
+pub struct BaselineSetup {
+    /// The directory holding `app.py`.
+    pub app_dir: PathBuf,
+    /// A virtual environment with flask, redis and gunicorn.
+    pub venv: PathBuf,
+}
+
+impl Baseline {
+    /// Seeds `identities` identities with one binding each, then starts two gunicorn workers.
+    pub fn start(
+        setup: &BaselineSetup,
+        redis: &Redis,
+        prefix: &str,
+        identities: usize,
+    ) -> Result<Self, Error> {
+        let dir = WorkDir::new("baseline");
+        let bin = |name: &str| setup.venv.join("bin").join(name);
+        let seed = Command::new(bin("python"))
+            .arg(setup.app_dir.join("app.py"))
+            .args(["seed", "--identities", &identities.to_string()])
+            .args(["--bindings", "1"])
+            .env("REDIS_URL", redis.url())
+            .env("BASELINE_PREFIX", prefix)
+            .output()
+            .map_err(|e| format!("cannot run the baseline's seed command: {e}"))?;
+        if !seed.status.success() {
+            return Err(format!(
+                "the baseline's seed command failed: {}",
+                String::from_utf8_lossy(&seed.stderr)
+            )
+            .into());
+        }
+        let port = free_port();
+        let mut process = Managed::spawn(
+            Command::new(bin("gunicorn"))
+                .args(["-w", "2", "-b", &format!("127.0.0.1:{port}")])
+                .arg("--chdir")
+                .arg(&setup.app_dir)
+                .arg("app:app")
+                .env("REDIS_URL", redis.url())
+                .env("BASELINE_PREFIX", prefix),
+            dir.file("gunicorn.log"),
+        )?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let probe = format!(
+            "POST /v1/twilio/call-notifications HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]"
+        );
+        process.wait_until("the baseline", || {
+            raw_exchange(addr, probe.as_bytes()).is_some_and(|a| a.starts_with("HTTP/1.1 400"))
+        })?;
+        Ok(Self {
+            addr,
+            _process: process,
+            _dir: dir,
+        })
+    }
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64, Error> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or("no VmRSS line")?;
+    Ok(kib * 1024)
+}
+
+/// How many files this process may open (the socket scenarios are bounded by it).
+pub fn open_files_limit() -> u64 {
+    fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|soft| soft.parse().ok())
+        })
+        .unwrap_or(1024)
+}

@@ -1,0 +1,155 @@
+//! Scenarios 2 and 3, delivery: identities each with a connected WebSocket, webhooks spread
+//! over them. Throughput closed-loop at fixed concurrency (beside the baseline, which
+//! publishes to Redis instead of delivering), then end-to-end latency (scheduled send to frame
+//! received) open-loop at fixed offered rates. Cross-replica: the sockets are held by replica
+//! B and the webhooks go to replica A, so every delivery crosses the replica bus.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::{check_quiet, webhooks_for};
+use crate::Bench;
+use crate::fleet::{Fleet, Frame};
+use crate::load::{self, Schedule, Tally};
+use crate::procs::{Callrelay, Error};
+use crate::report::{Better, Latency, Samples};
+
+const CALLRELAY_CEILING: f64 = 40_000.0;
+const BASELINE_CEILING: f64 = 10_000.0;
+/// Open-loop connections: enough that a request never waits for a free one at these rates.
+const OPEN_LOOP_CONNECTIONS: usize = 64;
+/// How long frames may trail their webhook's answer before they count as lost.
+const FRAME_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Every `200` must have produced exactly one frame.
+async fn frames_for(
+    fleet: &mut Fleet,
+    run: u32,
+    t: &Tally,
+    what: &str,
+) -> Result<Vec<Frame>, Error> {
+    let expected = t.count(200) as usize;
+    let frames = fleet.collect(run, expected, FRAME_PATIENCE).await;
+    let distinct: HashSet<u64> = frames.iter().map(|f| f.index).collect();
+    if frames.len() != expected || distinct.len() != expected {
+        return Err(format!(
+            "{what}: {expected} webhooks answered 200 but {} frames ({} distinct) arrived",
+            frames.len(),
+            distinct.len()
+        )
+        .into());
+    }
+    fleet.check()?;
+    Ok(frames)
+}
+
+fn end_to_end(frames: &[Frame], schedule: &Schedule) -> Latency {
+    Latency::of(
+        frames
+            .iter()
+            .map(|f| {
+                f.at.saturating_duration_since(schedule.due(f.index))
+                    .as_nanos() as u64
+            })
+            .collect(),
+    )
+}
+
+pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
+    let prefix = b.prefix();
+    let holder = Callrelay::start(&b.redis, &prefix, "")?;
+    let front = if cross {
+        Some(Callrelay::start(&b.redis, &prefix, "")?)
+    } else {
+        None
+    };
+    let target = front.as_ref().unwrap_or(&holder).addr;
+    let n = b.identities;
+    let identities: Vec<String> = (0..n).map(|i| format!("user{i}")).collect();
+    let mut fleet = Fleet::connect(holder.addr, &identities, 4, 64).await?;
+    let user = move |i: usize| format!("user{}", i % n);
+    let (c, seconds) = (b.concurrency, b.duration.as_secs_f64());
+
+    let run = b.run_id();
+    let warm = webhooks_for(target, run, 2000.0, 1.0, user);
+    let t = load::closed_loop(target, warm, c, Duration::from_secs(1)).await;
+    t.expect_all(200, "delivery warm-up")?;
+    frames_for(&mut fleet, run, &t, "delivery warm-up").await?;
+
+    let mut samples = Samples::default();
+    for _ in 0..b.runs {
+        let run = b.run_id();
+        let hooks = webhooks_for(target, run, CALLRELAY_CEILING, seconds, user);
+        let t = load::closed_loop(target, hooks, c, b.duration).await;
+        t.expect_all(200, "delivery, callrelay")?;
+        frames_for(&mut fleet, run, &t, "delivery, callrelay").await?;
+        samples.add("callrelay", t.per_second());
+        if let Some(addr) = b.baseline.as_ref().map(|x| x.addr) {
+            let hooks = webhooks_for(target, run, BASELINE_CEILING, seconds, user);
+            let t = load::closed_loop(addr, hooks, c, b.duration).await;
+            t.expect_all(200, "delivery, baseline")?;
+            samples.add("baseline", t.per_second());
+        }
+        for rate in b.rates.clone() {
+            let run = b.run_id();
+            let hooks = webhooks_for(target, run, rate, seconds, user);
+            let (t, schedule) = load::open_loop(target, hooks, rate, OPEN_LOOP_CONNECTIONS).await;
+            t.expect_all(200, &format!("delivery at {rate}/s"))?;
+            let frames = frames_for(&mut fleet, run, &t, &format!("delivery at {rate}/s")).await?;
+            samples.add_latency(&format!("e2e {rate}"), end_to_end(&frames, &schedule));
+            samples.add_latency(&format!("answer {rate}"), Latency::of(t.latencies_ns));
+            if let Some(addr) = b.baseline.as_ref().map(|x| x.addr) {
+                let hooks = webhooks_for(target, run, rate, seconds, user);
+                let (t, _) = load::open_loop(addr, hooks, rate, OPEN_LOOP_CONNECTIONS).await;
+                t.expect_all(200, &format!("baseline at {rate}/s"))?;
+                samples.add_latency(
+                    &format!("baseline answer {rate}"),
+                    Latency::of(t.latencies_ns),
+                );
+            }
+        }
+    }
+
+    let scenario = if cross {
+        "3. cross-replica"
+    } else {
+        "2. deliver (WebSocket)"
+    };
+    b.row(
+        scenario,
+        &format!("requests/s, c={c}"),
+        &samples,
+        ("callrelay", Some("baseline")),
+        Better::More,
+        "req/s",
+    );
+    for rate in b.rates.clone() {
+        for p in ["p50", "p99", "p99.9"] {
+            let name = format!("e2e {rate} {p}");
+            b.row(
+                scenario,
+                &format!("end-to-end {p} at {rate}/s"),
+                &samples,
+                (&name, None),
+                Better::Less,
+                "ms",
+            );
+        }
+        let (mine, theirs) = (
+            format!("answer {rate} p99"),
+            format!("baseline answer {rate} p99"),
+        );
+        b.row(
+            scenario,
+            &format!("answer p99 at {rate}/s"),
+            &samples,
+            (&mine, Some(&theirs)),
+            Better::Less,
+            "ms",
+        );
+    }
+    fleet.check()?;
+    fleet.close().await;
+    check_quiet(&holder)?;
+    front.as_ref().map_or(Ok(()), check_quiet)
+}

@@ -1,0 +1,47 @@
+//! One module per scenario of `BENCHMARKS.md`.
+
+pub mod deliver;
+pub mod lookup;
+pub mod push;
+pub mod rest;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::webhooks::{self, Webhook};
+
+/// The public URL of a replica: what its webhooks are signed for.
+pub fn public_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// Webhooks enough for a run at up to `per_second` for `seconds`, spread over `identity`.
+pub fn webhooks_for(
+    addr: SocketAddr,
+    run: u32,
+    per_second: f64,
+    seconds: f64,
+    identity: impl Fn(usize) -> String,
+) -> Arc<Vec<Webhook>> {
+    let count = (per_second * seconds).ceil() as usize;
+    Arc::new(webhooks::batch(
+        &public_url(addr),
+        run,
+        count.max(1),
+        identity,
+    ))
+}
+
+/// Fails when a replica logged a warning or an error during a scenario: a clean run has none.
+pub fn check_quiet(relay: &crate::procs::Callrelay) -> Result<(), crate::procs::Error> {
+    let complaints = relay.complaints();
+    if complaints.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "callrelay logged {} warnings or errors, first: {}",
+        complaints.len(),
+        complaints[0]
+    )
+    .into())
+}

@@ -1,0 +1,152 @@
+//! Scenario 5, push: webhooks for identities with one APNs (VoIP) or one FCM binding,
+//! delivered to the local mock APNs (HTTP/2 over TLS, ES256 provider tokens checked) and mock
+//! FCM (OAuth token endpoint and `messages:send`), closed loop at fixed concurrency.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Method;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+
+use super::{check_quiet, webhooks_for};
+use crate::Bench;
+use crate::load::{self, Conn};
+use crate::mocks::apns::{MockApns, TeamKey};
+use crate::mocks::fcm::MockFcm;
+use crate::procs::{ACCOUNT, ADMIN_KEY, Callrelay, Error};
+use crate::report::{Better, Samples};
+
+const CEILING: f64 = 30_000.0;
+
+fn apps_toml(key: &TeamKey, apns: &MockApns, fcm: &MockFcm) -> String {
+    let path = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+    format!(
+        r#"
+[[apps]]
+name = "ios"
+channel = "apns"
+topic = "com.example.bench"
+team_id = "{team}"
+key_id = "{kid}"
+key_file = {key_file}
+production_url = "{prod}"
+sandbox_url = "{sandbox}"
+ca_file = {ca}
+{fcm}"#,
+        team = key.team_id,
+        kid = key.key_id,
+        key_file = path(&key.p8_file),
+        prod = apns.url("/prod"),
+        sandbox = apns.url("/sandbox"),
+        ca = path(&apns.ca.ca_file),
+        fcm = fcm.app_toml("android", "callrelay-bench"),
+    )
+}
+
+/// Registers one binding per identity through the bindings API, as an app backend would.
+async fn register(
+    addr: SocketAddr,
+    identities: &[String],
+    binding: impl Fn(usize) -> String,
+) -> Result<(), Error> {
+    let mut conn = Conn::new(addr);
+    for (i, identity) in identities.iter().enumerate() {
+        let path =
+            format!("/v1/bindings/{identity}-device?account_sid={ACCOUNT}&identity={identity}");
+        let request = conn
+            .request(Method::PUT, &path)
+            .header(AUTHORIZATION, format!("Bearer {ADMIN_KEY}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(binding(i))))?;
+        let (status, body) = conn.send(request).await?;
+        if status != 201 {
+            return Err(format!(
+                "registering {identity}: {status} {}",
+                String::from_utf8_lossy(&body)
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(b: &mut Bench) -> Result<(), Error> {
+    let key = TeamKey::generate("TEAM123456", "KEY1234567");
+    let apns = MockApns::token_auth(&[&key]).await;
+    let fcm = MockFcm::start().await;
+    let prefix = b.prefix();
+    let relay = Callrelay::start(&b.redis, &prefix, &apps_toml(&key, &apns, &fcm))?;
+    let n = b.push_identities;
+    let ios: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("ios{i}")).collect());
+    let android: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("android{i}")).collect());
+    register(relay.addr, &ios, |i| {
+        format!(
+            r#"{{"channel":"apns","address":"{:064x}","app":"ios"}}"#,
+            i + 1
+        )
+    })
+    .await?;
+    register(relay.addr, &android, |i| {
+        format!(r#"{{"channel":"fcm","address":"fcm-device-token-{i}","app":"android"}}"#)
+    })
+    .await?;
+
+    let mut samples = Samples::default();
+    let (c, seconds) = (b.concurrency, b.duration.as_secs_f64());
+    for (name, identities) in [("APNs", ios), ("FCM", android)] {
+        let pushes = || {
+            if name == "APNs" {
+                apns.request_count()
+            } else {
+                fcm.sent_count()
+            }
+        };
+        let who = |list: &Arc<Vec<String>>| {
+            let list = list.clone();
+            move |i: usize| list[i % list.len()].clone()
+        };
+        // Warm-up: TLS handshakes, the provider token, the OAuth token.
+        let run = b.run_id();
+        let warm = webhooks_for(relay.addr, run, 500.0, 1.0, who(&identities));
+        load::closed_loop(relay.addr, warm, c, Duration::from_secs(2))
+            .await
+            .expect_all(200, &format!("{name} warm-up"))?;
+        for _ in 0..b.runs {
+            let run = b.run_id();
+            let hooks = webhooks_for(relay.addr, run, CEILING, seconds, who(&identities));
+            let before = pushes();
+            let t = load::closed_loop(relay.addr, hooks, c, b.duration).await;
+            t.expect_all(200, &format!("{name} pushes"))?;
+            let sent = (pushes() - before) as u64;
+            if sent != t.count(200) {
+                return Err(format!(
+                    "{name}: {} webhooks delivered but the mock saw {sent} pushes",
+                    t.count(200)
+                )
+                .into());
+            }
+            samples.add(name, sent as f64 / t.elapsed.as_secs_f64());
+        }
+    }
+    let scenario = "5. push (mocks)";
+    b.row(
+        scenario,
+        &format!("APNs VoIP pushes/s, c={c}"),
+        &samples,
+        ("APNs", None),
+        Better::More,
+        "pushes/s",
+    );
+    b.row(
+        scenario,
+        &format!("FCM data messages/s, c={c}"),
+        &samples,
+        ("FCM", None),
+        Better::More,
+        "pushes/s",
+    );
+    check_quiet(&relay)
+}
