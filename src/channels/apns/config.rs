@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::channels::{SettingsError, parse_settings};
-use crate::config::{ConfigError, Secret};
+use crate::config::{ConfigError, Secret, lenient};
 
 pub const DEFAULT_PRODUCTION_URL: &str = "https://api.push.apple.com";
 pub const DEFAULT_SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
@@ -41,9 +41,11 @@ struct Raw {
     production_url: Option<String>,
     sandbox_url: Option<String>,
     ca_file: Option<PathBuf>,
-    // Delivery.
+    // Delivery. Numbers also as strings: environment overrides always arrive as strings.
+    #[serde(default, deserialize_with = "lenient::number")]
     ringing_window_secs: Option<u64>,
     alert_template: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
     connections: Option<u64>,
 }
 
@@ -465,12 +467,35 @@ mod tests {
                 &format!("{TOKEN_AUTH}\nalert_template = \" \""),
                 "alert_template",
             ),
-            (&format!("{TOKEN_AUTH}\nconnections = \"4\""), "connections"),
+            (
+                &format!("{TOKEN_AUTH}\nconnections = \"four\""),
+                "connections",
+            ),
+            (
+                &format!("{TOKEN_AUTH}\nringing_window_secs = \"-1\""),
+                "ringing_window_secs",
+            ),
             (&format!("{TOKEN_AUTH}\nprivate_ky = \"x\""), "private_ky"),
         ];
         for (text, key) in cases {
             assert_eq!(&error_key(text), key, "{text}");
         }
+    }
+
+    /// Environment overrides (`CALLRELAY__APPS__0__CONNECTIONS=4`) are always strings.
+    #[test]
+    fn numbers_given_as_strings_are_accepted() {
+        let s = parse_str(&format!(
+            "{TOKEN_AUTH}\nconnections = \"4\"\nringing_window_secs = \" 45 \""
+        ))
+        .unwrap();
+        assert_eq!(s.connections, 4);
+        assert_eq!(s.ringing_window, Duration::from_secs(45));
+        // Still range-checked once read.
+        assert_eq!(
+            error_key(&format!("{TOKEN_AUTH}\nconnections = \"17\"")),
+            "connections"
+        );
     }
 
     #[test]
