@@ -29,7 +29,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Channel(#[from] channels::ChannelConfigError),
+    Channel(#[from] channels::ChannelConfigErrors),
 }
 
 /// Listeners bound by the caller.

@@ -121,15 +121,36 @@ pub fn parse_settings<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Every broken push app of a configuration, in the order of `[[apps]]`: `check-config`
+/// reports them all at once rather than one per run.
+#[derive(Debug)]
+pub struct ChannelConfigErrors(pub Vec<ChannelConfigError>);
+
+impl std::fmt::Display for ChannelConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ChannelConfigErrors {}
+
 /// One push channel per configured app: `given` ones first, the rest built from the
 /// configuration (which loads every key and certificate, so a broken one is named here).
+/// Every app is tried, so the error names each broken one.
 pub fn push_channels(
     config: &crate::config::Config,
     mut given: HashMap<String, Arc<dyn Channel>>,
     metrics: &Arc<crate::metrics::Metrics>,
-) -> Result<HashMap<String, Arc<dyn Channel>>, ChannelConfigError> {
+) -> Result<HashMap<String, Arc<dyn Channel>>, ChannelConfigErrors> {
     use crate::domain::PushChannel;
     let mut channels = HashMap::new();
+    let mut errors = Vec::new();
     for (index, app) in config.apps.iter().enumerate() {
         if let Some(channel) = given.remove(&app.name) {
             channels.insert(app.name.clone(), channel);
@@ -145,13 +166,21 @@ pub fn push_channels(
                     .map(|c| Arc::new(c) as Arc<dyn Channel>)
             }
         };
-        let channel = built.map_err(|e| ChannelConfigError {
-            index,
-            name: app.name.clone(),
-            key: e.key,
-            message: e.message,
-        })?;
-        channels.insert(app.name.clone(), channel);
+        match built {
+            Ok(channel) => {
+                channels.insert(app.name.clone(), channel);
+            }
+            Err(e) => errors.push(ChannelConfigError {
+                index,
+                name: app.name.clone(),
+                key: e.key,
+                message: e.message,
+            }),
+        }
     }
-    Ok(channels)
+    if errors.is_empty() {
+        Ok(channels)
+    } else {
+        Err(ChannelConfigErrors(errors))
+    }
 }

@@ -83,8 +83,11 @@ async fn serve(config: Config) -> ExitCode {
 
 fn check_config(config: &Config) -> ExitCode {
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    if let Err(e) = crate::channels::push_channels(config, Default::default(), &metrics) {
-        eprintln!("callrelay: configuration error: {e}");
+    if let Err(errors) = crate::channels::push_channels(config, Default::default(), &metrics) {
+        // One line per broken app, each naming its key path.
+        for e in &errors.0 {
+            eprintln!("callrelay: configuration error: {e}");
+        }
         return ExitCode::from(2);
     }
     println!(

@@ -116,3 +116,38 @@ async fn dev_helpers_mint_tokens_and_send_signed_webhooks() {
     assert_eq!(v["twi_message_id"], "RMcli");
     std::fs::remove_file(config).unwrap();
 }
+
+/// `check-config` tries every push app, so one run names every broken key and certificate.
+#[test]
+fn check_config_names_every_broken_push_app() {
+    let not_a_key = write_config("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    let not_json = write_config("{\"type\": \"service_account\",");
+    let text = TestConfig::default().toml("127.0.0.1:0", "127.0.0.1:0")
+        + &format!(
+            "[[apps]]\nname = \"ios\"\nchannel = \"apns\"\ntopic = \"com.example.voice\"\n\
+             team_id = \"TEAM123456\"\nkey_id = \"KEY1234567\"\nkey_file = \"{}\"\n\
+             [[apps]]\nname = \"android\"\nchannel = \"fcm\"\nservice_account_file = \"{}\"\n",
+            not_a_key.display(),
+            not_json.display()
+        );
+    let config = write_config(&text);
+    let out = callrelay()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("apps[0].key_file: ") && stderr.contains("app `ios`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("apps[1].service_account_file: ") && stderr.contains("app `android`"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+    for path in [not_a_key, not_json, config] {
+        std::fs::remove_file(path).unwrap();
+    }
+}
