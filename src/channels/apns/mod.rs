@@ -407,7 +407,8 @@ impl Channel for ApnsChannel {
                                 return self.failed(
                                     Some(status),
                                     format!(
-                                        "APNs refused the provider token ({reason}); it was renewed less than 20 minutes ago, so it is not renewed again yet"
+                                        "APNs answered {} {reason}; the provider token is less than 20 minutes old, so it is not renewed yet",
+                                        status.as_u16()
                                     ),
                                 );
                             }

@@ -4,8 +4,10 @@
 //! Apple's rules: a token is accepted for an hour after its `iat`; a provider that updates its
 //! token more often than once every 20 minutes gets `429 TooManyProviderTokenUpdates`. So one
 //! token per app serves every connection and environment, is renewed when 50 minutes old
-//! (well before the hour), and a renewal forced by Apple refusing the token happens at most
-//! once per 20 minutes, so a key Apple keeps refusing does not make callrelay sign on every push.
+//! (well before the hour), and no token is ever signed less than 20 minutes after the previous
+//! one, whatever the reason: a token Apple refuses while younger than that is kept (the push
+//! fails with Apple's reason), so a key Apple keeps refusing does not make callrelay sign on
+//! every push, and a token signed on schedule and refused a minute later is not replaced early.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,8 +16,10 @@ use serde::Serialize;
 
 /// Age at which the cached token is replaced.
 pub const RENEW_AFTER_SECS: u64 = 50 * 60;
-/// Least time between two renewals forced by Apple's refusals.
-pub const MIN_FORCED_RENEWAL_INTERVAL_SECS: u64 = 20 * 60;
+/// Least time between two signings, scheduled or forced by Apple's refusals.
+pub const MIN_RENEWAL_INTERVAL_SECS: u64 = 20 * 60;
+/// How far the clock may run behind a token's `iat` before the token counts as "from the future".
+const CLOCK_SLACK_SECS: u64 = 60;
 
 /// A signed provider token and when it was issued (its `iat`, Unix seconds).
 #[derive(Clone, PartialEq, Eq)]
@@ -93,7 +97,31 @@ pub struct TokenCache {
 #[derive(Default)]
 struct State {
     current: Option<ProviderToken>,
-    last_forced_renewal: Option<u64>,
+}
+
+impl State {
+    /// Whether a new token may be signed at `now`: none yet, or the current one is at least
+    /// 20 minutes old. A clock that jumped back past the current token's `iat` cannot measure
+    /// the interval, and Apple refuses a token dated in the future, so it may be replaced.
+    fn may_sign(&self, now: u64) -> bool {
+        self.current.as_ref().is_none_or(|token| {
+            now >= token.issued_at.saturating_add(MIN_RENEWAL_INTERVAL_SECS)
+                || token.issued_at > now.saturating_add(CLOCK_SLACK_SECS)
+        })
+    }
+
+    fn sign<E>(
+        &mut self,
+        now: u64,
+        sign: impl FnOnce(u64) -> Result<String, E>,
+    ) -> Result<ProviderToken, E> {
+        let token = ProviderToken {
+            jwt: sign(now)?.into(),
+            issued_at: now,
+        };
+        self.current = Some(token.clone());
+        Ok(token)
+    }
 }
 
 impl TokenCache {
@@ -104,24 +132,20 @@ impl TokenCache {
         sign: impl FnOnce(u64) -> Result<String, E>,
     ) -> Result<ProviderToken, E> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(token) = &state.current
-            && now.saturating_sub(token.issued_at) < RENEW_AFTER_SECS
-            // A clock that jumped back would otherwise keep a token "from the future".
-            && token.issued_at <= now + 60
-        {
-            return Ok(token.clone());
+        if let Some(token) = &state.current {
+            let fresh = now.saturating_sub(token.issued_at) < RENEW_AFTER_SECS
+                // A clock that jumped back would otherwise keep a token "from the future".
+                && token.issued_at <= now.saturating_add(CLOCK_SLACK_SECS);
+            if fresh || !state.may_sign(now) {
+                return Ok(token.clone());
+            }
         }
-        let token = ProviderToken {
-            jwt: sign(now)?.into(),
-            issued_at: now,
-        };
-        state.current = Some(token.clone());
-        Ok(token)
+        state.sign(now, sign)
     }
 
     /// Apple refused `rejected` (`ExpiredProviderToken`, `InvalidProviderToken`). Returns the
     /// token to retry with: one another push already renewed, or a new one signed now; `None`
-    /// when a forced renewal happened less than 20 minutes ago, so there is nothing to retry with.
+    /// when the current token is less than 20 minutes old, so there is nothing to retry with.
     pub fn renew_rejected<E>(
         &self,
         rejected: &ProviderToken,
@@ -134,25 +158,10 @@ impl TokenCache {
         {
             return Ok(Some(current.clone()));
         }
-        if let Some(at) = state.last_forced_renewal
-            && now.saturating_sub(at) < MIN_FORCED_RENEWAL_INTERVAL_SECS
-        {
+        if !state.may_sign(now) {
             return Ok(None);
         }
-        // ES256 signatures here are deterministic (RFC 6979): a token signed in the same second
-        // as the refused one would be the same bytes, so the new one is dated a second earlier.
-        let issued_at = if now == rejected.issued_at {
-            now.saturating_sub(1)
-        } else {
-            now
-        };
-        let token = ProviderToken {
-            jwt: sign(issued_at)?.into(),
-            issued_at,
-        };
-        state.current = Some(token.clone());
-        state.last_forced_renewal = Some(now);
-        Ok(Some(token))
+        state.sign(now, sign).map(Some)
     }
 }
 
@@ -205,39 +214,68 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_token_is_renewed_at_once_but_forced_renewals_wait_twenty_minutes() {
+    fn a_refused_token_older_than_twenty_minutes_is_renewed_at_once() {
         let cache = TokenCache::default();
         let s = Counting::new();
         let first = cache.current(T0, s.sign()).unwrap();
-        // Refused 5 minutes in: renewed at once.
         let second = cache
-            .renew_rejected(&first, T0 + 5 * MIN, s.sign())
+            .renew_rejected(&first, T0 + 20 * MIN, s.sign())
             .unwrap()
             .unwrap();
         assert_ne!(second, first);
+        assert_eq!(second.issued_at(), T0 + 20 * MIN);
         assert_eq!(s.count(), 2);
-        assert_eq!(cache.current(T0 + 6 * MIN, s.sign()).unwrap(), second);
-        // Refused again soon after: no new signature, nothing to retry with.
-        assert_eq!(
-            cache
-                .renew_rejected(&second, T0 + 10 * MIN, s.sign())
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            cache
-                .renew_rejected(&second, T0 + 24 * MIN + 59, s.sign())
-                .unwrap(),
-            None
-        );
+        assert_eq!(cache.current(T0 + 21 * MIN, s.sign()).unwrap(), second);
         assert_eq!(s.count(), 2);
-        // Twenty minutes after the last forced renewal, another is allowed.
-        let third = cache
-            .renew_rejected(&second, T0 + 25 * MIN, s.sign())
+    }
+
+    #[test]
+    fn a_refused_token_younger_than_twenty_minutes_is_kept() {
+        let cache = TokenCache::default();
+        let s = Counting::new();
+        let first = cache.current(T0, s.sign()).unwrap();
+        for t in [T0, T0 + MIN, T0 + 19 * MIN + 59] {
+            assert_eq!(cache.renew_rejected(&first, t, s.sign()).unwrap(), None);
+        }
+        assert_eq!(s.count(), 1);
+        // Nothing else changed: the same token is still the one to send.
+        assert_eq!(cache.current(T0 + 19 * MIN, s.sign()).unwrap(), first);
+        // A refusal that keeps coming: renewed once the token is 20 minutes old, then
+        // again not before the renewed one is.
+        let second = cache
+            .renew_rejected(&first, T0 + 20 * MIN, s.sign())
             .unwrap()
             .unwrap();
-        assert_ne!(third, second);
+        assert_eq!(
+            cache
+                .renew_rejected(&second, T0 + 39 * MIN + 59, s.sign())
+                .unwrap(),
+            None
+        );
+        assert!(
+            cache
+                .renew_rejected(&second, T0 + 40 * MIN, s.sign())
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(s.count(), 3);
+    }
+
+    #[test]
+    fn a_token_signed_on_schedule_and_refused_a_minute_later_is_not_re_signed() {
+        let cache = TokenCache::default();
+        let s = Counting::new();
+        cache.current(T0, s.sign()).unwrap();
+        let scheduled = cache.current(T0 + 50 * MIN, s.sign()).unwrap();
+        assert_eq!(s.count(), 2);
+        assert_eq!(
+            cache
+                .renew_rejected(&scheduled, T0 + 51 * MIN, s.sign())
+                .unwrap(),
+            None
+        );
+        assert_eq!(s.count(), 2);
+        assert_eq!(cache.current(T0 + 52 * MIN, s.sign()).unwrap(), scheduled);
     }
 
     #[test]
@@ -246,26 +284,18 @@ mod tests {
         let s = Counting::new();
         let first = cache.current(T0, s.sign()).unwrap();
         let second = cache
-            .renew_rejected(&first, T0 + MIN, s.sign())
+            .renew_rejected(&first, T0 + 30 * MIN, s.sign())
             .unwrap()
             .unwrap();
         // Another push that was sent with `first` is refused too: it retries with `second`,
-        // and nothing is signed (nor does it count as a forced renewal).
+        // and nothing is signed.
         assert_eq!(
-            cache.renew_rejected(&first, T0 + MIN, s.sign()).unwrap(),
+            cache
+                .renew_rejected(&first, T0 + 30 * MIN, s.sign())
+                .unwrap(),
             Some(second.clone())
         );
         assert_eq!(s.count(), 2);
-    }
-
-    #[test]
-    fn a_renewal_in_the_same_second_gets_a_different_iat() {
-        let cache = TokenCache::default();
-        let s = Counting::new();
-        let first = cache.current(T0, s.sign()).unwrap();
-        let second = cache.renew_rejected(&first, T0, s.sign()).unwrap().unwrap();
-        assert_eq!(second.issued_at(), T0 - 1);
-        assert_ne!(second.jwt(), first.jwt());
     }
 
     #[test]
@@ -283,8 +313,14 @@ mod tests {
         let cache = TokenCache::default();
         assert_eq!(cache.current(T0, |_| Err("broken key")), Err("broken key"));
         let s = Counting::new();
-        cache.current(T0, s.sign()).unwrap();
+        let first = cache.current(T0, s.sign()).unwrap();
         assert_eq!(s.count(), 1);
+        // A failed renewal leaves the token in place.
+        assert_eq!(
+            cache.renew_rejected(&first, T0 + 20 * MIN, |_| Err("broken key")),
+            Err("broken key")
+        );
+        assert_eq!(cache.current(T0 + 21 * MIN, s.sign()).unwrap(), first);
     }
 
     #[test]
