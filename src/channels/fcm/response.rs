@@ -211,6 +211,16 @@ mod tests {
         let (label, verdict) = classify(StatusCode::BAD_GATEWAY, None, b"oops");
         assert_eq!(label, "HTTP_502");
         assert!(matches!(verdict, Verdict::Retry { .. }));
+        // Only 500, 502, 503 and 504 among the 5xx are retried without Google's code.
+        for status in [500, 502, 503, 504] {
+            let (_, verdict) = classify(StatusCode::from_u16(status).unwrap(), None, b"");
+            assert!(matches!(verdict, Verdict::Retry { .. }), "{status}");
+        }
+        for status in [501, 505, 511] {
+            let (label, verdict) = classify(StatusCode::from_u16(status).unwrap(), None, b"");
+            assert!(matches!(verdict, Verdict::Failed(_)), "{status}");
+            assert_eq!(label, format!("HTTP_{status}"));
+        }
         let (_, verdict) = classify(StatusCode::UNAUTHORIZED, None, b"");
         assert!(matches!(verdict, Verdict::Unauthenticated(_)));
     }
