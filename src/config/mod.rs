@@ -74,6 +74,10 @@ pub struct Limits {
     pub max_sockets_per_identity: usize,
     /// WebSocket connections one replica holds.
     pub max_sockets: usize,
+    /// Largest WebSocket frame and message a client may send; a larger one closes the socket.
+    pub max_client_message_bytes: usize,
+    /// Largest bindings API request body; larger is `413`.
+    pub max_binding_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,6 +378,21 @@ fn validate_limits(raw: raw::RawLimits, server: &ServerConfig) -> Result<Limits,
             1..=10_000,
         )? as usize,
         max_sockets: count("limits.max_sockets", raw.max_sockets, 20_000, 1..=1_000_000)? as usize,
+        // Clients only answer pings (control frames carry at most 125 bytes), so a few KiB is
+        // plenty and 128 bytes the least that still lets a pong through.
+        max_client_message_bytes: count(
+            "limits.max_client_message_bytes",
+            raw.max_client_message_bytes,
+            4 * 1024,
+            128..=1024 * 1024,
+        )? as usize,
+        // A binding is well under 1 KiB, though a long FCM token makes it up to about 5 KiB.
+        max_binding_bytes: count(
+            "limits.max_binding_bytes",
+            raw.max_binding_bytes,
+            16 * 1024,
+            1024..=1024 * 1024,
+        )? as usize,
     })
 }
 

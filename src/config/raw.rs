@@ -80,6 +80,10 @@ pub struct RawLimits {
     pub max_sockets_per_identity: Option<u64>,
     #[serde(default, deserialize_with = "lenient::number")]
     pub max_sockets: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub max_client_message_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub max_binding_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -176,3 +176,30 @@ fn apps_need_a_known_channel_and_unique_names() {
     .unwrap_err();
     assert!(err.to_string().starts_with("apps[1].name"), "{err}");
 }
+
+#[test]
+fn message_and_binding_size_limits_have_defaults_and_ranges() {
+    let config = from_toml_str("").unwrap();
+    assert_eq!(config.limits.max_client_message_bytes, 4096);
+    assert_eq!(config.limits.max_binding_bytes, 16384);
+    let config =
+        from_toml_str("[limits]\nmax_client_message_bytes = 256\nmax_binding_bytes = \"2048\"")
+            .unwrap();
+    assert_eq!(config.limits.max_client_message_bytes, 256);
+    assert_eq!(config.limits.max_binding_bytes, 2048);
+    for (text, key) in [
+        (
+            "max_client_message_bytes = 127",
+            "limits.max_client_message_bytes",
+        ),
+        (
+            "max_client_message_bytes = 1048577",
+            "limits.max_client_message_bytes",
+        ),
+        ("max_binding_bytes = 1023", "limits.max_binding_bytes"),
+        ("max_binding_bytes = 1048577", "limits.max_binding_bytes"),
+    ] {
+        let err = from_toml_str(&format!("[limits]\n{text}")).unwrap_err();
+        assert!(err.to_string().starts_with(key), "{text}: {err}");
+    }
+}

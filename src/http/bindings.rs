@@ -17,9 +17,6 @@ use crate::metrics::BindingOpLabels;
 use crate::relay::{BindingError, BindingScope};
 use crate::store::SocketPresence;
 
-/// A binding document is well under 1 KiB; 16 KiB is generous.
-pub const MAX_BODY: usize = 16 * 1024;
-
 /// `?identity=…&account_sid=…`: who the request is about (a token holder may omit both).
 #[derive(Debug, Default, Deserialize)]
 pub struct ScopeParams {
@@ -125,6 +122,7 @@ fn binding_id(raw: &str) -> Result<BindingId, BindingError> {
 
 /// The body as a binding request: JSON only, within the size limit.
 fn request_body(
+    state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<BindingRequest, Problem> {
@@ -144,7 +142,10 @@ fn request_body(
     let body = body.map_err(|rejection| {
         let status = rejection.status();
         let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("the body is larger than {MAX_BODY} bytes")
+            format!(
+                "the body is larger than {} bytes",
+                state.config.limits.max_binding_bytes
+            )
         } else {
             rejection.body_text()
         };
@@ -170,7 +171,7 @@ pub async fn create(
     let result = async {
         let caller = caller(&state, &headers)?;
         let named = scope_params(params)?;
-        let request = request_body(&headers, body)?;
+        let request = request_body(&state, &headers, body)?;
         let (binding, _) = state.relay.register(&caller, None, request, named).await?;
         Ok(created(&binding))
     }
@@ -189,7 +190,7 @@ pub async fn replace(
         let caller = caller(&state, &headers)?;
         let id = binding_id(&id)?;
         let named = scope_params(params)?;
-        let request = request_body(&headers, body)?;
+        let request = request_body(&state, &headers, body)?;
         let (binding, is_new) = state
             .relay
             .register(&caller, Some(id), request, named)

@@ -45,6 +45,7 @@ pub struct AppState {
 }
 
 pub fn public_router(state: AppState) -> Router {
+    let binding_body_limit = DefaultBodyLimit::max(state.config.limits.max_binding_bytes);
     Router::new()
         .route(
             "/v1/twilio/call-notifications",
@@ -55,14 +56,14 @@ pub fn public_router(state: AppState) -> Router {
             post(bindings::create)
                 .get(bindings::list)
                 .delete(bindings::delete_all)
-                .layer(DefaultBodyLimit::max(bindings::MAX_BODY)),
+                .layer(binding_body_limit),
         )
         .route(
             "/v1/bindings/{id}",
             put(bindings::replace)
                 .get(bindings::get_one)
                 .delete(bindings::delete_one)
-                .layer(DefaultBodyLimit::max(bindings::MAX_BODY)),
+                .layer(binding_body_limit),
         )
         .route("/v1/ws", get(ws::connect))
         .route("/openapi.json", get(openapi_json))

@@ -228,6 +228,54 @@ async fn bindings_per_identity_are_capped() {
 }
 
 #[tokio::test]
+async fn a_configured_binding_size_limit_is_enforced() {
+    let app = spawn_with(limits("max_binding_bytes = 1024")).await;
+    let bob = token("bob");
+    // A valid binding of about 1.2 KiB (a long FCM token): well under the 16 KiB default.
+    let big = json!({"channel": "fcm", "address": "a".repeat(1200)});
+    for (method, path) in [
+        (Method::PUT, "/v1/bindings/big"),
+        (Method::POST, "/v1/bindings"),
+    ] {
+        let r = app.api(method, path, &bob, Some(big.clone())).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text);
+        assert_eq!(r.body["type"], "urn:callrelay:problem:payload-too-large");
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("1024 bytes"),
+            "{}",
+            r.text
+        );
+    }
+    let small = json!({"channel": "fcm", "address": "a".repeat(900)});
+    let r = app
+        .api(Method::PUT, "/v1/bindings/small", &bob, Some(small))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_configured_client_message_limit_is_enforced() {
+    let wait = Duration::from_secs(5);
+    let app = spawn_with(limits("max_client_message_bytes = 256")).await;
+    let mut within = app.connect_ws("bob").await;
+    within.send_text(&"x".repeat(200)).await.unwrap();
+    assert_eq!(app.notify("bob").await.status, StatusCode::OK);
+    assert!(within.next_text(wait).await.is_some());
+
+    // 1 KiB: under the 4 KiB default, over the configured limit. The socket is closed and
+    // carol is no longer reachable.
+    let mut over = app.connect_ws("carol").await;
+    over.send_text(&"x".repeat(1024)).await.unwrap();
+    let _ = over.closed(wait).await;
+    assert!(
+        eventually(wait, || async {
+            app.notify("carol").await.status == StatusCode::NOT_FOUND
+        })
+        .await
+    );
+}
+
+#[tokio::test]
 async fn sockets_are_capped_per_identity_and_per_replica() {
     let app = spawn_with(limits("max_sockets_per_identity = 2\nmax_sockets = 3")).await;
     let _b1 = app.connect_ws("bob").await;

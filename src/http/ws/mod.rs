@@ -16,8 +16,6 @@ use super::problem::Problem;
 use crate::channels::websocket::ConnectError;
 use crate::domain::valid_device_id;
 
-/// Clients have nothing to say beyond pongs; anything larger than this is refused.
-const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 /// Small read buffers keep an idle socket cheap; frames from clients are tiny.
 const READ_BUFFER: usize = 4 * 1024;
 /// Outgoing frames are bounded by the webhook's body limit times the queue length.
@@ -121,9 +119,11 @@ pub async fn connect(
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
     let tasks = state.tasks.clone();
+    // Clients have nothing to say beyond pongs; anything larger than the limit is refused.
+    let max_client_message = state.config.limits.max_client_message_bytes;
     upgrade
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .max_message_size(max_client_message)
+        .max_frame_size(max_client_message)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
