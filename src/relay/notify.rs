@@ -1,6 +1,12 @@
 //! Answering a call notification: authenticate, look up, drop Twilio's retries of what was
 //! already delivered, deliver to every target at once within the deadline.
+//!
+//! Twilio gets its answer within `server.webhook_deadline_ms`: every store call on the answer's
+//! path is bounded by the deadline as well as by `store.command_timeout_ms`. A lookup or claim
+//! that would pass it is a `503`; removing dead bindings gives up at the deadline (the next
+//! notification removes them); recording the outcome for dedupe happens after the answer.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -12,7 +18,7 @@ use crate::auth::webhook::{self, WebhookCredentials};
 use crate::channels::{Outcome, Target};
 use crate::domain::CallNotification;
 use crate::metrics::{ChannelLabels, DeliveryLabels};
-use crate::store::Claim;
+use crate::store::{Claim, StoreError};
 
 /// How often a retry of a notification still being delivered checks whether it is done.
 const PENDING_POLL: Duration = Duration::from_millis(20);
@@ -32,10 +38,12 @@ impl Relay {
         webhook::authenticate(account, credentials)?;
 
         let now = OffsetDateTime::now_utc();
-        let targets = self
-            .store
-            .targets(&notification.account_sid, &notification.identity, now)
-            .await?;
+        let targets = by_deadline(
+            deadline,
+            self.store
+                .targets(&notification.account_sid, &notification.identity, now),
+        )
+        .await?;
         if targets.is_empty() {
             return Err(WebhookError::NoBinding);
         }
@@ -44,10 +52,12 @@ impl Relay {
             // The claim outlives the deadline a little, so a crashed delivery frees it soon.
             let pending_for = self.config.server.webhook_deadline + Duration::from_secs(2);
             loop {
-                match self
-                    .store
-                    .claim_message(&notification.account_sid, id, pending_for)
-                    .await?
+                match by_deadline(
+                    deadline,
+                    self.store
+                        .claim_message(&notification.account_sid, id, pending_for),
+                )
+                .await?
                 {
                     Claim::Acquired => break,
                     Claim::Delivered => return Ok(Summary::duplicate()),
@@ -66,20 +76,19 @@ impl Relay {
         let summary = self.deliver_all(all, notification, deadline).await;
 
         if let Some(id) = &notification.message_id {
+            // Off the answer's path, which may have used the whole deadline: a retry of this
+            // notification that arrives meanwhile finds it pending and waits for the outcome.
+            let store = self.store.clone();
+            let account = notification.account_sid.clone();
+            let id = id.clone();
             let delivered = summary.delivered > 0;
-            if let Err(e) = self
-                .store
-                .settle_message(
-                    &notification.account_sid,
-                    id,
-                    delivered,
-                    self.config.server.dedupe_window,
-                )
-                .await
-            {
-                // The pending marker expires by itself; the worst case is one redelivery.
-                tracing::warn!(error = %e, "could not record the delivery for dedupe");
-            }
+            let window = self.config.server.dedupe_window;
+            self.tasks.spawn(async move {
+                if let Err(e) = store.settle_message(&account, &id, delivered, window).await {
+                    // The pending marker expires by itself; the worst case is one redelivery.
+                    tracing::warn!(error = %e, "could not record the delivery for dedupe");
+                }
+            });
         }
 
         if summary.delivered > 0 {
@@ -144,16 +153,18 @@ impl Relay {
         match (&outcome, target) {
             (Outcome::Dead(why), Target::Push(b)) => {
                 tracing::info!(binding = %b.id, identity = %b.identity, channel, reason = why, "removing dead binding");
-                if let Err(e) = self.store.remove_dead_binding(b).await {
+                if let Err(e) = by_deadline(deadline, self.store.remove_dead_binding(b)).await {
                     tracing::warn!(binding = %b.id, error = %e, "could not remove dead binding");
                 }
             }
             (Outcome::Dead(why), Target::Socket(p)) => {
                 tracing::debug!(conn_id = p.conn_id, reason = why, "removing closed socket");
-                if let Err(e) = self
-                    .store
-                    .remove_presence(&p.account_sid, &p.identity, &p.conn_id)
-                    .await
+                if let Err(e) = by_deadline(
+                    deadline,
+                    self.store
+                        .remove_presence(&p.account_sid, &p.identity, &p.conn_id),
+                )
+                .await
                 {
                     tracing::warn!(conn_id = p.conn_id, error = %e, "could not remove closed socket");
                 }
@@ -176,6 +187,21 @@ impl Relay {
         }
         outcome
     }
+}
+
+/// A store call on the webhook's path: given up at the deadline, as the store gives up after
+/// its command timeout.
+async fn by_deadline<T>(
+    deadline: Instant,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout_at(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "no answer within the webhook deadline".into(),
+            ))
+        })
 }
 
 impl Summary {

@@ -74,6 +74,8 @@ pub struct TestConfig {
     pub presence_ttl_ms: u64,
     pub ping_interval_ms: u64,
     pub deadline_ms: u64,
+    /// `store.command_timeout_ms`.
+    pub command_timeout_ms: u64,
     pub queue_capacity: u64,
     /// Push apps served by recording fake channels: (name, "apns" | "fcm").
     pub fake_apps: Vec<(&'static str, &'static str)>,
@@ -92,6 +94,7 @@ impl Default for TestConfig {
             presence_ttl_ms: 15_000,
             ping_interval_ms: 20_000,
             deadline_ms: 3_000,
+            command_timeout_ms: 500,
             queue_capacity: 16,
             fake_apps: Vec::new(),
             extra: String::new(),
@@ -161,7 +164,7 @@ shutdown_grace_ms = 5000
 {public_url}
 [store]
 key_prefix = "{prefix}"
-command_timeout_ms = 500
+command_timeout_ms = {command_timeout}
 {store}
 [websocket]
 presence_ttl_ms = {presence}
@@ -175,6 +178,7 @@ api_keys = ["{ADMIN_KEY}"]
 {extra}
 "#,
             deadline = self.deadline_ms,
+            command_timeout = self.command_timeout_ms,
             prefix = self.prefix,
             presence = self.presence_ttl_ms,
             ping = self.ping_interval_ms,

@@ -43,10 +43,11 @@ impl RedisServer {
 
     fn launch(&mut self) {
         // The wrapper stops redis-server when the test process goes away, even if it is
-        // killed before any destructor runs.
+        // killed before any destructor runs. It records redis-server's pid so that `pause` and
+        // `resume` can signal the server itself.
         let script = format!(
             "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
-             --dir {dir} --logfile redis.log {auth} & r=$!; \
+             --dir {dir} --logfile redis.log {auth} & r=$!; echo $r > {dir}/redis-server.pid; \
              trap 'kill $r 2>/dev/null; exit 0' TERM INT; \
              while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2; done; \
              kill $r 2>/dev/null; wait $r",
@@ -86,12 +87,54 @@ impl RedisServer {
         }
     }
 
-    /// Stops the server (its data stays on disk).
+    /// Stops the server (SIGTERM: it shuts down cleanly; its data stays on disk).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused server would not act on SIGTERM.
+            let _ = self.signal("CONT");
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
+        self.wait_until_closed();
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and every command hangs.
+    pub fn pause(&self) {
+        assert!(self.signal("STOP"), "kill -STOP redis-server failed");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        assert!(self.signal("CONT"), "kill -CONT redis-server failed");
+    }
+
+    /// Sends `SIG<name>` to redis-server (not the wrapper); whether it was delivered.
+    fn signal(&self, name: &str) -> bool {
+        let pid_file = self.dir.join("redis-server.pid");
+        let started = Instant::now();
+        let pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                break pid;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no redis-server pid in {}",
+                pid_file.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn wait_until_closed(&self) {
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
             assert!(
@@ -104,6 +147,7 @@ impl RedisServer {
 
     /// Starts it again on the same port and data directory.
     pub fn restart(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join("redis-server.pid"));
         self.launch();
     }
 }
