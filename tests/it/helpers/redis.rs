@@ -43,8 +43,8 @@ impl RedisServer {
 
     fn launch(&mut self) {
         // The wrapper stops redis-server when the test process goes away, even if it is
-        // killed before any destructor runs. It records redis-server's pid so that `pause` and
-        // `resume` can signal the server itself.
+        // killed before any destructor runs. It records redis-server's pid so that `kill`,
+        // `pause` and `resume` can signal the server itself.
         let script = format!(
             "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
              --dir {dir} --logfile redis.log {auth} & r=$!; echo $r > {dir}/redis-server.pid; \
@@ -93,6 +93,17 @@ impl RedisServer {
             // A paused server would not act on SIGTERM.
             let _ = self.signal("CONT");
             let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+        self.wait_until_closed();
+    }
+
+    /// Kills the server with SIGKILL, as the kernel or an orchestrator would: no shutdown, no
+    /// last write. What it acknowledged is in its append-only file (fsynced on every write).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            assert!(self.signal("KILL"), "kill -KILL redis-server failed");
+            // The wrapper notices within 0.2 s and exits.
             let _ = child.wait();
         }
         self.wait_until_closed();
