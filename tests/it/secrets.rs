@@ -254,9 +254,22 @@ webhook_password = "{BASIC_PASSWORD}"
     ] {
         record(answer(api(method, path, auth, body).await.unwrap()).await);
     }
-    for credential in [wrong_secret.as_str(), "garbage", ADMIN_KEY] {
+    // Browsers put the token in the query; it must not be logged with the request's URI.
+    let query_token = token("bob-in-a-browser");
+    let mut query_socket =
+        WsClient::connect(&app.base, "", Some(&format!("access_token={query_token}")))
+            .await
+            .expect("a socket with the token in the query opens");
+    query_socket.close().await;
+    let refused_in_query = format!("access_token={wrong_secret}&device_id=web");
+    for (credential, query) in [
+        (wrong_secret.as_str(), None),
+        ("garbage", None),
+        (ADMIN_KEY, None),
+        ("", Some(refused_in_query.as_str())),
+    ] {
         if let Err(tokio_tungstenite::tungstenite::Error::Http(response)) =
-            WsClient::connect(&app.base, credential, None).await
+            WsClient::connect(&app.base, credential, query).await
         {
             seen.push(format!(
                 "{:?} {}",
@@ -310,6 +323,7 @@ webhook_password = "{BASIC_PASSWORD}"
         BASIC_PASSWORD,
         REDIS_PASSWORD,
         &bob,
+        &query_token,
         &expired,
         &wrong_secret,
         &basic["Basic ".len()..],
