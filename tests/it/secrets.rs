@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use callrelay::auth::signature::SignatureAlgorithm;
 use reqwest::Method;
 use serde_json::json;
 
@@ -20,10 +21,10 @@ const BASIC_PASSWORD: &str = "basic-password-never-shown";
 const SHARED_KEY: &str = "shared-key-secret";
 const REDIS_PASSWORD: &str = "redis-password-never-shown";
 
-#[tokio::test]
-async fn secrets_never_appear_in_logs_metrics_or_answers() {
-    let redis = RedisServer::start_with_password(Some(REDIS_PASSWORD));
-    let accounts = format!(
+/// The webhook accounts of these tests: signatures with both Auth Tokens and a shared key, and
+/// one account that takes HTTP Basic credentials instead.
+fn accounts() -> String {
+    format!(
         r#"
 [[accounts]]
 sid = "{ACCOUNT}"
@@ -43,14 +44,19 @@ require_signature = false
 webhook_username = "twilio"
 webhook_password = "{BASIC_PASSWORD}"
 "#
-    );
+    )
+}
+
+#[tokio::test]
+async fn secrets_never_appear_in_logs_metrics_or_answers() {
+    let redis = RedisServer::start_with_password(Some(REDIS_PASSWORD));
     // Push apps with real keys, against the local mocks: their keys and tokens are secrets too.
     let team_key = TeamKey::generate(TEAM, KEY_ID);
     let apns = MockApns::token_auth(&[&team_key]).await;
     let fcm = MockFcm::start().await;
     let config = TestConfig {
         engine: Engine::RedisAt(redis.url()),
-        accounts: Some(accounts),
+        accounts: Some(accounts()),
         extra: token_app("ios", TOPIC, &team_key, &apns, "")
             + &fcm.app_toml("android", "voice-project"),
         ..TestConfig::default()
@@ -346,5 +352,184 @@ webhook_password = "{BASIC_PASSWORD}"
                 if place == "an answer" { text } else { "" }
             );
         }
+    }
+}
+
+/// Every webhook refusal is a `403` whose log line (found by the request's id) says which check
+/// failed, and holds no secret: not the account's, nor the wrong one a caller sent.
+#[tokio::test]
+async fn each_webhook_refusal_logs_its_reason_without_the_secret() {
+    const WRONG_PASSWORD: &str = "wrong-basic-password-never-shown";
+    const WRONG_TOKEN: &str = "wrong-auth-token-never-shown";
+    let config = TestConfig {
+        accounts: Some(accounts()),
+        ..TestConfig::default()
+    };
+    let app = ProcessApp::start_with_env(&config, &[("CALLRELAY__LOG__FORMAT", "json")]).await;
+    let http = reqwest::Client::new();
+    let basic = |password: &str| format!("Basic {}", STANDARD.encode(format!("twilio:{password}")));
+
+    struct Case {
+        id: &'static str,
+        account: &'static str,
+        /// Signed with this key (over the URL with the body's hash unless `hash_of` is set).
+        key: Option<&'static str>,
+        hash_of: Option<&'static [u8]>,
+        headers: Vec<(&'static str, String)>,
+        problem: &'static str,
+        logged: &'static str,
+    }
+    let cases = [
+        Case {
+            id: "signature-mismatch",
+            account: ACCOUNT,
+            key: Some(WRONG_TOKEN),
+            hash_of: None,
+            headers: vec![],
+            problem: "webhook-authentication-failed",
+            logged: "the signature does not match",
+        },
+        Case {
+            id: "body-hash-mismatch",
+            account: ACCOUNT,
+            key: Some(AUTH_TOKEN),
+            hash_of: Some(b"{}"),
+            headers: vec![],
+            problem: "webhook-authentication-failed",
+            logged: "bodySHA256 does not match the body",
+        },
+        Case {
+            id: "missing-signature",
+            account: ACCOUNT,
+            key: None,
+            hash_of: None,
+            headers: vec![],
+            problem: "webhook-authentication-failed",
+            logged: "no X-Twilio-Signature header",
+        },
+        Case {
+            id: "unknown-shared-key",
+            account: ACCOUNT,
+            key: Some(SHARED_KEY),
+            hash_of: None,
+            headers: vec![(
+                "x-twilio-webhooks-signature-settings",
+                "key=nope,algorithm=HMAC_SHA256".into(),
+            )],
+            problem: "webhook-authentication-failed",
+            logged: "names unknown shared key `nope`",
+        },
+        Case {
+            id: "wrong-basic",
+            account: BASIC_ACCOUNT,
+            key: None,
+            hash_of: None,
+            headers: vec![("authorization", basic(WRONG_PASSWORD))],
+            problem: "webhook-authentication-failed",
+            logged: "wrong HTTP Basic credentials",
+        },
+        Case {
+            id: "missing-basic",
+            account: BASIC_ACCOUNT,
+            key: None,
+            hash_of: None,
+            headers: vec![],
+            problem: "webhook-authentication-failed",
+            logged: "no HTTP Basic credentials",
+        },
+        Case {
+            id: "unknown-account",
+            account: UNCONFIGURED_ACCOUNT,
+            key: Some(AUTH_TOKEN),
+            hash_of: None,
+            headers: vec![],
+            problem: "unknown-account",
+            logged: "webhook for an account that is not configured",
+        },
+    ];
+    let secrets = [
+        AUTH_TOKEN,
+        SECONDARY_AUTH_TOKEN,
+        SHARED_KEY,
+        BASIC_PASSWORD,
+        WRONG_PASSWORD,
+        WRONG_TOKEN,
+        &basic(BASIC_PASSWORD)["Basic ".len()..],
+        &basic(WRONG_PASSWORD)["Basic ".len()..],
+    ];
+    for case in &cases {
+        let body = payload(case.account, "bob");
+        let path = webhook_path(case.hash_of.unwrap_or(&body));
+        let url = format!("{}{path}", app.base);
+        let mut request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-request-id", case.id)
+            .body(body);
+        if let Some(key) = case.key {
+            let alg = if case.headers.is_empty() {
+                SignatureAlgorithm::HmacSha1
+            } else {
+                SignatureAlgorithm::HmacSha256
+            };
+            let signature = callrelay::auth::signature::compute(alg, key.as_bytes(), &url, &[]);
+            request = request.header("x-twilio-signature", signature);
+        }
+        for (name, value) in &case.headers {
+            request = request.header(*name, value);
+        }
+        let r = answer(request.send().await.unwrap()).await;
+        assert_eq!(
+            r.status,
+            reqwest::StatusCode::FORBIDDEN,
+            "{}: {}",
+            case.id,
+            r.text
+        );
+        assert_eq!(
+            r.body["type"],
+            format!("urn:callrelay:problem:{}", case.problem),
+            "{}",
+            case.id
+        );
+        assert!(
+            !r.text.contains(case.logged),
+            "{}: the reason is only logged",
+            case.id
+        );
+
+        let logs = app.logs();
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .is_ok_and(|v| v["span"]["request_id"] == case.id && v["level"] == "WARN")
+            })
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{}: one warning for the request: {logs}",
+            case.id
+        );
+        assert!(lines[0].contains(case.logged), "{}: {}", case.id, lines[0]);
+        for secret in secrets {
+            assert!(
+                !lines[0].contains(secret),
+                "{}: a secret ({}…) is logged: {}",
+                case.id,
+                &secret[..6],
+                lines[0]
+            );
+        }
+    }
+    // Nothing anywhere in the log holds a secret either.
+    let logs = app.logs();
+    for secret in secrets {
+        assert!(
+            !logs.contains(secret),
+            "a secret ({}…) is logged",
+            &secret[..6]
+        );
     }
 }
