@@ -148,14 +148,18 @@ impl TokenVerifier {
             _ => TokenError::Malformed,
         })?;
         let claims = data.claims;
+        // Saturating: `exp` and `nbf` are whatever the token says, up to u64::MAX.
         let leeway = LEEWAY.as_secs();
-        if claims.exp + leeway <= now {
+        if claims.exp.saturating_add(leeway) <= now {
             return Err(TokenError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now + leeway) {
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
             return Err(TokenError::NotYetValid);
         }
-        if claims.exp > now + MAX_LIFETIME.as_secs() + leeway {
+        if claims.exp > now.saturating_add(MAX_LIFETIME.as_secs() + leeway) {
             return Err(TokenError::LifetimeTooLong);
         }
         let identity = claims
@@ -403,6 +407,21 @@ mod tests {
             Duration::from_secs(48 * 3600),
         );
         assert_eq!(v.verify_at(&token, NOW), Err(TokenError::LifetimeTooLong));
+    }
+
+    /// `exp + leeway` would overflow: refused as too long-lived, without a panic.
+    #[test]
+    fn the_largest_exp_and_nbf_are_refused_without_overflow() {
+        let (v, _, _, secret) = setup();
+        let header = serde_json::json!({"alg": "HS256", "typ": "JWT"});
+        let token = encode_raw(header.clone(), claims(u64::MAX), secret.expose().as_bytes());
+        assert_eq!(v.verify_at(&token, NOW), Err(TokenError::LifetimeTooLong));
+        // Nor does a clock at the end of time overflow `now + leeway`.
+        assert_eq!(v.verify_at(&token, u64::MAX), Err(TokenError::Expired));
+        let mut not_yet = claims(NOW + 60);
+        not_yet["nbf"] = serde_json::json!(u64::MAX);
+        let token = encode_raw(header, not_yet, secret.expose().as_bytes());
+        assert_eq!(v.verify_at(&token, NOW), Err(TokenError::NotYetValid));
     }
 
     #[test]
