@@ -262,7 +262,7 @@ async fn secrets_never_appear_in_logs_metrics_or_answers() {
     }
     // Browsers put the token in the query; it must not be logged with the request's URI.
     let query_token = token("bob-in-a-browser");
-    let mut query_socket =
+    let query_socket =
         WsClient::connect(&app.base, "", Some(&format!("access_token={query_token}")))
             .await
             .expect("a socket with the token in the query opens");
