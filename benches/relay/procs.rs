@@ -72,7 +72,7 @@ impl Managed {
 
     /// Waits until `ready` holds, failing early when the process exits.
     fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), Error> {
-        let until = Instant::now() + Duration::from_secs(20);
+        let until = Instant::now() + Duration::from_secs(60);
         while Instant::now() < until {
             if ready() {
                 return Ok(());
@@ -97,7 +97,19 @@ impl Managed {
 }
 
 impl Drop for Managed {
+    /// SIGTERM first, so that callrelay shuts down as in production (and a profiler wrapping
+    /// it writes its report); SIGKILL after a grace period.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -120,11 +132,15 @@ fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
 
 pub struct Redis {
     pub port: u16,
-    _process: Managed,
+    process: Managed,
     _dir: WorkDir,
 }
 
 impl Redis {
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// A private server on a free port that keeps nothing on disk.
     pub fn start() -> Result<Self, Error> {
         let dir = WorkDir::new("redis");
@@ -144,7 +160,7 @@ impl Redis {
         })?;
         Ok(Self {
             port,
-            _process: process,
+            process,
             _dir: dir,
         })
     }
@@ -200,8 +216,18 @@ api_keys = ["{ADMIN_KEY}"]
         );
         let path = dir.file("callrelay.toml");
         fs::write(&path, config)?;
+        // A profiler may wrap the replica (`valgrind --tool=massif`, `perf record --`).
+        let mut command = match std::env::var("CALLRELAY_BENCH_WRAPPER") {
+            Ok(wrapper) if !wrapper.trim().is_empty() => {
+                let mut words = wrapper.split_whitespace();
+                let mut c = Command::new(words.next().expect("not empty"));
+                c.args(words).arg(env!("CARGO_BIN_EXE_callrelay"));
+                c
+            }
+            _ => Command::new(env!("CARGO_BIN_EXE_callrelay")),
+        };
         let mut process = Managed::spawn(
-            Command::new(env!("CARGO_BIN_EXE_callrelay"))
+            command
                 .arg("serve")
                 .arg("--config")
                 .arg(&path)
@@ -235,7 +261,7 @@ api_keys = ["{ADMIN_KEY}"]
 /// The reference webhook (`../shared/baseline/app.py`) under gunicorn, as its README runs it.
 pub struct Baseline {
     pub addr: SocketAddr,
-    _process: Managed,
+    process: Managed,
     _dir: WorkDir,
 }
 
@@ -291,10 +317,37 @@ impl Baseline {
         })?;
         Ok(Self {
             addr,
-            _process: process,
+            process,
             _dir: dir,
         })
     }
+
+    /// The gunicorn master's pid; its workers are its children.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+/// CPU time (user and system) a process and its children used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    // Fields 14 and 15 of /proc/<pid>/stat, in clock ticks; the comm field may hold spaces,
+    // so count from the closing parenthesis. Ticks are 1/100 s on Linux.
+    let own = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+            Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+        })
+        .unwrap_or(0.0);
+    let children: f64 = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .map(cpu_seconds)
+        .sum();
+    own + children
 }
 
 /// Resident memory of a process, in bytes.

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{check_quiet, webhooks_for};
+use super::{CpuMeter, check_quiet, webhooks_for};
 use crate::Bench;
 use crate::fleet::{Fleet, Frame};
 use crate::load::{self, Schedule, Tally};
@@ -80,14 +80,27 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
     for _ in 0..b.runs {
         let run = b.run_id();
         let hooks = webhooks_for(target, run, CALLRELAY_CEILING, seconds, user);
+        let replicas: Vec<u32> = [Some(&holder), front.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(Callrelay::pid)
+            .collect();
+        let cpu = CpuMeter::start(&replicas);
+        let redis_cpu = CpuMeter::start(&[b.redis.pid()]);
         let t = load::closed_loop(target, hooks, c, b.duration).await;
         t.expect_all(200, "delivery, callrelay")?;
+        samples.add("callrelay cpu", cpu.micros_per(t.answered()));
+        samples.add("callrelay redis cpu", redis_cpu.micros_per(t.answered()));
         frames_for(&mut fleet, run, &t, "delivery, callrelay").await?;
         samples.add("callrelay", t.per_second());
-        if let Some(addr) = b.baseline.as_ref().map(|x| x.addr) {
+        if let Some((addr, pid)) = b.baseline.as_ref().map(|x| (x.addr, x.pid())) {
             let hooks = webhooks_for(target, run, BASELINE_CEILING, seconds, user);
+            let cpu = CpuMeter::start(&[pid]);
+            let redis_cpu = CpuMeter::start(&[b.redis.pid()]);
             let t = load::closed_loop(addr, hooks, c, b.duration).await;
             t.expect_all(200, "delivery, baseline")?;
+            samples.add("baseline cpu", cpu.micros_per(t.answered()));
+            samples.add("baseline redis cpu", redis_cpu.micros_per(t.answered()));
             samples.add("baseline", t.per_second());
         }
         for rate in b.rates.clone() {
@@ -122,6 +135,22 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
         ("callrelay", Some("baseline")),
         Better::More,
         "req/s",
+    );
+    b.row(
+        scenario,
+        "server CPU per webhook",
+        &samples,
+        ("callrelay cpu", Some("baseline cpu")),
+        Better::Less,
+        "µs",
+    );
+    b.row(
+        scenario,
+        "Redis CPU per webhook",
+        &samples,
+        ("callrelay redis cpu", Some("baseline redis cpu")),
+        Better::Less,
+        "µs",
     );
     for rate in b.rates.clone() {
         for p in ["p50", "p99", "p99.9"] {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::webhooks_for;
+use super::{CpuMeter, webhooks_for};
 use crate::Bench;
 use crate::load;
 use crate::procs::{Callrelay, Error};
@@ -32,14 +32,22 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
     for _ in 0..b.runs {
         let run = b.run_id();
         let hooks = webhooks_for(relay.addr, run, CALLRELAY_CEILING, seconds, nobody);
+        let cpu = CpuMeter::start(&[relay.pid()]);
+        let redis_cpu = CpuMeter::start(&[b.redis.pid()]);
         let t = load::closed_loop(relay.addr, hooks, b.concurrency, b.duration).await;
         t.expect_all(404, "lookup, callrelay")?;
+        samples.add("callrelay cpu", cpu.micros_per(t.answered()));
+        samples.add("callrelay redis cpu", redis_cpu.micros_per(t.answered()));
         samples.add("callrelay", t.per_second());
         samples.add_latency("callrelay", Latency::of(t.latencies_ns));
-        if let Some(addr) = b.baseline.as_ref().map(|x| x.addr) {
+        if let Some((addr, pid)) = b.baseline.as_ref().map(|x| (x.addr, x.pid())) {
             let hooks = webhooks_for(relay.addr, run, BASELINE_CEILING, seconds, nobody);
+            let cpu = CpuMeter::start(&[pid]);
+            let redis_cpu = CpuMeter::start(&[b.redis.pid()]);
             let t = load::closed_loop(addr, hooks, b.concurrency, b.duration).await;
             t.expect_all(404, "lookup, baseline")?;
+            samples.add("baseline cpu", cpu.micros_per(t.answered()));
+            samples.add("baseline redis cpu", redis_cpu.micros_per(t.answered()));
             samples.add("baseline", t.per_second());
             samples.add_latency("baseline", Latency::of(t.latencies_ns));
         }
@@ -65,5 +73,21 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
             "ms",
         );
     }
+    b.row(
+        scenario,
+        "server CPU per webhook",
+        &samples,
+        ("callrelay cpu", Some("baseline cpu")),
+        Better::Less,
+        "µs",
+    );
+    b.row(
+        scenario,
+        "Redis CPU per webhook",
+        &samples,
+        ("callrelay redis cpu", Some("baseline redis cpu")),
+        Better::Less,
+        "µs",
+    );
     super::check_quiet(&relay)
 }

@@ -45,3 +45,27 @@ pub fn check_quiet(relay: &crate::procs::Callrelay) -> Result<(), crate::procs::
     )
     .into())
 }
+
+/// CPU time that some processes spend during a run, to be divided by the work done.
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    start: f64,
+}
+
+impl CpuMeter {
+    pub fn start(pids: &[u32]) -> Self {
+        Self {
+            pids: pids.to_vec(),
+            start: Self::total(pids),
+        }
+    }
+
+    fn total(pids: &[u32]) -> f64 {
+        pids.iter().map(|p| crate::procs::cpu_seconds(*p)).sum()
+    }
+
+    /// Microseconds of CPU per unit of work since `start`.
+    pub fn micros_per(&self, units: u64) -> f64 {
+        (Self::total(&self.pids) - self.start) * 1e6 / units.max(1) as f64
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs callrelay's benchmarks (BENCHMARKS.md): prepares the reference webhook's virtual
+# environment, then builds callrelay and the harness with the release profile and runs them.
+#
+#   benches/run.sh                                  # every scenario, full size
+#   benches/run.sh --scenario lookup --runs 5       # one scenario, more runs
+#   benches/run.sh --smoke                          # a few seconds: the harness works (CI)
+#   BENCH_PROFILE=dev benches/run.sh --smoke        # reuse the debug build (CI does)
+#
+# Every argument goes to the harness (`cargo bench --bench relay -- --help` lists them). It
+# needs redis-server and python3 with venv; it starts its own servers on free loopback ports.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+command -v redis-server >/dev/null || {
+  echo "benches/run.sh needs redis-server (apt-get install redis-server)" >&2
+  exit 1
+}
+venv=${BASELINE_VENV:-$root/.venv-baseline}
+requirements="$root/benches/baseline-requirements.txt"
+if ! cmp -s "$requirements" "$venv/.requirements" 2>/dev/null; then
+  echo "preparing the baseline's environment in $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r "$requirements"
+  cp "$requirements" "$venv/.requirements"
+fi
+
+# The idle-socket scenario holds as many sockets as the open-file limit allows.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+exec cargo bench --locked --profile "${BENCH_PROFILE:-bench}" --bench relay -- \
+  --baseline-venv "$venv" "$@"
