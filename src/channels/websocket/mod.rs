@@ -4,6 +4,7 @@
 //! acknowledges the hand-off. Delivery is never inferred from how many replicas a publish
 //! reached.
 
+mod queue;
 mod registry;
 mod wire;
 
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use queue::{QueueReceiver, queue};
 use registry::Registry;
 pub use registry::{Handoff, LocalSocket};
 use wire::WireMessage;
@@ -57,7 +59,7 @@ pub enum ConnectError {
 /// A registered socket. Dropping it unregisters the socket here and withdraws its presence.
 pub struct SocketLease {
     channel: Arc<WebSocketChannel>,
-    pub socket: LocalSocket,
+    pub socket: Arc<LocalSocket>,
 }
 
 impl Drop for SocketLease {
@@ -128,7 +130,7 @@ impl WebSocketChannel {
         account_sid: AccountSid,
         identity: Identity,
         device_id: Option<String>,
-    ) -> Result<(SocketLease, mpsc::Receiver<Bytes>), ConnectError> {
+    ) -> Result<(SocketLease, QueueReceiver), ConnectError> {
         if self.registry.len() >= self.max_sockets {
             return Err(ConnectError::OverCapacity(self.max_sockets));
         }

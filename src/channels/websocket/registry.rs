@@ -2,23 +2,24 @@
 //! reader and a slow reader cannot make memory grow.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 
+use super::queue::{self, QueueReceiver, QueueSender, TrySendError};
 use crate::domain::{AccountSid, Identity};
 
-/// A socket as the registry knows it.
-#[derive(Debug, Clone)]
+/// A socket as the registry knows it. Shared (`Arc`) between the registry and the socket's
+/// lease, so an idle socket carries one copy of its identifiers.
+#[derive(Debug)]
 pub struct LocalSocket {
     pub conn_id: String,
     pub account_sid: AccountSid,
     pub identity: Identity,
     pub device_id: Option<String>,
     pub connected_at: OffsetDateTime,
-    queue: mpsc::Sender<Bytes>,
+    queue: QueueSender,
 }
 
 /// Handing a payload to a local socket.
@@ -33,11 +34,11 @@ pub enum Handoff {
 
 #[derive(Default)]
 pub struct Registry {
-    sockets: Mutex<HashMap<String, LocalSocket>>,
+    sockets: Mutex<HashMap<String, Arc<LocalSocket>>>,
 }
 
 impl Registry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, LocalSocket>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<LocalSocket>>> {
         self.sockets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -48,37 +49,36 @@ impl Registry {
         identity: Identity,
         device_id: Option<String>,
         capacity: usize,
-    ) -> (LocalSocket, mpsc::Receiver<Bytes>) {
-        let (queue, rx) = mpsc::channel(capacity);
-        let socket = LocalSocket {
+    ) -> (Arc<LocalSocket>, QueueReceiver) {
+        let (queue, rx) = queue::queue(capacity);
+        let socket = Arc::new(LocalSocket {
             conn_id: uuid::Uuid::new_v4().simple().to_string(),
             account_sid,
             identity,
             device_id,
             connected_at: OffsetDateTime::now_utc(),
             queue,
-        };
+        });
         self.lock().insert(socket.conn_id.clone(), socket.clone());
         (socket, rx)
     }
 
-    pub fn unregister(&self, conn_id: &str) -> Option<LocalSocket> {
+    pub fn unregister(&self, conn_id: &str) -> Option<Arc<LocalSocket>> {
         self.lock().remove(conn_id)
     }
 
     pub fn hand_off(&self, conn_id: &str, payload: Bytes) -> Handoff {
-        let queue = match self.lock().get(conn_id) {
-            Some(s) => s.queue.clone(),
-            None => return Handoff::Gone,
+        let Some(socket) = self.lock().get(conn_id).cloned() else {
+            return Handoff::Gone;
         };
-        match queue.try_send(payload) {
+        match socket.queue.try_send(payload) {
             Ok(()) => Handoff::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Handoff::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Handoff::Gone,
+            Err(TrySendError::Full) => Handoff::Full,
+            Err(TrySendError::Closed) => Handoff::Gone,
         }
     }
 
-    pub fn snapshot(&self) -> Vec<LocalSocket> {
+    pub fn snapshot(&self) -> Vec<Arc<LocalSocket>> {
         self.lock().values().cloned().collect()
     }
 
@@ -115,7 +115,7 @@ mod tests {
             r.hand_off(&s.conn_id, Bytes::from_static(b"3")),
             Handoff::Full
         );
-        assert_eq!(rx.try_recv().unwrap(), Bytes::from_static(b"1"));
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
         assert_eq!(
             r.hand_off(&s.conn_id, Bytes::from_static(b"4")),
             Handoff::Queued

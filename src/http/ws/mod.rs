@@ -16,8 +16,10 @@ use super::problem::Problem;
 use crate::channels::websocket::ConnectError;
 use crate::domain::valid_device_id;
 
-/// Small read buffers keep an idle socket cheap; frames from clients are tiny.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite zero-fills its whole read buffer before the first read, so every idle socket
+/// keeps this much resident; clients only send pongs (a larger message grows the buffer to
+/// fit, up to `limits.max_client_message_bytes`).
+const READ_BUFFER: usize = 512;
 /// Outgoing frames are bounded by the webhook's body limit times the queue length.
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::channels::websocket::QueueReceiver;
 
 /// A write that takes longer than this means the peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +29,7 @@ pub enum End {
 
 pub async fn run<S, E>(
     mut socket: S,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: QueueReceiver,
     ping_interval: Duration,
     shutdown: CancellationToken,
 ) -> End
@@ -43,7 +44,7 @@ where
             biased;
             _ = shutdown.cancelled() => {
                 // What was already handed to this socket still goes out, then the close frame.
-                while let Ok(payload) = queue.try_recv() {
+                while let Some(payload) = queue.try_recv() {
                     if !send(&mut socket, text(payload)).await {
                         return End::WriteFailed;
                     }
@@ -102,6 +103,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channels::websocket::queue;
     use tokio::sync::mpsc as fmpsc;
 
     /// An in-memory socket: what the session writes goes to `sent`, what the test pushes into
@@ -159,11 +161,11 @@ mod tests {
     #[tokio::test]
     async fn queued_payloads_go_out_as_text_frames_in_order() {
         let (socket, to_session, mut from_session) = pair();
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = queue(4);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(socket, rx, Duration::from_secs(60), shutdown.clone()));
-        tx.send(Bytes::from_static(b"{\"a\":1}")).await.unwrap();
-        tx.send(Bytes::from_static(b"{\"b\":2}")).await.unwrap();
+        tx.try_send(Bytes::from_static(b"{\"a\":1}")).unwrap();
+        tx.try_send(Bytes::from_static(b"{\"b\":2}")).unwrap();
         assert_eq!(
             from_session.recv().await,
             Some(Message::Text(Utf8Bytes::from_static("{\"a\":1}")))
@@ -179,7 +181,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_is_dropped_after_two_intervals() {
         let (socket, _to_session, mut from_session) = pair();
-        let (_tx, rx) = mpsc::channel(4);
+        let (_tx, rx) = queue(4);
         let task = tokio::spawn(run(
             socket,
             rx,
@@ -193,7 +195,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_answers_pings_stays() {
         let (socket, to_session, mut from_session) = pair();
-        let (_tx, rx) = mpsc::channel(4);
+        let (_tx, rx) = queue(4);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(socket, rx, Duration::from_secs(10), shutdown.clone()));
         for _ in 0..5 {
@@ -208,8 +210,8 @@ mod tests {
     #[tokio::test]
     async fn shutdown_flushes_the_queue_then_sends_going_away() {
         let (socket, _to_session, mut from_session) = pair();
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(Bytes::from_static(b"{}")).await.unwrap();
+        let (tx, rx) = queue(4);
+        tx.try_send(Bytes::from_static(b"{}")).unwrap();
         let shutdown = CancellationToken::new();
         shutdown.cancel();
         assert_eq!(
