@@ -1,8 +1,7 @@
-//! The load generator: HTTP/1.1 keep-alive connections (reconnecting when a server closes
-//! them, as gunicorn's sync workers do after every answer), driven either closed-loop (a fixed
-//! number of connections, each sending as soon as its last answer arrived) or open-loop (a
-//! fixed offered rate, each request's latency counted from its scheduled send time, so a
-//! stalled server cannot hide its queue).
+//! The load generator: webhooks over HTTP/1.1 connections (`client.rs`), driven either
+//! closed-loop (a fixed number of connections, each sending as soon as its last answer
+//! arrived) or open-loop (a fixed offered rate, each request's latency counted from its
+//! scheduled send time, so a stalled server cannot hide its queue).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,82 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
 
+use crate::client::Conn;
 use crate::procs::Error;
 use crate::webhooks::Webhook;
 
-/// One client connection to a server.
-pub struct Conn {
-    addr: SocketAddr,
-    host: HeaderValue,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
-
-impl Conn {
-    pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            host: HeaderValue::from_str(&addr.to_string()).expect("an address is a valid header"),
-            sender: None,
-        }
-    }
-
-    async fn ready_sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, Error> {
-        if let Some(sender) = &mut self.sender
-            && sender.ready().await.is_ok()
-        {
-            return Ok(self.sender.as_mut().expect("checked above"));
-        }
-        let stream = TcpStream::connect(self.addr).await?;
-        stream.set_nodelay(true)?;
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        sender.ready().await?;
-        Ok(self.sender.insert(sender))
-    }
-
-    /// Sends one request and returns the answer's status and body.
-    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<(u16, Bytes), Error> {
-        let sender = self.ready_sender().await?;
-        let response = match sender.send_request(request).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.sender = None;
-                return Err(e.into());
-            }
-        };
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
-    }
-
-    /// A request to this connection's server, with its `Host` header set.
-    pub fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
-        Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, self.host.clone())
-    }
-
-    /// Sends one webhook and returns the answer's status once its body has arrived.
-    pub async fn post(&mut self, webhook: &Webhook) -> Result<u16, Error> {
-        let request = self
-            .request(Method::POST, &webhook.path_and_query)
-            .header(CONTENT_TYPE, "application/json")
-            .header("x-twilio-signature", webhook.signature.as_str())
-            .body(Full::new(webhook.body.clone()))?;
-        Ok(self.send(request).await?.0)
-    }
+async fn post(conn: &mut Conn, webhook: &Webhook) -> Result<u16, Error> {
+    Ok(conn.exchange(&webhook.wire).await?.status)
 }
 
 /// What a run saw: answers by status, transport errors, and latencies in nanoseconds.
@@ -176,7 +107,7 @@ pub async fn closed_loop(
                         return tally;
                     }
                     let sent = Instant::now();
-                    let result = conn.post(&webhooks[i]).await;
+                    let result = post(&mut conn, &webhooks[i]).await;
                     tally.record(result, sent.elapsed());
                 }
             })
@@ -242,7 +173,7 @@ pub async fn open_loop(
                     let Some(i) = rx.lock().await.recv().await else {
                         return tally;
                     };
-                    let result = conn.post(&webhooks[i]).await;
+                    let result = post(&mut conn, &webhooks[i]).await;
                     tally.record(result, schedule.due(i as u64).elapsed());
                 }
             })

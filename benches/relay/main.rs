@@ -5,6 +5,7 @@
 //! runs, beside the baseline's where there is one. `benches/run.sh` is the way to run it;
 //! `BENCHMARKS.md` explains the method.
 
+mod client;
 mod fleet;
 mod load;
 // The tests' mocks; the benchmark uses a part of them.

@@ -193,9 +193,6 @@ public_url = "http://127.0.0.1:{port}"
 redis_url = "{redis}"
 key_prefix = "{prefix}"
 
-[log]
-format = "json"
-
 [limits]
 # Room for the socket scenarios, and bindings registered in bulk by the push scenario;
 # everything else keeps its default.
@@ -252,10 +249,31 @@ api_keys = ["{ADMIN_KEY}"]
         fs::read_to_string(&self.process.log)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(r#""level":"WARN""#) || l.contains(r#""level":"ERROR""#))
-            .map(str::to_owned)
+            .map(strip_ansi)
+            .filter(|l| {
+                // `<timestamp> <LEVEL> <target>: ...`, the default text format.
+                matches!(l.split_whitespace().nth(1), Some("WARN" | "ERROR"))
+            })
             .collect()
     }
+}
+
+/// The line without terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The reference webhook (`../shared/baseline/app.py`) under gunicorn, as its README runs it.

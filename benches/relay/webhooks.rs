@@ -5,15 +5,14 @@
 use bytes::Bytes;
 use callrelay::auth::signature::{self, SignatureAlgorithm};
 
+use crate::client;
 use crate::procs::{ACCOUNT, AUTH_TOKEN};
 
 pub const PATH: &str = "/v1/twilio/call-notifications";
 
-/// One ready-to-send webhook request.
+/// One ready-to-send webhook request, as bytes on the wire.
 pub struct Webhook {
-    pub path_and_query: String,
-    pub signature: String,
-    pub body: Bytes,
+    pub wire: Bytes,
 }
 
 /// The message id of request `index` of run `run`: `MB` and 32 hex digits, like Twilio's.
@@ -53,7 +52,8 @@ pub fn body(identity: &str, run: u32, index: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Signs a webhook for `base` (the public URL of the replica it is sent to).
+/// Signs a webhook for `base` (`http://host:port`, the public URL of the replica it is sent
+/// to), as Twilio does for JSON bodies.
 pub fn signed(base: &str, body: Vec<u8>) -> Webhook {
     let path_and_query = format!("{PATH}?bodySHA256={}", signature::body_sha256_hex(&body));
     let signature = signature::compute(
@@ -62,10 +62,14 @@ pub fn signed(base: &str, body: Vec<u8>) -> Webhook {
         &format!("{base}{path_and_query}"),
         &[],
     );
+    let host = base.trim_start_matches("http://");
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("X-Twilio-Signature", signature.as_str()),
+        ("User-Agent", "TwilioProxy/1.1"),
+    ];
     Webhook {
-        path_and_query,
-        signature,
-        body: Bytes::from(body),
+        wire: client::request("POST", &path_and_query, host, &headers, &body),
     }
 }
 

@@ -6,14 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::Method;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
-
 use super::{check_quiet, webhooks_for};
 use crate::Bench;
-use crate::load::{self, Conn};
+use crate::client::{self, Conn};
+use crate::load;
 use crate::mocks::apns::{MockApns, TeamKey};
 use crate::mocks::fcm::MockFcm;
 use crate::procs::{ACCOUNT, ADMIN_KEY, Callrelay, Error};
@@ -56,16 +52,19 @@ async fn register(
     for (i, identity) in identities.iter().enumerate() {
         let path =
             format!("/v1/bindings/{identity}-device?account_sid={ACCOUNT}&identity={identity}");
-        let request = conn
-            .request(Method::PUT, &path)
-            .header(AUTHORIZATION, format!("Bearer {ADMIN_KEY}"))
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(binding(i))))?;
-        let (status, body) = conn.send(request).await?;
-        if status != 201 {
+        let authorization = format!("Bearer {ADMIN_KEY}");
+        let headers = [
+            ("Authorization", authorization.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let body = binding(i);
+        let request = client::request("PUT", &path, &addr.to_string(), &headers, body.as_bytes());
+        let answer = conn.exchange(&request).await?;
+        if answer.status != 201 {
             return Err(format!(
-                "registering {identity}: {status} {}",
-                String::from_utf8_lossy(&body)
+                "registering {identity}: {} {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
             )
             .into());
         }

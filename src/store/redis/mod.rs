@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::{Claim, PutOutcome, SocketPresence, Store, StoreError, Targets};
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 pub use keys::Keys;
-use scripts::{CLAIM, DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL};
+use scripts::{DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL};
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -480,21 +480,37 @@ impl Store for RedisStore {
         message_id: &str,
         pending_for: Duration,
     ) -> Result<Claim, StoreError> {
-        let mut c = self.conn.clone();
-        let state: String = self
-            .run(
-                CLAIM
-                    .key(self.keys.message(account, message_id))
-                    .arg(millis(pending_for))
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        match state.as_str() {
-            "acquired" => Ok(Claim::Acquired),
-            "pending" => Ok(Claim::Pending),
-            "delivered" => Ok(Claim::Delivered),
-            other => Err(corrupt("message marker", other)),
+        let key = self.keys.message(account, message_id);
+        // A plain `SET NX` rather than a script: the common case (a new notification) is one
+        // cheap command. Only a marker that exists needs a second look, and one that lapsed
+        // between the two is claimed again.
+        for _ in 0..3 {
+            let mut c = self.conn.clone();
+            let set: Option<String> = self
+                .run(
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg("pending")
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(millis(pending_for))
+                        .query_async(&mut c),
+                )
+                .await?;
+            if set.is_some() {
+                return Ok(Claim::Acquired);
+            }
+            let state: Option<String> = self.run(c.get(&key)).await?;
+            match state.as_deref() {
+                Some("pending") => return Ok(Claim::Pending),
+                Some("delivered") => return Ok(Claim::Delivered),
+                Some(other) => return Err(corrupt("message marker", other)),
+                None => continue,
+            }
         }
+        Err(StoreError::Unavailable(
+            "the message marker kept changing while being claimed".into(),
+        ))
     }
 
     async fn settle_message(

@@ -63,14 +63,3 @@ return 0
 ",
     )
 });
-
-/// Claims a message id: `acquired` when nobody had, otherwise its state (`pending` or
-/// `delivered`).
-pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then return 'acquired' end
-return redis.call('GET', KEYS[1]) or 'acquired'
-",
-    )
-});
