@@ -14,7 +14,7 @@ use crate::auth::Authenticator;
 use crate::channels::websocket::WebSocketChannel;
 use crate::channels::{self, Channels};
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Shared};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
 use crate::store::{self, Store, StoreError};
@@ -128,7 +128,7 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         metrics.clone(),
         tasks.clone(),
     ));
-    let state = AppState {
+    let state = AppState::new(Shared {
         config: config.clone(),
         relay,
         auth: Arc::new(Authenticator::new(&config)),
@@ -140,7 +140,7 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         )),
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
-    };
+    });
 
     if config.store.redis_url.is_none() {
         tracing::warn!(

@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::procs::{ACCOUNT, API_KEY, API_SECRET, Error};
@@ -178,7 +179,11 @@ async fn open(server: SocketAddr, local: SocketAddr, token: &str) -> Result<Sock
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    let (socket, response) = tokio_tungstenite::client_async(request, stream).await?;
+    // tungstenite zero-fills its whole read buffer on every read: the default 128 KiB would
+    // make the clients, not callrelay, the bottleneck.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (socket, response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
     if response.status() != 101 {
         return Err(format!("upgrade answered {}", response.status()).into());
     }

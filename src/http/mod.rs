@@ -30,9 +30,26 @@ use crate::store::Store;
 pub use rate_limit::RateLimiter;
 pub use webhook::signed_url;
 
-/// What every handler can reach.
+/// What every handler can reach. axum clones the state for every request, so it is one
+/// `Arc` rather than a struct of them.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub config: Arc<Config>,
     pub relay: Arc<Relay>,
     pub auth: Arc<Authenticator>,
