@@ -65,7 +65,7 @@ fn print_openapi() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    crate::telemetry::init(&config.log);
+    let _log_writer = crate::telemetry::init(&config.log);
     let app = match crate::start(config, crate::Options::default()).await {
         Ok(app) => app,
         Err(e) => {

@@ -38,27 +38,45 @@ impl Relay {
         webhook::authenticate(account, credentials)?;
 
         let now = OffsetDateTime::now_utc();
-        let targets = by_deadline(
-            deadline,
-            self.store
-                .targets(&notification.account_sid, &notification.identity, now),
-        )
-        .await?;
+        let account = &notification.account_sid;
+        let identity = &notification.identity;
+        // The claim outlives the deadline a little, so a crashed delivery frees it soon.
+        let pending_for = self.config.server.webhook_deadline + Duration::from_secs(2);
+        let claim = notification
+            .message_id
+            .as_deref()
+            .map(|id| (id, pending_for));
+        let lookup =
+            by_deadline(deadline, self.store.lookup(account, identity, claim, now)).await?;
+        let targets = lookup.targets;
         if targets.is_empty() {
+            if let (Some(Claim::Acquired), Some(id)) = (lookup.claim, &notification.message_id) {
+                // Claimed for entries that had expired: let a retry find nothing either.
+                let window = self.config.server.dedupe_window;
+                by_deadline(
+                    deadline,
+                    self.store
+                        .settle_message(account, identity, id, false, window),
+                )
+                .await?;
+            }
             return Err(WebhookError::NoBinding);
         }
 
         if let Some(id) = &notification.message_id {
-            // The claim outlives the deadline a little, so a crashed delivery frees it soon.
-            let pending_for = self.config.server.webhook_deadline + Duration::from_secs(2);
+            let mut claim = lookup.claim;
             loop {
-                match by_deadline(
-                    deadline,
-                    self.store
-                        .claim_message(&notification.account_sid, id, pending_for),
-                )
-                .await?
-                {
+                let state = match claim.take() {
+                    Some(state) => state,
+                    None => {
+                        by_deadline(
+                            deadline,
+                            self.store.claim_message(account, identity, id, pending_for),
+                        )
+                        .await?
+                    }
+                };
+                match state {
                     Claim::Acquired => break,
                     Claim::Delivered => return Ok(Summary::duplicate()),
                     // Another request is delivering it: wait for its outcome, so that a failed
@@ -80,11 +98,15 @@ impl Relay {
             // notification that arrives meanwhile finds it pending and waits for the outcome.
             let store = self.store.clone();
             let account = notification.account_sid.clone();
+            let identity = notification.identity.clone();
             let id = id.clone();
             let delivered = summary.delivered > 0;
             let window = self.config.server.dedupe_window;
             self.tasks.spawn(async move {
-                if let Err(e) = store.settle_message(&account, &id, delivered, window).await {
+                if let Err(e) = store
+                    .settle_message(&account, &identity, &id, delivered, window)
+                    .await
+                {
                     // The pending marker expires by itself; the worst case is one redelivery.
                     tracing::warn!(error = %e, "could not record the delivery for dedupe");
                 }

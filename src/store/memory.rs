@@ -22,7 +22,7 @@ struct State {
     bindings: HashMap<IdentityKey, HashMap<BindingId, Binding>>,
     sockets: HashMap<IdentityKey, HashMap<String, SocketPresence>>,
     owners: HashMap<AddressKey, (Identity, BindingId)>,
-    messages: HashMap<(AccountSid, String), (Claim, Instant)>,
+    messages: HashMap<(AccountSid, Identity, String), (Claim, Instant)>,
     messages_pruned: Option<Instant>,
     subscribers: HashMap<String, mpsc::Sender<Bytes>>,
 }
@@ -319,12 +319,13 @@ impl Store for MemoryStore {
     async fn claim_message(
         &self,
         account: &AccountSid,
+        identity: &Identity,
         message_id: &str,
         pending_for: Duration,
     ) -> Result<Claim, StoreError> {
         let mut s = self.lock();
         s.forget_old_messages();
-        let k = (account.clone(), message_id.to_owned());
+        let k = (account.clone(), identity.clone(), message_id.to_owned());
         if let Some((state, until)) = s.messages.get(&k)
             && *until > Instant::now()
         {
@@ -338,12 +339,13 @@ impl Store for MemoryStore {
     async fn settle_message(
         &self,
         account: &AccountSid,
+        identity: &Identity,
         message_id: &str,
         delivered: bool,
         window: Duration,
     ) -> Result<(), StoreError> {
         let mut s = self.lock();
-        let k = (account.clone(), message_id.to_owned());
+        let k = (account.clone(), identity.clone(), message_id.to_owned());
         if delivered {
             s.messages
                 .insert(k, (Claim::Delivered, Instant::now() + window));

@@ -59,6 +59,17 @@ pub struct PutOutcome {
     pub displaced: Vec<(Identity, BindingId)>,
 }
 
+/// What a webhook needs from the store before delivering: the callee's targets and, when
+/// there are any, the claim on the notification's `twi_message_id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    pub targets: Targets,
+    /// `None` when no claim was asked for or the identity has nothing stored. An engine may
+    /// take the claim for entries that then turn out expired (`targets` empty): the caller
+    /// releases it with `settle_message(.., false, ..)`.
+    pub claim: Option<Claim>,
+}
+
 /// Claiming a `twi_message_id` before delivering it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -148,10 +159,32 @@ pub trait Store: Send + Sync + 'static {
         conn_id: &str,
     ) -> Result<(), StoreError>;
 
-    /// Marks `message_id` as being delivered, unless it already is or was.
+    /// Targets and the claim on `claim`'s message id (for `claim`'s pending time), together.
+    /// The engines answer it in one round trip; this default takes two.
+    async fn lookup(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        claim: Option<(&str, Duration)>,
+        now: OffsetDateTime,
+    ) -> Result<Lookup, StoreError> {
+        let targets = self.targets(account, identity, now).await?;
+        let claim = match claim {
+            Some((id, pending_for)) if !targets.is_empty() => Some(
+                self.claim_message(account, identity, id, pending_for)
+                    .await?,
+            ),
+            _ => None,
+        };
+        Ok(Lookup { targets, claim })
+    }
+
+    /// Marks `message_id` (a notification to `identity`) as being delivered, unless it
+    /// already is or was.
     async fn claim_message(
         &self,
         account: &AccountSid,
+        identity: &Identity,
         message_id: &str,
         pending_for: Duration,
     ) -> Result<Claim, StoreError>;
@@ -161,6 +194,7 @@ pub trait Store: Send + Sync + 'static {
     async fn settle_message(
         &self,
         account: &AccountSid,
+        identity: &Identity,
         message_id: &str,
         delivered: bool,
         window: Duration,

@@ -106,3 +106,33 @@ async fn a_replica_stopped_with_sigterm_closes_sockets_and_withdraws_them_at_onc
     assert_eq!(u16::from(frame.code), 1001);
     assert_eq!(a.notify("bob").await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_notification_refused_for_a_lapsed_socket_is_delivered_when_retried_later() {
+    let config = pair_config();
+    let a = spawn_with(config.clone()).await;
+    let mut b = ProcessApp::start(&config).await;
+    let _bob = WsClient::connect(&b.base, &token("bob"), None)
+        .await
+        .unwrap();
+    b.kill();
+    // The dead replica's presence lingers in Redis after its lease lapsed: the lookup sees an
+    // entry, and must not keep the notification claimed when it answers 404.
+    let body = with_message_id(
+        &payload(ACCOUNT, "bob"),
+        "RMlapsed0000000000000000000000000",
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.webhook(body.clone()).await.status == StatusCode::NOT_FOUND
+        })
+        .await,
+        "404 once the lease lapsed"
+    );
+    // Twilio retries the same notification after the callee came back.
+    let mut bob = a.connect_ws("bob").await;
+    let r = a.webhook(body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body, json!({"delivered": 1, "failed": 0, "removed": 0}));
+    assert_eq!(bob.next_text(WAIT).await.unwrap().as_bytes(), &body[..]);
+}

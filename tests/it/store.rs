@@ -101,6 +101,7 @@ conformance!(
     delete_all_removes_every_binding_and_frees_the_tokens,
     presence_leases_expire_and_can_be_withdrawn,
     message_claims,
+    lookups_claim_only_when_there_is_a_target,
     replica_messages,
 );
 
@@ -518,67 +519,133 @@ async fn presence_leases_expire_and_can_be_withdrawn(store: Arc<dyn Store>) {
 
 async fn message_claims(store: Arc<dyn Store>) {
     let a = account();
+    let bob = ident("bob");
     let pending = Duration::from_secs(5);
     let window = Duration::from_secs(600);
     assert_eq!(
-        store.claim_message(&a, "RM1", pending).await.unwrap(),
+        store.claim_message(&a, &bob, "RM1", pending).await.unwrap(),
         Claim::Acquired
     );
     assert_eq!(
-        store.claim_message(&a, "RM1", pending).await.unwrap(),
+        store.claim_message(&a, &bob, "RM1", pending).await.unwrap(),
         Claim::Pending
     );
-    store.settle_message(&a, "RM1", true, window).await.unwrap();
+    store
+        .settle_message(&a, &bob, "RM1", true, window)
+        .await
+        .unwrap();
     assert_eq!(
-        store.claim_message(&a, "RM1", pending).await.unwrap(),
+        store.claim_message(&a, &bob, "RM1", pending).await.unwrap(),
         Claim::Delivered
     );
     // A failed delivery is forgotten, so the retry may deliver.
     assert_eq!(
-        store.claim_message(&a, "RM2", pending).await.unwrap(),
+        store.claim_message(&a, &bob, "RM2", pending).await.unwrap(),
         Claim::Acquired
     );
     store
-        .settle_message(&a, "RM2", false, window)
+        .settle_message(&a, &bob, "RM2", false, window)
         .await
         .unwrap();
     assert_eq!(
-        store.claim_message(&a, "RM2", pending).await.unwrap(),
+        store.claim_message(&a, &bob, "RM2", pending).await.unwrap(),
         Claim::Acquired
     );
     // A claim whose holder vanished lapses.
     assert_eq!(
         store
-            .claim_message(&a, "RM3", Duration::from_millis(100))
+            .claim_message(&a, &bob, "RM3", Duration::from_millis(100))
             .await
             .unwrap(),
         Claim::Acquired
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(
-        store.claim_message(&a, "RM3", pending).await.unwrap(),
+        store.claim_message(&a, &bob, "RM3", pending).await.unwrap(),
         Claim::Acquired
     );
     // Delivered markers lapse after the window.
     assert_eq!(
-        store.claim_message(&a, "RM4", pending).await.unwrap(),
+        store.claim_message(&a, &bob, "RM4", pending).await.unwrap(),
         Claim::Acquired
     );
     store
-        .settle_message(&a, "RM4", true, Duration::from_millis(100))
+        .settle_message(&a, &bob, "RM4", true, Duration::from_millis(100))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(
-        store.claim_message(&a, "RM4", pending).await.unwrap(),
+        store.claim_message(&a, &bob, "RM4", pending).await.unwrap(),
         Claim::Acquired
     );
-    // Ids are per account.
+    // Ids are per account and callee.
     let other = AccountSid::parse(crate::helpers::OTHER_ACCOUNT).unwrap();
     assert_eq!(
-        store.claim_message(&other, "RM1", pending).await.unwrap(),
+        store
+            .claim_message(&other, &bob, "RM1", pending)
+            .await
+            .unwrap(),
         Claim::Acquired
     );
+    assert_eq!(
+        store
+            .claim_message(&a, &ident("alice"), "RM1", pending)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+}
+
+async fn lookups_claim_only_when_there_is_a_target(store: Arc<dyn Store>) {
+    let (a, bob, t) = (account(), ident("bob"), now());
+    let pending = Duration::from_secs(5);
+    // Nothing stored: no claim is taken, so a retry after a registration is delivered.
+    let l = store
+        .lookup(&a, &bob, Some(("RM10", pending)), t)
+        .await
+        .unwrap();
+    assert!(l.targets.is_empty());
+    assert_eq!(l.claim, None);
+    store
+        .put_binding(binding("bob", "phone", &"ab".repeat(32), t))
+        .await
+        .unwrap();
+    let l = store
+        .lookup(&a, &bob, Some(("RM10", pending)), t)
+        .await
+        .unwrap();
+    assert_eq!(l.targets.bindings.len(), 1);
+    assert_eq!(l.claim, Some(Claim::Acquired));
+    let l = store
+        .lookup(&a, &bob, Some(("RM10", pending)), t)
+        .await
+        .unwrap();
+    assert_eq!(l.claim, Some(Claim::Pending));
+    store
+        .settle_message(&a, &bob, "RM10", true, Duration::from_secs(600))
+        .await
+        .unwrap();
+    let l = store
+        .lookup(&a, &bob, Some(("RM10", pending)), t)
+        .await
+        .unwrap();
+    assert_eq!(l.claim, Some(Claim::Delivered));
+    // Without a message id, only the targets.
+    let l = store.lookup(&a, &bob, None, t).await.unwrap();
+    assert_eq!(l.targets.bindings.len(), 1);
+    assert_eq!(l.claim, None);
+    // Sockets count as targets too.
+    let alice = ident("alice");
+    store
+        .put_presences(&[presence("alice", "c1", "n1", Duration::from_secs(30))])
+        .await
+        .unwrap();
+    let l = store
+        .lookup(&a, &alice, Some(("RM11", pending)), now())
+        .await
+        .unwrap();
+    assert_eq!(l.targets.sockets.len(), 1);
+    assert_eq!(l.claim, Some(Claim::Acquired));
 }
 
 async fn replica_messages(store: Arc<dyn Store>) {

@@ -7,7 +7,7 @@
 //! | `<p>:{AC…:bob}:bindings` | hash | binding id → binding JSON |
 //! | `<p>:{AC…:bob}:sockets` | hash | connection id → socket presence JSON |
 //! | `<p>:addr:{AC…:apns:<token>}` | string | `["identity","binding id"]`: who owns the token |
-//! | `<p>:msg:{AC…:<twi_message_id>}` | string | `pending` or `delivered` |
+//! | `<p>:{AC…:bob}:msg:<twi_message_id>` | string | `pending` or `delivered` |
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica |
 
 use crate::domain::{AccountSid, Identity, PushChannel};
@@ -40,8 +40,10 @@ impl Keys {
         )
     }
 
-    pub fn message(&self, account: &AccountSid, message_id: &str) -> String {
-        format!("{}:msg:{{{account}:{message_id}}}", self.prefix)
+    /// Under the callee's hash tag, so that one script can look up the targets and claim the
+    /// notification.
+    pub fn message(&self, account: &AccountSid, identity: &Identity, message_id: &str) -> String {
+        format!("{}:{{{account}:{identity}}}:msg:{message_id}", self.prefix)
     }
 
     pub fn node_channel(&self, node: &str) -> String {
@@ -64,5 +66,9 @@ mod tests {
         );
         let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
         assert_eq!(tag(&keys.bindings(&a, &bob)), tag(&keys.sockets(&a, &bob)));
+        assert_eq!(
+            tag(&keys.bindings(&a, &bob)),
+            tag(&keys.message(&a, &bob, "RM1"))
+        );
     }
 }

@@ -5,6 +5,7 @@
 mod bus;
 mod keys;
 mod scripts;
+mod settle;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,20 +15,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Client, IntoConnectionInfo, ProtocolVersion};
+use redis::{
+    AsyncCommands, Client, ErrorKind, IntoConnectionInfo, ProtocolVersion, ServerErrorKind,
+};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::{Claim, PutOutcome, SocketPresence, Store, StoreError, Targets};
+use super::{Claim, Lookup, PutOutcome, SocketPresence, Store, StoreError, Targets};
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 pub use keys::Keys;
-use scripts::{DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL};
+use scripts::{CLAIM_IF_TARGETS, DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL};
 
 pub struct RedisStore {
     conn: ConnectionManager,
     keys: Keys,
     timeout: Duration,
     bus: bus::Bus,
+    settler: settle::Settler,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -36,6 +40,15 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn parse_claim(state: &str) -> Result<Claim, StoreError> {
+    match state {
+        "acquired" => Ok(Claim::Acquired),
+        "pending" => Ok(Claim::Pending),
+        "delivered" => Ok(Claim::Delivered),
+        other => Err(corrupt("message marker", other)),
+    }
 }
 
 /// The JSON kept in the address index: who owns a device token.
@@ -83,6 +96,7 @@ impl RedisStore {
             .map_err(unavailable)?;
         let bus = bus::Bus::new(client, config)?;
         Ok(Self {
+            settler: settle::Settler::start(conn.clone(), timeout),
             conn,
             keys: Keys::new(prefix),
             timeout,
@@ -94,13 +108,17 @@ impl RedisStore {
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        self.timed(fut).await?.map_err(unavailable)
+    }
+
+    /// Bounds a call by the command timeout, leaving Redis's own answer to the caller.
+    async fn timed<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<redis::RedisResult<T>, StoreError> {
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
+            StoreError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
+        })
     }
 
     async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
@@ -177,6 +195,34 @@ impl RedisStore {
         self.sweep(key, expired);
         live.sort_by(|a, b| a.id.cmp(&b.id));
         live
+    }
+
+    fn parse_targets(
+        &self,
+        bindings_key: &str,
+        bindings: Vec<(String, String)>,
+        sockets_key: &str,
+        sockets: Vec<(String, String)>,
+        now: OffsetDateTime,
+    ) -> Targets {
+        let bindings = self.parse_bindings(bindings_key, bindings, now);
+        let mut live = Vec::with_capacity(sockets.len());
+        let mut stale = Vec::new();
+        for (field, text) in sockets {
+            match serde_json::from_str::<SocketPresence>(&text) {
+                Ok(p) if p.lease_until > now => live.push(p),
+                Ok(_) => stale.push((field, text)),
+                Err(e) => {
+                    tracing::warn!(key = sockets_key, field, error = %e, "skipping unreadable presence")
+                }
+            }
+        }
+        self.sweep(sockets_key, stale);
+        live.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
+        Targets {
+            bindings,
+            sockets: live,
+        }
     }
 
     /// Deletes expired entries in the background; each only if it did not change meanwhile.
@@ -420,23 +466,52 @@ impl Store for RedisStore {
                     .query_async(&mut c),
             )
             .await?;
-        let bindings = self.parse_bindings(&bindings_key, bindings, now);
-        let mut live = Vec::with_capacity(sockets.len());
-        let mut stale = Vec::new();
-        for (field, text) in sockets {
-            match serde_json::from_str::<SocketPresence>(&text) {
-                Ok(p) if p.lease_until > now => live.push(p),
-                Ok(_) => stale.push((field, text)),
-                Err(e) => {
-                    tracing::warn!(key = sockets_key, field, error = %e, "skipping unreadable presence")
-                }
+        Ok(self.parse_targets(&bindings_key, bindings, &sockets_key, sockets, now))
+    }
+
+    async fn lookup(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        claim: Option<(&str, Duration)>,
+        now: OffsetDateTime,
+    ) -> Result<Lookup, StoreError> {
+        let Some((message_id, pending_for)) = claim else {
+            let targets = self.targets(account, identity, now).await?;
+            return Ok(Lookup {
+                targets,
+                claim: None,
+            });
+        };
+        let bindings_key = self.keys.bindings(account, identity);
+        let sockets_key = self.keys.sockets(account, identity);
+        let mut claim = CLAIM_IF_TARGETS.key(&bindings_key);
+        claim
+            .key(&sockets_key)
+            .key(self.keys.message(account, identity, message_id))
+            .arg(millis(pending_for));
+        // One round trip: the script runs after the reads, and the keys share a hash slot.
+        let mut pipe = redis::pipe();
+        pipe.hgetall(&bindings_key)
+            .hgetall(&sockets_key)
+            .invoke_script(&claim);
+        let mut c = self.conn.clone();
+        type Reply = (Vec<(String, String)>, Vec<(String, String)>, String);
+        let (bindings, sockets, state): Reply = match self.timed(pipe.query_async(&mut c)).await? {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                // A restarted Redis has forgotten its scripts: load it, then once more.
+                self.run(CLAIM_IF_TARGETS.load_async(&mut c)).await?;
+                self.run(pipe.query_async(&mut c)).await?
             }
-        }
-        self.sweep(&sockets_key, stale);
-        live.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
-        Ok(Targets {
-            bindings,
-            sockets: live,
+            reply => reply.map_err(unavailable)?,
+        };
+        let claim = match state.as_str() {
+            "" => None,
+            other => Some(parse_claim(other)?),
+        };
+        Ok(Lookup {
+            targets: self.parse_targets(&bindings_key, bindings, &sockets_key, sockets, now),
+            claim,
         })
     }
 
@@ -477,13 +552,14 @@ impl Store for RedisStore {
     async fn claim_message(
         &self,
         account: &AccountSid,
+        identity: &Identity,
         message_id: &str,
         pending_for: Duration,
     ) -> Result<Claim, StoreError> {
-        let key = self.keys.message(account, message_id);
-        // A plain `SET NX` rather than a script: the common case (a new notification) is one
-        // cheap command. Only a marker that exists needs a second look, and one that lapsed
-        // between the two is claimed again.
+        let key = self.keys.message(account, identity, message_id);
+        // A plain `SET NX` rather than a script: the common case is one cheap command. Only
+        // a marker that exists needs a second look, and one that lapsed between the two is
+        // claimed again.
         for _ in 0..3 {
             let mut c = self.conn.clone();
             let set: Option<String> = self
@@ -501,11 +577,8 @@ impl Store for RedisStore {
                 return Ok(Claim::Acquired);
             }
             let state: Option<String> = self.run(c.get(&key)).await?;
-            match state.as_deref() {
-                Some("pending") => return Ok(Claim::Pending),
-                Some("delivered") => return Ok(Claim::Delivered),
-                Some(other) => return Err(corrupt("message marker", other)),
-                None => continue,
+            if let Some(state) = state {
+                return parse_claim(&state);
             }
         }
         Err(StoreError::Unavailable(
@@ -516,20 +589,13 @@ impl Store for RedisStore {
     async fn settle_message(
         &self,
         account: &AccountSid,
+        identity: &Identity,
         message_id: &str,
         delivered: bool,
         window: Duration,
     ) -> Result<(), StoreError> {
-        let key = self.keys.message(account, message_id);
-        let mut c = self.conn.clone();
-        if delivered {
-            let _: () = self
-                .run(c.pset_ex(key, "delivered", millis(window)))
-                .await?;
-        } else {
-            let _: i64 = self.run(c.del(key)).await?;
-        }
-        Ok(())
+        let key = self.keys.message(account, identity, message_id);
+        self.settler.settle(key, delivered, window).await
     }
 
     async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError> {

@@ -487,9 +487,20 @@ impl ProcessApp {
         app
     }
 
-    /// Everything the process logged so far.
+    /// Everything the process logged so far. callrelay writes its log from a thread of its
+    /// own, a moment after the line was logged: wait until the file stops growing.
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log.0).unwrap_or_default()
+        let read = || std::fs::read_to_string(&self.log.0).unwrap_or_default();
+        let mut text = read();
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(20));
+            let again = read();
+            if again.len() == text.len() {
+                break;
+            }
+            text = again;
+        }
+        text
     }
 
     /// SIGKILL: no graceful shutdown, nothing cleaned up.

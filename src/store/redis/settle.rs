@@ -1,0 +1,94 @@
+//! Dedupe outcomes, written in batches. Each delivered notification ends with one small write
+//! (`delivered` for the dedupe window, or the marker deleted) off the answer's path; under
+//! load many arrive together, and one pipeline for all of them (one write, one round trip)
+//! costs Redis and callrelay a fraction of a request each.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{millis, unavailable};
+use crate::store::StoreError;
+
+/// The most outcomes one pipeline carries.
+const MAX_BATCH: usize = 256;
+
+struct Outcome {
+    key: String,
+    delivered: bool,
+    window: Duration,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+pub struct Settler {
+    tx: mpsc::UnboundedSender<Outcome>,
+}
+
+impl Settler {
+    /// Starts the writer; it stops when the `Settler` is dropped, after the outcomes queued.
+    pub fn start(conn: ConnectionManager, timeout: Duration) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_batches(conn, timeout, rx));
+        Self { tx }
+    }
+
+    /// Records an outcome; returns once it is written (or could not be).
+    pub async fn settle(
+        &self,
+        key: String,
+        delivered: bool,
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        let (done, result) = oneshot::channel();
+        let outcome = Outcome {
+            key,
+            delivered,
+            window,
+            done,
+        };
+        if self.tx.send(outcome).is_err() {
+            return Err(StoreError::Unavailable("the store is shutting down".into()));
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the outcome was dropped".into())))
+    }
+}
+
+async fn write_batches(
+    mut conn: ConnectionManager,
+    timeout: Duration,
+    mut rx: mpsc::UnboundedReceiver<Outcome>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        // Let the webhooks that are running finish first: their outcomes join this batch.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(outcome) => batch.push(outcome),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for o in &batch {
+            if o.delivered {
+                pipe.pset_ex(&o.key, "delivered", millis(o.window)).ignore();
+            } else {
+                pipe.del(&o.key).ignore();
+            }
+        }
+        let result = match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        };
+        for o in batch.drain(..) {
+            let _ = o.done.send(result.clone());
+        }
+    }
+}
