@@ -144,8 +144,9 @@ impl Bench {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the load generator needs a third of a core, and a second thread would only
+    // add cross-thread wake-ups (futex calls) to the CPU it takes from the servers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");

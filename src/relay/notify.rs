@@ -96,21 +96,13 @@ impl Relay {
         if let Some(id) = &notification.message_id {
             // Off the answer's path, which may have used the whole deadline: a retry of this
             // notification that arrives meanwhile finds it pending and waits for the outcome.
-            let store = self.store.clone();
-            let account = notification.account_sid.clone();
-            let identity = notification.identity.clone();
-            let id = id.clone();
-            let delivered = summary.delivered > 0;
-            let window = self.config.server.dedupe_window;
-            self.tasks.spawn(async move {
-                if let Err(e) = store
-                    .settle_message(&account, &identity, &id, delivered, window)
-                    .await
-                {
-                    // The pending marker expires by itself; the worst case is one redelivery.
-                    tracing::warn!(error = %e, "could not record the delivery for dedupe");
-                }
-            });
+            self.store.settle_message_detached(
+                account,
+                identity,
+                id,
+                summary.delivered > 0,
+                self.config.server.dedupe_window,
+            );
         }
 
         if summary.delivered > 0 {

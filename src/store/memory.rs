@@ -344,6 +344,18 @@ impl Store for MemoryStore {
         delivered: bool,
         window: Duration,
     ) -> Result<(), StoreError> {
+        self.settle_message_detached(account, identity, message_id, delivered, window);
+        Ok(())
+    }
+
+    fn settle_message_detached(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        message_id: &str,
+        delivered: bool,
+        window: Duration,
+    ) {
         let mut s = self.lock();
         let k = (account.clone(), identity.clone(), message_id.to_owned());
         if delivered {
@@ -352,7 +364,6 @@ impl Store for MemoryStore {
         } else {
             s.messages.remove(&k);
         }
-        Ok(())
     }
 
     async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError> {

@@ -200,6 +200,17 @@ pub trait Store: Send + Sync + 'static {
         window: Duration,
     ) -> Result<(), StoreError>;
 
+    /// `settle_message` without waiting for it, for the end of a delivery: the outcome is
+    /// written in the background, and a failure is logged (the claim then lapses by itself).
+    fn settle_message_detached(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        message_id: &str,
+        delivered: bool,
+        window: Duration,
+    );
+
     /// Sends a message to a replica; returns how many subscribers received it (0 or 1).
     /// A positive count says nothing about delivery: replicas acknowledge separately.
     async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError>;

@@ -2,6 +2,8 @@
 //! ping, notice a peer that went quiet, and say goodbye at shutdown. Generic over the socket,
 //! so it can be tested with an in-memory pair.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -39,10 +41,14 @@ where
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // Made once: a fresh one per turn of the loop would join and leave the token's waiter
+    // list for every frame.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => {
+            _ = &mut cancelled => {
                 // What was already handed to this socket still goes out, then the close frame.
                 while let Some(payload) = queue.try_recv() {
                     if !send(&mut socket, text(payload)).await {
@@ -94,10 +100,14 @@ async fn send<S, E>(socket: &mut S, message: Message) -> bool
 where
     S: Sink<Message, Error = E> + Unpin,
 {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, socket.send(message)).await,
-        Ok(Ok(()))
-    )
+    let write = socket.send(message);
+    tokio::pin!(write);
+    // Almost every write completes at once; only one that has to wait arms the timer.
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first {
+        return result.is_ok();
+    }
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
 #[cfg(test)]

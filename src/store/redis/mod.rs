@@ -598,6 +598,18 @@ impl Store for RedisStore {
         self.settler.settle(key, delivered, window).await
     }
 
+    fn settle_message_detached(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        message_id: &str,
+        delivered: bool,
+        window: Duration,
+    ) {
+        let key = self.keys.message(account, identity, message_id);
+        self.settler.settle_detached(key, delivered, window);
+    }
+
     async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError> {
         let mut c = self.conn.clone();
         let receivers: i64 = self

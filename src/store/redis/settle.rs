@@ -18,7 +18,8 @@ struct Outcome {
     key: String,
     delivered: bool,
     window: Duration,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    /// Who waits for the write; `None`: nobody, a failure is only logged.
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 pub struct Settler {
@@ -45,7 +46,7 @@ impl Settler {
             key,
             delivered,
             window,
-            done,
+            done: Some(done),
         };
         if self.tx.send(outcome).is_err() {
             return Err(StoreError::Unavailable("the store is shutting down".into()));
@@ -53,6 +54,19 @@ impl Settler {
         result
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("the outcome was dropped".into())))
+    }
+
+    /// Records an outcome without waiting for it.
+    pub fn settle_detached(&self, key: String, delivered: bool, window: Duration) {
+        let outcome = Outcome {
+            key,
+            delivered,
+            window,
+            done: None,
+        };
+        if self.tx.send(outcome).is_err() {
+            tracing::warn!("could not record a delivery for dedupe: the store is shutting down");
+        }
     }
 }
 
@@ -87,8 +101,20 @@ async fn write_batches(
                 timeout.as_millis()
             ))),
         };
+        let mut unreported = 0;
         for o in batch.drain(..) {
-            let _ = o.done.send(result.clone());
+            match o.done {
+                Some(done) => {
+                    let _ = done.send(result.clone());
+                }
+                None => unreported += 1,
+            }
+        }
+        if let Err(e) = &result
+            && unreported > 0
+        {
+            // The pending markers lapse by themselves; the worst case is one redelivery each.
+            tracing::warn!(error = %e, notifications = unreported, "could not record deliveries for dedupe");
         }
     }
 }
