@@ -87,14 +87,16 @@ impl Fleet {
                 stop.clone(),
             );
             clients.spawn(async move {
-                let (mut write, mut read) = socket.split();
+                // Not split: a client only reads (tungstenite answers pings by itself), and a
+                // split stream takes a lock for every frame.
+                let mut socket = socket;
                 loop {
                     let message = tokio::select! {
                         _ = stop.cancelled() => {
-                            let _ = write.send(Message::Close(None)).await;
+                            let _ = socket.close(None).await;
                             return;
                         }
-                        m = read.next() => m,
+                        m = socket.next() => m,
                     };
                     match message {
                         Some(Ok(Message::Text(text))) => {
@@ -108,9 +110,9 @@ impl Fleet {
                                 }
                             }
                         }
-                        // tungstenite answers pings by itself on the next write or flush.
+                        // tungstenite queues the pong and sends it on the next read.
                         Some(Ok(Message::Ping(_))) => {
-                            let _ = write.flush().await;
+                            let _ = socket.flush().await;
                         }
                         Some(Ok(_)) => {}
                         Some(Err(_)) | None => {

@@ -50,16 +50,6 @@ impl Relay {
             by_deadline(deadline, self.store.lookup(account, identity, claim, now)).await?;
         let targets = lookup.targets;
         if targets.is_empty() {
-            if let (Some(Claim::Acquired), Some(id)) = (lookup.claim, &notification.message_id) {
-                // Claimed for entries that had expired: let a retry find nothing either.
-                let window = self.config.server.dedupe_window;
-                by_deadline(
-                    deadline,
-                    self.store
-                        .settle_message(account, identity, id, false, window),
-                )
-                .await?;
-            }
             return Err(WebhookError::NoBinding);
         }
 

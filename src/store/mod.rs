@@ -64,9 +64,9 @@ pub struct PutOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lookup {
     pub targets: Targets,
-    /// `None` when no claim was asked for or the identity has nothing stored. An engine may
-    /// take the claim for entries that then turn out expired (`targets` empty): the caller
-    /// releases it with `settle_message(.., false, ..)`.
+    /// `None` when no claim was asked for or there is nobody to deliver to. (An engine that
+    /// takes the claim to answer in one round trip releases it by itself, soon after: a
+    /// retry in between finds the notification pending for a moment.)
     pub claim: Option<Claim>,
 }
 

@@ -15,16 +15,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{
-    AsyncCommands, Client, ErrorKind, IntoConnectionInfo, ProtocolVersion, ServerErrorKind,
-};
+use redis::{AsyncCommands, Client, IntoConnectionInfo, ProtocolVersion};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::{Claim, Lookup, PutOutcome, SocketPresence, Store, StoreError, Targets};
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 pub use keys::Keys;
-use scripts::{CLAIM_IF_TARGETS, DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL};
+use scripts::{DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL};
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -108,17 +106,13 @@ impl RedisStore {
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        self.timed(fut).await?.map_err(unavailable)
-    }
-
-    /// Bounds a call by the command timeout, leaving Redis's own answer to the caller.
-    async fn timed<T>(
-        &self,
-        fut: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<redis::RedisResult<T>, StoreError> {
-        tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
-            StoreError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
-        })
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
     }
 
     async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
@@ -485,33 +479,45 @@ impl Store for RedisStore {
         };
         let bindings_key = self.keys.bindings(account, identity);
         let sockets_key = self.keys.sockets(account, identity);
-        let mut claim = CLAIM_IF_TARGETS.key(&bindings_key);
-        claim
-            .key(&sockets_key)
-            .key(self.keys.message(account, identity, message_id))
-            .arg(millis(pending_for));
-        // One round trip: the script runs after the reads, and the keys share a hash slot.
+        let marker = self.keys.message(account, identity, message_id);
+        // One round trip: the reads and the claim together, plain commands (no script, which
+        // would cost Redis more than the three of them). The claim is taken before knowing
+        // whether there is anyone to deliver to; when there is not, it is released with the
+        // next batch of outcomes. A retry that comes in before that finds it pending and
+        // waits, as for any claim, until it is free.
         let mut pipe = redis::pipe();
         pipe.hgetall(&bindings_key)
             .hgetall(&sockets_key)
-            .invoke_script(&claim);
+            .cmd("SET")
+            .arg(&marker)
+            .arg("pending")
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(pending_for));
         let mut c = self.conn.clone();
-        type Reply = (Vec<(String, String)>, Vec<(String, String)>, String);
-        let (bindings, sockets, state): Reply = match self.timed(pipe.query_async(&mut c)).await? {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                // A restarted Redis has forgotten its scripts: load it, then once more.
-                self.run(CLAIM_IF_TARGETS.load_async(&mut c)).await?;
-                self.run(pipe.query_async(&mut c)).await?
+        type Reply = (Vec<(String, String)>, Vec<(String, String)>, Option<String>);
+        let (bindings, sockets, set): Reply = self.run(pipe.query_async(&mut c)).await?;
+        let targets = self.parse_targets(&bindings_key, bindings, &sockets_key, sockets, now);
+        let acquired = set.is_some();
+        if targets.is_empty() {
+            if acquired {
+                self.settler.settle_detached(marker, false, Duration::ZERO);
             }
-            reply => reply.map_err(unavailable)?,
-        };
-        let claim = match state.as_str() {
-            "" => None,
-            other => Some(parse_claim(other)?),
+            return Ok(Lookup {
+                targets,
+                claim: None,
+            });
+        }
+        let claim = if acquired {
+            Claim::Acquired
+        } else {
+            // Rare: Twilio retrying. Which state the marker is in takes a second look.
+            self.claim_message(account, identity, message_id, pending_for)
+                .await?
         };
         Ok(Lookup {
-            targets: self.parse_targets(&bindings_key, bindings, &sockets_key, sockets, now),
-            claim,
+            targets,
+            claim: Some(claim),
         })
     }
 

@@ -63,18 +63,3 @@ return 0
 ",
     )
 });
-
-/// The claim half of a webhook's lookup, pipelined after the two `HGETALL`s: when the
-/// identity has bindings or sockets (`KEYS[1]`, `KEYS[2]`), claims the notification's marker
-/// (`KEYS[3]`) for `ARGV[1]` milliseconds. Returns `''` (nothing to deliver to, no claim),
-/// `acquired`, or the marker's state. (The hashes are read outside the script: converting
-/// them to Lua and back costs Redis more than the two plain commands.)
-pub static CLAIM_IF_TARGETS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then return '' end
-if redis.call('SET', KEYS[3], 'pending', 'NX', 'PX', ARGV[1]) then return 'acquired' end
-return redis.call('GET', KEYS[3]) or 'acquired'
-",
-    )
-});
