@@ -5,9 +5,9 @@
 mod admin;
 mod bindings;
 pub mod openapi;
+mod per_request;
 pub mod problem;
 mod rate_limit;
-mod request_id;
 pub mod server;
 mod webhook;
 mod ws;
@@ -87,9 +87,8 @@ pub fn public_router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.config.limits.request_timeout,
-            request_timeout,
+            per_request::layer,
         ))
-        .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }
 
@@ -99,26 +98,6 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
         .with_state(state)
-}
-
-/// Bounds the time a request may take, reading its body included: a client trickling a body
-/// cannot hold a request open. (WebSocket sessions run after their upgrade answer, outside it.)
-async fn request_timeout(
-    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => problem::Problem::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            "request-timeout",
-            "Request timeout",
-            format!("the request took longer than {} ms", limit.as_millis()),
-        )
-        .into_response(),
-    }
 }
 
 async fn openapi_json() -> axum::Json<serde_json::Value> {

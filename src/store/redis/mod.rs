@@ -84,9 +84,11 @@ impl RedisStore {
             .set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
         let client = Client::open(info).map_err(unavailable)?;
+        // No response timeout of the client's own: `run` bounds every call (one timer per
+        // call, not two).
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));

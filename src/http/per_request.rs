@@ -1,14 +1,21 @@
-//! A request id for every public request: taken from `X-Request-Id` when it is sane, made up
-//! otherwise; echoed in the answer and attached to every log line of the request.
+//! What every public request gets, in one middleware (each layer of its own would box and
+//! poll the request once more): a request id, taken from `X-Request-Id` when it is sane and
+//! made up otherwise, echoed in the answer and attached to every log line of the request; and
+//! a time limit, body included, so a client trickling a body cannot hold a request open.
+//! (WebSocket sessions run after their upgrade answer, outside it.)
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::Request;
-use axum::http::HeaderValue;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
+
+use super::problem::Problem;
 
 pub const HEADER: &str = "x-request-id";
 
@@ -28,7 +35,8 @@ fn made_up() -> String {
     format!("{}{:016x}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-pub async fn layer(request: Request, next: Next) -> Response {
+/// `limit` is `limits.request_timeout_ms`.
+pub async fn layer(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     let id = request
         .headers()
         .get(HEADER)
@@ -41,7 +49,17 @@ pub async fn layer(request: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", request_id = %id);
     let method = request.method().clone();
     let path = tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().path().to_owned());
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response =
+        match tokio::time::timeout(limit, next.run(request).instrument(span.clone())).await {
+            Ok(response) => response,
+            Err(_) => Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
+                format!("the request took longer than {} ms", limit.as_millis()),
+            )
+            .into_response(),
+        };
     if let Some(path) = path {
         span.in_scope(|| {
             tracing::debug!(%method, path, status = response.status().as_u16(), "answered");
