@@ -90,9 +90,11 @@ impl Fleet {
                 // Not split: a client only reads (tungstenite answers pings by itself), and a
                 // split stream takes a lock for every frame.
                 let mut socket = socket;
+                let stopped = stop.cancelled();
+                tokio::pin!(stopped);
                 loop {
                     let message = tokio::select! {
-                        _ = stop.cancelled() => {
+                        _ = &mut stopped => {
                             let _ = socket.close(None).await;
                             return;
                         }
