@@ -173,6 +173,7 @@ impl Redis {
 /// One callrelay replica, started from the binary this benchmark was built with.
 pub struct Callrelay {
     pub addr: SocketAddr,
+    admin: SocketAddr,
     process: Managed,
     _dir: WorkDir,
 }
@@ -235,6 +236,7 @@ api_keys = ["{ADMIN_KEY}"]
         process.wait_until("callrelay", || http_get_ok(admin, "/readyz"))?;
         Ok(Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin,
             process,
             _dir: dir,
         })
@@ -242,6 +244,20 @@ api_keys = ["{ADMIN_KEY}"]
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// The replica's Prometheus metrics, the lines that start with `prefix`.
+    pub fn metrics(&self, prefix: &str) -> Vec<String> {
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.admin
+        );
+        raw_exchange(self.admin, request.as_bytes())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Log lines at warn level or above; a clean run has none.

@@ -120,14 +120,24 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
             let t = load::closed_loop(relay.addr, hooks, c, b.duration).await;
             t.expect_all(200, &format!("{name} pushes"))?;
             let sent = (pushes() - before) as u64;
-            if sent != t.count(200) {
+            let delivered = t.count(200);
+            // Every delivered webhook reached the mock; a push retried after a connection
+            // error reaches it twice (at least once is what HTTP offers), so more is allowed
+            // and shown.
+            if sent < delivered {
                 return Err(format!(
-                    "{name}: {} webhooks delivered but the mock saw {sent} pushes",
-                    t.count(200)
+                    "{name}: {delivered} webhooks delivered but the mock saw only {sent} pushes"
                 )
                 .into());
             }
-            samples.add(name, sent as f64 / t.elapsed.as_secs_f64());
+            if sent > delivered {
+                println!(
+                    "    {name}: {} pushes retried; results: {:?}",
+                    sent - delivered,
+                    relay.metrics("callrelay_push_results")
+                );
+            }
+            samples.add(name, delivered as f64 / t.elapsed.as_secs_f64());
         }
     }
     let scenario = "5. push (mocks)";
