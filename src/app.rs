@@ -169,12 +169,18 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         }
     });
     let grace = config.server.shutdown_grace;
+    let finished_store = store.clone();
     let finished = tokio::spawn(async move {
         public.await;
         // The public listener has drained its in-flight requests; sessions are closing and
         // withdrawing their presence.
         tasks.close();
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        let drained = async {
+            tasks.wait().await;
+            // The last notifications' dedupe outcomes, written in the background.
+            finished_store.flush().await;
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("shutdown grace period over; stopping with work in flight");
         }
         admin_stop.cancel();

@@ -211,6 +211,10 @@ pub trait Store: Send + Sync + 'static {
         window: Duration,
     );
 
+    /// Waits until writes made in the background (`settle_message_detached`) have reached
+    /// the store or failed; for shutdown.
+    async fn flush(&self) {}
+
     /// Sends a message to a replica; returns how many subscribers received it (0 or 1).
     /// A positive count says nothing about delivery: replicas acknowledge separately.
     async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError>;

@@ -102,6 +102,7 @@ conformance!(
     presence_leases_expire_and_can_be_withdrawn,
     message_claims,
     lookups_claim_only_when_there_is_a_target,
+    outcomes_recorded_in_the_background_are_written_by_flush,
     replica_messages,
 );
 
@@ -657,6 +658,34 @@ async fn lookups_claim_only_when_there_is_a_target(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(l.targets.sockets.len(), 1);
     assert_eq!(l.claim, Some(Claim::Acquired));
+}
+
+async fn outcomes_recorded_in_the_background_are_written_by_flush(store: Arc<dyn Store>) {
+    let (a, bob) = (account(), ident("bob"));
+    let pending = Duration::from_secs(5);
+    let window = Duration::from_secs(600);
+    for id in ["RM20", "RM21", "RM22"] {
+        assert_eq!(
+            store.claim_message(&a, &bob, id, pending).await.unwrap(),
+            Claim::Acquired
+        );
+    }
+    store.settle_message_detached(&a, &bob, "RM20", true, window);
+    store.settle_message_detached(&a, &bob, "RM21", true, window);
+    store.settle_message_detached(&a, &bob, "RM22", false, window);
+    // What shutdown does before the process exits.
+    store.flush().await;
+    for (id, expected) in [
+        ("RM20", Claim::Delivered),
+        ("RM21", Claim::Delivered),
+        ("RM22", Claim::Acquired),
+    ] {
+        assert_eq!(
+            store.claim_message(&a, &bob, id, pending).await.unwrap(),
+            expected,
+            "{id}"
+        );
+    }
 }
 
 async fn replica_messages(store: Arc<dyn Store>) {

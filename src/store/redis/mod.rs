@@ -606,6 +606,10 @@ impl Store for RedisStore {
         self.settler.settle(key, delivered, window).await
     }
 
+    async fn flush(&self) {
+        self.settler.flush().await;
+    }
+
     fn settle_message_detached(
         &self,
         account: &AccountSid,

@@ -22,8 +22,14 @@ struct Outcome {
     done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
+enum Item {
+    Outcome(Outcome),
+    /// Answered once every outcome queued before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
 pub struct Settler {
-    tx: mpsc::UnboundedSender<Outcome>,
+    tx: mpsc::UnboundedSender<Item>,
 }
 
 impl Settler {
@@ -48,7 +54,7 @@ impl Settler {
             window,
             done: Some(done),
         };
-        if self.tx.send(outcome).is_err() {
+        if self.tx.send(Item::Outcome(outcome)).is_err() {
             return Err(StoreError::Unavailable("the store is shutting down".into()));
         }
         result
@@ -64,8 +70,16 @@ impl Settler {
             window,
             done: None,
         };
-        if self.tx.send(outcome).is_err() {
+        if self.tx.send(Item::Outcome(outcome)).is_err() {
             tracing::warn!("could not record a delivery for dedupe: the store is shutting down");
+        }
+    }
+
+    /// Waits until the outcomes queued so far are written (or failed).
+    pub async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.tx.send(Item::Flush(done)).is_ok() {
+            let _ = written.await;
         }
     }
 }
@@ -73,48 +87,66 @@ impl Settler {
 async fn write_batches(
     mut conn: ConnectionManager,
     timeout: Duration,
-    mut rx: mpsc::UnboundedReceiver<Outcome>,
+    mut rx: mpsc::UnboundedReceiver<Item>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        // Let the webhooks that are running finish first: their outcomes join this batch.
-        tokio::task::yield_now().await;
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(outcome) => batch.push(outcome),
-                Err(_) => break,
+        let mut next = Some(first);
+        let mut yielded = false;
+        while let Some(item) = next.take() {
+            match item {
+                Item::Outcome(o) => batch.push(o),
+                Item::Flush(done) => flushes.push(done),
+            }
+            if !yielded {
+                // Let the webhooks that are running finish first: their outcomes join this
+                // batch.
+                tokio::task::yield_now().await;
+                yielded = true;
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        let mut pipe = redis::pipe();
-        for o in &batch {
-            if o.delivered {
-                pipe.pset_ex(&o.key, "delivered", millis(o.window)).ignore();
-            } else {
-                pipe.del(&o.key).ignore();
+        if !batch.is_empty() {
+            write(&mut conn, timeout, &mut batch).await;
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn write(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<Outcome>) {
+    let mut pipe = redis::pipe();
+    for o in batch.iter() {
+        if o.delivered {
+            pipe.pset_ex(&o.key, "delivered", millis(o.window)).ignore();
+        } else {
+            pipe.del(&o.key).ignore();
+        }
+    }
+    let result = match tokio::time::timeout(timeout, pipe.query_async::<()>(conn)).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no answer within {} ms",
+            timeout.as_millis()
+        ))),
+    };
+    let mut unreported = 0;
+    for o in batch.drain(..) {
+        match o.done {
+            Some(done) => {
+                let _ = done.send(result.clone());
             }
+            None => unreported += 1,
         }
-        let result = match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
-            Ok(r) => r.map_err(unavailable),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                timeout.as_millis()
-            ))),
-        };
-        let mut unreported = 0;
-        for o in batch.drain(..) {
-            match o.done {
-                Some(done) => {
-                    let _ = done.send(result.clone());
-                }
-                None => unreported += 1,
-            }
-        }
-        if let Err(e) = &result
-            && unreported > 0
-        {
-            // The pending markers lapse by themselves; the worst case is one redelivery each.
-            tracing::warn!(error = %e, notifications = unreported, "could not record deliveries for dedupe");
-        }
+    }
+    if let Err(e) = &result
+        && unreported > 0
+    {
+        // The pending markers lapse by themselves; the worst case is one redelivery each.
+        tracing::warn!(error = %e, notifications = unreported, "could not record deliveries for dedupe");
     }
 }
