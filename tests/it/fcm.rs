@@ -749,3 +749,74 @@ async fn throughput() {
     );
     assert_eq!(mock.token_fetches(), 3, "one per channel built");
 }
+
+/// A success's body is read to its end. An answer dropped unread resets its HTTP/2 stream;
+/// with many in flight, the client forgets some of those streams before their body arrives,
+/// counts the late data as the server's error, and after 1024 of them closes the connection,
+/// failing every push on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successful_sends_leave_no_cancelled_streams() {
+    use std::sync::Arc;
+
+    use callrelay::channels::{Channel, Outcome, Target};
+    use callrelay::domain::{
+        AccountSid, Binding, BindingId, CallNotification, Identity, PushChannel,
+    };
+    use futures_util::StreamExt;
+
+    const SENDS: usize = 2_000;
+    let mock = MockFcm::start().await;
+    let notification =
+        CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let target = Target::Push(Binding {
+        id: BindingId::parse("many").unwrap(),
+        account_sid: AccountSid::parse(ACCOUNT).unwrap(),
+        identity: Identity::parse("bob").unwrap(),
+        channel: PushChannel::Fcm,
+        address: FCM_TOKEN.into(),
+        app: "android".into(),
+        apns_environment: None,
+        push_type: None,
+        device_id: None,
+        ttl_seconds: 3600,
+        created_at: now,
+        updated_at: now,
+        expires_at: now + time::Duration::hours(1),
+    });
+    let settings: toml::Table = toml::from_str(&format!(
+        "service_account_file = \"{}\"\nbase_url = \"{}\"\nca_file = \"{}\"\n",
+        mock.service_account_file(PROJECT).display(),
+        mock.url(),
+        mock.ca.ca_file.display()
+    ))
+    .unwrap();
+    let channel = Arc::new(
+        callrelay::channels::fcm::FcmChannel::from_config(
+            "android",
+            &settings,
+            Arc::new(callrelay::metrics::Metrics::new()),
+        )
+        .unwrap(),
+    );
+    let outcomes: Vec<Outcome> = futures_util::stream::iter(0..SENDS)
+        .map(|_| {
+            let (channel, target, notification) =
+                (channel.clone(), target.clone(), notification.clone());
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                channel.deliver(&target, &notification, deadline).await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(outcomes.iter().all(|o| *o == Outcome::Delivered));
+    assert_eq!(mock.sent_count(), SENDS, "no send was retried");
+    assert_eq!(
+        mock.connection_count(),
+        1,
+        "one connection carried them all"
+    );
+    assert_eq!(mock.unread_answers(), 0, "every answer was read to its end");
+}

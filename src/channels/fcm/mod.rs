@@ -203,14 +203,10 @@ impl FcmChannel {
             Ok(Ok(r)) => r,
         };
         let status = response.status();
-        if status.is_success() {
-            return Attempt::Answer {
-                status,
-                retry_after: None,
-                body: Bytes::new(),
-            };
-        }
         let retry_after = retry::retry_after(response.headers());
+        // Read to its end even on success (where it is not needed): an HTTP/2 answer dropped
+        // unread resets its stream, and a connection with too many of those (1024 whose data
+        // came late) is closed by the client, failing every push in flight on it.
         let body = match tokio::time::timeout_at(deadline, read_limited(response)).await {
             Err(_) => return Attempt::Timeout,
             // The status is what matters; a body cut short only loses the details.

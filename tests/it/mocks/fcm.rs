@@ -114,6 +114,19 @@ struct MockState {
     refuse_all_tokens: AtomicBool,
     sent: Mutex<Vec<Sent>>,
     script: Mutex<VecDeque<Reply>>,
+    /// Successful answers whose body the client dropped before it was sent.
+    unread_answers: Arc<AtomicUsize>,
+}
+
+/// Counts an answer body that was dropped before it went out.
+struct Unread(Arc<AtomicUsize>, bool);
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The running mock, with the CA the app must trust (`ca_file`).
@@ -232,6 +245,12 @@ impl MockFcm {
 
     pub fn connection_count(&self) -> usize {
         self.server.connection_count()
+    }
+
+    /// Successful answers the client stopped reading (its HTTP/2 stream reset) before the
+    /// body came.
+    pub fn unread_answers(&self) -> usize {
+        self.state.unread_answers.load(Ordering::SeqCst)
     }
 }
 
@@ -429,8 +448,20 @@ async fn send(
     }
     if reply.status == 200 {
         let id = uuid::Uuid::new_v4().as_u128() % 10u128.pow(16);
-        return axum::Json(json!({"name": format!("projects/{project}/messages/0:{id}")}))
-            .into_response();
+        let body = json!({"name": format!("projects/{project}/messages/0:{id}")}).to_string();
+        // The body a moment after the headers, in a frame of its own, as Google's front ends
+        // may send it: a client that drops the answer unread resets the stream.
+        let unread = Unread(state.unread_answers.clone(), false);
+        let body = futures_util::stream::once(async move {
+            let mut unread = unread;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            unread.1 = true;
+            Ok::<_, std::convert::Infallible>(Bytes::from(body))
+        });
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from_stream(body))
+            .unwrap();
     }
     let mut response = (
         StatusCode::from_u16(reply.status).unwrap(),
