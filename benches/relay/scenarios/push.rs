@@ -76,6 +76,7 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
     let key = TeamKey::generate("TEAM123456", "KEY1234567");
     let apns = MockApns::token_auth(&[&key]).await;
     let fcm = MockFcm::start().await;
+    fcm.answer_at_once();
     let prefix = b.prefix();
     let relay = Callrelay::start(&b.redis, &prefix, &apps_toml(&key, &apns, &fcm))?;
     let n = b.push_identities;

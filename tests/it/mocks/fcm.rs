@@ -116,6 +116,8 @@ struct MockState {
     script: Mutex<VecDeque<Reply>>,
     /// Successful answers whose body the client dropped before it was sent.
     unread_answers: Arc<AtomicUsize>,
+    /// How long after its headers a successful answer's body goes out (microseconds).
+    body_delay_us: AtomicU64,
 }
 
 /// Counts an answer body that was dropped before it went out.
@@ -141,6 +143,7 @@ impl MockFcm {
         let ca = TestCa::new("fcm");
         let state = Arc::new(MockState {
             expires_in: AtomicU64::new(3600),
+            body_delay_us: AtomicU64::new(1000),
             ..MockState::default()
         });
         let router = Router::new()
@@ -245,6 +248,12 @@ impl MockFcm {
 
     pub fn connection_count(&self) -> usize {
         self.server.connection_count()
+    }
+
+    /// Successful answers' bodies go out with their headers (for measurements; by default
+    /// they follow a millisecond later, which shows a client that stops reading early).
+    pub fn answer_at_once(&self) {
+        self.state.body_delay_us.store(0, Ordering::SeqCst);
     }
 
     /// Successful answers the client stopped reading (its HTTP/2 stream reset) before the
@@ -452,9 +461,12 @@ async fn send(
         // The body a moment after the headers, in a frame of its own, as Google's front ends
         // may send it: a client that drops the answer unread resets the stream.
         let unread = Unread(state.unread_answers.clone(), false);
+        let delay = Duration::from_micros(state.body_delay_us.load(Ordering::SeqCst));
         let body = futures_util::stream::once(async move {
             let mut unread = unread;
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             unread.1 = true;
             Ok::<_, std::convert::Infallible>(Bytes::from(body))
         });
