@@ -130,14 +130,17 @@ impl Bench {
         };
         let text = report::table(std::slice::from_ref(&row));
         println!("{}", text.lines().last().unwrap_or_default());
-        println!(
-            "    runs: {:?}",
+        let runs = |name: &str| {
             samples
-                .all(callrelay)
+                .all(name)
                 .iter()
                 .map(|v| (v * 1000.0).round() / 1000.0)
                 .collect::<Vec<_>>()
-        );
+        };
+        match baseline {
+            Some(b) => println!("    runs: {:?}, baseline {:?}", runs(callrelay), runs(b)),
+            None => println!("    runs: {:?}", runs(callrelay)),
+        }
         self.rows.push(row);
     }
 }

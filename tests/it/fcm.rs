@@ -660,6 +660,7 @@ async fn throughput() {
     const IN_FLIGHT: usize = 256;
 
     let mock = MockFcm::start().await;
+    mock.answer_at_once();
     let notification =
         CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
     let now = time::OffsetDateTime::now_utc();
