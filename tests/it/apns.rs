@@ -34,38 +34,6 @@ fn path_str(p: &Path) -> String {
     toml_str(p.to_str().unwrap())
 }
 
-/// An `[[apps]]` entry with token authentication, both environments routed to the mock under
-/// `/prod` and `/sandbox`.
-pub(crate) fn token_app(
-    name: &str,
-    topic: &str,
-    key: &TeamKey,
-    apns: &MockApns,
-    extra: &str,
-) -> String {
-    format!(
-        r#"
-[[apps]]
-name = "{name}"
-channel = "apns"
-topic = "{topic}"
-team_id = "{team}"
-key_id = "{kid}"
-key_file = {key_file}
-production_url = "{prod}"
-sandbox_url = "{sandbox}"
-ca_file = {ca}
-{extra}
-"#,
-        team = key.team_id,
-        kid = key.key_id,
-        key_file = path_str(&key.p8_file),
-        prod = apns.url("/prod"),
-        sandbox = apns.url("/sandbox"),
-        ca = path_str(&apns.ca.ca_file),
-    )
-}
-
 struct Setup {
     app: TestApp,
     apns: MockApns,
@@ -80,7 +48,7 @@ async fn start_with(extra: &str, config: TestConfig) -> Setup {
     let key = TeamKey::generate(TEAM, KEY_ID);
     let apns = MockApns::token_auth(&[&key]).await;
     let app = spawn_with(TestConfig {
-        extra: token_app("ios", TOPIC, &key, &apns, extra),
+        extra: apns.token_app("ios", TOPIC, &key, extra),
         ..config
     })
     .await;
@@ -667,7 +635,7 @@ async fn a_client_without_a_certificate_cannot_push_to_a_certificate_server() {
     let apns = MockApns::certificate_auth(&client_ca).await;
     let key = TeamKey::generate(TEAM, KEY_ID);
     let app = spawn_with(TestConfig {
-        extra: token_app("ios", TOPIC, &key, &apns, ""),
+        extra: apns.token_app("ios", TOPIC, &key, ""),
         deadline_ms: 600,
         ..TestConfig::default()
     })
@@ -723,12 +691,13 @@ async fn several_apns_apps_push_with_their_own_keys_and_topics() {
     let app = spawn_with(TestConfig {
         extra: format!(
             "{}{}",
-            token_app("voice-a", "com.example.a", &key_a, &apns, ""),
+            apns.token_app("voice-a", "com.example.a", &key_a, ""),
             // The second key inline rather than in a file.
-            token_app("voice-b", "com.example.b", &key_b, &apns, "").replace(
-                &format!("key_file = {}", path_str(&key_b.p8_file)),
-                &format!("key = {}", toml_str(&key_b.p8_pem)),
-            )
+            apns.token_app("voice-b", "com.example.b", &key_b, "")
+                .replace(
+                    &format!("key_file = {}", path_str(&key_b.p8_file)),
+                    &format!("key = {}", toml_str(&key_b.p8_pem)),
+                )
         ),
         ..TestConfig::default()
     })
@@ -780,7 +749,7 @@ fn check_config(extra: &str) -> (Option<i32>, String) {
 async fn check_config_names_the_broken_apns_setting() {
     let key = TeamKey::generate(TEAM, KEY_ID);
     let apns = MockApns::token_auth(&[&key]).await;
-    let good = token_app("ios", TOPIC, &key, &apns, "");
+    let good = apns.token_app("ios", TOPIC, &key, "");
     let (code, out) = check_config(&good);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("configuration OK"), "{out}");
@@ -883,11 +852,10 @@ async fn throughput() {
 
     for connections in [1, 4] {
         // The app's table as the core hands it over: without `name` and `channel`.
-        let config: toml::Table = toml::from_str(&token_app(
+        let config: toml::Table = toml::from_str(&apns.token_app(
             "ios",
             TOPIC,
             &key,
-            &apns,
             &format!("connections = {connections}"),
         ))
         .unwrap();
@@ -939,7 +907,7 @@ async fn throughput() {
     // The whole path: signed webhook in, binding lookup, dedupe claim, push out.
     const WEBHOOKS: usize = 5_000;
     let app = spawn_with(TestConfig {
-        extra: token_app("ios", TOPIC, &key, &apns, ""),
+        extra: apns.token_app("ios", TOPIC, &key, ""),
         ..TestConfig::default()
     })
     .await;

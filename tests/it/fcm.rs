@@ -642,30 +642,12 @@ mod check_config {
     }
 }
 
-/// Sends per second against the mock, straight through `FcmChannel::deliver` with one and
-/// with four connections, then through the real webhook. Run in release mode:
-/// `cargo test --release --test it fcm::throughput -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "a measurement, not a check; run it in release mode"]
-async fn throughput() {
-    use std::sync::Arc;
-
-    use callrelay::channels::{Channel, Outcome, Target};
-    use callrelay::domain::{
-        AccountSid, Binding, BindingId, CallNotification, Identity, PushChannel,
-    };
-    use futures_util::StreamExt;
-
-    const SENDS: usize = 20_000;
-    const IN_FLIGHT: usize = 256;
-
-    let mock = MockFcm::start().await;
-    mock.answer_at_once();
-    let notification =
-        CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
+/// A binding to `FCM_TOKEN`, for sends straight through the channel.
+fn direct_target() -> callrelay::channels::Target {
+    use callrelay::domain::{AccountSid, Binding, BindingId, Identity, PushChannel};
     let now = time::OffsetDateTime::now_utc();
-    let binding = Binding {
-        id: BindingId::parse("throughput").unwrap(),
+    callrelay::channels::Target::Push(Binding {
+        id: BindingId::parse("direct").unwrap(),
         account_sid: AccountSid::parse(ACCOUNT).unwrap(),
         identity: Identity::parse("bob").unwrap(),
         channel: PushChannel::Fcm,
@@ -678,24 +660,51 @@ async fn throughput() {
         created_at: now,
         updated_at: now,
         expires_at: now + time::Duration::hours(1),
-    };
-    let target = Target::Push(binding);
+    })
+}
+
+/// An FCM channel for `mock`'s project, built as the core builds it.
+fn direct_channel(
+    mock: &MockFcm,
+    connections: usize,
+) -> std::sync::Arc<callrelay::channels::fcm::FcmChannel> {
+    let settings: toml::Table = toml::from_str(&format!(
+        "service_account_file = \"{}\"\nbase_url = \"{}\"\nca_file = \"{}\"\nconnections = {connections}\n",
+        mock.service_account_file(PROJECT).display(),
+        mock.url(),
+        mock.ca.ca_file.display()
+    ))
+    .unwrap();
+    std::sync::Arc::new(
+        callrelay::channels::fcm::FcmChannel::from_config(
+            "android",
+            &settings,
+            std::sync::Arc::new(callrelay::metrics::Metrics::new()),
+        )
+        .unwrap(),
+    )
+}
+
+/// Sends per second against the mock, straight through `FcmChannel::deliver` with one and
+/// with four connections, then through the real webhook. Run in release mode:
+/// `cargo test --release --test it fcm::throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check; run it in release mode"]
+async fn throughput() {
+    use callrelay::channels::{Channel, Outcome};
+    use callrelay::domain::CallNotification;
+    use futures_util::StreamExt;
+
+    const SENDS: usize = 20_000;
+    const IN_FLIGHT: usize = 256;
+
+    let mock = MockFcm::start().await;
+    mock.answer_at_once();
+    let notification =
+        CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
+    let target = direct_target();
     for connections in [1, 4] {
-        let settings: toml::Table = toml::from_str(&format!(
-            "service_account_file = \"{}\"\nbase_url = \"{}\"\nca_file = \"{}\"\nconnections = {connections}\n",
-            mock.service_account_file(PROJECT).display(),
-            mock.url(),
-            mock.ca.ca_file.display()
-        ))
-        .unwrap();
-        let channel = Arc::new(
-            callrelay::channels::fcm::FcmChannel::from_config(
-                "android",
-                &settings,
-                Arc::new(callrelay::metrics::Metrics::new()),
-            )
-            .unwrap(),
-        );
+        let channel = direct_channel(&mock, connections);
         // Warm up: the token and the connections.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for _ in 0..connections {
@@ -757,49 +766,16 @@ async fn throughput() {
 /// failing every push on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successful_sends_leave_no_cancelled_streams() {
-    use std::sync::Arc;
-
-    use callrelay::channels::{Channel, Outcome, Target};
-    use callrelay::domain::{
-        AccountSid, Binding, BindingId, CallNotification, Identity, PushChannel,
-    };
+    use callrelay::channels::{Channel, Outcome};
+    use callrelay::domain::CallNotification;
     use futures_util::StreamExt;
 
     const SENDS: usize = 2_000;
     let mock = MockFcm::start().await;
     let notification =
         CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let target = Target::Push(Binding {
-        id: BindingId::parse("many").unwrap(),
-        account_sid: AccountSid::parse(ACCOUNT).unwrap(),
-        identity: Identity::parse("bob").unwrap(),
-        channel: PushChannel::Fcm,
-        address: FCM_TOKEN.into(),
-        app: "android".into(),
-        apns_environment: None,
-        push_type: None,
-        device_id: None,
-        ttl_seconds: 3600,
-        created_at: now,
-        updated_at: now,
-        expires_at: now + time::Duration::hours(1),
-    });
-    let settings: toml::Table = toml::from_str(&format!(
-        "service_account_file = \"{}\"\nbase_url = \"{}\"\nca_file = \"{}\"\n",
-        mock.service_account_file(PROJECT).display(),
-        mock.url(),
-        mock.ca.ca_file.display()
-    ))
-    .unwrap();
-    let channel = Arc::new(
-        callrelay::channels::fcm::FcmChannel::from_config(
-            "android",
-            &settings,
-            Arc::new(callrelay::metrics::Metrics::new()),
-        )
-        .unwrap(),
-    );
+    let target = direct_target();
+    let channel = direct_channel(&mock, 1);
     let outcomes: Vec<Outcome> = futures_util::stream::iter(0..SENDS)
         .map(|_| {
             let (channel, target, notification) =

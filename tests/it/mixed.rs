@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::apns::{KEY_ID, TEAM, TOPIC, token_app};
+use crate::apns::{KEY_ID, TEAM, TOPIC};
 use crate::helpers::*;
 use crate::mocks::apns::{MockApns, TeamKey};
 use crate::mocks::fcm::MockFcm;
@@ -16,7 +16,7 @@ async fn a_websocket_an_apns_and_an_fcm_binding_all_receive() {
     let apns = MockApns::token_auth(&[&key]).await;
     let fcm = MockFcm::start().await;
     let app = spawn_with(TestConfig {
-        extra: token_app("ios", TOPIC, &key, &apns, "") + &fcm.app_toml("android", "voice-project"),
+        extra: apns.token_app("ios", TOPIC, &key, "") + &fcm.app_toml("android", "voice-project"),
         ..TestConfig::redis()
     })
     .await;

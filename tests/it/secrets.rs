@@ -10,7 +10,7 @@ use callrelay::auth::signature::SignatureAlgorithm;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::apns::{KEY_ID, TEAM, TOPIC, token_app};
+use crate::apns::{KEY_ID, TEAM, TOPIC};
 use crate::helpers::redis::RedisServer;
 use crate::helpers::*;
 use crate::mocks::apns::{MockApns, Reply as ApnsReply, TeamKey};
@@ -57,7 +57,7 @@ async fn secrets_never_appear_in_logs_metrics_or_answers() {
     let config = TestConfig {
         engine: Engine::RedisAt(redis.url()),
         accounts: Some(accounts()),
-        extra: token_app("ios", TOPIC, &team_key, &apns, "")
+        extra: apns.token_app("ios", TOPIC, &team_key, "")
             + &fcm.app_toml("android", "voice-project"),
         ..TestConfig::default()
     };

@@ -136,22 +136,7 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
         Better::More,
         "req/s",
     );
-    b.row(
-        scenario,
-        "server CPU per webhook",
-        &samples,
-        ("callrelay cpu", Some("baseline cpu")),
-        Better::Less,
-        "µs",
-    );
-    b.row(
-        scenario,
-        "Redis CPU per webhook",
-        &samples,
-        ("callrelay redis cpu", Some("baseline redis cpu")),
-        Better::Less,
-        "µs",
-    );
+    super::cpu_rows(b, scenario, &samples);
     for rate in b.rates.clone() {
         for p in ["p50", "p99", "p99.9"] {
             let name = format!("e2e {rate} {p}");

@@ -73,21 +73,6 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
             "ms",
         );
     }
-    b.row(
-        scenario,
-        "server CPU per webhook",
-        &samples,
-        ("callrelay cpu", Some("baseline cpu")),
-        Better::Less,
-        "µs",
-    );
-    b.row(
-        scenario,
-        "Redis CPU per webhook",
-        &samples,
-        ("callrelay redis cpu", Some("baseline redis cpu")),
-        Better::Less,
-        "µs",
-    );
+    super::cpu_rows(b, scenario, &samples);
     super::check_quiet(&relay)
 }

@@ -46,6 +46,30 @@ pub fn check_quiet(relay: &crate::procs::Callrelay) -> Result<(), crate::procs::
     .into())
 }
 
+/// The rows for the CPU samples a closed-loop run recorded (`callrelay cpu`,
+/// `callrelay redis cpu` and the baseline's).
+pub fn cpu_rows(b: &mut crate::Bench, scenario: &str, samples: &crate::report::Samples) {
+    use crate::report::Better;
+    let rows = [
+        ("server CPU per webhook", "callrelay cpu", "baseline cpu"),
+        (
+            "Redis CPU per webhook",
+            "callrelay redis cpu",
+            "baseline redis cpu",
+        ),
+    ];
+    for (measure, mine, theirs) in rows {
+        b.row(
+            scenario,
+            measure,
+            samples,
+            (mine, Some(theirs)),
+            Better::Less,
+            "µs",
+        );
+    }
+}
+
 /// CPU time that some processes spend during a run, to be divided by the work done.
 pub struct CpuMeter {
     pids: Vec<u32>,

@@ -18,28 +18,8 @@ use crate::report::{Better, Samples};
 const CEILING: f64 = 30_000.0;
 
 fn apps_toml(key: &TeamKey, apns: &MockApns, fcm: &MockFcm) -> String {
-    let path = |p: &std::path::Path| format!("{:?}", p.display().to_string());
-    format!(
-        r#"
-[[apps]]
-name = "ios"
-channel = "apns"
-topic = "com.example.bench"
-team_id = "{team}"
-key_id = "{kid}"
-key_file = {key_file}
-production_url = "{prod}"
-sandbox_url = "{sandbox}"
-ca_file = {ca}
-{fcm}"#,
-        team = key.team_id,
-        kid = key.key_id,
-        key_file = path(&key.p8_file),
-        prod = apns.url("/prod"),
-        sandbox = apns.url("/sandbox"),
-        ca = path(&apns.ca.ca_file),
-        fcm = fcm.app_toml("android", "callrelay-bench"),
-    )
+    apns.token_app("ios", "com.example.bench", key, "")
+        + &fcm.app_toml("android", "callrelay-bench")
 }
 
 /// Registers one binding per identity through the bindings API, as an app backend would.

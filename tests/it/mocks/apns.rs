@@ -165,6 +165,34 @@ impl MockApns {
         Self { server, ca, state }
     }
 
+    /// An `[[apps]]` entry with token authentication signed by `key`, both environments
+    /// routed to this mock (under `/prod` and `/sandbox`) and its CA trusted; `extra` is
+    /// appended to the entry.
+    pub fn token_app(&self, name: &str, topic: &str, key: &TeamKey, extra: &str) -> String {
+        let quoted = |p: &std::path::Path| serde_json::to_string(&p.to_str().unwrap()).unwrap();
+        format!(
+            r#"
+[[apps]]
+name = "{name}"
+channel = "apns"
+topic = "{topic}"
+team_id = "{team}"
+key_id = "{kid}"
+key_file = {key_file}
+production_url = "{prod}"
+sandbox_url = "{sandbox}"
+ca_file = {ca}
+{extra}
+"#,
+            team = key.team_id,
+            kid = key.key_id,
+            key_file = quoted(&key.p8_file),
+            prod = self.url("/prod"),
+            sandbox = self.url("/sandbox"),
+            ca = quoted(&self.ca.ca_file),
+        )
+    }
+
     /// The base URL for `prefix` (e.g. `/prod`), for `production_url` and friends.
     pub fn url(&self, prefix: &str) -> String {
         format!("{}{prefix}", self.server.url())
