@@ -32,11 +32,11 @@ impl Relay {
     ) -> Result<Summary, WebhookError> {
         let started = Instant::now();
         let deadline = started + self.config.server.webhook_deadline;
-        let account = self
+        let settings = self
             .config
             .account(&notification.account_sid)
             .ok_or_else(|| WebhookError::UnknownAccount(notification.account_sid.clone()))?;
-        webhook::authenticate(account, credentials)?;
+        webhook::authenticate(settings, credentials)?;
 
         let now = OffsetDateTime::now_utc();
         let account = &notification.account_sid;
