@@ -685,6 +685,26 @@ fn direct_channel(
     )
 }
 
+/// `count` sends straight through `channel`, `in_flight` at a time.
+async fn send_many(
+    channel: &std::sync::Arc<callrelay::channels::fcm::FcmChannel>,
+    target: &callrelay::channels::Target,
+    notification: &callrelay::domain::CallNotification,
+    count: usize,
+    in_flight: usize,
+) -> Vec<callrelay::channels::Outcome> {
+    use callrelay::channels::Channel;
+    use futures_util::StreamExt;
+    futures_util::stream::iter(0..count)
+        .map(|_| async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            channel.deliver(target, notification, deadline).await
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await
+}
+
 /// Sends per second against the mock, straight through `FcmChannel::deliver` with one and
 /// with four connections, then through the real webhook. Run in release mode:
 /// `cargo test --release --test it fcm::throughput -- --ignored --nocapture`.
@@ -714,18 +734,7 @@ async fn throughput() {
             );
         }
         let started = Instant::now();
-        let outcomes: Vec<Outcome> = futures_util::stream::iter(0..SENDS)
-            .map(|_| {
-                let (channel, target, notification) =
-                    (channel.clone(), target.clone(), notification.clone());
-                async move {
-                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                    channel.deliver(&target, &notification, deadline).await
-                }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
+        let outcomes = send_many(&channel, &target, &notification, SENDS, IN_FLIGHT).await;
         let elapsed = started.elapsed();
         assert!(outcomes.iter().all(|o| *o == Outcome::Delivered));
         println!(
@@ -766,9 +775,8 @@ async fn throughput() {
 /// failing every push on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successful_sends_leave_no_cancelled_streams() {
-    use callrelay::channels::{Channel, Outcome};
+    use callrelay::channels::Outcome;
     use callrelay::domain::CallNotification;
-    use futures_util::StreamExt;
 
     const SENDS: usize = 2_000;
     let mock = MockFcm::start().await;
@@ -776,18 +784,7 @@ async fn successful_sends_leave_no_cancelled_streams() {
         CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
     let target = direct_target();
     let channel = direct_channel(&mock, 1);
-    let outcomes: Vec<Outcome> = futures_util::stream::iter(0..SENDS)
-        .map(|_| {
-            let (channel, target, notification) =
-                (channel.clone(), target.clone(), notification.clone());
-            async move {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                channel.deliver(&target, &notification, deadline).await
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let outcomes = send_many(&channel, &target, &notification, SENDS, 64).await;
     assert!(outcomes.iter().all(|o| *o == Outcome::Delivered));
     assert_eq!(mock.sent_count(), SENDS, "no send was retried");
     assert_eq!(

@@ -128,15 +128,7 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
     } else {
         "2. deliver (WebSocket)"
     };
-    b.row(
-        scenario,
-        &format!("requests/s, c={c}"),
-        &samples,
-        ("callrelay", Some("baseline")),
-        Better::More,
-        "req/s",
-    );
-    super::cpu_rows(b, scenario, &samples);
+    super::closed_loop_rows(b, scenario, &samples);
     for rate in b.rates.clone() {
         for p in ["p50", "p99", "p99.9"] {
             let name = format!("e2e {rate} {p}");

@@ -54,14 +54,7 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
     }
     let c = b.concurrency;
     let scenario = "1. lookup (404)";
-    b.row(
-        scenario,
-        &format!("requests/s, c={c}"),
-        &samples,
-        ("callrelay", Some("baseline")),
-        Better::More,
-        "req/s",
-    );
+    super::closed_loop_rows(b, scenario, &samples);
     for p in ["p50", "p99", "p99.9"] {
         let (mine, theirs) = (format!("callrelay {p}"), format!("baseline {p}"));
         b.row(
@@ -73,6 +66,5 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
             "ms",
         );
     }
-    super::cpu_rows(b, scenario, &samples);
     super::check_quiet(&relay)
 }

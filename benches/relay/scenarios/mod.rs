@@ -46,26 +46,42 @@ pub fn check_quiet(relay: &crate::procs::Callrelay) -> Result<(), crate::procs::
     .into())
 }
 
-/// The rows for the CPU samples a closed-loop run recorded (`callrelay cpu`,
-/// `callrelay redis cpu` and the baseline's).
-pub fn cpu_rows(b: &mut crate::Bench, scenario: &str, samples: &crate::report::Samples) {
+/// The rows of a closed-loop run beside the baseline: throughput (`callrelay`, `baseline`)
+/// and CPU per webhook (`callrelay cpu`, `callrelay redis cpu` and the baseline's).
+pub fn closed_loop_rows(b: &mut crate::Bench, scenario: &str, samples: &crate::report::Samples) {
     use crate::report::Better;
+    let throughput = format!("requests/s, c={}", b.concurrency);
     let rows = [
-        ("server CPU per webhook", "callrelay cpu", "baseline cpu"),
+        (
+            throughput.as_str(),
+            "callrelay",
+            "baseline",
+            Better::More,
+            "req/s",
+        ),
+        (
+            "server CPU per webhook",
+            "callrelay cpu",
+            "baseline cpu",
+            Better::Less,
+            "µs",
+        ),
         (
             "Redis CPU per webhook",
             "callrelay redis cpu",
             "baseline redis cpu",
+            Better::Less,
+            "µs",
         ),
     ];
-    for (measure, mine, theirs) in rows {
+    for (measure, mine, theirs, better, unit) in rows {
         b.row(
             scenario,
             measure,
             samples,
             (mine, Some(theirs)),
-            Better::Less,
-            "µs",
+            better,
+            unit,
         );
     }
 }
