@@ -147,9 +147,9 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
             "using the embedded memory store: bindings are lost on restart and replicas share nothing; set store.redis_url for production"
         );
     }
-    if config.server.public_url.is_none() && !config.accounts.is_empty() {
+    if config.server.trust_forwarded_headers && !config.accounts.is_empty() {
         tracing::warn!(
-            "server.public_url is not set: webhook signatures are checked against the Host header; set it to the URL Twilio calls"
+            "server.trust_forwarded_headers is on: webhook signatures are checked against each request's Host and X-Forwarded-Proto, so a request signed for another host verifies too; set server.public_url instead when you can"
         );
     }
     tracing::info!(%public_addr, %admin_addr, node, store = store.engine(), accounts = config.accounts.len(), "callrelay listening");

@@ -2,8 +2,9 @@
 
 use std::sync::atomic::AtomicI64;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -31,13 +32,15 @@ pub struct BindingOpLabels {
     pub status: u16,
 }
 
-/// The `outcome` label of `callrelay_webhooks_total`.
-pub const WEBHOOK_OUTCOMES: [&str; 8] = [
+/// The `outcome` label of `callrelay_webhooks_total`. `challenged` is the `401` that asks
+/// for HTTP Basic credentials: Twilio's first try at every webhook of such an account.
+pub const WEBHOOK_OUTCOMES: [&str; 9] = [
     "delivered",
     "duplicate",
     "not_found",
     "bad_request",
     "too_large",
+    "challenged",
     "forbidden",
     "failed",
     "unavailable",
@@ -145,6 +148,15 @@ impl Metrics {
             "Expiry of each certificate-auth APNs app's client certificate (Unix time)",
             apns_certificate_expiry.clone(),
         );
+        // Both are the process's, whichever `Metrics` shows them: one log writer, one throttle.
+        registry.register(
+            "log_lines_suppressed",
+            "Authentication-failure log lines left out by the rate limit, by reason",
+            crate::telemetry::throttle::auth_failures()
+                .suppressed()
+                .clone(),
+        );
+        registry.register_collector(Box::new(LogLinesDropped));
         // Every known series exists from the start, so rates and alerts see zeros, not gaps.
         for outcome in WEBHOOK_OUTCOMES {
             let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
@@ -174,5 +186,49 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// `callrelay_log_lines_dropped_total`: read from the log writer at each scrape, since the
+/// writer keeps the count itself.
+#[derive(Debug)]
+struct LogLinesDropped;
+
+impl Collector for LogLinesDropped {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(crate::telemetry::dropped_lines());
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer fell behind",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_counters_are_exposed() {
+        let text = Metrics::new().render();
+        assert!(
+            text.contains("# TYPE callrelay_log_lines_dropped counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ncallrelay_log_lines_dropped_total "),
+            "{text}"
+        );
+        // Series of suppressed lines appear with the first line left out.
+        let throttle = crate::telemetry::throttle::auth_failures();
+        while throttle.admit("metrics_test").is_some() {}
+        let text = Metrics::new().render();
+        assert!(
+            text.contains("callrelay_log_lines_suppressed_total{reason=\"metrics_test\"} 1"),
+            "{text}"
+        );
     }
 }

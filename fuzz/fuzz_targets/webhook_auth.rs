@@ -55,6 +55,8 @@ fn server(public_url: bool) -> ServerConfig {
         listen: any,
         admin_listen: any,
         public_url: public_url.then(|| PUBLIC_URL.to_owned()),
+        // As configuration requires: without a public URL, only the explicit opt-in.
+        trust_forwarded_headers: !public_url,
         webhook_deadline: Duration::from_secs(5),
         dedupe_window: Duration::from_secs(600),
         shutdown_grace: Duration::from_secs(10),

@@ -1,5 +1,10 @@
 //! Authenticating a call-notification webhook: `X-Twilio-Signature` with the `bodySHA256`
 //! scheme, and optional HTTP Basic credentials.
+//!
+//! Basic follows Twilio's handshake: Twilio first sends the request without an
+//! `Authorization` header and adds the credentials from the URL only after a `401` carrying
+//! `WWW-Authenticate`. So "no Basic credentials" (`MissingBasic`, answered `401` with the
+//! challenge) is the normal first step, distinct from wrong ones (`WrongBasic`, `403`).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -17,9 +22,11 @@ pub struct WebhookCredentials<'a> {
     pub body: &'a [u8],
 }
 
-/// Why a webhook was refused. Logged; the caller only ever sees `403`.
+/// Why a webhook was refused. Logged; the caller sees `401` with a Basic challenge for
+/// `MissingBasic` and `403` for everything else.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookAuthError {
+    /// No `Authorization` header, or one that is not a Basic credential: Twilio's first try.
     #[error("no HTTP Basic credentials")]
     MissingBasic,
     #[error("wrong HTTP Basic credentials")]
@@ -36,8 +43,27 @@ pub enum WebhookAuthError {
     UnknownAlgorithm(String),
     #[error("X-Twilio-Webhooks-Signature-Settings is malformed")]
     MalformedSettings,
-    #[error("the signature does not match (url {url})")]
+    /// `url` is the URL checked, without its query string (which holds `bodySHA256`): enough
+    /// to see a `server.public_url` that differs from what Twilio calls.
+    #[error("the signature does not match (url {url}, query string not shown)")]
     BadSignature { url: String },
+}
+
+impl WebhookAuthError {
+    /// A stable name for logs and metrics (rate-limited log lines are counted per reason).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingBasic => "webhook_basic_missing",
+            Self::WrongBasic => "webhook_basic_wrong",
+            Self::MissingSignature => "webhook_signature_missing",
+            Self::MissingBodyHash => "webhook_body_hash_missing",
+            Self::BodyHashMismatch => "webhook_body_hash_mismatch",
+            Self::UnknownSharedKey(_) => "webhook_shared_key_unknown",
+            Self::UnknownAlgorithm(_) => "webhook_algorithm_unknown",
+            Self::MalformedSettings => "webhook_settings_malformed",
+            Self::BadSignature { .. } => "webhook_signature_mismatch",
+        }
+    }
 }
 
 pub fn authenticate(
@@ -45,10 +71,11 @@ pub fn authenticate(
     request: &WebhookCredentials<'_>,
 ) -> Result<(), WebhookAuthError> {
     if let Some(basic) = &account.webhook_basic_auth {
-        let (user, password) = request
-            .authorization
-            .and_then(parse_basic)
-            .ok_or(WebhookAuthError::MissingBasic)?;
+        let (user, password) = match request.authorization.and_then(parse_basic) {
+            None => return Err(WebhookAuthError::MissingBasic),
+            Some(None) => return Err(WebhookAuthError::WrongBasic),
+            Some(Some(credentials)) => credentials,
+        };
         // Both compared in full, so timing says nothing about which part was wrong.
         let user_ok = constant_time_eq(user.as_bytes(), basic.username.as_bytes());
         let pass_ok = constant_time_eq(password.as_bytes(), basic.password.expose().as_bytes());
@@ -98,7 +125,7 @@ fn check_signature(
         }
     }
     Err(WebhookAuthError::BadSignature {
-        url: request.url.to_owned(),
+        url: without_query(request.url).to_owned(),
     })
 }
 
@@ -157,15 +184,25 @@ fn body_hash_param(url: &str) -> Option<&str> {
     found.filter(|v| v.len() == 64)
 }
 
-fn parse_basic(header: &str) -> Option<(String, String)> {
-    let (scheme, encoded) = header.trim().split_once(' ')?;
+/// The URL up to its query string or fragment: what a log line may say of it.
+pub fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or_default()
+}
+
+/// `None`: not a Basic credential at all (no challenge answered yet). `Some(None)`: a Basic
+/// credential that does not decode to `user:password`, which counts as wrong.
+fn parse_basic(header: &str) -> Option<Option<(String, String)>> {
+    let header = header.trim();
+    let (scheme, encoded) = header.split_once(' ').unwrap_or((header, ""));
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = STANDARD.decode(encoded.trim()).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
+    let decoded = STANDARD.decode(encoded.trim()).ok();
+    let text = decoded.and_then(|d| String::from_utf8(d).ok());
+    Some(text.and_then(|t| {
+        let (user, password) = t.split_once(':')?;
+        Some((user.to_owned(), password.to_owned()))
+    }))
 }
 
 /// Equality whose running time depends only on the lengths.
@@ -278,15 +315,41 @@ mod tests {
         let url = format!("https://mycompany.com/myapp.php?bodySHA256={HASH}");
         let mut c = creds(&url, Some("y77kIzt2vzLz71DgmJGsen2scGs="));
         assert_eq!(authenticate(&acc, &c), Err(WebhookAuthError::MissingBasic));
+        // Another scheme is no Basic credential either: the challenge, not a refusal.
+        c.authorization = Some("Bearer abc");
+        assert_eq!(authenticate(&acc, &c), Err(WebhookAuthError::MissingBasic));
         let wrong = format!("Basic {}", STANDARD.encode("twilio:nope"));
         c.authorization = Some(&wrong);
         assert_eq!(authenticate(&acc, &c), Err(WebhookAuthError::WrongBasic));
+        // Basic, but not base64 of user:password.
+        for garbled in ["Basic", "Basic !!!", "basic dHdpbGlv"] {
+            c.authorization = Some(garbled);
+            assert_eq!(
+                authenticate(&acc, &c),
+                Err(WebhookAuthError::WrongBasic),
+                "{garbled}"
+            );
+        }
         let right = format!("Basic {}", STANDARD.encode("twilio:pw"));
         c.authorization = Some(&right);
         assert_eq!(authenticate(&acc, &c), Ok(()));
         acc.require_signature = false;
         c.signature = None;
         assert_eq!(authenticate(&acc, &c), Ok(()));
+    }
+
+    #[test]
+    fn a_bad_signature_names_the_url_without_its_query() {
+        let url = format!("https://relay.example.com/v1/x?bodySHA256={HASH}&tenant=a");
+        let err = authenticate(&account(), &creds(&url, Some("AAAA"))).unwrap_err();
+        assert_eq!(
+            err,
+            WebhookAuthError::BadSignature {
+                url: "https://relay.example.com/v1/x".into()
+            }
+        );
+        assert!(!err.to_string().contains(HASH), "{err}");
+        assert_eq!(without_query("https://h/p#frag?x"), "https://h/p");
     }
 
     #[test]

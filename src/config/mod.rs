@@ -34,8 +34,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     /// The base URL Twilio calls (scheme, host, optional port and path prefix, no trailing
-    /// slash). `None`: rebuilt from each request's `Host` header.
+    /// slash). Required when accounts are configured, unless `trust_forwarded_headers`.
     pub public_url: Option<String>,
+    /// Check webhook signatures against each request's `Host` and `X-Forwarded-Proto` instead
+    /// of `public_url`. Off unless the operator says so: whoever can reach the listener
+    /// chooses those headers, so a request Twilio signed for another host that uses the same
+    /// Auth Token (another relay, another app of the account) would verify here too.
+    pub trust_forwarded_headers: bool,
     pub webhook_deadline: Duration,
     pub dedupe_window: Duration,
     pub shutdown_grace: Duration,
@@ -300,6 +305,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         accounts.push(parsed);
     }
 
+    // Without a public URL, the URL a webhook was signed for can only come from headers the
+    // caller chooses: a request signed for another host would verify. Only by explicit choice.
+    if !accounts.is_empty() && server.public_url.is_none() && !server.trust_forwarded_headers {
+        return Err(ConfigError::invalid(
+            "server.public_url",
+            "is required when accounts are configured: set it to the URL Twilio calls (e.g. https://relay.example.com), \
+             or set server.trust_forwarded_headers = true to check signatures against each request's Host and X-Forwarded-Proto",
+        ));
+    }
+
     let admin = validate_admin(raw.admin)?;
     let apps = validate_apps(raw.apps)?;
     Ok(Config {
@@ -410,10 +425,18 @@ fn validate_server(raw: raw::RawServer) -> Result<ServerConfig, ConfigError> {
         None => None,
         Some(url) => Some(validate_public_url(&url)?),
     };
+    let trust_forwarded_headers = raw.trust_forwarded_headers.unwrap_or(false);
+    if trust_forwarded_headers && public_url.is_some() {
+        return Err(ConfigError::invalid(
+            "server.trust_forwarded_headers",
+            "is true but server.public_url is set; signatures are checked against one of them: remove one",
+        ));
+    }
     Ok(ServerConfig {
         listen: addr("server.listen", raw.listen, "0.0.0.0:8080")?,
         admin_listen: addr("server.admin_listen", raw.admin_listen, "0.0.0.0:9090")?,
         public_url,
+        trust_forwarded_headers,
         webhook_deadline: millis(
             "server.webhook_deadline_ms",
             raw.webhook_deadline_ms,

@@ -32,6 +32,8 @@ pub struct RawServer {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     pub public_url: Option<String>,
+    #[serde(default, deserialize_with = "lenient::boolean")]
+    pub trust_forwarded_headers: Option<bool>,
     #[serde(default, deserialize_with = "lenient::number")]
     pub webhook_deadline_ms: Option<u64>,
     #[serde(default, deserialize_with = "lenient::number")]

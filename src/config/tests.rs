@@ -2,8 +2,10 @@ use super::*;
 
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
 
+const SERVER: &str = "[server]\npublic_url = \"https://relay.example.com\"\n";
+
 fn account_toml(extra: &str) -> String {
-    format!("[[accounts]]\nsid = \"{SID}\"\nauth_token = \"12345\"\n{extra}")
+    format!("{SERVER}[[accounts]]\nsid = \"{SID}\"\nauth_token = \"12345\"\n{extra}")
 }
 
 #[test]
@@ -65,7 +67,7 @@ fn secrets_come_from_files_without_the_trailing_newline() {
     let token = dir.join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     let config = from_toml_str(&format!(
-        "[[accounts]]\nsid = \"{SID}\"\nauth_token_file = \"{}\"",
+        "{SERVER}[[accounts]]\nsid = \"{SID}\"\nauth_token_file = \"{}\"",
         token.display()
     ))
     .unwrap();
@@ -92,7 +94,7 @@ fn inline_and_file_together_is_an_error() {
 #[test]
 fn secrets_never_show_in_debug_output() {
     let config = from_toml_str(&format!(
-        "[[accounts]]\nsid = \"{SID}\"\nauth_token = \"authtokenvalue\"\n\
+        "{SERVER}[[accounts]]\nsid = \"{SID}\"\nauth_token = \"authtokenvalue\"\n\
          api_keys = [{{ sid = \"SK0123456789abcdef0123456789abcdef\", secret = \"apisecretvalue\" }}]\n\
          [store]\nredis_url = \"redis://:redispassword@127.0.0.1\"\n\
          [[apps]]\nname = \"ios\"\nchannel = \"apns\"\nkey = \"inlineapnskey\""
@@ -130,6 +132,34 @@ fn public_url_is_checked_and_normalised() {
             "{bad}: {err}"
         );
     }
+}
+
+#[test]
+fn accounts_need_a_public_url_unless_forwarded_headers_are_trusted() {
+    let bare = format!("[[accounts]]\nsid = \"{SID}\"\nauth_token = \"12345\"\n");
+    let err = from_toml_str(&bare).unwrap_err().to_string();
+    assert!(err.starts_with("server.public_url: is required"), "{err}");
+    assert!(err.contains("server.trust_forwarded_headers"), "{err}");
+
+    let config = from_toml_str(&account_toml("")).unwrap();
+    assert!(!config.server.trust_forwarded_headers);
+    let config =
+        from_toml_str(&format!("[server]\ntrust_forwarded_headers = true\n{bare}")).unwrap();
+    assert!(config.server.trust_forwarded_headers);
+    assert!(config.server.public_url.is_none());
+
+    // Both at once is ambiguous.
+    let err = from_toml_str(&format!(
+        "[server]\npublic_url = \"https://relay.example.com\"\ntrust_forwarded_headers = true\n{bare}"
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("server.trust_forwarded_headers"),
+        "{err}"
+    );
+    // Without accounts there is no signature to check, and nothing to require.
+    assert!(from_toml_str("").unwrap().server.public_url.is_none());
 }
 
 #[test]

@@ -1,13 +1,22 @@
 //! The one place where errors become HTTP answers: RFC 9457 problem documents with a stable
 //! `type` per kind of client error (listed in the README). Internal causes are logged here and
-//! never sent.
+//! never sent; authentication failures, which anyone can cause, through the process's log
+//! throttle (`telemetry::throttle`), so that a flood of them cannot flood the log.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::auth::AuthError;
+use crate::auth::webhook::WebhookAuthError;
 use crate::relay::{BindingError, Summary, WebhookError};
+use crate::telemetry::throttle;
+
+/// The challenge a `401` carries unless the problem names another.
+const BEARER_CHALLENGE: &str = "Bearer";
+/// What Twilio waits for before it sends the Basic credentials of the webhook URL.
+pub const BASIC_CHALLENGE: &str = "Basic realm=\"callrelay\"";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -19,6 +28,9 @@ pub struct Problem {
     /// Sent as `Retry-After` (seconds) when set.
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// Sent as `WWW-Authenticate` with a `401`; `Bearer` when not set.
+    #[serde(skip)]
+    pub challenge: Option<&'static str>,
 }
 
 impl Problem {
@@ -34,6 +46,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -88,7 +101,11 @@ impl IntoResponse for Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         if status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            let challenge = self.challenge.unwrap_or(BEARER_CHALLENGE);
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         let retry_after = self
             .retry_after
@@ -115,7 +132,10 @@ impl IntoResponse for WebhookError {
             )
             .into_response(),
             WebhookError::UnknownAccount(sid) => {
-                tracing::warn!(account = %sid, "webhook for an account that is not configured");
+                if let Some(suppressed) = throttle::auth_failures().admit("webhook_unknown_account")
+                {
+                    tracing::warn!(account = %sid, suppressed, "webhook for an account that is not configured");
+                }
                 Problem::new(
                     StatusCode::FORBIDDEN,
                     "unknown-account",
@@ -124,9 +144,30 @@ impl IntoResponse for WebhookError {
                 )
                 .into_response()
             }
+            // Twilio's first try at a webhook whose URL carries Basic credentials: the challenge
+            // makes it send them. Routine, so not a warning.
+            WebhookError::Unauthenticated(WebhookAuthError::MissingBasic) => {
+                if let Some(suppressed) =
+                    throttle::auth_failures().admit(WebhookAuthError::MissingBasic.reason())
+                {
+                    tracing::debug!(suppressed, "webhook without Basic credentials: challenged");
+                }
+                Problem {
+                    challenge: Some(BASIC_CHALLENGE),
+                    ..Problem::new(
+                        StatusCode::UNAUTHORIZED,
+                        "webhook-authentication-required",
+                        "Webhook authentication required",
+                        "this account's webhook requires HTTP Basic credentials",
+                    )
+                }
+                .into_response()
+            }
             WebhookError::Unauthenticated(why) => {
                 // Why is for the operator; the caller learns only that it failed.
-                tracing::warn!(reason = %why, "webhook authentication failed");
+                if let Some(suppressed) = throttle::auth_failures().admit(why.reason()) {
+                    tracing::warn!(reason = %why, suppressed, "webhook authentication failed");
+                }
                 Problem::new(
                     StatusCode::FORBIDDEN,
                     "webhook-authentication-failed",
@@ -174,7 +215,9 @@ impl From<BindingError> for Problem {
                 detail,
             ),
             BindingError::Unauthenticated(why) => {
-                tracing::info!(reason = %why, "bindings API authentication failed");
+                if let Some(suppressed) = throttle::auth_failures().admit(bearer_reason(&why)) {
+                    tracing::info!(reason = %why, suppressed, "bindings API authentication failed");
+                }
                 Problem::unauthenticated(
                     "present a Twilio Access Token or an admin key as a Bearer credential",
                 )
@@ -205,5 +248,15 @@ impl From<BindingError> for Problem {
                 Problem::store_unavailable()
             }
         }
+    }
+}
+
+/// The throttle's reason for a refused bearer credential: one bucket per kind of failure.
+pub fn bearer_reason(why: &AuthError) -> &'static str {
+    match why {
+        AuthError::Missing => "bearer_missing",
+        AuthError::Scheme => "bearer_scheme",
+        AuthError::UnknownAdminKey => "bearer_unknown_admin_key",
+        AuthError::Token(_) => "bearer_token_refused",
     }
 }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::AppState;
 use super::problem::Problem;
-use crate::auth::webhook::WebhookCredentials;
+use crate::auth::webhook::{WebhookAuthError, WebhookCredentials};
 use crate::config::ServerConfig;
 use crate::domain::CallNotification;
 use crate::metrics::OutcomeLabels;
@@ -100,6 +100,7 @@ async fn answer(
         Err(e) => {
             let outcome = match &e {
                 WebhookError::Invalid(_) => "bad_request",
+                WebhookError::Unauthenticated(WebhookAuthError::MissingBasic) => "challenged",
                 WebhookError::UnknownAccount(_) | WebhookError::Unauthenticated(_) => "forbidden",
                 WebhookError::NoBinding | WebhookError::AllRemoved(_) => "not_found",
                 WebhookError::AllFailed(_) => "failed",
@@ -122,7 +123,8 @@ async fn answer(
 }
 
 /// The URL Twilio signed: the configured public URL plus the path and query as received.
-/// Without a public URL, the request's own `Host` (and `X-Forwarded-Proto`) stand in.
+/// Without a public URL (configuration allows that only with `server.trust_forwarded_headers`
+/// when accounts exist), the request's own `Host` and `X-Forwarded-Proto` stand in.
 pub fn signed_url(server: &ServerConfig, headers: &HeaderMap, uri: &Uri) -> String {
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
     match &server.public_url {

@@ -42,6 +42,7 @@ cat > "$work/callrelay.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$admin_port"
+public_url = "http://127.0.0.1:$port"
 
 # JSON lines, so that the check for ERROR lines at the end can find them.
 [log]

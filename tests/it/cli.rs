@@ -53,6 +53,40 @@ fn check_config_accepts_the_example_and_names_broken_keys() {
     std::fs::remove_file(broken).unwrap();
 }
 
+/// Accounts without `server.public_url` (and without the explicit opt-in to trusting `Host`)
+/// are refused, with the key named and the way out given.
+#[test]
+fn check_config_requires_a_public_url_for_accounts() {
+    let path = write_config(&format!(
+        "[[accounts]]\nsid = \"{ACCOUNT}\"\nauth_token = \"{AUTH_TOKEN}\"\n"
+    ));
+    let out = callrelay()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.public_url: is required"), "{err}");
+    assert!(
+        err.contains("server.trust_forwarded_headers = true"),
+        "{err}"
+    );
+    // The opt-in, here from the environment, is accepted.
+    let out = callrelay()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("CALLRELAY__SERVER__TRUST_FORWARDED_HEADERS", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(path).unwrap();
+}
+
 #[test]
 fn check_config_never_prints_secrets() {
     let path = write_config(&format!(

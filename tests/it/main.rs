@@ -11,6 +11,7 @@ mod bindings;
 mod cli;
 mod fcm;
 mod limits;
+mod logs;
 mod mixed;
 mod openapi;
 mod properties;

@@ -282,6 +282,42 @@ async fn signatures_are_checked_against_the_public_url() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
+/// A request Twilio signed for another host (another relay or app using the same Auth Token),
+/// replayed here with that host in `Host`: refused, because by default signatures are checked
+/// against `server.public_url` only. With `server.trust_forwarded_headers` the headers decide.
+#[tokio::test]
+async fn a_request_signed_for_another_host_does_not_verify_by_default() {
+    let replay = |app: &TestApp| {
+        let body = payload(ACCOUNT, "bob");
+        let path = webhook_path(&body);
+        let elsewhere = format!("http://other-host{path}");
+        app.http
+            .post(app.url(&path))
+            .header("host", "other-host")
+            .header("x-twilio-signature", sign(AUTH_TOKEN, &elsewhere))
+            .body(body)
+            .send()
+    };
+    let app = spawn_with(TestConfig {
+        public_url: Some("https://relay.example.com".into()),
+        ..TestConfig::default()
+    })
+    .await;
+    let _bob = app.connect_ws("bob").await;
+    let r = answer(replay(&app).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(
+        r.body["type"],
+        "urn:callrelay:problem:webhook-authentication-failed"
+    );
+
+    // The opt-in (what the tests' default configuration uses) trusts the header.
+    let trusting = spawn_app().await;
+    let _bob = trusting.connect_ws("bob").await;
+    let r = answer(replay(&trusting).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
 #[tokio::test]
 async fn unconfigured_account_is_403() {
     let app = spawn_app().await;
@@ -569,16 +605,114 @@ async fn http_basic_credentials_are_required_when_configured() {
             base64::engine::general_purpose::STANDARD.encode(creds)
         )
     };
-    for wrong in [
-        None,
-        Some(encode("twilio:nope")),
-        Some(encode("other:basic-pw")),
-        Some("Bearer x".into()),
-    ] {
-        let r = answer(send(wrong.clone()).await.unwrap()).await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN, "{wrong:?}");
+    // Twilio's first try carries no credentials: a 401 with a Basic challenge, so it retries
+    // with the ones in the URL. A credential of another scheme is no Basic credential either.
+    for missing in [None, Some("Bearer x".to_owned())] {
+        let r = answer(send(missing.clone()).await.unwrap()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{missing:?}");
+        assert_eq!(
+            r.headers["www-authenticate"], "Basic realm=\"callrelay\"",
+            "{missing:?}"
+        );
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+        assert_eq!(
+            r.body["type"],
+            "urn:callrelay:problem:webhook-authentication-required"
+        );
     }
+    // Wrong credentials are refused outright.
+    for wrong in [
+        encode("twilio:nope"),
+        encode("other:basic-pw"),
+        encode("twilio"),
+        "Basic !!!".to_owned(),
+    ] {
+        let r = answer(send(Some(wrong.clone())).await.unwrap()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{wrong}");
+        assert!(!r.headers.contains_key("www-authenticate"), "{wrong}");
+    }
+    bob.expect_silence(Duration::from_millis(100)).await;
     let r = answer(send(Some(encode("twilio:basic-pw"))).await.unwrap()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert!(bob.next_text(WAIT).await.is_some());
+
+    // The signature is still required with the right credentials.
+    let r = answer(
+        app.http
+            .post(&url)
+            .header("x-twilio-signature", sign("not-the-auth-token", &url))
+            .header("authorization", encode("twilio:basic-pw"))
+            .body(payload(basic_account, "bob"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("callrelay_webhooks_total{outcome=\"challenged\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// What Twilio does with a URL like `https://twilio:pw@relay/...`: send without credentials,
+/// read the `401`'s challenge, send the same request again with them.
+#[tokio::test]
+async fn the_basic_handshake_as_twilio_makes_it_delivers_once() {
+    use base64::Engine as _;
+    let basic_account = "AC44444444444444444444444444444444";
+    let app = spawn_with(TestConfig {
+        accounts: Some(format!(
+            "[[accounts]]\nsid = \"{basic_account}\"\nauth_token = \"{AUTH_TOKEN}\"\n\
+             webhook_username = \"twilio\"\nwebhook_password = \"basic-pw\"\n\
+             api_keys = [{{ sid = \"{API_KEY}\", secret = \"{API_SECRET}\" }}]\n"
+        )),
+        ..TestConfig::default()
+    })
+    .await;
+    let mut bob = WsClient::connect(
+        &app.base,
+        &mint(
+            basic_account,
+            API_KEY,
+            API_SECRET,
+            "bob",
+            Duration::from_secs(600),
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let body = payload(basic_account, "bob");
+    let url = app.url(&webhook_path(&body));
+    let request = || {
+        app.http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-twilio-signature", sign(AUTH_TOKEN, &url))
+            .body(body.clone())
+    };
+    let first = answer(request().send().await.unwrap()).await;
+    assert_eq!(first.status, StatusCode::UNAUTHORIZED);
+    let challenge = first.headers["www-authenticate"].to_str().unwrap();
+    let (scheme, realm) = challenge.split_once(' ').unwrap();
+    assert!(scheme.eq_ignore_ascii_case("basic"), "{challenge}");
+    assert!(realm.starts_with("realm="), "{challenge}");
+    // The challenge delivered nothing.
+    bob.expect_silence(Duration::from_millis(100)).await;
+
+    let credentials = base64::engine::general_purpose::STANDARD.encode("twilio:basic-pw");
+    let second = answer(
+        request()
+            .header("authorization", format!("Basic {credentials}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text);
+    assert_eq!(second.body["delivered"], 1);
+    assert!(bob.next_text(WAIT).await.is_some());
+    bob.expect_silence(Duration::from_millis(100)).await;
 }

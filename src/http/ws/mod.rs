@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
-use super::problem::Problem;
+use super::problem::{self, Problem};
 use crate::channels::websocket::ConnectError;
 use crate::domain::valid_device_id;
 
@@ -59,7 +59,13 @@ pub async fn connect(
     let verified = match state.auth.access_token(&token) {
         Ok(v) => v,
         Err(e) => {
-            tracing::info!(reason = %e, "WebSocket authentication failed");
+            // Anyone can cause this line, so it is rate-limited; the token (perhaps from the
+            // query string) is never in it.
+            if let Some(suppressed) =
+                crate::telemetry::throttle::auth_failures().admit(problem::bearer_reason(&e))
+            {
+                tracing::info!(reason = %e, suppressed, "WebSocket authentication failed");
+            }
             return Problem::unauthenticated("the access token was refused").into_response();
         }
     };

@@ -149,11 +149,12 @@ api_keys = [{{ sid = "{OTHER_API_KEY}", secret = "{OTHER_API_SECRET}" }}]
                 format!("\n[[apps]]\nname = \"{name}\"\nchannel = \"{channel}\"\n")
             })
             .collect();
-        let public_url = self
-            .public_url
-            .as_ref()
-            .map(|u| format!("public_url = \"{u}\"\n"))
-            .unwrap_or_default();
+        // Tests sign for the address they send to (bound on port 0, so not known here):
+        // without a public URL, the Host header is trusted, by the explicit opt-in.
+        let public_url = self.public_url.as_ref().map_or_else(
+            || "trust_forwarded_headers = true\n".to_owned(),
+            |u| format!("public_url = \"{u}\"\n"),
+        );
         format!(
             r#"
 [server]
