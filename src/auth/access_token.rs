@@ -25,6 +25,9 @@ pub struct VerifiedToken {
     pub account_sid: AccountSid,
     pub identity: Identity,
     pub api_key: ApiKeySid,
+    /// How much longer, from the moment it was verified, the token is accepted: until `exp`
+    /// plus `LEEWAY`. A WebSocket opened with it lives no longer.
+    pub valid_for: Duration,
 }
 
 /// Why a token was refused. Logged; callers see `401`.
@@ -172,15 +175,28 @@ impl TokenVerifier {
             account_sid: AccountSid::parse(&claims.sub).map_err(|_| TokenError::UnknownAccount)?,
             identity,
             api_key: ApiKeySid::parse(&claims.iss).map_err(|_| TokenError::UnknownKey)?,
+            // Positive: a token whose `exp + leeway` has passed was refused above.
+            valid_for: Duration::from_secs(claims.exp.saturating_add(leeway).saturating_sub(now)),
         })
     }
 }
 
+/// The header's `alg`, as the caller wrote it but cut to a short, printable name: it ends up
+/// in a log line, and a client must not be able to write kilobytes or line breaks there.
 fn raw_alg(token: &str) -> Option<String> {
     let header = token.split('.').next()?;
     let bytes = URL_SAFE_NO_PAD.decode(header).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value.get("alg")?.as_str().map(str::to_owned)
+    let alg = value.get("alg")?.as_str()?;
+    let mut shown: String = alg
+        .chars()
+        .take(16)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect();
+    if alg.chars().count() > 16 {
+        shown.push('…');
+    }
+    Some(shown)
 }
 
 fn unverified_claims(token: &str) -> Option<Unverified> {
@@ -329,6 +345,21 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_alg_is_named_short_and_printable() {
+        let (v, ..) = setup();
+        let long = format!("x\ny{}", "z".repeat(5000));
+        let token = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(serde_json::json!({ "alg": long }).to_string()),
+            URL_SAFE_NO_PAD.encode(claims(NOW + 60).to_string())
+        );
+        let Err(TokenError::Algorithm(shown)) = v.verify_at(&token, NOW) else {
+            panic!("an unknown algorithm is refused as such");
+        };
+        assert_eq!(shown, format!("x?y{}…", "z".repeat(13)));
+    }
+
+    #[test]
     fn other_hmac_algorithms_are_refused_even_with_the_right_key() {
         let (v, ..) = setup();
         for alg in ["HS384", "HS512"] {
@@ -385,6 +416,15 @@ mod tests {
             Err(TokenError::Expired)
         );
         assert!(v.verify_at(&token, NOW + 3600 + 29).is_ok());
+    }
+
+    #[test]
+    fn a_token_says_how_long_it_stays_valid() {
+        let (v, account, key, secret) = setup();
+        let token = mint_at(&account, &key, &secret, &bob(), NOW, HOUR);
+        let at = |now| v.verify_at(&token, now).unwrap().valid_for;
+        assert_eq!(at(NOW), HOUR + LEEWAY);
+        assert_eq!(at(NOW + 3600 + 29), Duration::from_secs(1));
     }
 
     #[test]

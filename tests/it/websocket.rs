@@ -258,3 +258,43 @@ async fn oversize_client_messages_close_the_socket() {
         .await
     );
 }
+
+/// A socket lives as long as the access token it was opened with is accepted (`exp` plus the
+/// 30 s leeway), then gets a `4001` close frame so the client reconnects with a fresh token.
+#[tokio::test]
+async fn a_socket_is_closed_with_4001_when_its_access_token_expires() {
+    let app = spawn_app().await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    // Expired 25 s ago by its `exp`: still accepted for 5 s more.
+    let token = callrelay::auth::access_token::mint_at(
+        &callrelay::domain::AccountSid::parse(ACCOUNT).unwrap(),
+        &callrelay::domain::ApiKeySid::parse(API_KEY).unwrap(),
+        &callrelay::config::Secret::new(API_SECRET),
+        &callrelay::domain::Identity::parse("bob").unwrap(),
+        now - 60,
+        Duration::from_secs(35),
+    );
+    let mut socket = WsClient::connect(&app.base, &token, None).await.unwrap();
+    assert_eq!(app.notify("bob").await.status, StatusCode::OK);
+    assert!(socket.next_text(WAIT).await.is_some(), "alive until then");
+
+    let frame = socket
+        .closed(Duration::from_secs(15))
+        .await
+        .expect("a close frame when the token expires");
+    assert_eq!(u16::from(frame.code), 4001);
+    assert_eq!(frame.reason.as_str(), "access token expired");
+    // The binding went with it, and the same token opens nothing any more.
+    assert!(
+        eventually(WAIT, || async {
+            app.notify("bob").await.status == StatusCode::NOT_FOUND
+        })
+        .await
+    );
+    match WsClient::connect(&app.base, &token, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED)
+        }
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+}

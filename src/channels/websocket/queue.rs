@@ -122,6 +122,13 @@ impl QueueReceiver {
     pub fn try_recv(&mut self) -> Option<Bytes> {
         self.0.lock().items.pop_front()
     }
+
+    /// Refuses further payloads (senders see `Closed`, so the webhook learns the socket is
+    /// gone) but keeps those already queued for `try_recv`: a session ending on its own terms
+    /// writes everything it was handed, and nothing is handed to it after its last look.
+    pub fn close(&mut self) {
+        self.0.lock().receiver_alive = false;
+    }
 }
 
 impl Drop for QueueReceiver {
@@ -151,6 +158,19 @@ mod tests {
         assert_eq!(tx.try_send(Bytes::from_static(b"4")), Ok(()));
         assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"2")));
         assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"4")));
+        assert_eq!(rx.try_recv(), None);
+    }
+
+    #[test]
+    fn a_closed_queue_refuses_new_payloads_and_keeps_the_queued_ones() {
+        let (tx, mut rx) = queue(2);
+        tx.try_send(Bytes::from_static(b"1")).unwrap();
+        rx.close();
+        assert_eq!(
+            tx.try_send(Bytes::from_static(b"2")),
+            Err(TrySendError::Closed)
+        );
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
         assert_eq!(rx.try_recv(), None);
     }
 

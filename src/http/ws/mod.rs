@@ -123,6 +123,8 @@ pub async fn connect(
         }
     };
 
+    // The socket lives as long as its token is accepted, then closes with 4001.
+    let expires = tokio::time::Instant::now() + verified.valid_for;
     let ping_interval = state.config.websocket.ping_interval;
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
@@ -140,7 +142,7 @@ pub async fn connect(
             tasks.track_future(async move {
                 metrics.live_sockets.inc();
                 tracing::debug!(conn_id = lease.socket.conn_id, identity = %lease.socket.identity, "socket open");
-                let end = session::run(socket, queue, ping_interval, shutdown).await;
+                let end = session::run(socket, queue, ping_interval, expires, shutdown).await;
                 tracing::debug!(conn_id = lease.socket.conn_id, ?end, "socket closed");
                 metrics.live_sockets.dec();
                 drop(lease);
