@@ -154,10 +154,16 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
     }
     tracing::info!(%public_addr, %admin_addr, node, store = store.engine(), accounts = config.accounts.len(), "callrelay listening");
 
+    if let Some(warning) =
+        http::descriptors::warning(&config.limits, http::descriptors::open_files_limit())
+    {
+        tracing::warn!("{warning}");
+    }
     let public = http::server::serve(
         listeners.public,
         http::public_router(state.clone()),
         config.limits.clone(),
+        state.metrics.http_connections.clone(),
         shutdown.clone(),
     );
     let admin_stop = CancellationToken::new();

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub delivery_duration: Family<ChannelLabels, Histogram>,
     pub live_sockets: Gauge<i64, AtomicI64>,
+    /// Connections the public listener is serving; an upgraded WebSocket moves from here to
+    /// `live_sockets`.
+    pub http_connections: Gauge<i64, AtomicI64>,
     pub binding_requests: Family<BindingOpLabels, Counter>,
     /// Answers from Apple and Google (and callrelay's own verdicts), per app.
     pub push_results: Family<PushLabels, Counter>,
@@ -124,6 +127,12 @@ impl Metrics {
             "WebSocket connections held by this replica",
             live_sockets.clone(),
         );
+        let http_connections = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "http_connections",
+            "Connections the public listener is serving (limits.max_connections); upgraded WebSockets count in websocket_connections instead",
+            http_connections.clone(),
+        );
         let binding_requests = Family::<BindingOpLabels, Counter>::default();
         registry.register(
             "binding_requests",
@@ -173,6 +182,7 @@ impl Metrics {
             deliveries,
             delivery_duration,
             live_sockets,
+            http_connections,
             binding_requests,
             push_results,
             push_auth_tokens,

@@ -4,6 +4,7 @@
 
 mod admin;
 mod bindings;
+pub mod descriptors;
 pub mod openapi;
 mod per_request;
 pub mod problem;

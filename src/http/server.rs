@@ -3,6 +3,11 @@
 //! this loop bounds both, caps the head size and the number of open connections, and drains
 //! connections gracefully at shutdown. (HTTP/1.1 only: Twilio and WebSocket clients speak it,
 //! and a TLS-terminating proxy sits in front.)
+//!
+//! A connection holds its slot of `limits.max_connections` until hyper is done with it, which
+//! for a WebSocket is the upgrade: from then on the socket counts against `limits.max_sockets`
+//! (its lease took a slot there before the `101` went out), so a descriptor always counts
+//! against one cap or the other (`descriptors.rs`).
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -11,18 +16,33 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Limits;
 
-/// Serves `router` until `shutdown`, then lets in-flight requests finish.
+/// A connection's slot: counted in `open` (`callrelay_http_connections`) while held.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// Serves `router` until `shutdown`, then lets in-flight requests finish. `open` counts the
+/// connections being served.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    open: Gauge,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -46,6 +66,11 @@ pub async fn serve(
                 }
             },
         };
+        open.inc();
+        let slot = Slot {
+            _permit: permit,
+            open: open.clone(),
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let shutdown = shutdown.clone();
@@ -55,7 +80,8 @@ pub async fn serve(
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes);
         connections.spawn(async move {
-            let _permit = permit;
+            // Released when hyper lets go of the connection: closed, or upgraded.
+            let _slot = slot;
             let mut conn = pin!(
                 builder
                     .serve_connection(TokioIo::new(stream), service)

@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 
 use crate::helpers::*;
 
+const WAIT: Duration = Duration::from_secs(5);
+
 fn limits(extra: &str) -> TestConfig {
     TestConfig {
         fake_apps: vec![("android", "fcm")],
@@ -338,4 +340,93 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
     drop(second);
+}
+
+/// `limits.max_sockets` holds when many clients connect at once: the slot is taken before the
+/// store round trip that counts the identity's sockets, not checked before it and taken after.
+#[tokio::test]
+async fn concurrent_connects_cannot_pass_the_socket_cap_together() {
+    let app = spawn_with(TestConfig {
+        extra: "[limits]\nmax_sockets = 3\n".into(),
+        ..TestConfig::redis()
+    })
+    .await;
+    let attempts = (0..20).map(|i| {
+        let base = app.base.clone();
+        async move { WsClient::connect(&base, &token(&format!("user{i}")), None).await }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let mut open = Vec::new();
+    for result in results {
+        match result {
+            Ok(socket) => open.push(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE)
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(open.len(), 3, "exactly max_sockets sockets open");
+    assert!(
+        app.metrics()
+            .await
+            .contains("callrelay_websocket_connections 3")
+    );
+}
+
+/// The descriptor budget: an HTTP connection counts against `limits.max_connections` until it
+/// is upgraded, the WebSocket against `limits.max_sockets` from before the upgrade until its
+/// connection closes. With one of each, an open socket leaves room for one request and none
+/// for a second socket; once closed, its slot serves the next.
+#[tokio::test]
+async fn an_upgraded_socket_counts_against_max_sockets_not_max_connections() {
+    let app = spawn_with(limits(
+        "max_connections = 1\nmax_sockets = 1\nmax_sockets_per_identity = 5",
+    ))
+    .await;
+    let first = app.connect_ws("bob").await;
+    let moved = eventually(WAIT, || async {
+        let m = app.metrics().await;
+        m.contains("callrelay_http_connections 0")
+            && m.contains("callrelay_websocket_connections 1")
+    });
+    assert!(
+        moved.await,
+        "the socket left the connection count and entered the socket count"
+    );
+    // The one connection slot is free for a request...
+    let get = app
+        .http
+        .get(app.url("/openapi.json"))
+        .header("connection", "close")
+        .send();
+    let r = tokio::time::timeout(WAIT, get)
+        .await
+        .expect("a request is served beside an open socket")
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // ...but there is no second socket slot.
+    match tokio::time::timeout(WAIT, WsClient::connect(&app.base, &token("bob"), None))
+        .await
+        .expect("answered, not left waiting")
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE)
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    // Closing the socket frees its slot.
+    first.close().await;
+    let again = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(socket) = WsClient::connect(&app.base, &token("bob"), None).await {
+                return socket;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a new socket once the first closed");
+    assert_eq!(app.notify("bob").await.status, StatusCode::OK);
+    drop(again);
 }

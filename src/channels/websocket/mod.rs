@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,6 +38,11 @@ pub struct WebSocketChannel {
     registry: Registry,
     store: Arc<dyn Store>,
     config: WebSocketConfig,
+    /// One permit per socket this replica may hold (`limits.max_sockets`), taken before the
+    /// upgrade and given back when the socket's connection is closed: the socket's share of
+    /// the process's file descriptors (its HTTP connection stops counting against
+    /// `limits.max_connections` once upgraded).
+    slots: Arc<Semaphore>,
     max_sockets: usize,
     max_sockets_per_identity: usize,
     pending: Mutex<HashMap<u64, oneshot::Sender<Handoff>>>,
@@ -56,10 +61,12 @@ pub enum ConnectError {
     Store(#[from] StoreError),
 }
 
-/// A registered socket. Dropping it unregisters the socket here and withdraws its presence.
+/// A registered socket. Dropping it unregisters the socket here, withdraws its presence and
+/// frees its slot: hold it until the connection is closed.
 pub struct SocketLease {
     channel: Arc<WebSocketChannel>,
     pub socket: Arc<LocalSocket>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Drop for SocketLease {
@@ -92,6 +99,7 @@ impl WebSocketChannel {
             registry: Registry::default(),
             store,
             config,
+            slots: Arc::new(Semaphore::new(limits.max_sockets)),
             max_sockets: limits.max_sockets,
             max_sockets_per_identity: limits.max_sockets_per_identity,
             pending: Mutex::new(HashMap::new()),
@@ -131,9 +139,13 @@ impl WebSocketChannel {
         identity: Identity,
         device_id: Option<String>,
     ) -> Result<(SocketLease, QueueReceiver), ConnectError> {
-        if self.registry.len() >= self.max_sockets {
-            return Err(ConnectError::OverCapacity(self.max_sockets));
-        }
+        // Taken before anything else and held by the lease: concurrent connects cannot pass
+        // the cap together, as a count checked before a store round trip would let them.
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ConnectError::OverCapacity(self.max_sockets))?;
         // Counted across replicas; a burst of simultaneous connects may pass it by a few.
         let open = self
             .store
@@ -153,6 +165,7 @@ impl WebSocketChannel {
         let lease = SocketLease {
             channel: self.clone(),
             socket,
+            _slot: slot,
         };
         let presence = self.presence(&lease.socket, OffsetDateTime::now_utc());
         self.store.put_presences(&[presence]).await?;
