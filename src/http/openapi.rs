@@ -297,7 +297,8 @@ fn webhook_operation() -> Value {
         "responses": {
             "200": summary("At least one binding accepted the notification (or it was a duplicate)."),
             "400": problem("Not a JSON object with twi_account_sid and twi_to = client:<identity>."),
-            "403": problem("The account is not configured, or the request did not authenticate."),
+            "401": basic_challenge(),
+            "403": problem("The account is not configured, or the request did not authenticate (wrong HTTP Basic credentials, signature or body hash)."),
             "404": {
                 "description": "No binding for the callee (a problem document), or every binding turned out dead and was removed (a summary).",
                 "content": {
@@ -311,6 +312,19 @@ fn webhook_operation() -> Value {
             "503": r("StoreUnavailable")
         }
     })
+}
+
+/// Twilio sends a webhook without credentials first and adds the Basic credentials of its URL
+/// only after this answer.
+fn basic_challenge() -> Value {
+    let mut response = problem(
+        "The account requires HTTP Basic credentials and the request carried none; Twilio then sends it again with them.",
+    );
+    response["headers"] = json!({"WWW-Authenticate": {
+        "required": true,
+        "schema": {"type": "string", "const": super::problem::BASIC_CHALLENGE}
+    }});
+    response
 }
 
 fn bearer() -> Value {
@@ -412,7 +426,7 @@ fn websocket_operation() -> Value {
     json!({
         "operationId": "openWebSocket",
         "summary": "Open a WebSocket: a live binding of the token's identity",
-        "description": "Each call notification for the identity arrives as one text frame holding exactly the JSON Twilio sent. The server pings; a client silent for two ping intervals is dropped. At shutdown the server sends a 1001 close frame.",
+        "description": "Each call notification for the identity arrives as one text frame holding exactly the JSON Twilio sent. The server pings; a client silent for two ping intervals is dropped. Close codes the server sends: 1001 (going away: shutdown; reconnect, to another replica) and 4001 (access token expired: the token the socket was opened with is no longer accepted, at its `exp` plus 30 s of clock-skew leeway; reconnect with a fresh token, ideally before then).",
         "security": [{"bearer": []}, {}],
         "parameters": [
             {"name": "access_token", "in": "query", "required": false, "description": "A Twilio Access Token, for clients that cannot set headers (browsers).", "schema": {"type": "string", "maxLength": 8192}},
