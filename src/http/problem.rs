@@ -132,7 +132,10 @@ impl IntoResponse for WebhookError {
             )
             .into_response(),
             WebhookError::UnknownAccount(sid) => {
-                if let Some(suppressed) = throttle::auth_failures().admit("webhook_unknown_account")
+                // Only lines that would be written are counted against the throttle.
+                if tracing::enabled!(tracing::Level::WARN)
+                    && let Some(suppressed) =
+                        throttle::auth_failures().admit("webhook_unknown_account")
                 {
                     tracing::warn!(account = %sid, suppressed, "webhook for an account that is not configured");
                 }
@@ -147,8 +150,9 @@ impl IntoResponse for WebhookError {
             // Twilio's first try at a webhook whose URL carries Basic credentials: the challenge
             // makes it send them. Routine, so not a warning.
             WebhookError::Unauthenticated(WebhookAuthError::MissingBasic) => {
-                if let Some(suppressed) =
-                    throttle::auth_failures().admit(WebhookAuthError::MissingBasic.reason())
+                if tracing::enabled!(tracing::Level::DEBUG)
+                    && let Some(suppressed) =
+                        throttle::auth_failures().admit(WebhookAuthError::MissingBasic.reason())
                 {
                     tracing::debug!(suppressed, "webhook without Basic credentials: challenged");
                 }
@@ -165,7 +169,9 @@ impl IntoResponse for WebhookError {
             }
             WebhookError::Unauthenticated(why) => {
                 // Why is for the operator; the caller learns only that it failed.
-                if let Some(suppressed) = throttle::auth_failures().admit(why.reason()) {
+                if tracing::enabled!(tracing::Level::WARN)
+                    && let Some(suppressed) = throttle::auth_failures().admit(why.reason())
+                {
                     tracing::warn!(reason = %why, suppressed, "webhook authentication failed");
                 }
                 Problem::new(
@@ -215,7 +221,9 @@ impl From<BindingError> for Problem {
                 detail,
             ),
             BindingError::Unauthenticated(why) => {
-                if let Some(suppressed) = throttle::auth_failures().admit(bearer_reason(&why)) {
+                if tracing::enabled!(tracing::Level::INFO)
+                    && let Some(suppressed) = throttle::auth_failures().admit(bearer_reason(&why))
+                {
                     tracing::info!(reason = %why, suppressed, "bindings API authentication failed");
                 }
                 Problem::unauthenticated(

@@ -51,7 +51,8 @@ impl LogThrottle {
 
     /// Whether a line for `reason` may be written now: `Some(n)` with the number of lines left
     /// out since the last one, or `None` (counted as suppressed). Reasons are a fixed set of
-    /// names, so the map stays small.
+    /// names, so the map stays small. Ask only for lines the log level lets through, or the
+    /// count would include lines nobody asked for.
     pub fn admit(&self, reason: &'static str) -> Option<u64> {
         self.admit_at(reason, Instant::now())
     }

@@ -61,8 +61,9 @@ pub async fn connect(
         Err(e) => {
             // Anyone can cause this line, so it is rate-limited; the token (perhaps from the
             // query string) is never in it.
-            if let Some(suppressed) =
-                crate::telemetry::throttle::auth_failures().admit(problem::bearer_reason(&e))
+            if tracing::enabled!(tracing::Level::INFO)
+                && let Some(suppressed) =
+                    crate::telemetry::throttle::auth_failures().admit(problem::bearer_reason(&e))
             {
                 tracing::info!(reason = %e, suppressed, "WebSocket authentication failed");
             }
