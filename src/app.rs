@@ -142,10 +142,15 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         tasks: tasks.clone(),
     });
 
-    if config.store.redis_url.is_none() {
-        tracing::warn!(
-            "using the embedded memory store: bindings are lost on restart and replicas share nothing; set store.redis_url for production"
-        );
+    match &config.store.redis {
+        None => tracing::warn!(
+            "using the embedded memory store: bindings are lost on restart and replicas share nothing; set store.redis_url (or sentinel_urls, redis_cluster_urls) for production"
+        ),
+        Some(redis) => tracing::info!(
+            mode = redis.topology.mode(),
+            min_replica_acks = redis.min_replica_acks,
+            "using Redis"
+        ),
     }
     if config.server.trust_forwarded_headers && !config.accounts.is_empty() {
         tracing::warn!(

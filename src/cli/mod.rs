@@ -28,7 +28,12 @@ enum Command {
     /// Run the relay.
     Serve,
     /// Validate the configuration and say what is wrong.
-    CheckConfig,
+    CheckConfig {
+        /// Also connect to the configured Redis (as `serve` would) and report its version and
+        /// mode; fails on TLS, authentication or network errors.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Print the OpenAPI document of the public API.
     Openapi,
     /// Helpers for trying callrelay out locally.
@@ -51,7 +56,14 @@ pub async fn run() -> ExitCode {
     };
     match cli.command {
         Command::Serve => serve(config).await,
-        Command::CheckConfig => check_config(&config),
+        Command::CheckConfig { connect } => {
+            let code = check_config(&config);
+            if connect && code == ExitCode::SUCCESS {
+                check_store(&config).await
+            } else {
+                code
+            }
+        }
         Command::Dev(command) => dev::run(command, &config).await,
         Command::Openapi => print_openapi(),
     }
@@ -95,11 +107,31 @@ fn check_config(config: &Config) -> ExitCode {
         config.accounts.len(),
         config.apps.len(),
         config.admin.api_keys.len(),
-        if config.store.redis_url.is_some() {
-            "redis"
-        } else {
-            "memory (embedded)"
+        match &config.store.redis {
+            Some(redis) => format!("redis ({})", redis.topology.mode()),
+            None => "memory (embedded)".to_owned(),
         }
     );
     ExitCode::SUCCESS
+}
+
+/// `check-config --connect`: what answers at the configured store.
+async fn check_store(config: &Config) -> ExitCode {
+    match crate::store::probe(&config.store).await {
+        Ok(Some(report)) => {
+            println!(
+                "store OK: Redis {} ({}), {}",
+                report.version, report.mode, report.detail
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!("store OK: the embedded memory store (nothing to connect to)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callrelay: store check failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

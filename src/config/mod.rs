@@ -4,6 +4,7 @@
 mod env;
 mod raw;
 mod secret;
+mod store;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 pub use raw::lenient;
 pub use secret::Secret;
+pub use store::{RedisConfig, StoreConfig, TlsFiles, Topology};
 
 use crate::domain::{AccountSid, ApiKeySid, PushChannel};
 use raw::RawConfig;
@@ -44,14 +46,6 @@ pub struct ServerConfig {
     pub webhook_deadline: Duration,
     pub dedupe_window: Duration,
     pub shutdown_grace: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// `None`: the embedded memory store. A secret because it may carry a password.
-    pub redis_url: Option<Secret>,
-    pub key_prefix: String,
-    pub command_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -215,46 +209,7 @@ fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let server = validate_server(raw.server)?;
-    let store = StoreConfig {
-        redis_url: secret(
-            "store.redis_url",
-            raw.store.redis_url,
-            raw.store.redis_url_file,
-        )?,
-        key_prefix: {
-            let prefix = raw.store.key_prefix.unwrap_or_else(|| "callrelay".into());
-            if prefix.is_empty()
-                || !prefix
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-            {
-                return Err(ConfigError::invalid(
-                    "store.key_prefix",
-                    "use letters, digits and - _ . : only",
-                ));
-            }
-            prefix
-        },
-        command_timeout: millis(
-            "store.command_timeout_ms",
-            raw.store.command_timeout_ms,
-            1000,
-            10..=60_000,
-        )?,
-    };
-    if let Some(url) = &store.redis_url {
-        let u = url.expose();
-        if !(u.starts_with("redis://")
-            || u.starts_with("rediss://")
-            || u.starts_with("redis+unix://")
-            || u.starts_with("unix://"))
-        {
-            return Err(ConfigError::invalid(
-                "store.redis_url",
-                "must start with redis://, rediss://, redis+unix:// or unix://",
-            ));
-        }
-    }
+    let store = store::validate(raw.store)?;
     let websocket = WebSocketConfig {
         ping_interval: millis(
             "websocket.ping_interval_ms",

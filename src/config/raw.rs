@@ -47,6 +47,25 @@ pub struct RawServer {
 pub struct RawStore {
     pub redis_url: Option<String>,
     pub redis_url_file: Option<PathBuf>,
+    pub sentinel_urls: Option<Vec<String>>,
+    pub sentinel_master: Option<String>,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+    pub sentinel_password_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient::boolean")]
+    pub sentinel_master_tls: Option<bool>,
+    pub redis_cluster_urls: Option<Vec<String>>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub tls_ca: Option<String>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert: Option<String>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key: Option<String>,
+    pub tls_key_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub min_replica_acks: Option<u64>,
     pub key_prefix: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     pub command_timeout_ms: Option<u64>,

@@ -15,7 +15,7 @@ fn defaults_apply_to_an_empty_file() {
     assert_eq!(config.server.admin_listen.to_string(), "0.0.0.0:9090");
     assert_eq!(config.server.webhook_deadline, Duration::from_secs(5));
     assert_eq!(config.server.dedupe_window, Duration::from_secs(600));
-    assert!(config.store.redis_url.is_none());
+    assert!(config.store.redis.is_none());
     assert_eq!(config.store.key_prefix, "callrelay");
     assert_eq!(config.log.format, LogFormat::Text);
 }

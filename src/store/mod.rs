@@ -225,11 +225,19 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the configured engine.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
-    match &config.redis_url {
-        Some(url) => Ok(Arc::new(
-            redis::RedisStore::connect(url.expose(), &config.key_prefix, config.command_timeout)
-                .await?,
+    match &config.redis {
+        Some(redis) => Ok(Arc::new(
+            redis::RedisStore::connect(redis, &config.key_prefix, config.command_timeout).await?,
         )),
         None => Ok(Arc::new(memory::MemoryStore::new())),
+    }
+}
+
+/// Connects to the configured Redis as `serve` would and describes what answered (for
+/// `check-config --connect`); `Ok(None)` for the memory store.
+pub async fn probe(config: &StoreConfig) -> Result<Option<redis::ServerReport>, StoreError> {
+    match &config.redis {
+        Some(redis) => redis::probe(redis, config.command_timeout).await.map(Some),
+        None => Ok(None),
     }
 }

@@ -1,5 +1,7 @@
-//! The store conformance suite: every engine must pass every case. The Redis engine runs
-//! against the test's own redis-server, each case under its own key prefix.
+//! The store conformance suite: every engine must pass every case. The Redis engine runs in
+//! every topology callrelay supports, each case under its own key prefix: one server, one
+//! server over TLS, a master found through Sentinel, and a Redis Cluster (three masters with a
+//! replica each), all started by the tests and shared by the cases of this process.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +11,10 @@ use callrelay::domain::{
     AccountSid, ApnsEnvironment, Binding, BindingId, Identity, PushChannel, PushType,
 };
 use callrelay::store::memory::MemoryStore;
-use callrelay::store::redis::RedisStore;
 use callrelay::store::{Claim, SocketPresence, Store};
 use time::OffsetDateTime;
 
-use crate::helpers::redis;
+use crate::helpers::{redis, topology};
 
 fn account() -> AccountSid {
     AccountSid::parse(crate::helpers::ACCOUNT).unwrap()
@@ -67,16 +68,40 @@ async fn memory() -> Arc<dyn Store> {
     Arc::new(MemoryStore::new())
 }
 
-async fn redis() -> Arc<dyn Store> {
+/// The Redis engine as `[store]` keys configure it, under a fresh key prefix.
+pub async fn redis_store(store_keys: &str) -> Arc<dyn Store> {
+    crate::helpers::init_logging();
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
-    Arc::new(
-        RedisStore::connect(&redis::shared().url(), &prefix, Duration::from_secs(2))
-            .await
-            .unwrap(),
-    )
+    let config = callrelay::config::from_toml_str(&format!(
+        "[store]\nkey_prefix = \"{prefix}\"\ncommand_timeout_ms = 2000\n{store_keys}"
+    ))
+    .expect("store configuration is valid");
+    callrelay::store::open(&config.store).await.unwrap()
 }
 
-/// Runs each case against both engines.
+async fn redis() -> Arc<dyn Store> {
+    redis_store(&format!("redis_url = \"{}\"", redis::shared().url())).await
+}
+
+async fn redis_tls() -> Arc<dyn Store> {
+    let (ca, server) = redis::shared_tls();
+    redis_store(&format!(
+        "redis_url = \"{}\"\ntls_ca_file = \"{}\"",
+        server.url(),
+        ca.ca_file.display()
+    ))
+    .await
+}
+
+async fn sentinel() -> Arc<dyn Store> {
+    redis_store(&topology::shared_sentinels().store_toml()).await
+}
+
+async fn cluster() -> Arc<dyn Store> {
+    redis_store(&topology::shared_cluster().store_toml()).await
+}
+
+/// Runs each case against every engine and topology.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory_engine {
@@ -84,6 +109,15 @@ macro_rules! conformance {
         }
         mod redis_engine {
             $(#[tokio::test] async fn $case() { super::$case(super::redis().await).await; })*
+        }
+        mod redis_tls_engine {
+            $(#[tokio::test] async fn $case() { super::$case(super::redis_tls().await).await; })*
+        }
+        mod redis_sentinel_engine {
+            $(#[tokio::test] async fn $case() { super::$case(super::sentinel().await).await; })*
+        }
+        mod redis_cluster_engine {
+            $(#[tokio::test] async fn $case() { super::$case(super::cluster().await).await; })*
         }
     };
 }

@@ -1,56 +1,106 @@
-//! The replica bus over Redis pub/sub: a dedicated RESP3 connection whose pushed messages are
-//! routed to the subscriber of each channel. The connection resubscribes by itself after a
-//! reconnect; a keep-alive ping makes sure a reconnect is attempted even when nothing else is
-//! sent on it.
+//! The replica bus: each replica listens on a channel of its own. On one server (standalone or
+//! Sentinel) that is classic pub/sub; on Redis Cluster it is sharded pub/sub (`SSUBSCRIBE`,
+//! `SPUBLISH`, Redis 7.0+), so a delivery request travels to the one shard that owns the
+//! channel's slot instead of being broadcast over the whole cluster bus.
+//!
+//! Each subscription has a dedicated RESP3 connection whose pushed messages go straight to the
+//! subscriber's inbox, and a keeper task that checks it every second, each check bounded by
+//! the command timeout:
+//! - a `PING` on the subscription's own connection: two in a row unanswered and the connection
+//!   is replaced (it may be stalled without having closed);
+//! - the number of subscribers the publishing side sees (`PUBSUB NUMSUB`/`SHARDNUMSUB` on the
+//!   store's connection, so on the current master, the slot's current owner): none, and the
+//!   channel is subscribed again; none twice in a row, and the connection is replaced (a
+//!   failover or a slot move left the subscription on a node that no longer owns it).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::mpsc;
 
-use super::{Routes, unavailable};
+use super::connect::{Conn, Dialer, PushSink};
+use super::link::Link;
 use crate::store::StoreError;
 
 /// How many messages wait for a replica's dispatcher before new ones are dropped (and the
 /// sender, seeing no acknowledgement, reports the delivery failed).
 const INBOX_CAPACITY: usize = 4096;
 const KEEPALIVE: Duration = Duration::from_secs(1);
+/// Checks in a row that fail before the subscription's connection is replaced.
+const FAILURES_BEFORE_REBUILD: u32 = 2;
 
 pub struct Bus {
-    conn: ConnectionManager,
-    routes: Routes,
+    dialer: Arc<Dialer>,
+    /// The store's own connection: it publishes, so it says who would receive.
+    publisher: Link,
+    timeout: Duration,
 }
 
 impl Bus {
-    pub fn new(client: Client, config: ConnectionManagerConfig) -> Result<Self, StoreError> {
-        let routes = Routes::default();
-        let routing = routes.clone();
-        let config = config
-            .set_push_sender(move |push: PushInfo| {
-                route(&routing, push);
-                Ok::<(), redis::aio::SendError>(())
-            })
-            .set_automatic_resubscription();
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
-        Ok(Self { conn, routes })
+    pub fn new(dialer: Arc<Dialer>, publisher: Link, timeout: Duration) -> Self {
+        Self {
+            dialer,
+            publisher,
+            timeout,
+        }
+    }
+
+    /// `PUBLISH` or, on a cluster, `SPUBLISH`.
+    pub fn publish_command(&self) -> &'static str {
+        if self.dialer.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     pub async fn subscribe(&self, channel: String) -> Result<mpsc::Receiver<Bytes>, StoreError> {
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(channel.clone(), tx.clone());
-        let conn = self.conn.clone();
+        let keeper = Keeper {
+            dialer: self.dialer.clone(),
+            publisher: self.publisher.clone(),
+            timeout: self.timeout,
+            sharded: self.dialer.is_cluster(),
+            channel,
+            tx,
+        };
         // Subscribing waits for Redis; until it answers, nothing can reach this replica anyway.
-        tokio::spawn(async move {
-            let mut conn = conn;
-            let mut attempts = 0u32;
-            loop {
-                match conn.subscribe(&channel).await {
-                    Ok(()) => break,
+        tokio::spawn(keeper.run());
+        Ok(rx)
+    }
+}
+
+struct Keeper {
+    dialer: Arc<Dialer>,
+    publisher: Link,
+    timeout: Duration,
+    sharded: bool,
+    channel: String,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Keeper {
+    async fn run(self) {
+        let mut conn: Option<Conn> = None;
+        let (mut dead_pings, mut unseen) = (0u32, 0u32);
+        let mut attempts = 0u32;
+        let mut tick = tokio::time::interval(KEEPALIVE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.tx.is_closed() {
+            tick.tick().await;
+            let Some(c) = conn.as_mut() else {
+                match self.connect().await {
+                    Ok(c) => {
+                        tracing::debug!(
+                            channel = self.channel,
+                            "subscribed to the replica channel"
+                        );
+                        conn = Some(c);
+                        (dead_pings, unseen, attempts) = (0, 0, 0);
+                    }
                     Err(e) => {
                         // Said once loudly; `/readyz` keeps reporting the outage meanwhile.
                         if attempts == 0 {
@@ -59,50 +109,113 @@ impl Bus {
                             tracing::debug!(error = %e, attempts, "still cannot subscribe to the replica channel");
                         }
                         attempts += 1;
-                        if tx.is_closed() {
-                            return;
-                        }
-                        tokio::time::sleep(KEEPALIVE).await;
                     }
                 }
+                continue;
+            };
+            let ping = self
+                .bounded(c.send_near(&self.channel, redis::cmd("PING")))
+                .await;
+            dead_pings = if ping.is_ok() { 0 } else { dead_pings + 1 };
+            match self.bounded(self.subscribers()).await {
+                Ok(n) if n > 0 => unseen = 0,
+                Ok(_) => {
+                    unseen += 1;
+                    let _ = self.bounded(subscribe(c, &self.channel)).await;
+                }
+                // The store's own connection is in trouble: its callers see it; nothing to
+                // learn about this subscription.
+                Err(_) => {}
             }
-            tracing::debug!(channel, "subscribed to the replica channel");
-            let mut tick = tokio::time::interval(KEEPALIVE);
-            while !tx.is_closed() {
-                tick.tick().await;
-                let _ = redis::cmd("PING").query_async::<Value>(&mut conn).await;
+            if dead_pings >= FAILURES_BEFORE_REBUILD || unseen >= FAILURES_BEFORE_REBUILD {
+                tracing::warn!(
+                    channel = self.channel,
+                    unanswered_pings = dead_pings,
+                    "the replica channel's subscription is not reachable; subscribing on a new connection"
+                );
+                conn = None;
             }
-            let _ = conn.unsubscribe(&channel).await;
+        }
+        if let Some(c) = conn.as_mut() {
+            let command = if self.sharded {
+                "SUNSUBSCRIBE"
+            } else {
+                "UNSUBSCRIBE"
+            };
+            let mut cmd = redis::cmd(command);
+            cmd.arg(&self.channel);
+            let _ = self.bounded(c.send_near(&self.channel, cmd)).await;
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = RedisResult<T>>,
+    ) -> Result<T, ()> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            _ => Err(()),
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        let tx = self.tx.clone();
+        let channel = self.channel.clone();
+        let sink: PushSink = Arc::new(move |push: PushInfo| {
+            route(&tx, &channel, push);
+            Ok::<(), redis::aio::SendError>(())
         });
-        Ok(rx)
+        let mut conn = self.dialer.dial(Some(sink)).await?;
+        match tokio::time::timeout(self.timeout, subscribe(&mut conn, &self.channel)).await {
+            Ok(Ok(())) => Ok(conn),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// How many subscribers a publish to the channel reaches now.
+    async fn subscribers(&self) -> RedisResult<i64> {
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg(if self.sharded {
+            "SHARDNUMSUB"
+        } else {
+            "NUMSUB"
+        })
+        .arg(&self.channel);
+        let reply = self.publisher.send_near(&self.channel, cmd).await?;
+        let counts: HashMap<String, i64> = redis::from_redis_value(reply)?;
+        Ok(counts.get(&self.channel).copied().unwrap_or(0))
     }
 }
 
-fn route(routes: &Routes, push: PushInfo) {
-    if push.kind != PushKind::Message {
+/// `SUBSCRIBE` on one server, `SSUBSCRIBE` on a cluster.
+async fn subscribe(conn: &mut Conn, channel: &str) -> RedisResult<()> {
+    match conn {
+        Conn::Single { conn, .. } => conn.subscribe(channel).await,
+        Conn::Cluster(conn) => conn.ssubscribe(channel).await,
+    }
+}
+
+fn route(tx: &mpsc::Sender<Bytes>, channel: &str, push: PushInfo) {
+    if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
         return;
     }
     let mut data = push.data.into_iter();
-    let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+    let (Some(name), Some(payload)) = (data.next(), data.next()) else {
         return;
     };
-    let channel = match channel {
-        Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-        Value::SimpleString(s) => s,
-        _ => return,
+    let same = match &name {
+        Value::BulkString(b) => b.as_slice() == channel.as_bytes(),
+        Value::SimpleString(s) => s == channel,
+        _ => false,
     };
-    let payload = match payload {
-        Value::BulkString(b) => Bytes::from(b),
-        _ => return,
+    let Value::BulkString(payload) = payload else {
+        return;
     };
-    let sender = routes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&channel)
-        .cloned();
-    if let Some(tx) = sender
-        && tx.try_send(payload).is_err()
-    {
+    if same && tx.try_send(Bytes::from(payload)).is_err() && !tx.is_closed() {
         tracing::warn!(channel, "replica inbox full; dropping a message");
     }
 }

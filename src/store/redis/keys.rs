@@ -8,7 +8,8 @@
 //! | `<p>:{AC…:bob}:sockets` | hash | connection id → socket presence JSON |
 //! | `<p>:addr:{AC…:apns:<token>}` | string | `["identity","binding id"]`: who owns the token |
 //! | `<p>:{AC…:bob}:msg:<twi_message_id>` | string | `pending` or `delivered` |
-//! | `<p>:node:<node id>` | pub/sub channel | messages for one replica |
+//! | `<p>:node:<node id>` | pub/sub channel | messages for one replica (sharded on a cluster) |
+//! | `<p>:{…}:replicated` | string | written before `WAIT` when `store.min_replica_acks` is set |
 
 use crate::domain::{AccountSid, Identity, PushChannel};
 
@@ -49,6 +50,19 @@ impl Keys {
     pub fn node_channel(&self, node: &str) -> String {
         format!("{}:node:{node}", self.prefix)
     }
+
+    /// A key in the same hash slot as `key` (it shares `key`'s hash tag), written to learn
+    /// when replicas have caught up with that slot's node.
+    pub fn replication_marker(&self, key: &str) -> String {
+        let tag = key
+            .find('{')
+            .and_then(|open| {
+                let close = open + key[open..].find('}')?;
+                Some(&key[open..=close])
+            })
+            .unwrap_or("{}");
+        format!("{}:{tag}:replicated", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -70,5 +84,9 @@ mod tests {
             tag(&keys.bindings(&a, &bob)),
             tag(&keys.message(&a, &bob, "RM1"))
         );
+        let marker = keys.replication_marker(&keys.bindings(&a, &bob));
+        assert_eq!(tag(&marker), tag(&keys.bindings(&a, &bob)));
+        let address = keys.address(&a, PushChannel::Apns, "ab12");
+        assert_eq!(tag(&keys.replication_marker(&address)), tag(&address));
     }
 }

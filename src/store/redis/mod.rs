@@ -1,39 +1,82 @@
 //! The Redis engine: bindings, presence and dedupe markers in Redis, replica messages over
 //! Redis pub/sub. Every call is bounded by the configured command timeout, so a Redis outage
-//! turns into quick `503`s rather than hung webhooks; the connections heal by themselves.
+//! turns into quick `503`s rather than hung webhooks; the connections heal by themselves
+//! (`link.rs`). One server, a Sentinel-managed master or a Redis Cluster (`connect.rs`): the
+//! operations below are the same on all three.
 
 mod bus;
+mod connect;
 mod keys;
+mod link;
+mod probe;
 mod scripts;
 mod settle;
+mod slots;
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Client, IntoConnectionInfo, ProtocolVersion};
+use redis::AsyncCommands;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::{Claim, Lookup, PutOutcome, SocketPresence, Store, StoreError, Targets};
+use crate::config::RedisConfig;
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 pub use keys::Keys;
+use link::Link;
+pub use probe::{ServerReport, probe};
 use scripts::{DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL};
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Link,
     keys: Keys,
     timeout: Duration,
     bus: bus::Bus,
     settler: settle::Settler,
+    durability: Option<Durability>,
+    mode: &'static str,
+}
+
+/// `store.min_replica_acks`: binding writes wait until replicas have them.
+struct Durability {
+    /// A connection of its own: `WAIT` blocks the connection it is sent on, and webhooks must
+    /// never queue behind it.
+    link: Link,
+    replicas: u32,
+    /// How long `WAIT` waits: three quarters of the command timeout, so that its answer
+    /// arrives before the call is given up.
+    wait: Duration,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Bounds a call on `link` by `timeout`, and tells the link whether it was answered: calls
+/// that time out one after another make it replace its connection.
+async fn bounded<T>(
+    link: &Link,
+    timeout: Duration,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => {
+            link.answered();
+            result.map_err(unavailable)
+        }
+        Err(_) => {
+            link.timed_out();
+            Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            )))
+        }
+    }
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -73,48 +116,89 @@ fn millis(d: Duration) -> u64 {
 impl RedisStore {
     /// Opens the connections lazily: callrelay starts even while Redis is down, reports not
     /// ready, and connects as soon as Redis answers.
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let info = url
-            .into_connection_info()
-            .map_err(|e| StoreError::Unavailable(format!("invalid redis_url: {e}")))?;
-        // RESP3 lets the connection notice a disconnect at once and reconnect in the background.
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(settings);
-        let client = Client::open(info).map_err(unavailable)?;
-        // No response timeout of the client's own: `run` bounds every call (one timer per
-        // call, not two).
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-            .map_err(unavailable)?;
-        let bus = bus::Bus::new(client, config)?;
+    pub async fn connect(
+        config: &RedisConfig,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let dialer = Arc::new(connect::Dialer::new(config, timeout)?);
+        let conn = Link::open(dialer.clone(), "store", timeout).await;
+        let durability = match config.min_replica_acks {
+            0 => None,
+            replicas => Some(Durability {
+                link: Link::open(dialer.clone(), "replica acknowledgements", timeout).await,
+                replicas,
+                wait: timeout * 3 / 4,
+            }),
+        };
         Ok(Self {
             settler: settle::Settler::start(conn.clone(), timeout),
+            bus: bus::Bus::new(dialer.clone(), conn.clone(), timeout),
             conn,
             keys: Keys::new(prefix),
             timeout,
-            bus,
+            durability,
+            mode: dialer.mode(),
         })
+    }
+
+    /// `standalone`, `sentinel` or `cluster`.
+    pub fn mode(&self) -> &'static str {
+        self.mode
     }
 
     async fn run<T>(
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+        bounded(&self.conn, self.timeout, fut).await
+    }
+
+    /// With `store.min_replica_acks` set, returns once that many replicas have every write
+    /// made so far to the nodes holding `keys`; otherwise fails, and the caller answers `503`
+    /// (the write stays on the master; the client's retry writes it again).
+    ///
+    /// `WAIT` covers the writes of the connection it is sent on, and it must not block the
+    /// store's shared connection; so a marker is written on the acknowledgement connection
+    /// after the caller's writes were answered, and `WAIT` follows it there: replication is
+    /// one ordered stream per master, so once the marker is on a replica, so is everything
+    /// written before it. (Each key's hash tag keeps its marker on the key's own node.)
+    async fn replicated(&self, keys: &[&str]) -> Result<(), StoreError> {
+        let Some(d) = &self.durability else {
+            return Ok(());
+        };
+        let markers: BTreeSet<String> = if d.link.is_cluster() {
+            keys.iter()
+                .map(|k| self.keys.replication_marker(k))
+                .collect()
+        } else {
+            keys.iter()
+                .take(1)
+                .map(|k| self.keys.replication_marker(k))
+                .collect()
+        };
+        for marker in markers {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(&marker)
+                .arg(1)
+                .arg("PX")
+                .arg(60_000)
+                .ignore()
+                .cmd("WAIT")
+                .arg(d.replicas)
+                .arg(millis(d.wait));
+            let mut c = d.link.clone();
+            let (acked,): (i64,) = bounded(&d.link, self.timeout, pipe.query_async(&mut c)).await?;
+            if acked < i64::from(d.replicas) {
+                return Err(StoreError::Unavailable(format!(
+                    "{acked} of {} replicas acknowledged the write within {} ms",
+                    d.replicas,
+                    d.wait.as_millis()
+                )));
+            }
         }
+        Ok(())
     }
 
     async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
@@ -325,6 +409,7 @@ impl Store for RedisStore {
         {
             displaced.push((old_identity, old_id));
         }
+        self.replicated(&[&key, &address_key]).await?;
         Ok(PutOutcome {
             binding: stored,
             created: previous.is_none(),
@@ -373,6 +458,7 @@ impl Store for RedisStore {
         let Some(old) = old else {
             return Ok(false);
         };
+        self.replicated(&[&key]).await?;
         match serde_json::from_str::<Binding>(&old) {
             Ok(binding) => {
                 self.release_address(&binding).await?;
@@ -391,6 +477,7 @@ impl Store for RedisStore {
         let key = self.keys.bindings(account, identity);
         let mut c = self.conn.clone();
         let flat: Vec<String> = self.run(HTAKE_ALL.key(&key).invoke_async(&mut c)).await?;
+        self.replicated(&[&key]).await?;
         let values: Vec<&String> = flat.iter().skip(1).step_by(2).collect();
         for text in &values {
             if let Ok(binding) = serde_json::from_str::<Binding>(text) {
@@ -624,9 +711,11 @@ impl Store for RedisStore {
 
     async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError> {
         let mut c = self.conn.clone();
-        let receivers: i64 = self
-            .run(c.publish(self.keys.node_channel(node), message.as_ref()))
-            .await?;
+        let mut publish = redis::cmd(self.bus.publish_command());
+        publish
+            .arg(self.keys.node_channel(node))
+            .arg(message.as_ref());
+        let receivers: i64 = self.run(publish.query_async(&mut c)).await?;
         Ok(usize::try_from(receivers).unwrap_or(0))
     }
 
@@ -634,6 +723,3 @@ impl Store for RedisStore {
         self.bus.subscribe(self.keys.node_channel(node)).await
     }
 }
-
-/// Routes pushed pub/sub messages to the receiver of their channel.
-type Routes = Arc<Mutex<HashMap<String, mpsc::Sender<Bytes>>>>;

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{millis, unavailable};
+use super::link::Link;
+use super::{bounded, millis};
 use crate::store::StoreError;
 
 /// The most outcomes one pipeline carries.
@@ -34,7 +34,7 @@ pub struct Settler {
 
 impl Settler {
     /// Starts the writer; it stops when the `Settler` is dropped, after the outcomes queued.
-    pub fn start(conn: ConnectionManager, timeout: Duration) -> Self {
+    pub fn start(conn: Link, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_batches(conn, timeout, rx));
         Self { tx }
@@ -84,11 +84,7 @@ impl Settler {
     }
 }
 
-async fn write_batches(
-    mut conn: ConnectionManager,
-    timeout: Duration,
-    mut rx: mpsc::UnboundedReceiver<Item>,
-) {
+async fn write_batches(mut conn: Link, timeout: Duration, mut rx: mpsc::UnboundedReceiver<Item>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -118,7 +114,8 @@ async fn write_batches(
     }
 }
 
-async fn write(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<Outcome>) {
+/// One pipeline for the batch; on Redis Cluster the link sends it as one pipeline per slot.
+async fn write(conn: &mut Link, timeout: Duration, batch: &mut Vec<Outcome>) {
     let mut pipe = redis::pipe();
     for o in batch.iter() {
         if o.delivered {
@@ -127,13 +124,8 @@ async fn write(conn: &mut ConnectionManager, timeout: Duration, batch: &mut Vec<
             pipe.del(&o.key).ignore();
         }
     }
-    let result = match tokio::time::timeout(timeout, pipe.query_async::<()>(conn)).await {
-        Ok(r) => r.map_err(unavailable),
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "no answer within {} ms",
-            timeout.as_millis()
-        ))),
-    };
+    let link = conn.clone();
+    let result = bounded(&link, timeout, pipe.query_async::<()>(conn)).await;
     let mut unreported = 0;
     for o in batch.drain(..) {
         match o.done {

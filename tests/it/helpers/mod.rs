@@ -3,7 +3,9 @@
 //! WebSocket clients.
 
 pub mod fake_channel;
+pub mod proxy;
 pub mod redis;
+pub mod topology;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -63,6 +65,8 @@ pub enum Engine {
     Redis,
     /// A given Redis URL (a dedicated server).
     RedisAt(String),
+    /// `[store]` keys as TOML lines (Sentinel, Cluster, TLS).
+    Store(String),
 }
 
 /// How a test wants callrelay configured.
@@ -124,6 +128,7 @@ impl TestConfig {
             Engine::Memory => String::new(),
             Engine::Redis => format!("redis_url = \"{}\"\n", redis::shared().url()),
             Engine::RedisAt(url) => format!("redis_url = \"{url}\"\n"),
+            Engine::Store(keys) => format!("{keys}\n"),
         };
         let accounts = self.accounts.clone().unwrap_or_else(|| {
             format!(

@@ -1,23 +1,83 @@
-//! A private `redis-server` for the tests, on a free port. Never the machine's shared one.
+//! Private `redis-server`s for the tests, on free ports. Never the machine's shared one.
+//! Plain servers, TLS servers (certificates from the tests' own CA), Sentinel-managed pairs and
+//! Redis Clusters (`topology.rs`) are all started through [`RedisServer::start_with`].
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::mocks::tls::TestCa;
+
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
-    dir: std::path::PathBuf,
-    password: Option<String>,
+    pub dir: PathBuf,
+    options: ServerOptions,
 }
 
-fn free_port() -> u16 {
+/// How to start a server.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// `--requirepass`.
+    pub password: Option<String>,
+    /// Serve TLS only, with a certificate for 127.0.0.1 and localhost.
+    pub tls: Option<TlsOptions>,
+    /// Keep data in an append-only file fsynced on every write (a restart keeps what was
+    /// acknowledged); otherwise no persistence at all.
+    pub durable: bool,
+    /// A configuration file (written to the server's directory) given before the arguments;
+    /// Sentinel needs one it can rewrite.
+    pub config_file: Option<String>,
+    /// Extra arguments, e.g. `["--replicaof", "127.0.0.1", "6379"]` or `["--sentinel"]`.
+    pub args: Vec<String>,
+    /// A fixed port (Redis Cluster needs port + 10000 free as well).
+    pub port: Option<u16>,
+}
+
+/// Certificate and key files of a TLS server, and whether clients must present a
+/// certificate of the same CA.
+#[derive(Clone)]
+pub struct TlsOptions {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub require_client_cert: bool,
+}
+
+impl TlsOptions {
+    /// A server certificate from `ca` for 127.0.0.1 and localhost.
+    pub fn issued_by(ca: &TestCa, require_client_cert: bool) -> Self {
+        let issued = ca.issue(&["127.0.0.1", "localhost"], "redis");
+        Self {
+            ca_file: ca.ca_file.clone(),
+            cert_file: crate::mocks::tls::temp_file("redis.crt", &issued.cert_pem),
+            key_file: crate::mocks::tls::temp_file("redis.key", &issued.key_pem),
+            require_client_cert,
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A free port `p` with `p + 10000` free too (Redis Cluster's bus port), at most 55535.
+pub fn free_cluster_port() -> u16 {
+    for _ in 0..200 {
+        let p = 20_000 + (uuid::Uuid::new_v4().as_u128() % 30_000) as u16;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+        {
+            return p;
+        }
+    }
+    panic!("no free port pair for a cluster node");
 }
 
 impl RedisServer {
@@ -29,35 +89,78 @@ impl RedisServer {
 
     /// A server that requires `AUTH` with this password.
     pub fn start_with_password(password: Option<&str>) -> Self {
+        Self::start_with(ServerOptions {
+            password: password.map(str::to_owned),
+            durable: true,
+            ..ServerOptions::default()
+        })
+    }
+
+    pub fn start_with(options: ServerOptions) -> Self {
         let dir = std::env::temp_dir().join(format!("callrelay-redis-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = Self {
-            port: free_port(),
+            port: options.port.unwrap_or_else(free_port),
             child: None,
             dir,
-            password: password.map(str::to_owned),
+            options,
         };
         server.launch();
         server
     }
 
     fn launch(&mut self) {
+        let o = &self.options;
+        let mut args: Vec<String> = Vec::new();
+        if let Some(text) = &o.config_file {
+            let path = self.dir.join("redis.conf");
+            if !path.exists() {
+                std::fs::write(&path, text).unwrap();
+            }
+            args.push(path.display().to_string());
+        }
+        args.extend(o.args.iter().cloned());
+        match &o.tls {
+            None => args.extend(["--port".into(), self.port.to_string()]),
+            Some(tls) => args.extend([
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                self.port.to_string(),
+                "--tls-cert-file".into(),
+                tls.cert_file.display().to_string(),
+                "--tls-key-file".into(),
+                tls.key_file.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                tls.ca_file.display().to_string(),
+                "--tls-auth-clients".into(),
+                if tls.require_client_cert { "yes" } else { "no" }.into(),
+            ]),
+        }
+        args.extend(["--bind".into(), "127.0.0.1".into()]);
+        args.extend(["--dir".into(), self.dir.display().to_string()]);
+        args.extend(["--logfile".into(), "redis.log".into()]);
+        if !o.args.iter().any(|a| a == "--sentinel") {
+            args.extend(["--save".into(), "''".into()]);
+            if o.durable {
+                args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
+            } else {
+                args.extend(["--appendonly".into(), "no".into()]);
+            }
+        }
+        if let Some(p) = &o.password {
+            args.extend(["--requirepass".into(), p.clone()]);
+        }
         // The wrapper stops redis-server when the test process goes away, even if it is
         // killed before any destructor runs. It records redis-server's pid so that `kill`,
         // `pause` and `resume` can signal the server itself.
         let script = format!(
-            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
-             --dir {dir} --logfile redis.log {auth} & r=$!; echo $r > {dir}/redis-server.pid; \
+            "redis-server {args} & r=$!; echo $r > {dir}/redis-server.pid; \
              trap 'kill $r 2>/dev/null; exit 0' TERM INT; \
              while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2; done; \
              kill $r 2>/dev/null; wait $r",
-            port = self.port,
+            args = args.join(" "),
             dir = self.dir.display(),
-            auth = self
-                .password
-                .as_ref()
-                .map(|p| format!("--requirepass {p}"))
-                .unwrap_or_default(),
             parent = std::process::id(),
         );
         let child = Command::new("sh")
@@ -73,18 +176,45 @@ impl RedisServer {
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start on port {} (is redis-server installed?)",
-                self.port
+                "redis-server did not start on port {} (is redis-server installed?): {}",
+                self.port,
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn url(&self) -> String {
-        match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        match &self.options.password {
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// `host:port`, as Redis names its nodes.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against this (plain TCP) server and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut command = Command::new("redis-cli");
+        command.arg("-p").arg(self.port.to_string());
+        if let Some(p) = &self.options.password {
+            command.arg("--no-auth-warning").arg("-a").arg(p);
+        }
+        let out = command.args(args).output().expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
     }
 
     /// Stops the server (SIGTERM: it shuts down cleanly; its data stays on disk).
@@ -107,6 +237,10 @@ impl RedisServer {
             let _ = child.wait();
         }
         self.wait_until_closed();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Freezes the server (SIGSTOP): connections stay open and every command hangs.
@@ -174,4 +308,19 @@ impl Drop for RedisServer {
 pub fn shared() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
     SERVER.get_or_init(RedisServer::start)
+}
+
+/// A TLS server shared by the tests of this process, and the CA that signed its certificate
+/// (clients need it: the server's certificate is not from a public CA). It asks for no
+/// client certificate; `tests/it/redis_tls.rs` starts one that does.
+pub fn shared_tls() -> &'static (TestCa, RedisServer) {
+    static SERVER: OnceLock<(TestCa, RedisServer)> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let ca = TestCa::new("redis");
+        let server = RedisServer::start_with(ServerOptions {
+            tls: Some(TlsOptions::issued_by(&ca, false)),
+            ..ServerOptions::default()
+        });
+        (ca, server)
+    })
 }
