@@ -137,6 +137,7 @@ conformance!(
     message_claims,
     lookups_claim_only_when_there_is_a_target,
     outcomes_recorded_in_the_background_are_written_by_flush,
+    batches_for_many_identities,
     replica_messages,
 );
 
@@ -718,6 +719,53 @@ async fn outcomes_recorded_in_the_background_are_written_by_flush(store: Arc<dyn
             store.claim_message(&a, &bob, id, pending).await.unwrap(),
             expected,
             "{id}"
+        );
+    }
+}
+
+/// Presence renewals and dedupe outcomes are written in batches that span identities, so on
+/// Redis Cluster they span hash slots (and nodes).
+async fn batches_for_many_identities(store: Arc<dyn Store>) {
+    let a = account();
+    let names: Vec<String> = (0..24).map(|i| format!("user{i}")).collect();
+    let presences: Vec<SocketPresence> = names
+        .iter()
+        .map(|n| presence(n, &format!("c-{n}"), "n1", Duration::from_secs(30)))
+        .collect();
+    store.put_presences(&presences).await.unwrap();
+    for n in &names {
+        let targets = store.targets(&a, &ident(n), now()).await.unwrap();
+        assert_eq!(targets.sockets.len(), 1, "{n}");
+        assert_eq!(targets.sockets[0].conn_id, format!("c-{n}"));
+    }
+    let pending = Duration::from_secs(5);
+    let window = Duration::from_secs(600);
+    for n in &names {
+        assert_eq!(
+            store
+                .claim_message(&a, &ident(n), "RM30", pending)
+                .await
+                .unwrap(),
+            Claim::Acquired
+        );
+    }
+    for (i, n) in names.iter().enumerate() {
+        store.settle_message_detached(&a, &ident(n), "RM30", i % 2 == 0, window);
+    }
+    store.flush().await;
+    for (i, n) in names.iter().enumerate() {
+        let expected = if i % 2 == 0 {
+            Claim::Delivered
+        } else {
+            Claim::Acquired
+        };
+        assert_eq!(
+            store
+                .claim_message(&a, &ident(n), "RM30", pending)
+                .await
+                .unwrap(),
+            expected,
+            "{n}"
         );
     }
 }

@@ -226,3 +226,85 @@ async fn a_redis_kill_under_load_loses_nothing_and_lies_about_nothing() {
         assert_eq!(app.notify(identity).await.status, StatusCode::OK);
     }
 }
+
+/// Redis lost without a TCP reset (a VM gone, an address moved by a failover): every open
+/// connection stalls, new ones go through. callrelay answers `503` quickly meanwhile, replaces
+/// its store connection after a few timeouts and its replica-bus subscription after a few
+/// unanswered keepalive pings, and serves again without a restart: a webhook on one replica
+/// reaches a socket held by the other.
+#[tokio::test]
+async fn connections_that_stall_silently_are_replaced() {
+    const COMMAND_TIMEOUT_MS: u64 = 300;
+    let redis = RedisServer::start();
+    let proxy = crate::helpers::proxy::FreezableProxy::start(
+        format!("127.0.0.1:{}", redis.port).parse().unwrap(),
+    )
+    .await;
+    let config = TestConfig {
+        command_timeout_ms: COMMAND_TIMEOUT_MS,
+        deadline_ms: 1000,
+        ..TestConfig::with_engine(Engine::RedisAt(format!("redis://{}", proxy.addr)))
+    };
+    let a = spawn_with(config.clone()).await;
+    let b = spawn_with(config).await;
+    let mut bob = a.connect_ws("bob").await;
+    assert_eq!(b.notify("bob").await.status, StatusCode::OK);
+    assert!(bob.next_text(Duration::from_secs(5)).await.is_some());
+
+    let before = proxy.connections();
+    proxy.freeze();
+    let frozen = Instant::now();
+    let first = b.notify("bob").await;
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a stalled store is a 503: {}",
+        first.text
+    );
+    // Bounded wait: a few command timeouts for the store connection, a few keepalive
+    // seconds for the subscription; minutes (TCP's own retransmissions) would fail it.
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    let recovered = loop {
+        let r = b.notify("bob").await;
+        *statuses.entry(r.status.as_u16()).or_default() += 1;
+        // 503 while the store connection is stalled; 502 (nobody acknowledged) while only
+        // the subscription is; never a 404 for a socket that is there.
+        assert!(
+            [
+                StatusCode::OK,
+                StatusCode::BAD_GATEWAY,
+                StatusCode::SERVICE_UNAVAILABLE
+            ]
+            .contains(&r.status),
+            "{} {}",
+            r.status,
+            r.text
+        );
+        if r.status == StatusCode::OK {
+            break true;
+        }
+        if frozen.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = frozen.elapsed();
+    eprintln!(
+        "connections frozen: answers by status {statuses:?}, served again after {took:?} \
+         (command timeout {COMMAND_TIMEOUT_MS} ms); proxy connections {before} before, {} after",
+        proxy.connections()
+    );
+    assert!(
+        recovered,
+        "still failing {took:?} after the freeze: {statuses:?}"
+    );
+    assert!(
+        proxy.connections() > before,
+        "recovery must come from new connections"
+    );
+    while bob.next_text(Duration::from_millis(200)).await.is_some() {}
+    let r = b.notify("bob").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(bob.next_text(Duration::from_secs(5)).await.is_some());
+    assert_eq!(a.notify("bob").await.status, StatusCode::OK);
+}

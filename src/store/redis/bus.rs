@@ -91,7 +91,7 @@ impl Keeper {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.tx.is_closed() {
             tick.tick().await;
-            let Some(c) = conn.as_mut() else {
+            if conn.is_none() {
                 match self.connect().await {
                     Ok(c) => {
                         tracing::debug!(
@@ -111,20 +111,25 @@ impl Keeper {
                         attempts += 1;
                     }
                 }
+            }
+            // Through the store's connection, which learns from it as from any call: on an
+            // idle replica this check is what finds that connection stalled.
+            let seen = super::bounded(&self.publisher, self.timeout, self.subscribers());
+            let Some(c) = conn.as_mut() else {
+                let _ = seen.await;
                 continue;
             };
-            let ping = self
-                .bounded(c.send_near(&self.channel, redis::cmd("PING")))
-                .await;
+            let ping = self.bounded(c.send_near(&self.channel, redis::cmd("PING")));
+            let (ping, seen) = tokio::join!(ping, seen);
             dead_pings = if ping.is_ok() { 0 } else { dead_pings + 1 };
-            match self.bounded(self.subscribers()).await {
+            match seen {
                 Ok(n) if n > 0 => unseen = 0,
                 Ok(_) => {
                     unseen += 1;
                     let _ = self.bounded(subscribe(c, &self.channel)).await;
                 }
-                // The store's own connection is in trouble: its callers see it; nothing to
-                // learn about this subscription.
+                // The store's connection is in trouble: nothing to learn about this
+                // subscription.
                 Err(_) => {}
             }
             if dead_pings >= FAILURES_BEFORE_REBUILD || unseen >= FAILURES_BEFORE_REBUILD {

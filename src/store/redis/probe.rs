@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::{ErrorKind, RedisError, Value};
 
 use super::connect::{Conn, Dialer};
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, Topology};
 use crate::store::StoreError;
 
 /// What `check-config --connect` reports about the Redis it reached.
@@ -30,7 +30,15 @@ pub async fn probe(config: &RedisConfig, timeout: Duration) -> Result<ServerRepo
         Conn::Single { addr, .. } => addr.clone(),
         Conn::Cluster(_) => "the cluster's seed nodes".to_owned(),
     };
-    let info = text(ask(&conn, &["INFO", "server"], timeout, &at).await?);
+    let info = match ask(&conn, &["INFO", "server"], timeout, &at).await {
+        Err(StoreError::Unavailable(why)) if uses_tls(config) && why.contains("did not answer") => {
+            // A TLS client facing a plain port waits for a handshake that never comes.
+            return Err(StoreError::Unavailable(format!(
+                "{why}; the URLs say rediss://: does that port speak TLS?"
+            )));
+        }
+        other => text(other?),
+    };
     let field = |text: &str, name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -96,6 +104,16 @@ async fn ask(
             "{at} did not answer within {} ms (store.command_timeout_ms)",
             timeout.as_millis()
         ))),
+    }
+}
+
+fn uses_tls(config: &RedisConfig) -> bool {
+    match &config.topology {
+        Topology::Standalone { url } => url.expose().starts_with("rediss://"),
+        Topology::Sentinel {
+            urls, master_tls, ..
+        } => *master_tls || urls.iter().any(|u| u.starts_with("rediss://")),
+        Topology::Cluster { urls } => urls.iter().any(|u| u.starts_with("rediss://")),
     }
 }
 

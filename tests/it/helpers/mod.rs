@@ -3,6 +3,7 @@
 //! WebSocket clients.
 
 pub mod fake_channel;
+pub mod load;
 pub mod proxy;
 pub mod redis;
 pub mod topology;
@@ -355,6 +356,11 @@ impl TestApp {
         WsClient::connect(&self.base, &token(identity), None)
             .await
             .expect("WebSocket connects")
+    }
+
+    /// This replica's id on the replica bus.
+    pub fn node(&self) -> String {
+        self.app.as_ref().expect("running").node.clone()
     }
 
     pub fn fake(&self, app: &str) -> Arc<FakeChannel> {

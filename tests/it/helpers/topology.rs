@@ -222,15 +222,26 @@ impl Cluster {
             .collect()
     }
 
-    /// The port of the master serving `key`'s slot.
-    pub fn master_of(&self, key: &str) -> u16 {
-        let node = self.nodes.iter().find(|n| n.is_running()).unwrap();
-        let slot: u16 = node
+    fn any_node(&self) -> &RedisServer {
+        self.nodes.iter().find(|n| n.is_running()).unwrap()
+    }
+
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.any_node()
             .cli(&["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
-            .unwrap();
-        let nodes = node.cli(&["CLUSTER", "NODES"]);
+            .unwrap()
+    }
+
+    /// The port of the master serving `key`'s slot.
+    pub fn master_of(&self, key: &str) -> u16 {
+        self.master_of_slot(self.slot_of(key))
+    }
+
+    /// The port of the master serving `slot`, as a running node sees it.
+    pub fn master_of_slot(&self, slot: u16) -> u16 {
+        let nodes = self.any_node().cli(&["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
@@ -254,6 +265,48 @@ impl Cluster {
 
     pub fn node(&mut self, port: u16) -> &mut RedisServer {
         self.nodes.iter_mut().find(|n| n.port == port).unwrap()
+    }
+
+    fn by_port(&self, port: u16) -> &RedisServer {
+        self.nodes.iter().find(|n| n.port == port).unwrap()
+    }
+
+    /// Moves `slot` and its keys to the master on `to`, as `redis-cli --cluster reshard`
+    /// does: the target imports, the source migrates key by key (clients meanwhile get `ASK`
+    /// for the keys already moved), then every master learns the new owner.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let from = self.master_of_slot(slot);
+        if from == to {
+            return;
+        }
+        let (source, target) = (self.by_port(from), self.by_port(to));
+        let id = |n: &RedisServer| n.cli(&["CLUSTER", "MYID"]).trim().to_owned();
+        let (source_id, target_id) = (id(source), id(target));
+        let slot_text = slot.to_string();
+        let ok = |out: String| assert!(out.trim() == "OK", "{out}");
+        ok(target.cli(&["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &source_id]));
+        ok(source.cli(&["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &target_id]));
+        loop {
+            let keys = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot_text, "10"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            let out = source.cli(&args);
+            assert!(matches!(out.trim(), "OK" | "NOKEY"), "MIGRATE: {out}");
+        }
+        ok(target.cli(&["CLUSTER", "SETSLOT", &slot_text, "NODE", &target_id]));
+        ok(source.cli(&["CLUSTER", "SETSLOT", &slot_text, "NODE", &target_id]));
+        for port in self.master_ports() {
+            if port != from && port != to {
+                let _ = self
+                    .by_port(port)
+                    .cli(&["CLUSTER", "SETSLOT", &slot_text, "NODE", &target_id]);
+            }
+        }
     }
 }
 
