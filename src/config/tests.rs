@@ -233,3 +233,127 @@ fn message_and_binding_size_limits_have_defaults_and_ranges() {
         assert!(err.to_string().starts_with(key), "{text}: {err}");
     }
 }
+
+fn store_error(store: &str) -> String {
+    from_toml_str(&format!("[store]\n{store}"))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn one_redis_topology_at_a_time() {
+    let err = store_error(
+        "redis_url = \"redis://127.0.0.1:6390\"\nsentinel_urls = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"m\"",
+    );
+    assert!(err.starts_with("store:"), "{err}");
+    assert!(err.contains("redis_url and sentinel_urls"), "{err}");
+    let err = store_error("sentinel_urls = [\"redis://127.0.0.1:26379\"]");
+    assert!(err.starts_with("store.sentinel_master"), "{err}");
+    let err = store_error("sentinel_master = \"m\"");
+    assert!(err.starts_with("store.sentinel_master"), "{err}");
+    assert!(err.contains("sentinel_urls"), "{err}");
+    let err = store_error("min_replica_acks = 1");
+    assert!(err.starts_with("store.min_replica_acks"), "{err}");
+}
+
+#[test]
+fn topologies_parse_into_their_mode() {
+    let config = from_toml_str(
+        "[store]\nredis_cluster_urls = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]\nmin_replica_acks = 1",
+    )
+    .unwrap();
+    let redis = config.store.redis.unwrap();
+    assert_eq!(redis.topology.mode(), "cluster");
+    assert_eq!(redis.min_replica_acks, 1);
+    let config = from_toml_str(
+        "[store]\nsentinel_urls = [\"rediss://s1:26379\"]\nsentinel_master = \"mymaster\"",
+    )
+    .unwrap();
+    match config.store.redis.unwrap().topology {
+        Topology::Sentinel {
+            master, master_tls, ..
+        } => {
+            assert_eq!(master, "mymaster");
+            assert!(
+                master_tls,
+                "TLS to the master by default when the sentinels use it"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn node_urls_are_host_and_port_without_credentials() {
+    for (urls, expected) in [
+        (
+            "[\"redis://:pw@10.0.0.1:6379\"]",
+            "must not carry credentials",
+        ),
+        ("[\"http://10.0.0.1:6379\"]", "must start with redis://"),
+        ("[\"redis://10.0.0.1\"]", "needs a port"),
+        ("[\"redis://10.0.0.1:6379/2\"]", "host:port only"),
+        ("[]", "lists no URL"),
+        (
+            "[\"redis://10.0.0.1:6379\", \"rediss://10.0.0.2:6379\"]",
+            "mixes redis:// and rediss://",
+        ),
+    ] {
+        let err = store_error(&format!("redis_cluster_urls = {urls}"));
+        assert!(err.starts_with("store.redis_cluster_urls"), "{err}");
+        assert!(err.contains(expected), "{urls}: {err}");
+        assert!(!err.contains("pw@"), "{err}");
+    }
+}
+
+#[test]
+fn tls_files_are_checked_and_the_key_stays_secret() {
+    let dir = std::env::temp_dir().join(format!("callrelay-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let not_pem = write("garbage.pem", "supersecretkeymaterial");
+    let err = store_error(&format!(
+        "redis_url = \"rediss://r:6380\"\ntls_ca_file = \"{not_pem}\""
+    ));
+    assert!(err.starts_with("store.tls_ca_file"), "{err}");
+    let err = store_error(&format!(
+        "redis_url = \"rediss://r:6380\"\ntls_cert_file = \"{not_pem}\""
+    ));
+    assert!(err.starts_with("store.tls_key_file"), "{err}");
+    assert!(err.contains("is required"), "{err}");
+    // A client certificate that parses, with a key that does not: named, not printed.
+    let cert = rcgen::generate_simple_self_signed(vec!["callrelay".into()]).unwrap();
+    let cert_file = write("client.crt", &cert.cert.pem());
+    let err = store_error(&format!(
+        "redis_url = \"rediss://r:6380\"\ntls_cert_file = \"{cert_file}\"\ntls_key = \"supersecretkeymaterial\""
+    ));
+    assert!(err.starts_with("store.tls_key_file"), "{err}");
+    assert!(!err.contains("supersecretkeymaterial"), "{err}");
+    // TLS files need a TLS URL.
+    let err = store_error(&format!(
+        "redis_url = \"redis://r:6379\"\ntls_cert_file = \"{cert_file}\"\ntls_key = \"{}\"",
+        cert.signing_key.serialize_pem().replace('\n', "\\n")
+    ));
+    assert!(err.contains("not a rediss:// URL"), "{err}");
+    let config = from_toml_str(&format!(
+        "[store]\nredis_url = \"rediss://r:6380\"\ntls_cert_file = \"{cert_file}\"\ntls_key = \"{}\"\npassword = \"redispassword\"",
+        cert.signing_key.serialize_pem().replace('\n', "\\n")
+    ))
+    .unwrap();
+    let dump = format!("{config:?}");
+    assert!(!dump.contains("PRIVATE KEY"), "{dump}");
+    assert!(!dump.contains("redispassword"), "{dump}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_password_goes_either_in_the_url_or_in_its_own_key() {
+    let err = store_error("redis_url = \"redis://:pw@r:6379\"\npassword = \"pw2\"");
+    assert!(err.starts_with("store.redis_url"), "{err}");
+    assert!(!err.contains("pw2"), "{err}");
+    from_toml_str("[store]\nredis_url = \"redis://r:6379\"\npassword = \"pw2\"").unwrap();
+}
