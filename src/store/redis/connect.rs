@@ -212,6 +212,12 @@ impl Dialer {
         matches!(self.target, Target::Cluster(_))
     }
 
+    /// Whether the master can move (Sentinel): then every connection dialled is to whichever
+    /// server Sentinel names master at that moment.
+    pub fn follows_master(&self) -> bool {
+        matches!(self.target, Target::Sentinel { .. })
+    }
+
     /// `standalone`, `sentinel` or `cluster`.
     pub fn mode(&self) -> &'static str {
         match self.target {

@@ -99,7 +99,7 @@ impl Link {
 
     fn observe<T>(&self, result: &RedisResult<T>) {
         if let Err(e) = result
-            && self.0.dialer.mode() == "sentinel"
+            && self.0.dialer.follows_master()
             && master_may_have_moved(e)
         {
             self.rebuild("the master may have moved");
