@@ -195,3 +195,43 @@ async fn slots_moving_and_a_master_dying_under_load() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert!(bob.next_text(WAIT).await.is_some());
 }
+
+/// `store.min_replica_acks` on a cluster: each master has one replica, so one acknowledgement
+/// comes for every binding write (each write's `WAIT` goes to the master that took it, with a
+/// marker in the write's own slot) and registrations succeed; two never come, and
+/// registrations are refused with `503` rather than acknowledged.
+#[tokio::test]
+async fn replica_acknowledgements_on_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(shared_cluster).await.unwrap();
+    let with_acks = |n: u32| TestConfig {
+        fake_apps: vec![("android", "fcm")],
+        ..TestConfig::with_engine(Engine::Store(format!(
+            "{}min_replica_acks = {n}\n",
+            cluster.store_toml()
+        )))
+    };
+    let one = spawn_with(with_acks(1)).await;
+    for i in 0..10 {
+        register(&one, &format!("acked{i}")).await;
+        let r = one
+            .api(
+                reqwest::Method::GET,
+                "/v1/bindings/phone",
+                &token(&format!("acked{i}")),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let two = spawn_with(with_acks(2)).await;
+    let binding = json!({"channel": "fcm", "address": "token-refused"});
+    let r = two
+        .api(
+            reqwest::Method::PUT,
+            "/v1/bindings/phone",
+            &token("refused"),
+            Some(binding),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+}

@@ -264,6 +264,28 @@ impl Dialer {
         }
     }
 
+    /// A client for one of the sentinels (the first that answers), with the configured
+    /// credentials and TLS; an error unless this is Sentinel.
+    pub async fn sentinel_client(&self) -> RedisResult<Client> {
+        match &self.target {
+            Target::Sentinel { client, .. } => {
+                client.lock().await.async_get_sentinel_client().await
+            }
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "not a Sentinel configuration",
+            ))),
+        }
+    }
+
+    /// The master's name under Sentinel.
+    pub fn master_name(&self) -> Option<&str> {
+        match &self.target {
+            Target::Sentinel { master, .. } => Some(master),
+            _ => None,
+        }
+    }
+
     fn manager(&self, client: Client, push: Option<PushSink>) -> Result<Conn, StoreError> {
         let addr = client.get_connection_info().addr().to_string();
         let mut config = self.manager_config.clone();

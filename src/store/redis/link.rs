@@ -21,10 +21,11 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, try_join_all};
 use redis::aio::ConnectionLike;
 use redis::{
-    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
+    Cmd, ErrorKind, Pipeline, PushInfo, PushKind, RedisError, RedisFuture, RedisResult,
+    ServerErrorKind, Value,
 };
 
-use super::connect::{Conn, Dialer};
+use super::connect::{Conn, Dialer, PushSink};
 use super::slots;
 
 /// Timeouts in a row, with no answer in between, that condemn a connection.
@@ -48,28 +49,58 @@ struct Inner {
 #[derive(Default)]
 struct RebuildState {
     running: bool,
+    /// Replace once more when the running replacement ends.
+    again: bool,
     last: Option<Instant>,
+}
+
+/// A link that may have been dropped.
+pub struct WeakLink(std::sync::Weak<Inner>);
+
+impl WeakLink {
+    pub fn upgrade(&self) -> Option<Link> {
+        self.0.upgrade().map(Link)
+    }
 }
 
 impl Link {
     /// A link with its first connection (lazy: nothing is sent yet). Under Sentinel the
     /// master is looked up now; if that fails, the first commands fail and look again.
     pub async fn open(dialer: Arc<Dialer>, purpose: &'static str, pace: Duration) -> Self {
-        let first = match dialer.dial(None).await {
-            Ok(conn) => Some(conn),
-            Err(e) => {
-                tracing::warn!(error = %e, purpose, "no Redis connection yet; retrying on use");
-                None
-            }
-        };
-        Self(Arc::new(Inner {
+        let link = Self(Arc::new(Inner {
             dialer,
             purpose,
-            current: RwLock::new(first),
+            current: RwLock::new(None),
             timeouts_in_a_row: AtomicU32::new(0),
             rebuild: Mutex::new(RebuildState::default()),
             pace,
-        }))
+        }));
+        match link.dial().await {
+            Ok(conn) => *link.0.current.write().unwrap_or_else(|e| e.into_inner()) = Some(conn),
+            Err(e) => {
+                tracing::warn!(error = %e, purpose, "no Redis connection yet; retrying on use");
+            }
+        }
+        link
+    }
+
+    /// A new connection. Under Sentinel, a connection to the master that closes (Sentinel
+    /// closes the old master's clients when it demotes it) makes the link ask Sentinel again
+    /// rather than reconnect to the same address, which may now be a replica.
+    async fn dial(&self) -> Result<Conn, crate::store::StoreError> {
+        if !self.0.dialer.follows_master() {
+            return self.0.dialer.dial(None).await;
+        }
+        let link = Arc::downgrade(&self.0);
+        let watch: PushSink = Arc::new(move |push: PushInfo| {
+            if push.kind == PushKind::Disconnection
+                && let Some(inner) = link.upgrade()
+            {
+                Link(inner).rebuild("the connection to the master closed");
+            }
+            Ok::<(), redis::aio::SendError>(())
+        });
+        self.0.dialer.dial(Some(watch)).await
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -109,9 +140,23 @@ impl Link {
     /// Replaces the connection in the background, unless a replacement is running or the
     /// last one is too recent.
     fn rebuild(&self, why: &'static str) {
+        self.replace(why, false);
+    }
+
+    /// Sentinel announced a new master: replace the connection now, whatever the pace, and
+    /// once more after a replacement that is running (it may have found the old master).
+    pub fn master_switched(&self) {
+        self.replace("Sentinel announced a new master", true);
+    }
+
+    fn replace(&self, why: &'static str, urgent: bool) {
         {
             let mut state = self.0.rebuild.lock().unwrap_or_else(|e| e.into_inner());
-            if state.running || state.last.is_some_and(|t| t.elapsed() < self.0.pace) {
+            if state.running {
+                state.again |= urgent;
+                return;
+            }
+            if !urgent && state.last.is_some_and(|t| t.elapsed() < self.0.pace) {
                 return;
             }
             state.running = true;
@@ -120,31 +165,38 @@ impl Link {
         let link = self.clone();
         tokio::spawn(async move {
             let inner = &link.0;
-            match inner.dialer.dial(None).await {
-                Ok(conn) => {
-                    let to = match &conn {
-                        Conn::Single { addr, .. } => addr.clone(),
-                        Conn::Cluster(_) => "the cluster".to_owned(),
-                    };
-                    *inner.current.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
-                    inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
-                    tracing::warn!(
-                        purpose = inner.purpose,
-                        why,
-                        to,
-                        "replaced the Redis connection"
-                    );
+            loop {
+                match link.dial().await {
+                    Ok(conn) => {
+                        let to = match &conn {
+                            Conn::Single { addr, .. } => addr.clone(),
+                            Conn::Cluster(_) => "the cluster".to_owned(),
+                        };
+                        *inner.current.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                        inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                        tracing::warn!(
+                            purpose = inner.purpose,
+                            why,
+                            to,
+                            "replaced the Redis connection"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(purpose = inner.purpose, why, error = %e, "could not replace the Redis connection yet");
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(purpose = inner.purpose, why, error = %e, "could not replace the Redis connection yet");
+                let mut state = inner.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+                if !std::mem::take(&mut state.again) {
+                    state.running = false;
+                    break;
                 }
             }
-            inner
-                .rebuild
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .running = false;
         });
+    }
+
+    /// A handle that does not keep the link alive.
+    pub fn downgrade(&self) -> WeakLink {
+        WeakLink(Arc::downgrade(&self.0))
     }
 
     fn not_connected(&self) -> RedisError {

@@ -12,6 +12,7 @@ mod probe;
 mod scripts;
 mod settle;
 mod slots;
+mod switches;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -131,6 +132,16 @@ impl RedisStore {
                 wait: timeout * 3 / 4,
             }),
         };
+        if let Some(master) = dialer.master_name() {
+            let mut links = vec![conn.downgrade()];
+            links.extend(durability.as_ref().map(|d| d.link.downgrade()));
+            tokio::spawn(switches::watch(
+                dialer.clone(),
+                master.to_owned(),
+                links,
+                timeout,
+            ));
+        }
         Ok(Self {
             settler: settle::Settler::start(conn.clone(), timeout),
             bus: bus::Bus::new(dialer.clone(), conn.clone(), timeout),

@@ -47,7 +47,7 @@ impl SentinelSet {
                     config_file: Some(format!(
                         "sentinel monitor {MASTER_NAME} 127.0.0.1 {port} 2\n\
                          sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-                         sentinel failover-timeout {MASTER_NAME} 5000\n\
+                         sentinel failover-timeout {MASTER_NAME} 2000\n\
                          sentinel parallel-syncs {MASTER_NAME} 1\n",
                         port = master.port
                     )),
@@ -56,28 +56,42 @@ impl SentinelSet {
                 })
             })
             .collect();
-        // A failover needs the sentinels to know each other (they meet through the master's
-        // pub/sub) and the replica.
-        wait_for(Duration::from_secs(20), "the sentinels to meet", || {
-            sentinels.iter().all(|s| {
-                let info = s.cli(&["SENTINEL", "MASTER", MASTER_NAME]);
-                let after = |name: &str| {
-                    let mut lines = info.lines();
-                    while let Some(l) = lines.next() {
-                        if l == name {
-                            return lines.next().map(str::to_owned);
-                        }
-                    }
-                    None
-                };
-                after("num-other-sentinels").as_deref() == Some("2")
-                    && after("num-slaves").as_deref() == Some("1")
-            })
-        });
-        Self {
+        let set = Self {
             nodes: vec![master, replica],
             sentinels,
-        }
+        };
+        set.wait_until_ready_to_fail_over(Duration::from_secs(20));
+        set
+    }
+
+    /// Waits until every sentinel knows the two others (they meet through the master's
+    /// pub/sub) and one replica in sync: what a failover needs.
+    pub fn wait_until_ready_to_fail_over(&self, within: Duration) {
+        wait_for(within, "the sentinels to be ready for a failover", || {
+            let master = self.master_port();
+            let replica_in_sync = self.nodes.iter().any(|n| {
+                n.port != master
+                    && n.is_running()
+                    && n.cli(&["INFO", "replication"])
+                        .contains("master_link_status:up")
+            });
+            replica_in_sync
+                && self.sentinels.iter().all(|s| {
+                    let info = s.cli(&["SENTINEL", "MASTER", MASTER_NAME]);
+                    let after = |name: &str| {
+                        let mut lines = info.lines();
+                        while let Some(l) = lines.next() {
+                            if l == name {
+                                return lines.next().map(str::to_owned);
+                            }
+                        }
+                        None
+                    };
+                    after("num-other-sentinels").as_deref() == Some("2")
+                        && after("num-slaves").as_deref() == Some("1")
+                        && after("flags").as_deref() == Some("master")
+                })
+        });
     }
 
     /// The `[store]` keys that point callrelay at this set.
