@@ -244,6 +244,12 @@ fn check_standalone_url(url: &str, password_set: bool, tls: &TlsFiles) -> Result
         .iter()
         .find_map(|scheme| url.strip_prefix(scheme))
         .ok_or_else(|| bad("must start with redis://, rediss://, redis+unix:// or unix://"))?;
+    if url.contains("#insecure") {
+        return Err(bad(
+            "asks for TLS without certificate checks, which callrelay does not do; set \
+             store.tls_ca_file to the CA that signed the server's certificate",
+        ));
+    }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if password_set && authority.contains('@') {
         return Err(bad(
