@@ -5,9 +5,10 @@
 //!   middlebox): its commands time out one after another while the socket looks open. After
 //!   [`TIMEOUTS_BEFORE_REBUILD`] timeouts in a row with no answer in between, the connection
 //!   is replaced by a new one (and a half-dead one is left to the kernel's keepalive).
-//! - **A master that moved** (Sentinel): errors that a failover causes (refused or dropped
-//!   connections, `READONLY` from a demoted master) make the link ask Sentinel again and
-//!   connect to whichever master it names.
+//! - **A master that moved** (Sentinel): Sentinel's `+switch-master` announcement
+//!   (`switches.rs`), the master's connection closing, or errors that a failover causes
+//!   (refused or dropped connections, `READONLY` from a demoted master) make the link ask
+//!   Sentinel again and connect to whichever master it names.
 //! - **Pipelines across cluster slots**: split per slot (`slots.rs`).
 //!
 //! Replacements are rate-limited to one per command timeout, so an outage does not churn

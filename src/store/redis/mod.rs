@@ -40,7 +40,6 @@ pub struct RedisStore {
     bus: bus::Bus,
     settler: settle::Settler,
     durability: Option<Durability>,
-    mode: &'static str,
 }
 
 /// `store.min_replica_acks`: binding writes wait until replicas have them.
@@ -149,13 +148,7 @@ impl RedisStore {
             keys: Keys::new(prefix),
             timeout,
             durability,
-            mode: dialer.mode(),
         })
-    }
-
-    /// `standalone`, `sentinel` or `cluster`.
-    pub fn mode(&self) -> &'static str {
-        self.mode
     }
 
     async fn run<T>(
