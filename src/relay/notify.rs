@@ -42,7 +42,7 @@ impl Relay {
         let relay = self.clone();
         let accepted = self
             .tasks
-            .spawn(async move { relay.relay(&notification, deadline).await });
+            .spawn(async move { relay.run_accepted(&notification, deadline).await });
         match accepted.await {
             Ok(answer) => answer,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -54,7 +54,7 @@ impl Relay {
     }
 
     /// Everything after authentication, on the tracked task.
-    async fn relay(
+    async fn run_accepted(
         &self,
         notification: &CallNotification,
         deadline: Instant,
