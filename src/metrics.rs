@@ -34,9 +34,10 @@ pub struct BindingOpLabels {
 
 /// The `outcome` label of `callrelay_webhooks_total`. `challenged` is the `401` that asks
 /// for HTTP Basic credentials: Twilio's first try at every webhook of such an account.
-pub const WEBHOOK_OUTCOMES: [&str; 9] = [
+pub const WEBHOOK_OUTCOMES: [&str; 10] = [
     "delivered",
     "duplicate",
+    "in_progress",
     "not_found",
     "bad_request",
     "too_large",
@@ -84,6 +85,9 @@ pub struct Metrics {
     pub push_auth_tokens: Family<AppLabels, Counter>,
     /// When each certificate-auth APNs app's client certificate expires (Unix seconds).
     pub apns_certificate_expiry: Family<AppLabels, Gauge<i64, AtomicI64>>,
+    /// Dedupe outcomes not recorded because the writer's queue was full (their claims lapse
+    /// by themselves).
+    pub dedupe_outcomes_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -166,6 +170,12 @@ impl Metrics {
                 .clone(),
         );
         registry.register_collector(Box::new(LogLinesDropped));
+        let dedupe_outcomes_dropped = Counter::default();
+        registry.register(
+            "dedupe_outcomes_dropped",
+            "Dedupe outcomes dropped because the store's write queue was full; each claim lapses by itself after the webhook deadline",
+            dedupe_outcomes_dropped.clone(),
+        );
         // Every known series exists from the start, so rates and alerts see zeros, not gaps.
         for outcome in WEBHOOK_OUTCOMES {
             let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
@@ -187,6 +197,7 @@ impl Metrics {
             push_results,
             push_auth_tokens,
             apns_certificate_expiry,
+            dedupe_outcomes_dropped,
         }
     }
 

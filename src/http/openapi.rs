@@ -283,10 +283,14 @@ fn scope_parameters() -> Value {
 
 fn webhook_operation() -> Value {
     let summary = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeliverySummary"}}}});
+    let mut unavailable = problem(
+        "The store cannot be reached (`store-unavailable`), or another attempt at this twi_message_id had not finished by the deadline (`notification-in-progress`: it is still delivering, or it stopped and its claim lapses shortly); retry after `Retry-After` seconds.",
+    );
+    unavailable["headers"] = json!({"Retry-After": {"schema": {"type": "string"}}});
     json!({
         "operationId": "postCallNotification",
         "summary": "Twilio's call-notification webhook",
-        "description": "Delivers the notification, unmodified, to every binding of (twi_account_sid, identity in twi_to) within the webhook deadline. A twi_message_id already delivered is answered 200 with `duplicate: true`.",
+        "description": "Delivers the notification, unmodified, to every binding of (twi_account_sid, identity in twi_to) within the webhook deadline. A twi_message_id already delivered is answered 200 with `duplicate: true`; one that another attempt is still delivering, 503.",
         "security": [{"twilioSignature": []}, {"webhookBasic": []}],
         "parameters": [{
             "name": "bodySHA256", "in": "query", "required": true,
@@ -309,7 +313,7 @@ fn webhook_operation() -> Value {
             "408": r("RequestTimeout"),
             "413": r("PayloadTooLarge"),
             "502": summary("No binding accepted the notification."),
-            "503": r("StoreUnavailable")
+            "503": unavailable
         }
     })
 }

@@ -69,7 +69,7 @@ impl Problem {
     }
 
     pub fn rate_limited(retry_after: std::time::Duration) -> Self {
-        let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let seconds = whole_seconds(retry_after);
         Self {
             retry_after: Some(seconds),
             ..Self::new(
@@ -119,6 +119,27 @@ impl IntoResponse for Problem {
 
 fn summary(status: StatusCode, summary: Summary) -> Response {
     (status, Json(summary)).into_response()
+}
+
+/// Whole seconds for `Retry-After`, at least one.
+fn whole_seconds(d: std::time::Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+impl WebhookError {
+    /// The `outcome` label of `callrelay_webhooks_total` for this answer, beside the status
+    /// it maps to below.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            WebhookError::Invalid(_) => "bad_request",
+            WebhookError::Unauthenticated(WebhookAuthError::MissingBasic) => "challenged",
+            WebhookError::UnknownAccount(_) | WebhookError::Unauthenticated(_) => "forbidden",
+            WebhookError::NoBinding | WebhookError::AllRemoved(_) => "not_found",
+            WebhookError::AllFailed(_) => "failed",
+            WebhookError::InProgress { .. } => "in_progress",
+            WebhookError::Store(_) => "unavailable",
+        }
+    }
 }
 
 impl IntoResponse for WebhookError {
@@ -191,6 +212,21 @@ impl IntoResponse for WebhookError {
             .into_response(),
             WebhookError::AllRemoved(s) => summary(StatusCode::NOT_FOUND, s),
             WebhookError::AllFailed(s) => summary(StatusCode::BAD_GATEWAY, s),
+            WebhookError::InProgress { retry_after } => {
+                let seconds = whole_seconds(retry_after);
+                Problem {
+                    retry_after: Some(seconds),
+                    ..Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "notification-in-progress",
+                        "Notification in progress",
+                        format!(
+                            "another attempt is still delivering this twi_message_id, or it stopped and its claim lapses shortly; retry in {seconds} s"
+                        ),
+                    )
+                }
+                .into_response()
+            }
             WebhookError::Store(e) => {
                 tracing::error!(error = %e, "store error while answering a webhook");
                 Problem::store_unavailable().into_response()

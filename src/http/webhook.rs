@@ -1,5 +1,7 @@
 //! `POST /v1/twilio/call-notifications`: parse, hand to the relay, answer.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -10,7 +12,7 @@ use tokio::time::Instant;
 
 use super::AppState;
 use super::problem::Problem;
-use crate::auth::webhook::{WebhookAuthError, WebhookCredentials};
+use crate::auth::webhook::WebhookCredentials;
 use crate::config::ServerConfig;
 use crate::domain::CallNotification;
 use crate::metrics::OutcomeLabels;
@@ -66,8 +68,11 @@ async fn answer(
         }
     };
     let notification = match CallNotification::parse(body) {
-        Ok(n) => n,
-        Err(e) => return ("bad_request", WebhookError::from(e).into_response()),
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            let e = WebhookError::from(e);
+            return (e.metric_label(), e.into_response());
+        }
     };
     let url = signed_url(&state.config.server, headers, uri);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -78,7 +83,7 @@ async fn answer(
         authorization: header("authorization"),
         body: &notification.raw,
     };
-    match state.relay.notify(&notification, &credentials).await {
+    match state.relay.notify(notification.clone(), &credentials).await {
         Ok(summary) => {
             let outcome = if summary.duplicate {
                 "duplicate"
@@ -98,17 +103,13 @@ async fn answer(
             (outcome, (StatusCode::OK, Json(summary)).into_response())
         }
         Err(e) => {
-            let outcome = match &e {
-                WebhookError::Invalid(_) => "bad_request",
-                WebhookError::Unauthenticated(WebhookAuthError::MissingBasic) => "challenged",
-                WebhookError::UnknownAccount(_) | WebhookError::Unauthenticated(_) => "forbidden",
-                WebhookError::NoBinding | WebhookError::AllRemoved(_) => "not_found",
-                WebhookError::AllFailed(_) => "failed",
-                WebhookError::Store(_) => "unavailable",
-            };
+            let outcome = e.metric_label();
             if matches!(
                 e,
-                WebhookError::NoBinding | WebhookError::AllRemoved(_) | WebhookError::AllFailed(_)
+                WebhookError::NoBinding
+                    | WebhookError::AllRemoved(_)
+                    | WebhookError::AllFailed(_)
+                    | WebhookError::InProgress { .. }
             ) {
                 tracing::info!(
                     account = %notification.account_sid,

@@ -23,6 +23,11 @@ pub enum WebhookError {
     /// No binding accepted the notification.
     #[error("no binding accepted the notification")]
     AllFailed(Summary),
+    /// Another attempt holds the notification's claim and had not settled it by this one's
+    /// deadline: it is still delivering, or it died and its claim lapses within
+    /// `retry_after`. Not a duplicate: nothing says it was delivered.
+    #[error("another attempt is still delivering the notification")]
+    InProgress { retry_after: std::time::Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -3,6 +3,7 @@
 //! through their traits only.
 
 mod bindings;
+mod dedupe;
 mod error;
 mod notify;
 
@@ -13,6 +14,8 @@ use tokio_util::task::TaskTracker;
 
 pub use bindings::{BindingScope, Listing};
 pub use error::{BindingError, WebhookError};
+
+use notify::by_deadline;
 
 use crate::channels::Channels;
 use crate::config::Config;

@@ -5,10 +5,15 @@
 //! path is bounded by the deadline as well as by `store.command_timeout_ms`. A lookup or claim
 //! that would pass it is a `503`; removing dead bindings gives up at the deadline (the next
 //! notification removes them); recording the outcome for dedupe happens after the answer.
+//!
+//! Once a notification is authenticated, the rest runs on a task of its own, tracked by the
+//! relay's `TaskTracker` (which shutdown drains): Twilio or a proxy hanging up, or
+//! `limits.request_timeout_ms`, only drop the request's wait for the answer, never a delivery
+//! half-way or a claim unsettled (`dedupe.rs` has the claim's lifecycle).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 
 use futures_util::future::join_all;
 use time::OffsetDateTime;
@@ -19,64 +24,71 @@ use crate::auth::webhook::{self, WebhookCredentials};
 use crate::channels::{Outcome, Target};
 use crate::domain::CallNotification;
 use crate::metrics::{ChannelLabels, DeliveryLabels};
-use crate::store::{Claim, StoreError};
-
-/// How often a retry of a notification still being delivered checks whether it is done.
-const PENDING_POLL: Duration = Duration::from_millis(20);
+use crate::store::{Claim, ClaimOwner, ClaimRequest, StoreError};
 
 impl Relay {
     pub async fn notify(
-        &self,
-        notification: &CallNotification,
+        self: &Arc<Self>,
+        notification: Arc<CallNotification>,
         credentials: &WebhookCredentials<'_>,
     ) -> Result<Summary, WebhookError> {
-        let started = Instant::now();
-        let deadline = started + self.config.server.webhook_deadline;
+        let deadline = Instant::now() + self.config.server.webhook_deadline;
         let settings = self
             .config
             .account(&notification.account_sid)
             .ok_or_else(|| WebhookError::UnknownAccount(notification.account_sid.clone()))?;
         webhook::authenticate(settings, credentials)?;
 
+        let relay = self.clone();
+        let accepted = self
+            .tasks
+            .spawn(async move { relay.run_accepted(&notification, deadline).await });
+        match accepted.await {
+            Ok(answer) => answer,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only a runtime shutting down cancels a task; nobody is left to answer.
+            Err(_) => Err(WebhookError::Store(StoreError::Unavailable(
+                "the delivery was cancelled".into(),
+            ))),
+        }
+    }
+
+    /// Everything after authentication, on the tracked task.
+    async fn run_accepted(
+        &self,
+        notification: &CallNotification,
+        deadline: Instant,
+    ) -> Result<Summary, WebhookError> {
         let now = OffsetDateTime::now_utc();
         let account = &notification.account_sid;
         let identity = &notification.identity;
-        // The claim outlives the deadline a little, so a crashed delivery frees it soon.
-        let pending_for = self.config.server.webhook_deadline + Duration::from_secs(2);
+        let owner = ClaimOwner::new();
         let claim = notification
             .message_id
             .as_deref()
-            .map(|id| (id, pending_for));
+            .map(|message_id| ClaimRequest {
+                message_id,
+                owner: &owner,
+                pending_for: self.pending_for(),
+            });
         let lookup =
-            by_deadline(deadline, self.store.lookup(account, identity, claim, now)).await?;
+            match by_deadline(deadline, self.store.lookup(account, identity, claim, now)).await {
+                Ok(lookup) => lookup,
+                Err(e) => {
+                    self.release_in_background(notification, &owner);
+                    return Err(e.into());
+                }
+            };
         let targets = lookup.targets;
         if targets.is_empty() {
             return Err(WebhookError::NoBinding);
         }
-
         if let Some(id) = &notification.message_id {
-            let mut claim = lookup.claim;
-            loop {
-                let state = match claim.take() {
-                    Some(state) => state,
-                    None => {
-                        by_deadline(
-                            deadline,
-                            self.store.claim_message(account, identity, id, pending_for),
-                        )
-                        .await?
-                    }
-                };
-                match state {
-                    Claim::Acquired => break,
-                    Claim::Delivered => return Ok(Summary::duplicate()),
-                    // Another request is delivering it: wait for its outcome, so that a failed
-                    // delivery still lets this retry through.
-                    Claim::Pending if Instant::now() + PENDING_POLL < deadline => {
-                        tokio::time::sleep(PENDING_POLL).await;
-                    }
-                    Claim::Pending => return Ok(Summary::duplicate()),
-                }
+            let claim = self
+                .await_claim(notification, id, &owner, lookup.claim, deadline)
+                .await?;
+            if claim == Claim::Delivered {
+                return Ok(Summary::duplicate());
             }
         }
 
@@ -87,13 +99,7 @@ impl Relay {
         if let Some(id) = &notification.message_id {
             // Off the answer's path, which may have used the whole deadline: a retry of this
             // notification that arrives meanwhile finds it pending and waits for the outcome.
-            self.store.settle_message_detached(
-                account,
-                identity,
-                id,
-                summary.delivered > 0,
-                self.config.server.dedupe_window,
-            );
+            self.settle(notification, id, &owner, summary.delivered > 0);
         }
 
         if summary.delivered > 0 {
@@ -207,7 +213,7 @@ impl Relay {
 
 /// A store call on the webhook's path: given up at the deadline, as the store gives up after
 /// its command timeout.
-async fn by_deadline<T>(
+pub(super) async fn by_deadline<T>(
     deadline: Instant,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {

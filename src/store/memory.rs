@@ -11,10 +11,20 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::{Claim, PutOutcome, SocketPresence, Store, StoreError, Targets};
+use super::{
+    Claim, ClaimOwner, PutOutcome, Settlement, SocketPresence, Store, StoreError, Targets,
+};
 use crate::domain::{AccountSid, Binding, BindingId, Identity, PushChannel};
 
 type IdentityKey = (AccountSid, Identity);
+type MessageKey = (AccountSid, Identity, String);
+
+/// A dedupe marker, as the Redis engine keeps it under `…:msg:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Marker {
+    Pending(ClaimOwner),
+    Delivered,
+}
 type AddressKey = (AccountSid, PushChannel, String);
 
 #[derive(Default)]
@@ -22,7 +32,8 @@ struct State {
     bindings: HashMap<IdentityKey, HashMap<BindingId, Binding>>,
     sockets: HashMap<IdentityKey, HashMap<String, SocketPresence>>,
     owners: HashMap<AddressKey, (Identity, BindingId)>,
-    messages: HashMap<(AccountSid, Identity, String), (Claim, Instant)>,
+    /// Each marker with the instant it lapses.
+    messages: HashMap<MessageKey, (Marker, Instant)>,
     messages_pruned: Option<Instant>,
     subscribers: HashMap<String, mpsc::Sender<Bytes>>,
 }
@@ -321,19 +332,26 @@ impl Store for MemoryStore {
         account: &AccountSid,
         identity: &Identity,
         message_id: &str,
+        owner: &ClaimOwner,
         pending_for: Duration,
     ) -> Result<Claim, StoreError> {
         let mut s = self.lock();
         s.forget_old_messages();
         let k = (account.clone(), identity.clone(), message_id.to_owned());
-        if let Some((state, until)) = s.messages.get(&k)
-            && *until > Instant::now()
-        {
-            return Ok(*state);
+        let now = Instant::now();
+        match s.messages.get(&k) {
+            Some((Marker::Delivered, until)) if *until > now => Ok(Claim::Delivered),
+            Some((Marker::Pending(holder), until)) if *until > now => Ok(if holder == owner {
+                Claim::Acquired
+            } else {
+                Claim::Pending
+            }),
+            _ => {
+                s.messages
+                    .insert(k, (Marker::Pending(owner.clone()), now + pending_for));
+                Ok(Claim::Acquired)
+            }
         }
-        s.messages
-            .insert(k, (Claim::Pending, Instant::now() + pending_for));
-        Ok(Claim::Acquired)
     }
 
     async fn settle_message(
@@ -341,10 +359,10 @@ impl Store for MemoryStore {
         account: &AccountSid,
         identity: &Identity,
         message_id: &str,
-        delivered: bool,
-        window: Duration,
+        owner: &ClaimOwner,
+        settlement: Settlement,
     ) -> Result<(), StoreError> {
-        self.settle_message_detached(account, identity, message_id, delivered, window);
+        self.settle_message_detached(account, identity, message_id, owner, settlement);
         Ok(())
     }
 
@@ -353,17 +371,26 @@ impl Store for MemoryStore {
         account: &AccountSid,
         identity: &Identity,
         message_id: &str,
-        delivered: bool,
-        window: Duration,
-    ) {
+        owner: &ClaimOwner,
+        settlement: Settlement,
+    ) -> bool {
         let mut s = self.lock();
         let k = (account.clone(), identity.clone(), message_id.to_owned());
-        if delivered {
-            s.messages
-                .insert(k, (Claim::Delivered, Instant::now() + window));
-        } else {
-            s.messages.remove(&k);
+        let now = Instant::now();
+        // As the Redis engine's scripts: only the owner's claim is touched; `delivered` is
+        // also written over a lapsed claim nobody took since.
+        let current = s.messages.get(&k).filter(|(_, until)| *until > now);
+        let owned = matches!(current, Some((Marker::Pending(holder), _)) if holder == owner);
+        match settlement {
+            Settlement::Delivered { window } if owned || current.is_none() => {
+                s.messages.insert(k, (Marker::Delivered, now + window));
+            }
+            Settlement::Forgotten if owned => {
+                s.messages.remove(&k);
+            }
+            _ => {}
         }
+        true
     }
 
     async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError> {

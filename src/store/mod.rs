@@ -5,7 +5,8 @@
 pub mod memory;
 pub mod redis;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -70,15 +71,67 @@ pub struct Lookup {
     pub claim: Option<Claim>,
 }
 
+/// The claim a lookup should take: on `message_id`, for `owner`, pending for `pending_for`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    pub message_id: &'a str,
+    pub owner: &'a ClaimOwner,
+    pub pending_for: Duration,
+}
+
 /// Claiming a `twi_message_id` before delivering it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// Nobody delivered it: the caller delivers and then settles the claim.
+    /// Nobody delivered it, and now the asking owner holds the claim: it delivers and then
+    /// settles the claim.
     Acquired,
-    /// Another request is delivering it right now.
+    /// Another attempt holds the claim: it is delivering right now, or it died and the claim
+    /// has not lapsed yet.
     Pending,
     /// Already delivered within the dedupe window.
     Delivered,
+}
+
+/// Who holds a claim: one value per webhook attempt, so that an attempt settles its own claim
+/// and never another's (an attempt whose claim lapsed must not settle the claim a retry took
+/// since). What matters is that no two attempts share one, anywhere, ever: a random prefix
+/// drawn once per process and a counter give that without drawing randomness per webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClaimOwner(String);
+
+impl ClaimOwner {
+    /// A new owner, unique across attempts, replicas and restarts.
+    pub fn new() -> Self {
+        static PREFIX: LazyLock<String> =
+            LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self(format!(
+            "{}{:x}",
+            *PREFIX,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How a claim ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Remembered as delivered for `window`: Twilio's retries are duplicates. Written also when
+    /// the owner's claim lapsed and nobody took it since: the delivery did happen.
+    Delivered { window: Duration },
+    /// Nothing was delivered (or the attempt gave up before delivering): the claim is removed,
+    /// so that a retry goes through at once.
+    Forgotten,
+}
+
+impl Default for ClaimOwner {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -159,19 +212,19 @@ pub trait Store: Send + Sync + 'static {
         conn_id: &str,
     ) -> Result<(), StoreError>;
 
-    /// Targets and the claim on `claim`'s message id (for `claim`'s pending time), together.
-    /// The engines answer it in one round trip; this default takes two.
+    /// Targets and, when there are any, the claim `claim` asks for, together. The engines
+    /// answer it in one round trip; this default takes two.
     async fn lookup(
         &self,
         account: &AccountSid,
         identity: &Identity,
-        claim: Option<(&str, Duration)>,
+        claim: Option<ClaimRequest<'_>>,
         now: OffsetDateTime,
     ) -> Result<Lookup, StoreError> {
         let targets = self.targets(account, identity, now).await?;
         let claim = match claim {
-            Some((id, pending_for)) if !targets.is_empty() => Some(
-                self.claim_message(account, identity, id, pending_for)
+            Some(c) if !targets.is_empty() => Some(
+                self.claim_message(account, identity, c.message_id, c.owner, c.pending_for)
                     .await?,
             ),
             _ => None,
@@ -179,37 +232,41 @@ pub trait Store: Send + Sync + 'static {
         Ok(Lookup { targets, claim })
     }
 
-    /// Marks `message_id` (a notification to `identity`) as being delivered, unless it
-    /// already is or was.
+    /// Claims `message_id` (a notification to `identity`) for `owner` for `pending_for`,
+    /// unless it was delivered or another owner holds it. A claim `owner` holds already is
+    /// `Acquired` again. A claim nobody settles lapses after `pending_for`.
     async fn claim_message(
         &self,
         account: &AccountSid,
         identity: &Identity,
         message_id: &str,
+        owner: &ClaimOwner,
         pending_for: Duration,
     ) -> Result<Claim, StoreError>;
 
-    /// Ends a claim: remembered for `window` when delivered, forgotten otherwise so that a
-    /// retry goes through.
+    /// Ends `owner`'s claim as `settlement` says. A claim another owner holds, or a delivered
+    /// marker, is left as it is.
     async fn settle_message(
         &self,
         account: &AccountSid,
         identity: &Identity,
         message_id: &str,
-        delivered: bool,
-        window: Duration,
+        owner: &ClaimOwner,
+        settlement: Settlement,
     ) -> Result<(), StoreError>;
 
     /// `settle_message` without waiting for it, for the end of a delivery: the outcome is
-    /// written in the background, and a failure is logged (the claim then lapses by itself).
+    /// queued and written in the background. Returns `false` when it was dropped instead (the
+    /// queue is full, or the store is shutting down): the claim then lapses by itself. A
+    /// write that fails is logged, with the same consequence.
     fn settle_message_detached(
         &self,
         account: &AccountSid,
         identity: &Identity,
         message_id: &str,
-        delivered: bool,
-        window: Duration,
-    );
+        owner: &ClaimOwner,
+        settlement: Settlement,
+    ) -> bool;
 
     /// Waits until writes made in the background (`settle_message_detached`) have reached
     /// the store or failed; for shutdown.

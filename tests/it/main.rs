@@ -8,6 +8,7 @@ mod admin;
 mod apns;
 mod architecture;
 mod bindings;
+mod claims;
 mod cli;
 mod cluster;
 mod fcm;

@@ -11,7 +11,7 @@ use callrelay::domain::{
     AccountSid, ApnsEnvironment, Binding, BindingId, Identity, PushChannel, PushType,
 };
 use callrelay::store::memory::MemoryStore;
-use callrelay::store::{Claim, SocketPresence, Store};
+use callrelay::store::{Claim, ClaimOwner, ClaimRequest, Settlement, SocketPresence, Store};
 use time::OffsetDateTime;
 
 use crate::helpers::{redis, topology};
@@ -135,6 +135,7 @@ conformance!(
     delete_all_removes_every_binding_and_frees_the_tokens,
     presence_leases_expire_and_can_be_withdrawn,
     message_claims,
+    claims_belong_to_their_owner,
     lookups_claim_only_when_there_is_a_target,
     outcomes_recorded_in_the_background_are_written_by_flush,
     batches_for_many_identities,
@@ -553,91 +554,201 @@ async fn presence_leases_expire_and_can_be_withdrawn(store: Arc<dyn Store>) {
     );
 }
 
+const WINDOW: Duration = Duration::from_secs(600);
+
+fn delivered(window: Duration) -> Settlement {
+    Settlement::Delivered { window }
+}
+
 async fn message_claims(store: Arc<dyn Store>) {
     let a = account();
     let bob = ident("bob");
     let pending = Duration::from_secs(5);
-    let window = Duration::from_secs(600);
-    assert_eq!(
-        store.claim_message(&a, &bob, "RM1", pending).await.unwrap(),
-        Claim::Acquired
-    );
-    assert_eq!(
-        store.claim_message(&a, &bob, "RM1", pending).await.unwrap(),
-        Claim::Pending
-    );
+    let (first, retry) = (ClaimOwner::new(), ClaimOwner::new());
+    let claim = |id: &'static str, owner: &ClaimOwner, pending: Duration| {
+        let (store, a, bob, owner) = (store.clone(), a.clone(), bob.clone(), owner.clone());
+        async move {
+            store
+                .claim_message(&a, &bob, id, &owner, pending)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim("RM1", &first, pending).await, Claim::Acquired);
+    assert_eq!(claim("RM1", &retry, pending).await, Claim::Pending);
+    // The holder asking again still holds it.
+    assert_eq!(claim("RM1", &first, pending).await, Claim::Acquired);
     store
-        .settle_message(&a, &bob, "RM1", true, window)
+        .settle_message(&a, &bob, "RM1", &first, delivered(WINDOW))
         .await
         .unwrap();
-    assert_eq!(
-        store.claim_message(&a, &bob, "RM1", pending).await.unwrap(),
-        Claim::Delivered
-    );
+    assert_eq!(claim("RM1", &retry, pending).await, Claim::Delivered);
+    assert_eq!(claim("RM1", &first, pending).await, Claim::Delivered);
     // A failed delivery is forgotten, so the retry may deliver.
-    assert_eq!(
-        store.claim_message(&a, &bob, "RM2", pending).await.unwrap(),
-        Claim::Acquired
-    );
+    assert_eq!(claim("RM2", &first, pending).await, Claim::Acquired);
     store
-        .settle_message(&a, &bob, "RM2", false, window)
+        .settle_message(&a, &bob, "RM2", &first, Settlement::Forgotten)
         .await
         .unwrap();
-    assert_eq!(
-        store.claim_message(&a, &bob, "RM2", pending).await.unwrap(),
-        Claim::Acquired
-    );
+    assert_eq!(claim("RM2", &retry, pending).await, Claim::Acquired);
     // A claim whose holder vanished lapses.
     assert_eq!(
-        store
-            .claim_message(&a, &bob, "RM3", Duration::from_millis(100))
-            .await
-            .unwrap(),
+        claim("RM3", &first, Duration::from_millis(100)).await,
         Claim::Acquired
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(
-        store.claim_message(&a, &bob, "RM3", pending).await.unwrap(),
-        Claim::Acquired
-    );
+    assert_eq!(claim("RM3", &retry, pending).await, Claim::Acquired);
     // Delivered markers lapse after the window.
-    assert_eq!(
-        store.claim_message(&a, &bob, "RM4", pending).await.unwrap(),
-        Claim::Acquired
-    );
+    assert_eq!(claim("RM4", &first, pending).await, Claim::Acquired);
     store
-        .settle_message(&a, &bob, "RM4", true, Duration::from_millis(100))
+        .settle_message(
+            &a,
+            &bob,
+            "RM4",
+            &first,
+            delivered(Duration::from_millis(100)),
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(
-        store.claim_message(&a, &bob, "RM4", pending).await.unwrap(),
-        Claim::Acquired
-    );
+    assert_eq!(claim("RM4", &retry, pending).await, Claim::Acquired);
     // Ids are per account and callee.
     let other = AccountSid::parse(crate::helpers::OTHER_ACCOUNT).unwrap();
     assert_eq!(
         store
-            .claim_message(&other, &bob, "RM1", pending)
+            .claim_message(&other, &bob, "RM1", &retry, pending)
             .await
             .unwrap(),
         Claim::Acquired
     );
     assert_eq!(
         store
-            .claim_message(&a, &ident("alice"), "RM1", pending)
+            .claim_message(&a, &ident("alice"), "RM1", &retry, pending)
             .await
             .unwrap(),
         Claim::Acquired
     );
 }
 
+/// Settling touches only the settling owner's claim: an attempt whose claim lapsed and was
+/// taken by a retry can neither mark the retry's delivery done nor free it.
+async fn claims_belong_to_their_owner(store: Arc<dyn Store>) {
+    let (a, bob) = (account(), ident("bob"));
+    let (crashed, retry, late) = (ClaimOwner::new(), ClaimOwner::new(), ClaimOwner::new());
+    let pending = Duration::from_secs(5);
+    let state = |owner: &ClaimOwner| {
+        let (store, a, bob, owner) = (store.clone(), a.clone(), bob.clone(), owner.clone());
+        async move {
+            store
+                .claim_message(&a, &bob, "RM30", &owner, pending)
+                .await
+                .unwrap()
+        }
+    };
+    // The first attempt's claim lapses (its holder died); a retry takes it.
+    assert_eq!(
+        store
+            .claim_message(&a, &bob, "RM30", &crashed, Duration::from_millis(100))
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(state(&retry).await, Claim::Acquired);
+    // Another owner's settle is a no-op, whichever way it goes.
+    for settlement in [Settlement::Forgotten, delivered(WINDOW)] {
+        store
+            .settle_message(&a, &bob, "RM30", &crashed, settlement)
+            .await
+            .unwrap();
+        assert_eq!(state(&late).await, Claim::Pending, "{settlement:?}");
+    }
+    assert!(store.settle_message_detached(&a, &bob, "RM30", &crashed, Settlement::Forgotten));
+    store.flush().await;
+    assert_eq!(state(&late).await, Claim::Pending);
+    // The owner's settle: pending, then delivered.
+    store
+        .settle_message(&a, &bob, "RM30", &retry, delivered(WINDOW))
+        .await
+        .unwrap();
+    assert_eq!(state(&late).await, Claim::Delivered);
+    // Once delivered, nobody's "forget" undoes it, the owner's included.
+    for owner in [&crashed, &retry] {
+        store
+            .settle_message(&a, &bob, "RM30", owner, Settlement::Forgotten)
+            .await
+            .unwrap();
+        assert_eq!(state(&late).await, Claim::Delivered);
+    }
+
+    // Released on failure: a lookup whose outcome the caller never learned (a timeout) is
+    // released by its owner, and the next attempt goes through at once.
+    assert_eq!(
+        store
+            .claim_message(&a, &bob, "RM31", &crashed, pending)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    store
+        .settle_message(&a, &bob, "RM31", &retry, Settlement::Forgotten)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_message(&a, &bob, "RM31", &late, pending)
+            .await
+            .unwrap(),
+        Claim::Pending,
+        "another owner cannot release it"
+    );
+    store
+        .settle_message(&a, &bob, "RM31", &crashed, Settlement::Forgotten)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_message(&a, &bob, "RM31", &late, pending)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+
+    // A holder whose claim lapsed with nobody taking it since still records its delivery:
+    // it did happen.
+    assert_eq!(
+        store
+            .claim_message(&a, &bob, "RM32", &crashed, Duration::from_millis(100))
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    store
+        .settle_message(&a, &bob, "RM32", &crashed, delivered(WINDOW))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_message(&a, &bob, "RM32", &late, pending)
+            .await
+            .unwrap(),
+        Claim::Delivered
+    );
+}
+
 async fn lookups_claim_only_when_there_is_a_target(store: Arc<dyn Store>) {
     let (a, bob, t) = (account(), ident("bob"), now());
     let pending = Duration::from_secs(5);
+    let owner = ClaimOwner::new();
+    let request = |message_id| ClaimRequest {
+        message_id,
+        owner: &owner,
+        pending_for: pending,
+    };
     // Nothing stored: no claim is taken, so a retry after a registration is delivered.
     let l = store
-        .lookup(&a, &bob, Some(("RM10", pending)), t)
+        .lookup(&a, &bob, Some(request("RM10")), t)
         .await
         .unwrap();
     assert!(l.targets.is_empty());
@@ -646,9 +757,15 @@ async fn lookups_claim_only_when_there_is_a_target(store: Arc<dyn Store>) {
         .put_binding(binding("bob", "phone", &"ab".repeat(32), t))
         .await
         .unwrap();
-    // An engine may have held the claim for a moment; it is free soon after.
+    // An engine may have held the claim for a moment; it is free soon after, for anyone.
+    let retry = ClaimOwner::new();
+    let retried = |message_id| ClaimRequest {
+        message_id,
+        owner: &retry,
+        pending_for: pending,
+    };
     let mut l = store
-        .lookup(&a, &bob, Some(("RM10", pending)), t)
+        .lookup(&a, &bob, Some(retried("RM10")), t)
         .await
         .unwrap();
     for _ in 0..50 {
@@ -657,23 +774,23 @@ async fn lookups_claim_only_when_there_is_a_target(store: Arc<dyn Store>) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
         l = store
-            .lookup(&a, &bob, Some(("RM10", pending)), t)
+            .lookup(&a, &bob, Some(retried("RM10")), t)
             .await
             .unwrap();
     }
     assert_eq!(l.targets.bindings.len(), 1);
     assert_eq!(l.claim, Some(Claim::Acquired));
     let l = store
-        .lookup(&a, &bob, Some(("RM10", pending)), t)
+        .lookup(&a, &bob, Some(request("RM10")), t)
         .await
         .unwrap();
     assert_eq!(l.claim, Some(Claim::Pending));
     store
-        .settle_message(&a, &bob, "RM10", true, Duration::from_secs(600))
+        .settle_message(&a, &bob, "RM10", &retry, delivered(WINDOW))
         .await
         .unwrap();
     let l = store
-        .lookup(&a, &bob, Some(("RM10", pending)), t)
+        .lookup(&a, &bob, Some(request("RM10")), t)
         .await
         .unwrap();
     assert_eq!(l.claim, Some(Claim::Delivered));
@@ -688,7 +805,7 @@ async fn lookups_claim_only_when_there_is_a_target(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let l = store
-        .lookup(&a, &alice, Some(("RM11", pending)), now())
+        .lookup(&a, &alice, Some(request("RM11")), now())
         .await
         .unwrap();
     assert_eq!(l.targets.sockets.len(), 1);
@@ -698,25 +815,32 @@ async fn lookups_claim_only_when_there_is_a_target(store: Arc<dyn Store>) {
 async fn outcomes_recorded_in_the_background_are_written_by_flush(store: Arc<dyn Store>) {
     let (a, bob) = (account(), ident("bob"));
     let pending = Duration::from_secs(5);
-    let window = Duration::from_secs(600);
+    let owner = ClaimOwner::new();
     for id in ["RM20", "RM21", "RM22"] {
         assert_eq!(
-            store.claim_message(&a, &bob, id, pending).await.unwrap(),
+            store
+                .claim_message(&a, &bob, id, &owner, pending)
+                .await
+                .unwrap(),
             Claim::Acquired
         );
     }
-    store.settle_message_detached(&a, &bob, "RM20", true, window);
-    store.settle_message_detached(&a, &bob, "RM21", true, window);
-    store.settle_message_detached(&a, &bob, "RM22", false, window);
+    assert!(store.settle_message_detached(&a, &bob, "RM20", &owner, delivered(WINDOW)));
+    assert!(store.settle_message_detached(&a, &bob, "RM21", &owner, delivered(WINDOW)));
+    assert!(store.settle_message_detached(&a, &bob, "RM22", &owner, Settlement::Forgotten));
     // What shutdown does before the process exits.
     store.flush().await;
+    let next = ClaimOwner::new();
     for (id, expected) in [
         ("RM20", Claim::Delivered),
         ("RM21", Claim::Delivered),
         ("RM22", Claim::Acquired),
     ] {
         assert_eq!(
-            store.claim_message(&a, &bob, id, pending).await.unwrap(),
+            store
+                .claim_message(&a, &bob, id, &next, pending)
+                .await
+                .unwrap(),
             expected,
             "{id}"
         );
@@ -740,17 +864,23 @@ async fn batches_for_many_identities(store: Arc<dyn Store>) {
     }
     let pending = Duration::from_secs(5);
     let window = Duration::from_secs(600);
-    for n in &names {
+    let owners: Vec<ClaimOwner> = names.iter().map(|_| ClaimOwner::new()).collect();
+    for (n, owner) in names.iter().zip(&owners) {
         assert_eq!(
             store
-                .claim_message(&a, &ident(n), "RM30", pending)
+                .claim_message(&a, &ident(n), "RM30", owner, pending)
                 .await
                 .unwrap(),
             Claim::Acquired
         );
     }
-    for (i, n) in names.iter().enumerate() {
-        store.settle_message_detached(&a, &ident(n), "RM30", i % 2 == 0, window);
+    for (i, (n, owner)) in names.iter().zip(&owners).enumerate() {
+        let settlement = if i % 2 == 0 {
+            Settlement::Delivered { window }
+        } else {
+            Settlement::Forgotten
+        };
+        assert!(store.settle_message_detached(&a, &ident(n), "RM30", owner, settlement));
     }
     store.flush().await;
     for (i, n) in names.iter().enumerate() {
@@ -761,7 +891,7 @@ async fn batches_for_many_identities(store: Arc<dyn Store>) {
         };
         assert_eq!(
             store
-                .claim_message(&a, &ident(n), "RM30", pending)
+                .claim_message(&a, &ident(n), "RM30", &ClaimOwner::new(), pending)
                 .await
                 .unwrap(),
             expected,

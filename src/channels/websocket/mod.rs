@@ -244,11 +244,7 @@ impl WebSocketChannel {
                     });
                 }
                 Some(WireMessage::Ack { request, handoff }) => {
-                    let waiter = self
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&request);
+                    let waiter = self.waiters().remove(&request);
                     if let Some(w) = waiter {
                         let _ = w.send(handoff);
                     }
@@ -266,29 +262,49 @@ impl WebSocketChannel {
     ) -> Outcome {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(request, tx);
+        self.waiters().insert(request, tx);
+        // However this ends (acknowledged, timed out, or the future dropped by a caller that
+        // gave up), the waiter goes: the map holds only requests someone still waits for.
+        let _waiting = Waiting {
+            channel: self,
+            request,
+        };
         let message = WireMessage::Deliver {
             request,
             reply_to: self.node.clone(),
             conn_id: p.conn_id.clone(),
             payload,
         };
-        let outcome = match self.store.publish(&p.node, message.encode()).await {
+        match self.store.publish(&p.node, message.encode()).await {
             Ok(0) => Outcome::Failed(format!("replica {} is not listening", p.node)),
             Ok(_) => match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(handoff)) => return outcome_of(handoff),
+                Ok(Ok(handoff)) => outcome_of(handoff),
                 _ => Outcome::Failed(format!("replica {} did not acknowledge in time", p.node)),
             },
             Err(e) => Outcome::Failed(e.to_string()),
-        };
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&request);
-        outcome
+        }
+    }
+
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Handoff>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Requests still waiting for another replica's acknowledgement.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.waiters().len()
+    }
+}
+
+/// Removes a remote delivery's acknowledgement waiter when dropped.
+struct Waiting<'a> {
+    channel: &'a WebSocketChannel,
+    request: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.channel.waiters().remove(&self.request);
     }
 }
 
@@ -317,5 +333,62 @@ impl Channel for WebSocketChannel {
             self.deliver_remote(p, notification.raw.clone(), deadline)
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// A channel on node `here`, and a presence held by node `there`, which listens (so a
+    /// publish reaches it) but never acknowledges.
+    async fn unanswered() -> (Arc<WebSocketChannel>, SocketPresence, mpsc::Receiver<Bytes>) {
+        let config = crate::config::from_toml_str("").unwrap();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let there = store.subscribe("there").await.unwrap();
+        let channel = WebSocketChannel::new(
+            "here".into(),
+            store,
+            config.websocket.clone(),
+            &config.limits,
+            TaskTracker::new(),
+        );
+        let now = OffsetDateTime::now_utc();
+        let presence = SocketPresence {
+            conn_id: "c1".into(),
+            account_sid: AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap(),
+            identity: Identity::parse("bob").unwrap(),
+            node: "there".into(),
+            device_id: None,
+            connected_at: now,
+            lease_until: now + Duration::from_secs(30),
+        };
+        (channel, presence, there)
+    }
+
+    #[tokio::test]
+    async fn a_waiter_whose_request_is_dropped_is_removed() {
+        let (channel, presence, mut there) = unanswered().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let delivery = channel.deliver_remote(&presence, Bytes::from_static(b"{}"), deadline);
+        // The caller gives up while the request waits for its acknowledgement.
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), delivery).await;
+        assert!(gave_up.is_err());
+        assert!(there.try_recv().is_ok(), "the request was sent");
+        assert_eq!(channel.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_times_out_is_removed() {
+        let (channel, presence, _there) = unanswered().await;
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let outcome = channel
+            .deliver_remote(&presence, Bytes::from_static(b"{}"), deadline)
+            .await;
+        assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+        assert_eq!(channel.waiting(), 0);
     }
 }

@@ -7,7 +7,7 @@
 //! | `<p>:{AC…:bob}:bindings` | hash | binding id → binding JSON |
 //! | `<p>:{AC…:bob}:sockets` | hash | connection id → socket presence JSON |
 //! | `<p>:addr:{AC…:apns:<token>}` | string | `["identity","binding id"]`: who owns the token |
-//! | `<p>:{AC…:bob}:msg:<twi_message_id>` | string | `pending` or `delivered` |
+//! | `<p>:{AC…:bob}:msg:<twi_message_id>` | string | `pending:<owner>` (a claim, expiring) or `delivered` (for the dedupe window) |
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica (sharded on a cluster) |
 //! | `<p>:{…}:replicated` | string | written before `WAIT` when `store.min_replica_acks` is set |
 
@@ -41,8 +41,8 @@ impl Keys {
         )
     }
 
-    /// Under the callee's hash tag, so that one script can look up the targets and claim the
-    /// notification.
+    /// Under the callee's hash tag, so that one pipeline looks up the targets and claims the
+    /// notification, and works unchanged on Redis Cluster.
     pub fn message(&self, account: &AccountSid, identity: &Identity, message_id: &str) -> String {
         format!("{}:{{{account}:{identity}}}:msg:{message_id}", self.prefix)
     }

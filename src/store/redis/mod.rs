@@ -25,7 +25,10 @@ use redis::AsyncCommands;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::{Claim, Lookup, PutOutcome, SocketPresence, Store, StoreError, Targets};
+use super::{
+    Claim, ClaimOwner, ClaimRequest, Lookup, PutOutcome, Settlement, SocketPresence, Store,
+    StoreError, Targets,
+};
 use crate::config::RedisConfig;
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 pub use keys::Keys;
@@ -83,12 +86,22 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn parse_claim(state: &str) -> Result<Claim, StoreError> {
+/// The marker value of `owner`'s claim.
+fn claim_value(owner: &ClaimOwner) -> String {
+    format!("pending:{}", owner.as_str())
+}
+
+/// What a marker found in Redis means to `owner`. (A bare `pending` is a claim taken by a
+/// version without owners: someone else's, lapsing by itself.)
+fn parse_claim(state: &str, owner: &ClaimOwner) -> Result<Claim, StoreError> {
     match state {
-        "acquired" => Ok(Claim::Acquired),
-        "pending" => Ok(Claim::Pending),
         "delivered" => Ok(Claim::Delivered),
-        other => Err(corrupt("message marker", other)),
+        "pending" => Ok(Claim::Pending),
+        _ => match state.strip_prefix("pending:") {
+            Some(holder) if holder == owner.as_str() => Ok(Claim::Acquired),
+            Some(_) => Ok(Claim::Pending),
+            None => Err(corrupt("message marker", state)),
+        },
     }
 }
 
@@ -560,10 +573,10 @@ impl Store for RedisStore {
         &self,
         account: &AccountSid,
         identity: &Identity,
-        claim: Option<(&str, Duration)>,
+        claim: Option<ClaimRequest<'_>>,
         now: OffsetDateTime,
     ) -> Result<Lookup, StoreError> {
-        let Some((message_id, pending_for)) = claim else {
+        let Some(request) = claim else {
             let targets = self.targets(account, identity, now).await?;
             return Ok(Lookup {
                 targets,
@@ -572,7 +585,8 @@ impl Store for RedisStore {
         };
         let bindings_key = self.keys.bindings(account, identity);
         let sockets_key = self.keys.sockets(account, identity);
-        let marker = self.keys.message(account, identity, message_id);
+        let marker = self.keys.message(account, identity, request.message_id);
+        let value = claim_value(request.owner);
         // One round trip: the reads and the claim together, plain commands (no script, which
         // would cost Redis more than the three of them). The claim is taken before knowing
         // whether there is anyone to deliver to; when there is not, it is released with the
@@ -583,18 +597,22 @@ impl Store for RedisStore {
             .hgetall(&sockets_key)
             .cmd("SET")
             .arg(&marker)
-            .arg("pending")
+            .arg(&value)
             .arg("NX")
             .arg("PX")
-            .arg(millis(pending_for));
+            .arg(millis(request.pending_for));
         let mut c = self.conn.clone();
         type Reply = (Vec<(String, String)>, Vec<(String, String)>, Option<String>);
         let (bindings, sockets, set): Reply = self.run(pipe.query_async(&mut c)).await?;
         let targets = self.parse_targets(&bindings_key, bindings, &sockets_key, sockets, now);
         let acquired = set.is_some();
         if targets.is_empty() {
-            if acquired {
-                self.settler.settle_detached(marker, false, Duration::ZERO);
+            if acquired
+                && !self
+                    .settler
+                    .settle_detached(marker, value, Settlement::Forgotten)
+            {
+                tracing::debug!("dedupe-outcome queue full: an unneeded claim lapses by itself");
             }
             return Ok(Lookup {
                 targets,
@@ -605,8 +623,14 @@ impl Store for RedisStore {
             Claim::Acquired
         } else {
             // Rare: Twilio retrying. Which state the marker is in takes a second look.
-            self.claim_message(account, identity, message_id, pending_for)
-                .await?
+            self.claim_message(
+                account,
+                identity,
+                request.message_id,
+                request.owner,
+                request.pending_for,
+            )
+            .await?
         };
         Ok(Lookup {
             targets,
@@ -653,9 +677,11 @@ impl Store for RedisStore {
         account: &AccountSid,
         identity: &Identity,
         message_id: &str,
+        owner: &ClaimOwner,
         pending_for: Duration,
     ) -> Result<Claim, StoreError> {
         let key = self.keys.message(account, identity, message_id);
+        let value = claim_value(owner);
         // A plain `SET NX` rather than a script: the common case is one cheap command. Only
         // a marker that exists needs a second look, and one that lapsed between the two is
         // claimed again.
@@ -665,7 +691,7 @@ impl Store for RedisStore {
                 .run(
                     redis::cmd("SET")
                         .arg(&key)
-                        .arg("pending")
+                        .arg(&value)
                         .arg("NX")
                         .arg("PX")
                         .arg(millis(pending_for))
@@ -677,7 +703,7 @@ impl Store for RedisStore {
             }
             let state: Option<String> = self.run(c.get(&key)).await?;
             if let Some(state) = state {
-                return parse_claim(&state);
+                return parse_claim(&state, owner);
             }
         }
         Err(StoreError::Unavailable(
@@ -690,11 +716,13 @@ impl Store for RedisStore {
         account: &AccountSid,
         identity: &Identity,
         message_id: &str,
-        delivered: bool,
-        window: Duration,
+        owner: &ClaimOwner,
+        settlement: Settlement,
     ) -> Result<(), StoreError> {
         let key = self.keys.message(account, identity, message_id);
-        self.settler.settle(key, delivered, window).await
+        self.settler
+            .settle(key, claim_value(owner), settlement)
+            .await
     }
 
     async fn flush(&self) {
@@ -706,11 +734,12 @@ impl Store for RedisStore {
         account: &AccountSid,
         identity: &Identity,
         message_id: &str,
-        delivered: bool,
-        window: Duration,
-    ) {
+        owner: &ClaimOwner,
+        settlement: Settlement,
+    ) -> bool {
         let key = self.keys.message(account, identity, message_id);
-        self.settler.settle_detached(key, delivered, window);
+        self.settler
+            .settle_detached(key, claim_value(owner), settlement)
     }
 
     async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError> {
@@ -725,5 +754,24 @@ impl Store for RedisStore {
 
     async fn subscribe(&self, node: &str) -> Result<mpsc::Receiver<Bytes>, StoreError> {
         self.bus.subscribe(self.keys.node_channel(node)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_means_acquired_only_to_its_owner() {
+        let me = ClaimOwner::new();
+        let other = ClaimOwner::new();
+        assert_ne!(me, other);
+        let mine = claim_value(&me);
+        assert_eq!(parse_claim(&mine, &me).unwrap(), Claim::Acquired);
+        assert_eq!(parse_claim(&mine, &other).unwrap(), Claim::Pending);
+        assert_eq!(parse_claim("delivered", &me).unwrap(), Claim::Delivered);
+        // A claim from a version without owners is someone else's.
+        assert_eq!(parse_claim("pending", &me).unwrap(), Claim::Pending);
+        assert!(parse_claim("acquired", &me).is_err());
     }
 }

@@ -63,3 +63,18 @@ return 0
 ",
     )
 });
+
+/// Settles a dedupe claim as delivered: writes `delivered` for `ARGV[2]` milliseconds if the
+/// marker is still the owner's claim (`ARGV[1]`, `pending:<owner>`) or is gone (the claim
+/// lapsed and nobody took it since: the delivery did happen). Another owner's claim or a
+/// `delivered` marker is left alone. Returns 1 when written. (Redis 7.0 has no `SET IFEQ`.)
+pub static SETTLE_DELIVERED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], 'delivered', 'PX', ARGV[2])
+return 1
+",
+    )
+});

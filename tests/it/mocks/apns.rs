@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,6 +121,8 @@ struct MockState {
     script: Mutex<VecDeque<Reply>>,
     /// Provider tokens whose signature already checked out (the mock verifies each once).
     verified: Mutex<HashSet<String>>,
+    /// Answers produced, each after its scripted delay.
+    answered: AtomicUsize,
 }
 
 pub struct MockApns {
@@ -159,6 +162,7 @@ impl MockApns {
             requests: Mutex::default(),
             script: Mutex::default(),
             verified: Mutex::default(),
+            answered: AtomicUsize::new(0),
         });
         let router = Router::new().fallback(handle).with_state(state.clone());
         let server = serve(router, ca.server_config(client_ca)).await;
@@ -209,6 +213,12 @@ ca_file = {ca}
 
     pub fn request_count(&self) -> usize {
         self.state.requests.lock().unwrap().len()
+    }
+
+    /// How many answers the mock produced, each once its scripted delay ran (a request still
+    /// waiting out its delay is counted by `request_count` only).
+    pub fn answered_count(&self) -> usize {
+        self.state.answered.load(Ordering::SeqCst)
     }
 
     /// The distinct provider tokens received, in the order first seen.
@@ -348,5 +358,6 @@ async fn handle(
     if let Some(delay) = reply.delay {
         tokio::time::sleep(delay).await;
     }
+    state.answered.fetch_add(1, Ordering::SeqCst);
     answer(reply.status, reply.reason, reply.retry_after)
 }
