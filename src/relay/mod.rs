@@ -15,6 +15,7 @@ pub use bindings::{BindingScope, Listing};
 pub use error::{BindingError, WebhookError};
 
 use crate::channels::Channels;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -35,6 +36,8 @@ pub struct Relay {
     channels: Channels,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
+    /// This replica's wall clock: dates registrations and judges binding expiry.
+    clock: Arc<dyn Clock>,
 }
 
 impl Relay {
@@ -44,6 +47,7 @@ impl Relay {
         channels: Channels,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             config,
@@ -51,6 +55,7 @@ impl Relay {
             channels,
             metrics,
             tasks,
+            clock,
         }
     }
 

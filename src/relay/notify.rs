@@ -38,7 +38,7 @@ impl Relay {
             .ok_or_else(|| WebhookError::UnknownAccount(notification.account_sid.clone()))?;
         webhook::authenticate(settings, credentials)?;
 
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let account = &notification.account_sid;
         let identity = &notification.identity;
         // The claim outlives the deadline a little, so a crashed delivery frees it soon.

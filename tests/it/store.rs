@@ -13,6 +13,7 @@ use callrelay::store::redis::RedisStore;
 use callrelay::store::{Claim, SocketPresence, Store};
 use time::OffsetDateTime;
 
+use crate::helpers::eventually;
 use crate::helpers::redis;
 
 fn account() -> AccountSid {
@@ -46,16 +47,27 @@ fn binding(identity: &str, binding_id: &str, address: &str, now: OffsetDateTime)
 }
 
 fn presence(identity: &str, conn: &str, node: &str, lease: Duration) -> SocketPresence {
-    let now = OffsetDateTime::now_utc();
     SocketPresence {
         conn_id: conn.into(),
         account_sid: account(),
         identity: ident(identity),
         node: node.into(),
         device_id: Some("d1".into()),
-        connected_at: now,
-        lease_until: now + lease,
+        connected_at: OffsetDateTime::now_utc(),
+        lease,
     }
+}
+
+async fn sockets_at(
+    store: &Arc<dyn Store>,
+    identity: &str,
+    at: OffsetDateTime,
+) -> Vec<SocketPresence> {
+    store
+        .targets(&account(), &ident(identity), at)
+        .await
+        .unwrap()
+        .sockets
 }
 
 /// Timestamps as stored (RFC 3339 keeps nanoseconds, so equality holds).
@@ -100,6 +112,7 @@ conformance!(
     dead_binding_removal_respects_re_registration,
     delete_all_removes_every_binding_and_frees_the_tokens,
     presence_leases_expire_and_can_be_withdrawn,
+    presence_is_judged_by_the_stores_clock_not_the_readers,
     message_claims,
     lookups_claim_only_when_there_is_a_target,
     outcomes_recorded_in_the_background_are_written_by_flush,
@@ -474,47 +487,66 @@ async fn presence_leases_expire_and_can_be_withdrawn(store: Arc<dyn Store>) {
         .put_presences(&[p1.clone(), p2.clone(), short])
         .await
         .unwrap();
-    let t = now();
-    let sockets = store
-        .targets(&account(), &ident("bob"), t)
-        .await
-        .unwrap()
-        .sockets;
-    assert_eq!(sockets.len(), 3);
-    let later = t + Duration::from_secs(1);
-    let sockets = store
-        .targets(&account(), &ident("bob"), later)
-        .await
-        .unwrap()
-        .sockets;
-    assert_eq!(sockets, vec![p1.clone(), p2.clone()]);
+    assert_eq!(sockets_at(&store, "bob", now()).await.len(), 3);
+    // The store's clock runs the lease out: a real wait, bounded.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            sockets_at(&store, "bob", now()).await == vec![p1.clone(), p2.clone()]
+        })
+        .await,
+        "the 300 ms lease lapses"
+    );
     store
         .remove_presence(&account(), &ident("bob"), "c1")
         .await
         .unwrap();
-    let sockets = store
-        .targets(&account(), &ident("bob"), later)
-        .await
-        .unwrap()
-        .sockets;
-    assert_eq!(sockets, vec![p2.clone()]);
-    // Renewal extends a lease.
+    assert_eq!(sockets_at(&store, "bob", now()).await, vec![p2.clone()]);
+    // Renewal starts the lease again.
     let mut renewed = p2.clone();
-    renewed.lease_until = p2.lease_until + Duration::from_secs(60);
+    renewed.lease = Duration::from_secs(60);
     store.put_presences(&[renewed.clone()]).await.unwrap();
-    let far = t + Duration::from_secs(45);
-    let sockets = store
-        .targets(&account(), &ident("bob"), far)
-        .await
-        .unwrap()
-        .sockets;
-    assert_eq!(sockets, vec![renewed]);
+    assert_eq!(sockets_at(&store, "bob", now()).await, vec![renewed]);
     assert!(
         store
-            .targets(&account(), &ident("alice"), t)
+            .targets(&account(), &ident("alice"), now())
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// A reader whose clock is far off neither loses live sockets (nor sweeps them away for
+/// everyone) nor keeps lapsed ones: the store's clock judges leases.
+async fn presence_is_judged_by_the_stores_clock_not_the_readers(store: Arc<dyn Store>) {
+    let live = presence("bob", "c1", "node-a", Duration::from_secs(30));
+    let short = presence("bob", "c2", "node-b", Duration::from_millis(300));
+    store
+        .put_presences(&[live.clone(), short.clone()])
+        .await
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let ahead = now() + hour;
+    let behind = now() - hour;
+    assert_eq!(
+        sockets_at(&store, "bob", ahead).await,
+        vec![live.clone(), short.clone()],
+        "a reader an hour ahead"
+    );
+    assert_eq!(
+        sockets_at(&store, "bob", behind).await.len(),
+        2,
+        "an hour behind"
+    );
+    // Whatever the readers' clocks said, nothing was swept: a reader on time sees both.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sockets_at(&store, "bob", now()).await.len(), 2);
+    // The short lease runs out for a reader an hour behind too.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            sockets_at(&store, "bob", behind).await == vec![live.clone()]
+        })
+        .await,
+        "a lapsed lease stays lapsed for a reader whose clock is behind"
     );
 }
 

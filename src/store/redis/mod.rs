@@ -4,6 +4,7 @@
 
 mod bus;
 mod keys;
+mod presence;
 mod scripts;
 mod settle;
 
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 use super::{Claim, Lookup, PutOutcome, SocketPresence, Store, StoreError, Targets};
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 pub use keys::Keys;
-use scripts::{DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL};
+use scripts::{DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL, STAMP_PRESENCES};
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -63,7 +64,7 @@ fn parse_owner(text: &str) -> Option<(Identity, BindingId)> {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("bindings and presences serialise")
+    serde_json::to_string(value).expect("bindings serialise")
 }
 
 fn millis(d: Duration) -> u64 {
@@ -114,6 +115,24 @@ impl RedisStore {
                 "no answer within {} ms",
                 self.timeout.as_millis()
             ))),
+        }
+    }
+
+    /// A pipeline of calls to `script`: a Redis that does not know the script yet (it
+    /// restarted, or failed over) is given it and asked again. Only for pipelines whose
+    /// commands may run twice.
+    async fn query_loading<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        script: &redis::Script,
+    ) -> redis::RedisResult<T> {
+        let mut c = self.conn.clone();
+        match pipe.query_async(&mut c).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script.prepare_invoke().load_async(&mut c).await?;
+                pipe.query_async(&mut c).await
+            }
+            result => result,
         }
     }
 
@@ -193,31 +212,23 @@ impl RedisStore {
         live
     }
 
+    /// `sockets_pttl` is the sockets hash's `PTTL`, read in the same round trip: with the hash's
+    /// own expiry it gives Redis's clock, which judges the leases (`presence.rs`).
     fn parse_targets(
         &self,
         bindings_key: &str,
         bindings: Vec<(String, String)>,
         sockets_key: &str,
         sockets: Vec<(String, String)>,
+        sockets_pttl: i64,
         now: OffsetDateTime,
     ) -> Targets {
         let bindings = self.parse_bindings(bindings_key, bindings, now);
-        let mut live = Vec::with_capacity(sockets.len());
-        let mut stale = Vec::new();
-        for (field, text) in sockets {
-            match serde_json::from_str::<SocketPresence>(&text) {
-                Ok(p) if p.lease_until > now => live.push(p),
-                Ok(_) => stale.push((field, text)),
-                Err(e) => {
-                    tracing::warn!(key = sockets_key, field, error = %e, "skipping unreadable presence")
-                }
-            }
-        }
-        self.sweep(sockets_key, stale);
-        live.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
+        let read = presence::read(sockets, sockets_pttl, now);
+        self.sweep(sockets_key, read.lapsed);
         Targets {
             bindings,
-            sockets: live,
+            sockets: read.live,
         }
     }
 
@@ -454,15 +465,24 @@ impl Store for RedisStore {
         let bindings_key = self.keys.bindings(account, identity);
         let sockets_key = self.keys.sockets(account, identity);
         let mut c = self.conn.clone();
-        let (bindings, sockets): (Vec<(String, String)>, Vec<(String, String)>) = self
+        type Reply = (Vec<(String, String)>, Vec<(String, String)>, i64);
+        let (bindings, sockets, sockets_pttl): Reply = self
             .run(
                 redis::pipe()
                     .hgetall(&bindings_key)
                     .hgetall(&sockets_key)
+                    .pttl(&sockets_key)
                     .query_async(&mut c),
             )
             .await?;
-        Ok(self.parse_targets(&bindings_key, bindings, &sockets_key, sockets, now))
+        Ok(self.parse_targets(
+            &bindings_key,
+            bindings,
+            &sockets_key,
+            sockets,
+            sockets_pttl,
+            now,
+        ))
     }
 
     async fn lookup(
@@ -490,6 +510,7 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         pipe.hgetall(&bindings_key)
             .hgetall(&sockets_key)
+            .pttl(&sockets_key)
             .cmd("SET")
             .arg(&marker)
             .arg("pending")
@@ -497,9 +518,22 @@ impl Store for RedisStore {
             .arg("PX")
             .arg(millis(pending_for));
         let mut c = self.conn.clone();
-        type Reply = (Vec<(String, String)>, Vec<(String, String)>, Option<String>);
-        let (bindings, sockets, set): Reply = self.run(pipe.query_async(&mut c)).await?;
-        let targets = self.parse_targets(&bindings_key, bindings, &sockets_key, sockets, now);
+        type Reply = (
+            Vec<(String, String)>,
+            Vec<(String, String)>,
+            i64,
+            Option<String>,
+        );
+        let (bindings, sockets, sockets_pttl, set): Reply =
+            self.run(pipe.query_async(&mut c)).await?;
+        let targets = self.parse_targets(
+            &bindings_key,
+            bindings,
+            &sockets_key,
+            sockets,
+            sockets_pttl,
+            now,
+        );
         let acquired = set.is_some();
         if targets.is_empty() {
             if acquired {
@@ -527,21 +561,22 @@ impl Store for RedisStore {
         if presences.is_empty() {
             return Ok(());
         }
-        let now = OffsetDateTime::now_utc();
+        // One script call per sockets hash, each touching that hash only (one slot), all in one
+        // pipeline; Redis's clock stamps the leases.
+        let batches = presence::stamp_batches(
+            presences,
+            |p| self.keys.sockets(&p.account_sid, &p.identity),
+            OffsetDateTime::now_utc(),
+        );
         let mut pipe = redis::pipe();
-        for p in presences {
-            let key = self.keys.sockets(&p.account_sid, &p.identity);
-            // The hash outlives every lease in it, so a replica that dies leaves nothing behind
-            // for long.
-            let lease = (p.lease_until - now).max(time::Duration::ZERO);
-            let key_ttl = (lease.whole_milliseconds() as i64) * 2 + 1000;
-            pipe.hset(&key, &p.conn_id, to_json(p))
-                .ignore()
-                .pexpire(&key, key_ttl)
-                .ignore();
+        for (key, batch) in &batches {
+            let mut invocation = STAMP_PRESENCES.key(key);
+            for (conn_id, json, lease_ms) in batch {
+                invocation.arg(*conn_id).arg(json).arg(*lease_ms);
+            }
+            pipe.invoke_script(&invocation).ignore();
         }
-        let mut c = self.conn.clone();
-        self.run(pipe.query_async::<()>(&mut c)).await
+        self.run(self.query_loading(&pipe, &STAMP_PRESENCES)).await
     }
 
     async fn remove_presence(

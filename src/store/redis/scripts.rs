@@ -63,3 +63,29 @@ return 0
 ",
     )
 });
+
+/// Writes socket presences into one sockets hash with their lease's end stamped by Redis's
+/// clock, and keeps the hash's own expiry, in the hash and as its `PEXPIREAT`, past every
+/// lease in it (see `presence.rs`). ARGV: (connection id, JSON, lease ms) for each presence.
+/// Calls `TIME` before writing, which Redis allows since 5.0 (scripts replicate their effects).
+pub static STAMP_PRESENCES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keep = tonumber(redis.call('HGET', KEYS[1], '~expires_ms') or '0') or 0
+for i = 1, #ARGV, 3 do
+  local lease = tonumber(ARGV[i + 2])
+  local ends = now + lease
+  local json = ARGV[i + 1]
+  redis.call('HSET', KEYS[1], ARGV[i],
+    string.sub(json, 1, -2) .. string.format(',"lease_end_ms":%.0f}', ends))
+  -- The hash outlives every lease in it, so a replica that dies leaves nothing for long.
+  if ends + lease + 1000 > keep then keep = ends + lease + 1000 end
+end
+redis.call('HSET', KEYS[1], '~expires_ms', string.format('%.0f', keep))
+redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', keep))
+return now
+"#,
+    )
+});
