@@ -7,6 +7,7 @@
 //! | `<p>:{AC…:bob}:bindings` | hash | binding id → binding JSON |
 //! | `<p>:{AC…:bob}:sockets` | hash | connection id → socket presence JSON |
 //! | `<p>:addr:{AC…:apns:<token>}` | string | `["identity","binding id"]`: who owns the token |
+//! | `<p>:addr:{AC…:apns:<token>}:claims` | hash | owner JSON → claim number: who may hold the token (`index.rs`); `#seq` → the last claim number |
 //! | `<p>:{AC…:bob}:msg:<twi_message_id>` | string | `pending` or `delivered` |
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica |
 
@@ -40,6 +41,11 @@ impl Keys {
         )
     }
 
+    /// Who may hold a device token, under the token's hash tag (beside `address`).
+    pub fn claims(&self, account: &AccountSid, channel: PushChannel, address: &str) -> String {
+        format!("{}:claims", self.address(account, channel, address))
+    }
+
     /// Under the callee's hash tag, so that one script can look up the targets and claim the
     /// notification.
     pub fn message(&self, account: &AccountSid, identity: &Identity, message_id: &str) -> String {
@@ -69,6 +75,15 @@ mod tests {
         assert_eq!(
             tag(&keys.bindings(&a, &bob)),
             tag(&keys.message(&a, &bob, "RM1"))
+        );
+        let token = |k: String| tag(&k);
+        assert_eq!(
+            token(keys.address(&a, PushChannel::Apns, "ab12")),
+            token(keys.claims(&a, PushChannel::Apns, "ab12"))
+        );
+        assert_eq!(
+            keys.claims(&a, PushChannel::Apns, "ab12"),
+            "callrelay:addr:{AC0123456789abcdef0123456789abcdef:apns:ab12}:claims"
         );
     }
 }

@@ -3,6 +3,7 @@
 //! turns into quick `503`s rather than hung webhooks; the connections heal by themselves.
 
 mod bus;
+mod index;
 mod keys;
 mod presence;
 mod scripts;
@@ -23,7 +24,7 @@ use tokio::sync::mpsc;
 use super::{Claim, Lookup, PutOutcome, SocketPresence, Store, StoreError, Targets};
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 pub use keys::Keys;
-use scripts::{DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL, STAMP_PRESENCES};
+use scripts::{HDEL_IF_EQUAL, HTAKE, HTAKE_ALL, REFRESH_BINDING, STAMP_PRESENCES};
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -155,41 +156,22 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    async fn release_address(&self, binding: &Binding) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let key = self
-            .keys
-            .address(&binding.account_sid, binding.channel, &binding.address);
-        let _: i64 = self
-            .run(
-                DEL_IF_EQUAL
-                    .key(key)
-                    .arg(owner_json(&binding.identity, &binding.id))
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Removes `id` from `identity` if it still holds the given token.
-    async fn remove_if_same_token(
-        &self,
-        account: &AccountSid,
-        identity: &Identity,
-        id: &BindingId,
-        like: &Binding,
-    ) -> Result<bool, StoreError> {
-        let key = self.keys.bindings(account, identity);
-        let Some(text) = self.hget(&key, id.as_str()).await? else {
-            return Ok(false);
+    /// Removes `like`'s binding if it still holds `like`'s token; returns what was removed.
+    async fn remove_if_same_token(&self, like: &Binding) -> Result<Option<String>, StoreError> {
+        let key = self.keys.bindings(&like.account_sid, &like.identity);
+        let Some(text) = self.hget(&key, like.id.as_str()).await? else {
+            return Ok(None);
         };
         let Ok(current) = serde_json::from_str::<Binding>(&text) else {
-            return Ok(false);
+            return Ok(None);
         };
         if current.channel != like.channel || current.address != like.address {
-            return Ok(false);
+            return Ok(None);
         }
-        self.hdel_if_equal(&key, id.as_str(), &text).await
+        Ok(self
+            .hdel_if_equal(&key, like.id.as_str(), &text)
+            .await?
+            .then_some(text))
     }
 
     fn parse_bindings(
@@ -201,6 +183,10 @@ impl RedisStore {
         let mut live = Vec::with_capacity(entries.len());
         let mut expired = Vec::new();
         for (field, text) in entries {
+            // Being registered (or left by a registration that failed): never rings.
+            if index::is_provisional(&field) {
+                continue;
+            }
             match serde_json::from_str::<Binding>(&text) {
                 Ok(b) if b.is_expired(now) => expired.push((field, text)),
                 Ok(b) => live.push(b),
@@ -266,81 +252,8 @@ impl Store for RedisStore {
     }
 
     async fn put_binding(&self, binding: Binding) -> Result<PutOutcome, StoreError> {
-        let key = self.keys.bindings(&binding.account_sid, &binding.identity);
-        let ttl_ms = millis(binding.ttl());
-        // Read, then write only if nothing changed in between; a concurrent writer makes us
-        // read again.
-        let mut attempt = 0;
-        let (stored, previous) = loop {
-            attempt += 1;
-            let current = self.hget(&key, binding.id.as_str()).await?;
-            // An expired binding counts as absent: the new one starts a new life.
-            let previous = current
-                .as_deref()
-                .and_then(|t| serde_json::from_str::<Binding>(t).ok())
-                .filter(|b| !b.is_expired(binding.updated_at));
-            let mut stored = binding.clone();
-            if let Some(p) = &previous {
-                stored.created_at = p.created_at;
-            }
-            let mut c = self.conn.clone();
-            let written: i64 = self
-                .run(
-                    HSET_IF_UNCHANGED
-                        .key(&key)
-                        .arg(binding.id.as_str())
-                        .arg(current.as_deref().unwrap_or(""))
-                        .arg(to_json(&stored))
-                        .arg(ttl_ms)
-                        .invoke_async(&mut c),
-                )
-                .await?;
-            if written == 1 {
-                break (stored, previous);
-            }
-            if attempt >= 5 {
-                return Err(StoreError::Unavailable(
-                    "the binding kept changing while being written".into(),
-                ));
-            }
-        };
-
-        if let Some(p) = &previous
-            && (p.channel != stored.channel || p.address != stored.address)
-        {
-            self.release_address(p).await?;
-        }
-
-        let owner = owner_json(&stored.identity, &stored.id);
-        let address_key = self
-            .keys
-            .address(&stored.account_sid, stored.channel, &stored.address);
-        let mut c = self.conn.clone();
-        let previous_owner: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(&address_key)
-                    .arg(&owner)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .arg("GET")
-                    .query_async(&mut c),
-            )
-            .await?;
-        let mut displaced = Vec::new();
-        if let Some(old) = previous_owner.filter(|o| *o != owner)
-            && let Some((old_identity, old_id)) = parse_owner(&old)
-            && self
-                .remove_if_same_token(&stored.account_sid, &old_identity, &old_id, &stored)
-                .await?
-        {
-            displaced.push((old_identity, old_id));
-        }
-        Ok(PutOutcome {
-            binding: stored,
-            created: previous.is_none(),
-            displaced,
-        })
+        // The device-token index protocol: `index.rs`.
+        self.register(binding).await
     }
 
     async fn get_binding(
@@ -386,7 +299,7 @@ impl Store for RedisStore {
         };
         match serde_json::from_str::<Binding>(&old) {
             Ok(binding) => {
-                self.release_address(&binding).await?;
+                self.release_token(&binding, index::claim_of(&old)).await?;
                 // Gone either way; an expired one was already gone as far as callers could see.
                 Ok(!binding.is_expired(OffsetDateTime::now_utc()))
             }
@@ -402,13 +315,17 @@ impl Store for RedisStore {
         let key = self.keys.bindings(account, identity);
         let mut c = self.conn.clone();
         let flat: Vec<String> = self.run(HTAKE_ALL.key(&key).invoke_async(&mut c)).await?;
-        let values: Vec<&String> = flat.iter().skip(1).step_by(2).collect();
-        for text in &values {
+        let bindings: Vec<&String> = flat
+            .chunks(2)
+            .filter(|pair| !index::is_provisional(&pair[0]))
+            .filter_map(|pair| pair.get(1))
+            .collect();
+        for text in &bindings {
             if let Ok(binding) = serde_json::from_str::<Binding>(text) {
-                self.release_address(&binding).await?;
+                self.release_token(&binding, index::claim_of(text)).await?;
             }
         }
-        Ok(values.len())
+        Ok(bindings.len())
     }
 
     async fn refresh_binding(
@@ -422,7 +339,7 @@ impl Store for RedisStore {
         let mut c = self.conn.clone();
         let written: i64 = self
             .run(
-                HSET_IF_UNCHANGED
+                REFRESH_BINDING
                     .key(&key)
                     .arg(binding.id.as_str())
                     .arg(to_json(binding))
@@ -432,26 +349,17 @@ impl Store for RedisStore {
             )
             .await?;
         if written == 1 {
-            let address_key =
-                self.keys
-                    .address(&binding.account_sid, binding.channel, &binding.address);
-            let mut c = self.conn.clone();
-            let _: i64 = self.run(c.pexpire(address_key, ttl_ms as i64)).await?;
+            // Only if the binding still owns its token: one that lost it meanwhile must not
+            // keep the new owner's index entry alive, nor cut it short.
+            self.refresh_token(binding, ttl_ms).await?;
         }
         Ok(())
     }
 
     async fn remove_dead_binding(&self, binding: &Binding) -> Result<(), StoreError> {
-        if self
-            .remove_if_same_token(
-                &binding.account_sid,
-                &binding.identity,
-                &binding.id,
-                binding,
-            )
-            .await?
-        {
-            self.release_address(binding).await?;
+        if let Some(removed) = self.remove_if_same_token(binding).await? {
+            self.release_token(binding, index::claim_of(&removed))
+                .await?;
         }
         Ok(())
     }
