@@ -20,5 +20,6 @@ mod schema;
 mod secrets;
 mod store;
 mod store_faults;
+mod token_index;
 mod webhook;
 mod websocket;

@@ -111,6 +111,7 @@ conformance!(
     refresh_extends_unless_the_binding_changed,
     dead_binding_removal_respects_re_registration,
     delete_all_removes_every_binding_and_frees_the_tokens,
+    two_identities_registering_one_token_concurrently_end_with_one_holder,
     presence_leases_expire_and_can_be_withdrawn,
     presence_is_judged_by_the_stores_clock_not_the_readers,
     message_claims,
@@ -477,6 +478,70 @@ async fn delete_all_removes_every_binding_and_frees_the_tokens(store: Arc<dyn St
         .await
         .unwrap();
     assert!(out.displaced.is_empty());
+}
+
+/// Every binding of these identities that holds `address`.
+pub async fn holders(
+    store: &Arc<dyn Store>,
+    identities: &[&str],
+    address: &str,
+) -> Vec<(Identity, BindingId)> {
+    let mut out = Vec::new();
+    for name in identities {
+        for b in store
+            .list_bindings(&account(), &ident(name), now())
+            .await
+            .unwrap()
+        {
+            if b.address == address {
+                out.push((b.identity, b.id));
+            }
+        }
+    }
+    out
+}
+
+/// Bob and alice both register one phone, 200 times, from ten tasks at once; some tasks
+/// re-register one binding id, others a new id each time (as `POST` does). One binding holds
+/// the token at the end, and the index knows it: the next identity to register the token
+/// displaces exactly that binding.
+async fn two_identities_registering_one_token_concurrently_end_with_one_holder(
+    store: Arc<dyn Store>,
+) {
+    const TASKS: usize = 10;
+    const ROUNDS: usize = 20;
+    let token = "c0ffee00c0ffee00c0ffee00c0ffee00";
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let who = if task % 2 == 0 { "bob" } else { "alice" };
+                for round in 0..ROUNDS {
+                    let id = if task < 4 {
+                        "phone".to_owned()
+                    } else {
+                        format!("t{task}r{round}")
+                    };
+                    store
+                        .put_binding(binding(who, &id, token, now()))
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let held = holders(&store, &["bob", "alice"], token).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    let out = store
+        .put_binding(binding("carol", "c", token, now()))
+        .await
+        .unwrap();
+    assert_eq!(out.displaced, held, "the index knew the holder");
+    assert!(holders(&store, &["bob", "alice"], token).await.is_empty());
 }
 
 async fn presence_leases_expire_and_can_be_withdrawn(store: Arc<dyn Store>) {
