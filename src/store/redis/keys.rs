@@ -62,7 +62,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identity_keys_share_one_hash_tag() {
+    fn keys_used_together_share_one_hash_tag() {
         let keys = Keys::new("callrelay");
         let a = AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap();
         let bob = Identity::parse("team:bob").unwrap();
