@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::channels::websocket::WebSocketChannel;
 use crate::channels::{self, Channels};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{self, AppState, Shared};
 use crate::metrics::Metrics;
@@ -72,6 +73,9 @@ pub struct Options {
     /// Channels for push apps, by app name, used instead of building them from the
     /// configuration.
     pub push_channels: HashMap<String, Arc<dyn channels::Channel>>,
+    /// The replica's wall clock; default: the system's. (Tests run replicas whose clock is
+    /// wrong.)
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 /// Starts callrelay: binds, opens the store, starts the listeners and background tasks.
@@ -109,10 +113,12 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
     let tasks = TaskTracker::new();
     let metrics = Arc::new(Metrics::new());
 
+    let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
     let apps = channels::push_channels(&config, options.push_channels, &metrics)?;
     let sockets = WebSocketChannel::new(
         node.clone(),
         store.clone(),
+        clock.clone(),
         config.websocket.clone(),
         &config.limits,
         tasks.clone(),
@@ -127,6 +133,7 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         },
         metrics.clone(),
         tasks.clone(),
+        clock,
     ));
     let state = AppState::new(Shared {
         config: config.clone(),

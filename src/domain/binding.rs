@@ -194,6 +194,7 @@ impl BindingRequest {
             .address
             .ok_or_else(|| invalid("address", "is required (the device token)"))?;
         check_address(channel, &address)?;
+        let address = normalise_address(channel, address);
         if let Some(app) = &w.app {
             check_app_name(app).map_err(|m| invalid("app", m))?;
         }
@@ -300,6 +301,17 @@ fn check_address(channel: PushChannel, address: &str) -> Result<(), InvalidBindi
     }
 }
 
+/// One device, one spelling. An APNs token is a hexadecimal rendering of bytes, and apps
+/// render them in either case (`%02x` or `%02X`): kept as sent, `ABCD…` and `abcd…` would be
+/// two index entries for one phone, which could then ring for two identities. FCM tokens are
+/// opaque and case-sensitive: kept exactly as sent.
+fn normalise_address(channel: PushChannel, address: String) -> String {
+    match channel {
+        PushChannel::Apns => address.to_ascii_lowercase(),
+        PushChannel::Fcm => address,
+    }
+}
+
 /// serde_json appends " at line 1 column 17"; the field path already says where.
 fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
@@ -323,6 +335,34 @@ mod tests {
         assert_eq!(b.apns_environment, Some(ApnsEnvironment::Production));
         assert_eq!(b.push_type, Some(PushType::Voip));
         assert_eq!(b.ttl_seconds, DEFAULT_TTL_SECONDS);
+    }
+
+    #[test]
+    fn apns_tokens_are_lowercased_and_fcm_tokens_kept_as_sent() {
+        let upper = TOKEN.to_ascii_uppercase();
+        let mixed: String = TOKEN
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        for sent in [upper.as_str(), mixed.as_str(), TOKEN] {
+            let b = BindingRequest::parse(
+                format!(r#"{{"channel":"apns","address":"{sent}"}}"#).as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(b.address, TOKEN, "{sent}");
+        }
+        let fcm = "fKz8R2sWQkG3Yh1t9XcV0p:APA91bH7uQ2xZr5kLm8N-_w";
+        let b =
+            BindingRequest::parse(format!(r#"{{"channel":"fcm","address":"{fcm}"}}"#).as_bytes())
+                .unwrap();
+        assert_eq!(b.address, fcm);
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! Managing push bindings on behalf of a caller: an Access Token holder manages its own
 //! identity's bindings; an admin caller names the account and identity.
 
-use time::OffsetDateTime;
-
 use super::{BindingError, Relay};
 use crate::auth::Caller;
 use crate::domain::{AccountSid, Binding, BindingId, BindingRequest, Identity};
@@ -99,7 +97,7 @@ impl Relay {
         let identity = agree("identity", request.identity.clone(), named.1)?;
         let scope = self.scope(caller, account_sid, identity)?;
         let app = self.resolve_app(&request)?;
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let binding = Binding {
             id,
             account_sid: scope.account_sid,
@@ -136,7 +134,7 @@ impl Relay {
         let limit = self.config.limits.max_bindings_per_identity;
         let existing = self
             .store
-            .list_bindings(&new.account_sid, &new.identity, OffsetDateTime::now_utc())
+            .list_bindings(&new.account_sid, &new.identity, self.clock.now())
             .await?;
         let replaces = existing
             .iter()
@@ -191,18 +189,13 @@ impl Relay {
         id: &BindingId,
     ) -> Result<Binding, BindingError> {
         self.store
-            .get_binding(
-                &scope.account_sid,
-                &scope.identity,
-                id,
-                OffsetDateTime::now_utc(),
-            )
+            .get_binding(&scope.account_sid, &scope.identity, id, self.clock.now())
             .await?
             .ok_or(BindingError::NotFound)
     }
 
     pub async fn listing(&self, scope: &BindingScope) -> Result<Listing, BindingError> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let targets = self
             .store
             .targets(&scope.account_sid, &scope.identity, now)

@@ -18,6 +18,7 @@ pub use error::{BindingError, WebhookError};
 use notify::by_deadline;
 
 use crate::channels::Channels;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -38,6 +39,8 @@ pub struct Relay {
     channels: Channels,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
+    /// This replica's wall clock: dates registrations and judges binding expiry.
+    clock: Arc<dyn Clock>,
 }
 
 impl Relay {
@@ -47,6 +50,7 @@ impl Relay {
         channels: Channels,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             config,
@@ -54,6 +58,7 @@ impl Relay {
             channels,
             metrics,
             tasks,
+            clock,
         }
     }
 

@@ -59,7 +59,7 @@ impl Relay {
         notification: &CallNotification,
         deadline: Instant,
     ) -> Result<Summary, WebhookError> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let account = &notification.account_sid;
         let identity = &notification.identity;
         let owner = ClaimOwner::new();

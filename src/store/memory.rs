@@ -30,7 +30,9 @@ type AddressKey = (AccountSid, PushChannel, String);
 #[derive(Default)]
 struct State {
     bindings: HashMap<IdentityKey, HashMap<BindingId, Binding>>,
-    sockets: HashMap<IdentityKey, HashMap<String, SocketPresence>>,
+    /// Each presence with the end of its lease, by this process's monotonic clock: the one
+    /// clock every replica sharing this store agrees on, as they agree on Redis's.
+    sockets: HashMap<IdentityKey, HashMap<String, (SocketPresence, Instant)>>,
     owners: HashMap<AddressKey, (Identity, BindingId)>,
     /// Each marker with the instant it lapses.
     messages: HashMap<MessageKey, (Marker, Instant)>,
@@ -103,8 +105,9 @@ impl State {
         self.messages.retain(|_, (_, until)| *until > now);
     }
 
-    /// Deletes the identity's expired bindings (with their token ownership) and lapsed socket
-    /// leases, as Redis would let them expire: memory is not kept for the dead.
+    /// Deletes the identity's expired bindings (with their token ownership; `now` is the
+    /// caller's clock) and lapsed socket leases (by the store's clock), as Redis would let them
+    /// expire: memory is not kept for the dead.
     fn prune(&mut self, k: &IdentityKey, now: OffsetDateTime) {
         let expired: Vec<BindingId> = self
             .bindings
@@ -119,8 +122,9 @@ impl State {
         for id in expired {
             self.remove_binding(k, &id);
         }
+        let store_now = Instant::now();
         if let Some(sockets) = self.sockets.get_mut(k) {
-            sockets.retain(|_, p| p.lease_until > now);
+            sockets.retain(|_, (_, lease_end)| *lease_end > store_now);
             if sockets.is_empty() {
                 self.sockets.remove(k);
             }
@@ -282,15 +286,11 @@ impl Store for MemoryStore {
         let mut s = self.lock();
         let k = key(account, identity);
         s.prune(&k, now);
+        // `prune` left only live leases.
         let mut sockets: Vec<SocketPresence> = s
             .sockets
             .get(&k)
-            .map(|m| {
-                m.values()
-                    .filter(|p| p.lease_until > now)
-                    .cloned()
-                    .collect()
-            })
+            .map(|m| m.values().map(|(p, _)| p.clone()).collect())
             .unwrap_or_default();
         sockets.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
         Ok(Targets {
@@ -301,11 +301,12 @@ impl Store for MemoryStore {
 
     async fn put_presences(&self, presences: &[SocketPresence]) -> Result<(), StoreError> {
         let mut s = self.lock();
+        let now = Instant::now();
         for p in presences {
             s.sockets
                 .entry(key(&p.account_sid, &p.identity))
                 .or_default()
-                .insert(p.conn_id.clone(), p.clone());
+                .insert(p.conn_id.clone(), (p.clone(), now + p.lease));
         }
         Ok(())
     }

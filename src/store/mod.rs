@@ -11,28 +11,27 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::config::StoreConfig;
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 
-/// A live WebSocket connection as other replicas see it: which replica holds it, until when
-/// the holder has promised to be alive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A live WebSocket connection as other replicas see it: which replica holds it, and for how
+/// long the holder has promised to be alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketPresence {
     pub conn_id: String,
     pub account_sid: AccountSid,
     pub identity: Identity,
     pub node: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
     pub connected_at: OffsetDateTime,
-    /// The presence counts until this instant unless the holder renews it.
-    #[serde(with = "time::serde::rfc3339")]
-    pub lease_until: OffsetDateTime,
+    /// The presence counts for this long after the store records it, unless the holder renews
+    /// it. The store's clock measures the lease (Redis's, for the Redis engine), never a
+    /// replica's: a replica whose clock is wrong can neither cut a live socket's lease short
+    /// nor keep a dead one's alive.
+    pub lease: Duration,
 }
 
 /// Everything a webhook can deliver to for one (account, identity).
@@ -194,7 +193,9 @@ pub trait Store: Send + Sync + 'static {
     /// re-registered with another address meanwhile.
     async fn remove_dead_binding(&self, binding: &Binding) -> Result<(), StoreError>;
 
-    /// Bindings and live sockets of one identity, in one round trip.
+    /// Bindings and live sockets of one identity, in one round trip. `now` (the caller's
+    /// clock) decides which bindings have expired; which sockets are live is the store's own
+    /// clock's call.
     async fn targets(
         &self,
         account: &AccountSid,
@@ -202,7 +203,7 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<Targets, StoreError>;
 
-    /// Announces or renews live sockets.
+    /// Announces or renews live sockets; each lease starts when the store records it.
     async fn put_presences(&self, presences: &[SocketPresence]) -> Result<(), StoreError>;
 
     async fn remove_presence(

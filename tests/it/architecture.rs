@@ -64,3 +64,16 @@ fn handlers_never_reach_the_store_or_redis_directly() {
         .collect();
     assert_eq!(store_users, Vec::<String>::new());
 }
+
+#[test]
+fn the_websocket_channel_reads_no_system_clock() {
+    // Presence leases are the store's to date and judge; the channel dates sockets with the
+    // replica's `Clock`, which tests can skew.
+    for needle in ["now_utc", "SystemTime"] {
+        assert_eq!(
+            offenders(&src("channels/websocket"), needle),
+            Vec::<String>::new(),
+            "{needle}"
+        );
+    }
+}

@@ -183,6 +183,31 @@ async fn a_token_registered_by_another_identity_moves() {
 }
 
 #[tokio::test]
+async fn an_apns_token_in_upper_case_is_the_same_device_in_lower_case() {
+    let app = spawn_with(config()).await;
+    let upper = json!({"channel": "apns", "address": APNS_TOKEN.to_ascii_uppercase()});
+    let r = app
+        .api(Method::POST, "/v1/bindings", &token("bob"), Some(upper))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["address"], APNS_TOKEN, "kept in lowercase");
+
+    // The same phone, its token rendered in lowercase, now signs in as alice: it moves.
+    let lower = json!({"channel": "apns", "address": APNS_TOKEN});
+    let r = app
+        .api(Method::POST, "/v1/bindings", &token("alice"), Some(lower))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let bob = app
+        .api(Method::GET, "/v1/bindings", &token("bob"), None)
+        .await;
+    assert_eq!(bob.body["bindings"], json!([]));
+    assert_eq!(app.notify("bob").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.notify("alice").await.status, StatusCode::OK);
+    assert_eq!(app.fake("ios").addresses(), vec![APNS_TOKEN.to_string()]);
+}
+
+#[tokio::test]
 async fn admin_keys_manage_any_identity_of_configured_accounts() {
     let app = spawn_with(config()).await;
     let r = app

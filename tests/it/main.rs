@@ -24,5 +24,6 @@ mod secrets;
 mod sentinel;
 mod store;
 mod store_faults;
+mod token_index;
 mod webhook;
 mod websocket;

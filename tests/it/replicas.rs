@@ -1,6 +1,7 @@
 //! Several callrelay replicas sharing one Redis: a webhook on one reaches a socket held by
 //! another, and a replica that goes away takes its sockets' bindings with it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -36,6 +37,47 @@ async fn webhook_on_one_replica_reaches_a_socket_on_another() {
     assert_eq!(r.body["delivered"], 2);
     assert!(bob.next_text(WAIT).await.is_some());
     assert!(bob_on_a.next_text(WAIT).await.is_some());
+}
+
+/// A replica whose clock is ten minutes off, either way, neither hides another replica's live
+/// socket (nor sweeps it away for everyone) nor has its own sockets lapse for the others:
+/// leases are judged by Redis's clock.
+#[tokio::test]
+async fn a_replica_whose_clock_is_minutes_off_cannot_make_live_sockets_vanish() {
+    let config = pair_config();
+    let lease = Duration::from_millis(config.presence_ttl_ms);
+    let skewed = SkewedClock::default();
+    let a = spawn_with_clock(config.clone(), Some(Arc::new(skewed.clone()))).await;
+    let b = spawn_with(config).await;
+    let mut on_a = a.connect_ws("bob").await;
+    let mut on_b = b.connect_ws("bob").await;
+    for offset in [600, -600] {
+        skewed.set_offset_seconds(offset);
+        // Longer than a lease: every lease now in Redis was renewed, and every webhook judged
+        // it, with the clock off.
+        tokio::time::sleep(lease * 3 / 2).await;
+        for (via, which) in [(&a, "the skewed replica"), (&b, "the replica on time")] {
+            let r = via.notify("bob").await;
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "via {which}, clock off by {offset} s: {}",
+                r.text
+            );
+            assert_eq!(
+                r.body["delivered"], 2,
+                "via {which}, clock off by {offset} s: both sockets"
+            );
+            assert!(
+                on_a.next_text(WAIT).await.is_some(),
+                "socket on the skewed replica"
+            );
+            assert!(
+                on_b.next_text(WAIT).await.is_some(),
+                "socket on the replica on time"
+            );
+        }
+    }
 }
 
 #[tokio::test]

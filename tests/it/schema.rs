@@ -348,3 +348,15 @@ fn a_generated_list_answer_passes_the_list_schema() {
     no_sockets.as_object_mut().unwrap().remove("sockets");
     assert!(!list.is_valid(&no_sockets), "an answer without sockets");
 }
+
+#[test]
+fn an_apns_token_sent_in_upper_case_is_kept_in_lower_case() {
+    let path = schema_dir().join("examples/request/valid/apns-token-uppercase-hex.json");
+    let bytes = fs::read(&path).unwrap();
+    let sent = read_json(&path)["address"].as_str().unwrap().to_owned();
+    assert!(sent.bytes().any(|b| b.is_ascii_uppercase()), "{sent}");
+    let request = BindingRequest::parse(&bytes).unwrap();
+    assert_eq!(request.address, sent.to_ascii_lowercase());
+    let stored = serde_json::to_value(binding_from(request, OffsetDateTime::now_utc())).unwrap();
+    assert!(validator(BINDING).is_valid(&stored), "{stored:#}");
+}

@@ -14,7 +14,7 @@ use callrelay::store::memory::MemoryStore;
 use callrelay::store::{Claim, ClaimOwner, ClaimRequest, Settlement, SocketPresence, Store};
 use time::OffsetDateTime;
 
-use crate::helpers::{redis, topology};
+use crate::helpers::{eventually, redis, topology};
 
 fn account() -> AccountSid {
     AccountSid::parse(crate::helpers::ACCOUNT).unwrap()
@@ -47,16 +47,27 @@ fn binding(identity: &str, binding_id: &str, address: &str, now: OffsetDateTime)
 }
 
 fn presence(identity: &str, conn: &str, node: &str, lease: Duration) -> SocketPresence {
-    let now = OffsetDateTime::now_utc();
     SocketPresence {
         conn_id: conn.into(),
         account_sid: account(),
         identity: ident(identity),
         node: node.into(),
         device_id: Some("d1".into()),
-        connected_at: now,
-        lease_until: now + lease,
+        connected_at: OffsetDateTime::now_utc(),
+        lease,
     }
+}
+
+async fn sockets_at(
+    store: &Arc<dyn Store>,
+    identity: &str,
+    at: OffsetDateTime,
+) -> Vec<SocketPresence> {
+    store
+        .targets(&account(), &ident(identity), at)
+        .await
+        .unwrap()
+        .sockets
 }
 
 /// Timestamps as stored (RFC 3339 keeps nanoseconds, so equality holds).
@@ -133,7 +144,9 @@ conformance!(
     refresh_extends_unless_the_binding_changed,
     dead_binding_removal_respects_re_registration,
     delete_all_removes_every_binding_and_frees_the_tokens,
+    two_identities_registering_one_token_concurrently_end_with_one_holder,
     presence_leases_expire_and_can_be_withdrawn,
+    presence_is_judged_by_the_stores_clock_not_the_readers,
     message_claims,
     claims_belong_to_their_owner,
     lookups_claim_only_when_there_is_a_target,
@@ -502,6 +515,70 @@ async fn delete_all_removes_every_binding_and_frees_the_tokens(store: Arc<dyn St
     assert!(out.displaced.is_empty());
 }
 
+/// Every binding of these identities that holds `address`.
+pub async fn holders(
+    store: &Arc<dyn Store>,
+    identities: &[&str],
+    address: &str,
+) -> Vec<(Identity, BindingId)> {
+    let mut out = Vec::new();
+    for name in identities {
+        for b in store
+            .list_bindings(&account(), &ident(name), now())
+            .await
+            .unwrap()
+        {
+            if b.address == address {
+                out.push((b.identity, b.id));
+            }
+        }
+    }
+    out
+}
+
+/// Bob and alice both register one phone, 200 times, from ten tasks at once; some tasks
+/// re-register one binding id, others a new id each time (as `POST` does). One binding holds
+/// the token at the end, and the index knows it: the next identity to register the token
+/// displaces exactly that binding.
+async fn two_identities_registering_one_token_concurrently_end_with_one_holder(
+    store: Arc<dyn Store>,
+) {
+    const TASKS: usize = 10;
+    const ROUNDS: usize = 20;
+    let token = "c0ffee00c0ffee00c0ffee00c0ffee00";
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let who = if task % 2 == 0 { "bob" } else { "alice" };
+                for round in 0..ROUNDS {
+                    let id = if task < 4 {
+                        "phone".to_owned()
+                    } else {
+                        format!("t{task}r{round}")
+                    };
+                    store
+                        .put_binding(binding(who, &id, token, now()))
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let held = holders(&store, &["bob", "alice"], token).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    let out = store
+        .put_binding(binding("carol", "c", token, now()))
+        .await
+        .unwrap();
+    assert_eq!(out.displaced, held, "the index knew the holder");
+    assert!(holders(&store, &["bob", "alice"], token).await.is_empty());
+}
+
 async fn presence_leases_expire_and_can_be_withdrawn(store: Arc<dyn Store>) {
     let p1 = presence("bob", "c1", "node-a", Duration::from_secs(30));
     let p2 = presence("bob", "c2", "node-b", Duration::from_secs(30));
@@ -510,44 +587,28 @@ async fn presence_leases_expire_and_can_be_withdrawn(store: Arc<dyn Store>) {
         .put_presences(&[p1.clone(), p2.clone(), short])
         .await
         .unwrap();
-    let t = now();
-    let sockets = store
-        .targets(&account(), &ident("bob"), t)
-        .await
-        .unwrap()
-        .sockets;
-    assert_eq!(sockets.len(), 3);
-    let later = t + Duration::from_secs(1);
-    let sockets = store
-        .targets(&account(), &ident("bob"), later)
-        .await
-        .unwrap()
-        .sockets;
-    assert_eq!(sockets, vec![p1.clone(), p2.clone()]);
+    assert_eq!(sockets_at(&store, "bob", now()).await.len(), 3);
+    // The store's clock runs the lease out: a real wait, bounded.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            sockets_at(&store, "bob", now()).await == vec![p1.clone(), p2.clone()]
+        })
+        .await,
+        "the 300 ms lease lapses"
+    );
     store
         .remove_presence(&account(), &ident("bob"), "c1")
         .await
         .unwrap();
-    let sockets = store
-        .targets(&account(), &ident("bob"), later)
-        .await
-        .unwrap()
-        .sockets;
-    assert_eq!(sockets, vec![p2.clone()]);
-    // Renewal extends a lease.
+    assert_eq!(sockets_at(&store, "bob", now()).await, vec![p2.clone()]);
+    // Renewal starts the lease again.
     let mut renewed = p2.clone();
-    renewed.lease_until = p2.lease_until + Duration::from_secs(60);
+    renewed.lease = Duration::from_secs(60);
     store.put_presences(&[renewed.clone()]).await.unwrap();
-    let far = t + Duration::from_secs(45);
-    let sockets = store
-        .targets(&account(), &ident("bob"), far)
-        .await
-        .unwrap()
-        .sockets;
-    assert_eq!(sockets, vec![renewed]);
+    assert_eq!(sockets_at(&store, "bob", now()).await, vec![renewed]);
     assert!(
         store
-            .targets(&account(), &ident("alice"), t)
+            .targets(&account(), &ident("alice"), now())
             .await
             .unwrap()
             .is_empty()
@@ -558,6 +619,41 @@ const WINDOW: Duration = Duration::from_secs(600);
 
 fn delivered(window: Duration) -> Settlement {
     Settlement::Delivered { window }
+}
+
+/// A reader whose clock is far off neither loses live sockets (nor sweeps them away for
+/// everyone) nor keeps lapsed ones: the store's clock judges leases.
+async fn presence_is_judged_by_the_stores_clock_not_the_readers(store: Arc<dyn Store>) {
+    let live = presence("bob", "c1", "node-a", Duration::from_secs(30));
+    let short = presence("bob", "c2", "node-b", Duration::from_millis(300));
+    store
+        .put_presences(&[live.clone(), short.clone()])
+        .await
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let ahead = now() + hour;
+    let behind = now() - hour;
+    assert_eq!(
+        sockets_at(&store, "bob", ahead).await,
+        vec![live.clone(), short.clone()],
+        "a reader an hour ahead"
+    );
+    assert_eq!(
+        sockets_at(&store, "bob", behind).await.len(),
+        2,
+        "an hour behind"
+    );
+    // Whatever the readers' clocks said, nothing was swept: a reader on time sees both.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sockets_at(&store, "bob", now()).await.len(), 2);
+    // The short lease runs out for a reader an hour behind too.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            sockets_at(&store, "bob", behind).await == vec![live.clone()]
+        })
+        .await,
+        "a lapsed lease stays lapsed for a reader whose clock is behind"
+    );
 }
 
 async fn message_claims(store: Arc<dyn Store>) {

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +25,7 @@ pub use registry::{Handoff, LocalSocket};
 use wire::WireMessage;
 
 use super::{Channel, Outcome, Target};
+use crate::clock::Clock;
 use crate::config::{Limits, WebSocketConfig};
 use crate::domain::{AccountSid, CallNotification, Identity};
 use crate::store::{SocketPresence, Store, StoreError};
@@ -37,6 +37,7 @@ pub struct WebSocketChannel {
     node: String,
     registry: Registry,
     store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
     config: WebSocketConfig,
     /// One permit per socket this replica may hold (`limits.max_sockets`), taken before the
     /// upgrade and given back when the socket's connection is closed: the socket's share of
@@ -90,6 +91,7 @@ impl WebSocketChannel {
     pub fn new(
         node: String,
         store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
         config: WebSocketConfig,
         limits: &Limits,
         tasks: TaskTracker,
@@ -98,6 +100,7 @@ impl WebSocketChannel {
             node,
             registry: Registry::default(),
             store,
+            clock,
             config,
             slots: Arc::new(Semaphore::new(limits.max_sockets)),
             max_sockets: limits.max_sockets,
@@ -149,7 +152,7 @@ impl WebSocketChannel {
         // Counted across replicas; a burst of simultaneous connects may pass it by a few.
         let open = self
             .store
-            .targets(&account_sid, &identity, OffsetDateTime::now_utc())
+            .targets(&account_sid, &identity, self.clock.now())
             .await?
             .sockets
             .len();
@@ -158,21 +161,26 @@ impl WebSocketChannel {
                 self.max_sockets_per_identity,
             ));
         }
-        let (socket, rx) =
-            self.registry
-                .register(account_sid, identity, device_id, self.config.queue_capacity);
+        let (socket, rx) = self.registry.register(
+            account_sid,
+            identity,
+            device_id,
+            self.clock.now(),
+            self.config.queue_capacity,
+        );
         // Registered locally first, so a webhook that sees the presence finds the queue.
         let lease = SocketLease {
             channel: self.clone(),
             socket,
             _slot: slot,
         };
-        let presence = self.presence(&lease.socket, OffsetDateTime::now_utc());
+        let presence = self.presence(&lease.socket);
         self.store.put_presences(&[presence]).await?;
         Ok((lease, rx))
     }
 
-    fn presence(&self, s: &LocalSocket, now: OffsetDateTime) -> SocketPresence {
+    /// The lease starts when the store records it, by the store's clock: nothing here dates it.
+    fn presence(&self, s: &LocalSocket) -> SocketPresence {
         SocketPresence {
             conn_id: s.conn_id.clone(),
             account_sid: s.account_sid.clone(),
@@ -180,7 +188,7 @@ impl WebSocketChannel {
             node: self.node.clone(),
             device_id: s.device_id.clone(),
             connected_at: s.connected_at,
-            lease_until: now + self.config.presence_ttl,
+            lease: self.config.presence_ttl,
         }
     }
 
@@ -195,12 +203,11 @@ impl WebSocketChannel {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            let now = OffsetDateTime::now_utc();
             let presences: Vec<SocketPresence> = self
                 .registry
                 .snapshot()
                 .iter()
-                .map(|s| self.presence(s, now))
+                .map(|s| self.presence(s))
                 .collect();
             wait = every;
             for chunk in presences.chunks(RENEW_BATCH) {
@@ -352,11 +359,12 @@ mod tests {
         let channel = WebSocketChannel::new(
             "here".into(),
             store,
+            Arc::new(crate::clock::SystemClock),
             config.websocket.clone(),
             &config.limits,
             TaskTracker::new(),
         );
-        let now = OffsetDateTime::now_utc();
+        let now = time::OffsetDateTime::UNIX_EPOCH;
         let presence = SocketPresence {
             conn_id: "c1".into(),
             account_sid: AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap(),
@@ -364,7 +372,7 @@ mod tests {
             node: "there".into(),
             device_id: None,
             connected_at: now,
-            lease_until: now + Duration::from_secs(30),
+            lease: Duration::from_secs(30),
         };
         (channel, presence, there)
     }

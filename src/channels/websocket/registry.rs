@@ -48,6 +48,7 @@ impl Registry {
         account_sid: AccountSid,
         identity: Identity,
         device_id: Option<String>,
+        connected_at: OffsetDateTime,
         capacity: usize,
     ) -> (Arc<LocalSocket>, QueueReceiver) {
         let (queue, rx) = queue::queue(capacity);
@@ -56,7 +57,7 @@ impl Registry {
             account_sid,
             identity,
             device_id,
-            connected_at: OffsetDateTime::now_utc(),
+            connected_at,
             queue,
         });
         self.lock().insert(socket.conn_id.clone(), socket.clone());
@@ -102,7 +103,7 @@ mod tests {
     fn queues_until_full_then_reports_full() {
         let r = Registry::default();
         let (a, i) = ids();
-        let (s, mut rx) = r.register(a, i, None, 2);
+        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 2);
         assert_eq!(
             r.hand_off(&s.conn_id, Bytes::from_static(b"1")),
             Handoff::Queued
@@ -126,7 +127,7 @@ mod tests {
     fn closed_or_unknown_sockets_are_gone() {
         let r = Registry::default();
         let (a, i) = ids();
-        let (s, rx) = r.register(a, i, None, 2);
+        let (s, rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 2);
         assert_eq!(r.hand_off("nope", Bytes::new()), Handoff::Gone);
         drop(rx);
         assert_eq!(r.hand_off(&s.conn_id, Bytes::new()), Handoff::Gone);

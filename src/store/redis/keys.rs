@@ -7,6 +7,7 @@
 //! | `<p>:{AC…:bob}:bindings` | hash | binding id → binding JSON |
 //! | `<p>:{AC…:bob}:sockets` | hash | connection id → socket presence JSON |
 //! | `<p>:addr:{AC…:apns:<token>}` | string | `["identity","binding id"]`: who owns the token |
+//! | `<p>:addr:{AC…:apns:<token>}:claims` | hash | owner JSON → claim number: who may hold the token (`index.rs`); `#seq` → the last claim number |
 //! | `<p>:{AC…:bob}:msg:<twi_message_id>` | string | `pending:<owner>` (a claim, expiring) or `delivered` (for the dedupe window) |
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica (sharded on a cluster) |
 //! | `<p>:{…}:replicated` | string | written before `WAIT` when `store.min_replica_acks` is set |
@@ -41,6 +42,11 @@ impl Keys {
         )
     }
 
+    /// Who may hold a device token, under the token's hash tag (beside `address`).
+    pub fn claims(&self, account: &AccountSid, channel: PushChannel, address: &str) -> String {
+        format!("{}:claims", self.address(account, channel, address))
+    }
+
     /// Under the callee's hash tag, so that one pipeline looks up the targets and claims the
     /// notification, and works unchanged on Redis Cluster.
     pub fn message(&self, account: &AccountSid, identity: &Identity, message_id: &str) -> String {
@@ -70,7 +76,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identity_keys_share_one_hash_tag() {
+    fn keys_used_together_share_one_hash_tag() {
         let keys = Keys::new("callrelay");
         let a = AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap();
         let bob = Identity::parse("team:bob").unwrap();
@@ -88,5 +94,14 @@ mod tests {
         assert_eq!(tag(&marker), tag(&keys.bindings(&a, &bob)));
         let address = keys.address(&a, PushChannel::Apns, "ab12");
         assert_eq!(tag(&keys.replication_marker(&address)), tag(&address));
+        let token = |k: String| tag(&k);
+        assert_eq!(
+            token(keys.address(&a, PushChannel::Apns, "ab12")),
+            token(keys.claims(&a, PushChannel::Apns, "ab12"))
+        );
+        assert_eq!(
+            keys.claims(&a, PushChannel::Apns, "ab12"),
+            "callrelay:addr:{AC0123456789abcdef0123456789abcdef:apns:ab12}:claims"
+        );
     }
 }

@@ -6,8 +6,10 @@
 
 mod bus;
 mod connect;
+mod index;
 mod keys;
 mod link;
+mod presence;
 mod probe;
 mod scripts;
 mod settle;
@@ -34,7 +36,7 @@ use crate::domain::{AccountSid, Binding, BindingId, Identity};
 pub use keys::Keys;
 use link::Link;
 pub use probe::{ServerReport, probe};
-use scripts::{DEL_IF_EQUAL, HDEL_IF_EQUAL, HSET_IF_UNCHANGED, HTAKE, HTAKE_ALL};
+use scripts::{HDEL_IF_EQUAL, HTAKE, HTAKE_ALL, REFRESH_BINDING, STAMP_PRESENCES};
 
 pub struct RedisStore {
     conn: Link,
@@ -119,7 +121,7 @@ fn parse_owner(text: &str) -> Option<(Identity, BindingId)> {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("bindings and presences serialise")
+    serde_json::to_string(value).expect("bindings serialise")
 }
 
 fn millis(d: Duration) -> u64 {
@@ -218,6 +220,24 @@ impl RedisStore {
         Ok(())
     }
 
+    /// A pipeline of calls to `script`: a Redis that does not know the script yet (it
+    /// restarted, or failed over) is given it and asked again. Only for pipelines whose
+    /// commands may run twice.
+    async fn query_loading<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        script: &redis::Script,
+    ) -> redis::RedisResult<T> {
+        let mut c = self.conn.clone();
+        match pipe.query_async(&mut c).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script.prepare_invoke().load_async(&mut c).await?;
+                pipe.query_async(&mut c).await
+            }
+            result => result,
+        }
+    }
+
     async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
         let mut c = self.conn.clone();
         self.run(c.hget(key, field)).await
@@ -237,41 +257,22 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    async fn release_address(&self, binding: &Binding) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let key = self
-            .keys
-            .address(&binding.account_sid, binding.channel, &binding.address);
-        let _: i64 = self
-            .run(
-                DEL_IF_EQUAL
-                    .key(key)
-                    .arg(owner_json(&binding.identity, &binding.id))
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Removes `id` from `identity` if it still holds the given token.
-    async fn remove_if_same_token(
-        &self,
-        account: &AccountSid,
-        identity: &Identity,
-        id: &BindingId,
-        like: &Binding,
-    ) -> Result<bool, StoreError> {
-        let key = self.keys.bindings(account, identity);
-        let Some(text) = self.hget(&key, id.as_str()).await? else {
-            return Ok(false);
+    /// Removes `like`'s binding if it still holds `like`'s token; returns what was removed.
+    async fn remove_if_same_token(&self, like: &Binding) -> Result<Option<String>, StoreError> {
+        let key = self.keys.bindings(&like.account_sid, &like.identity);
+        let Some(text) = self.hget(&key, like.id.as_str()).await? else {
+            return Ok(None);
         };
         let Ok(current) = serde_json::from_str::<Binding>(&text) else {
-            return Ok(false);
+            return Ok(None);
         };
         if current.channel != like.channel || current.address != like.address {
-            return Ok(false);
+            return Ok(None);
         }
-        self.hdel_if_equal(&key, id.as_str(), &text).await
+        Ok(self
+            .hdel_if_equal(&key, like.id.as_str(), &text)
+            .await?
+            .then_some(text))
     }
 
     fn parse_bindings(
@@ -283,6 +284,10 @@ impl RedisStore {
         let mut live = Vec::with_capacity(entries.len());
         let mut expired = Vec::new();
         for (field, text) in entries {
+            // Being registered (or left by a registration that failed): never rings.
+            if index::is_provisional(&field) {
+                continue;
+            }
             match serde_json::from_str::<Binding>(&text) {
                 Ok(b) if b.is_expired(now) => expired.push((field, text)),
                 Ok(b) => live.push(b),
@@ -294,31 +299,23 @@ impl RedisStore {
         live
     }
 
+    /// `sockets_pttl` is the sockets hash's `PTTL`, read in the same round trip: with the hash's
+    /// own expiry it gives Redis's clock, which judges the leases (`presence.rs`).
     fn parse_targets(
         &self,
         bindings_key: &str,
         bindings: Vec<(String, String)>,
         sockets_key: &str,
         sockets: Vec<(String, String)>,
+        sockets_pttl: i64,
         now: OffsetDateTime,
     ) -> Targets {
         let bindings = self.parse_bindings(bindings_key, bindings, now);
-        let mut live = Vec::with_capacity(sockets.len());
-        let mut stale = Vec::new();
-        for (field, text) in sockets {
-            match serde_json::from_str::<SocketPresence>(&text) {
-                Ok(p) if p.lease_until > now => live.push(p),
-                Ok(_) => stale.push((field, text)),
-                Err(e) => {
-                    tracing::warn!(key = sockets_key, field, error = %e, "skipping unreadable presence")
-                }
-            }
-        }
-        self.sweep(sockets_key, stale);
-        live.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
+        let read = presence::read(sockets, sockets_pttl, now);
+        self.sweep(sockets_key, read.lapsed);
         Targets {
             bindings,
-            sockets: live,
+            sockets: read.live,
         }
     }
 
@@ -356,82 +353,8 @@ impl Store for RedisStore {
     }
 
     async fn put_binding(&self, binding: Binding) -> Result<PutOutcome, StoreError> {
-        let key = self.keys.bindings(&binding.account_sid, &binding.identity);
-        let ttl_ms = millis(binding.ttl());
-        // Read, then write only if nothing changed in between; a concurrent writer makes us
-        // read again.
-        let mut attempt = 0;
-        let (stored, previous) = loop {
-            attempt += 1;
-            let current = self.hget(&key, binding.id.as_str()).await?;
-            // An expired binding counts as absent: the new one starts a new life.
-            let previous = current
-                .as_deref()
-                .and_then(|t| serde_json::from_str::<Binding>(t).ok())
-                .filter(|b| !b.is_expired(binding.updated_at));
-            let mut stored = binding.clone();
-            if let Some(p) = &previous {
-                stored.created_at = p.created_at;
-            }
-            let mut c = self.conn.clone();
-            let written: i64 = self
-                .run(
-                    HSET_IF_UNCHANGED
-                        .key(&key)
-                        .arg(binding.id.as_str())
-                        .arg(current.as_deref().unwrap_or(""))
-                        .arg(to_json(&stored))
-                        .arg(ttl_ms)
-                        .invoke_async(&mut c),
-                )
-                .await?;
-            if written == 1 {
-                break (stored, previous);
-            }
-            if attempt >= 5 {
-                return Err(StoreError::Unavailable(
-                    "the binding kept changing while being written".into(),
-                ));
-            }
-        };
-
-        if let Some(p) = &previous
-            && (p.channel != stored.channel || p.address != stored.address)
-        {
-            self.release_address(p).await?;
-        }
-
-        let owner = owner_json(&stored.identity, &stored.id);
-        let address_key = self
-            .keys
-            .address(&stored.account_sid, stored.channel, &stored.address);
-        let mut c = self.conn.clone();
-        let previous_owner: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(&address_key)
-                    .arg(&owner)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .arg("GET")
-                    .query_async(&mut c),
-            )
-            .await?;
-        let mut displaced = Vec::new();
-        if let Some(old) = previous_owner.filter(|o| *o != owner)
-            && let Some((old_identity, old_id)) = parse_owner(&old)
-            && self
-                .remove_if_same_token(&stored.account_sid, &old_identity, &old_id, &stored)
-                .await?
-        {
-            displaced.push((old_identity, old_id));
-        }
-        self.replicated(&[&key, &address_key]).await?;
-        Ok(PutOutcome {
-            binding: stored,
-            created: previous.is_none(),
-            displaced,
-        })
+        // The device-token index protocol: `index.rs`.
+        self.register(binding).await
     }
 
     async fn get_binding(
@@ -478,7 +401,7 @@ impl Store for RedisStore {
         self.replicated(&[&key]).await?;
         match serde_json::from_str::<Binding>(&old) {
             Ok(binding) => {
-                self.release_address(&binding).await?;
+                self.release_token(&binding, index::claim_of(&old)).await?;
                 // Gone either way; an expired one was already gone as far as callers could see.
                 Ok(!binding.is_expired(OffsetDateTime::now_utc()))
             }
@@ -495,13 +418,17 @@ impl Store for RedisStore {
         let mut c = self.conn.clone();
         let flat: Vec<String> = self.run(HTAKE_ALL.key(&key).invoke_async(&mut c)).await?;
         self.replicated(&[&key]).await?;
-        let values: Vec<&String> = flat.iter().skip(1).step_by(2).collect();
-        for text in &values {
+        let bindings: Vec<&String> = flat
+            .chunks(2)
+            .filter(|pair| !index::is_provisional(&pair[0]))
+            .filter_map(|pair| pair.get(1))
+            .collect();
+        for text in &bindings {
             if let Ok(binding) = serde_json::from_str::<Binding>(text) {
-                self.release_address(&binding).await?;
+                self.release_token(&binding, index::claim_of(text)).await?;
             }
         }
-        Ok(values.len())
+        Ok(bindings.len())
     }
 
     async fn refresh_binding(
@@ -515,7 +442,7 @@ impl Store for RedisStore {
         let mut c = self.conn.clone();
         let written: i64 = self
             .run(
-                HSET_IF_UNCHANGED
+                REFRESH_BINDING
                     .key(&key)
                     .arg(binding.id.as_str())
                     .arg(to_json(binding))
@@ -525,26 +452,17 @@ impl Store for RedisStore {
             )
             .await?;
         if written == 1 {
-            let address_key =
-                self.keys
-                    .address(&binding.account_sid, binding.channel, &binding.address);
-            let mut c = self.conn.clone();
-            let _: i64 = self.run(c.pexpire(address_key, ttl_ms as i64)).await?;
+            // Only if the binding still owns its token: one that lost it meanwhile must not
+            // keep the new owner's index entry alive, nor cut it short.
+            self.refresh_token(binding, ttl_ms).await?;
         }
         Ok(())
     }
 
     async fn remove_dead_binding(&self, binding: &Binding) -> Result<(), StoreError> {
-        if self
-            .remove_if_same_token(
-                &binding.account_sid,
-                &binding.identity,
-                &binding.id,
-                binding,
-            )
-            .await?
-        {
-            self.release_address(binding).await?;
+        if let Some(removed) = self.remove_if_same_token(binding).await? {
+            self.release_token(binding, index::claim_of(&removed))
+                .await?;
         }
         Ok(())
     }
@@ -558,15 +476,24 @@ impl Store for RedisStore {
         let bindings_key = self.keys.bindings(account, identity);
         let sockets_key = self.keys.sockets(account, identity);
         let mut c = self.conn.clone();
-        let (bindings, sockets): (Vec<(String, String)>, Vec<(String, String)>) = self
+        type Reply = (Vec<(String, String)>, Vec<(String, String)>, i64);
+        let (bindings, sockets, sockets_pttl): Reply = self
             .run(
                 redis::pipe()
                     .hgetall(&bindings_key)
                     .hgetall(&sockets_key)
+                    .pttl(&sockets_key)
                     .query_async(&mut c),
             )
             .await?;
-        Ok(self.parse_targets(&bindings_key, bindings, &sockets_key, sockets, now))
+        Ok(self.parse_targets(
+            &bindings_key,
+            bindings,
+            &sockets_key,
+            sockets,
+            sockets_pttl,
+            now,
+        ))
     }
 
     async fn lookup(
@@ -595,6 +522,7 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         pipe.hgetall(&bindings_key)
             .hgetall(&sockets_key)
+            .pttl(&sockets_key)
             .cmd("SET")
             .arg(&marker)
             .arg(&value)
@@ -602,9 +530,22 @@ impl Store for RedisStore {
             .arg("PX")
             .arg(millis(request.pending_for));
         let mut c = self.conn.clone();
-        type Reply = (Vec<(String, String)>, Vec<(String, String)>, Option<String>);
-        let (bindings, sockets, set): Reply = self.run(pipe.query_async(&mut c)).await?;
-        let targets = self.parse_targets(&bindings_key, bindings, &sockets_key, sockets, now);
+        type Reply = (
+            Vec<(String, String)>,
+            Vec<(String, String)>,
+            i64,
+            Option<String>,
+        );
+        let (bindings, sockets, sockets_pttl, set): Reply =
+            self.run(pipe.query_async(&mut c)).await?;
+        let targets = self.parse_targets(
+            &bindings_key,
+            bindings,
+            &sockets_key,
+            sockets,
+            sockets_pttl,
+            now,
+        );
         let acquired = set.is_some();
         if targets.is_empty() {
             if acquired
@@ -642,21 +583,22 @@ impl Store for RedisStore {
         if presences.is_empty() {
             return Ok(());
         }
-        let now = OffsetDateTime::now_utc();
+        // One script call per sockets hash, each touching that hash only (one slot), all in one
+        // pipeline; Redis's clock stamps the leases.
+        let batches = presence::stamp_batches(
+            presences,
+            |p| self.keys.sockets(&p.account_sid, &p.identity),
+            OffsetDateTime::now_utc(),
+        );
         let mut pipe = redis::pipe();
-        for p in presences {
-            let key = self.keys.sockets(&p.account_sid, &p.identity);
-            // The hash outlives every lease in it, so a replica that dies leaves nothing behind
-            // for long.
-            let lease = (p.lease_until - now).max(time::Duration::ZERO);
-            let key_ttl = (lease.whole_milliseconds() as i64) * 2 + 1000;
-            pipe.hset(&key, &p.conn_id, to_json(p))
-                .ignore()
-                .pexpire(&key, key_ttl)
-                .ignore();
+        for (key, batch) in &batches {
+            let mut invocation = STAMP_PRESENCES.key(key);
+            for (conn_id, json, lease_ms) in batch {
+                invocation.arg(*conn_id).arg(json).arg(*lease_ms);
+            }
+            pipe.invoke_script(&invocation).ignore();
         }
-        let mut c = self.conn.clone();
-        self.run(pipe.query_async::<()>(&mut c)).await
+        self.run(self.query_loading(&pipe, &STAMP_PRESENCES)).await
     }
 
     async fn remove_presence(

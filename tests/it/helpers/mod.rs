@@ -11,17 +11,20 @@ pub mod ws;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use callrelay::auth::access_token;
 use callrelay::auth::signature::{self, SignatureAlgorithm};
 use callrelay::channels::Channel;
+use callrelay::clock::Clock;
 use callrelay::config::Secret;
 use callrelay::domain::{AccountSid, ApiKeySid, Identity};
 use callrelay::{App, Listeners, Options};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use time::OffsetDateTime;
 
 pub use fake_channel::FakeChannel;
 pub use ws::WsClient;
@@ -209,6 +212,27 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(config: TestConfig) -> TestApp {
+    spawn_with_clock(config, None).await
+}
+
+/// A wall clock that is off by as many seconds as the test says, either way.
+#[derive(Clone, Default)]
+pub struct SkewedClock(Arc<AtomicI64>);
+
+impl SkewedClock {
+    pub fn set_offset_seconds(&self, seconds: i64) {
+        self.0.store(seconds, Ordering::Relaxed);
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc() + time::Duration::seconds(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// callrelay whose wall clock is `clock` (default: the system's).
+pub async fn spawn_with_clock(config: TestConfig, clock: Option<Arc<dyn Clock>>) -> TestApp {
     init_logging();
     let parsed = callrelay::config::from_toml_str(&config.toml("127.0.0.1:0", "127.0.0.1:0"))
         .expect("test configuration is valid");
@@ -228,6 +252,7 @@ pub async fn spawn_with(config: TestConfig) -> TestApp {
         Options {
             listeners: Some(listeners),
             push_channels,
+            clock,
             ..Options::default()
         },
     )
