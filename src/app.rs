@@ -81,10 +81,13 @@ pub struct Options {
 /// Starts callrelay: binds, opens the store, starts the listeners and background tasks.
 pub async fn start(config: Config, options: Options) -> Result<App, StartError> {
     channels::http::install_crypto_provider();
+    let metrics = Arc::new(Metrics::new());
     let store = match options.store {
         Some(s) => s,
         None => store::open(&config.store).await?,
     };
+    // Every store call, whoever makes it, is timed and its errors counted.
+    let store: Arc<dyn Store> = Arc::new(store::metered::MeteredStore::new(store, &metrics));
     let listeners = match options.listeners {
         Some(l) => l,
         None => Listeners {
@@ -111,7 +114,12 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
     let node = uuid::Uuid::new_v4().simple().to_string();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let metrics = Arc::new(Metrics::new());
+    metrics
+        .http_connections_limit
+        .set(config.limits.max_connections as i64);
+    metrics
+        .websocket_connections_limit
+        .set(config.limits.max_sockets as i64);
 
     let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
     let apps = channels::push_channels(&config, options.push_channels, &metrics)?;

@@ -1,4 +1,8 @@
-//! Prometheus metrics, served on the admin listener's `/metrics`.
+//! Prometheus metrics, served on the admin listener's `/metrics`: callrelay's own, prefixed
+//! `callrelay_`, and the process's (`process_…`, the names every Prometheus client library
+//! uses, so that existing dashboards and alerts work unchanged).
+
+mod process;
 
 use std::sync::atomic::AtomicI64;
 
@@ -8,6 +12,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +68,32 @@ pub struct AppLabels {
     pub app: String,
 }
 
+/// A store call: the `Store` method's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabels {
+    pub operation: &'static str,
+    /// `unavailable` (unreachable, timed out) or `corrupt` (unreadable data).
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    revision: &'static str,
+}
+
+/// The commit this binary was built from: `CALLRELAY_REVISION` at compile time (the
+/// Dockerfile passes its `REVISION` build argument), `unknown` otherwise.
+pub const REVISION: &str = match option_env!("CALLRELAY_REVISION") {
+    Some(r) if !r.is_empty() => r,
+    _ => "unknown",
+};
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms to ~8 s.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -88,6 +119,14 @@ pub struct Metrics {
     /// Dedupe outcomes not recorded because the writer's queue was full (their claims lapse
     /// by themselves).
     pub dedupe_outcomes_dropped: Counter,
+    /// `limits.max_connections` and `limits.max_sockets`, beside the gauges they cap.
+    pub http_connections_limit: Gauge<i64, AtomicI64>,
+    pub websocket_connections_limit: Gauge<i64, AtomicI64>,
+    /// Requests whose handler panicked; each was answered `500`.
+    pub http_panics: Counter,
+    /// Time each store call took (errors and timeouts included), by operation.
+    pub store_duration: Family<StoreLabels, Histogram>,
+    pub store_errors: Family<StoreErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -98,7 +137,17 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("callrelay");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("callrelay");
+        registry.register(
+            "build",
+            "The version and revision callrelay was built from",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                revision: REVISION,
+            }),
+        );
         let webhooks = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "webhooks",
@@ -176,6 +225,38 @@ impl Metrics {
             "Dedupe outcomes dropped because the store's write queue was full; each claim lapses by itself after the webhook deadline",
             dedupe_outcomes_dropped.clone(),
         );
+        let http_connections_limit = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "http_connections_limit",
+            "limits.max_connections: the most connections the public listener serves at once",
+            http_connections_limit.clone(),
+        );
+        let websocket_connections_limit = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "websocket_connections_limit",
+            "limits.max_sockets: the most WebSocket connections this replica holds",
+            websocket_connections_limit.clone(),
+        );
+        let http_panics = Counter::default();
+        registry.register(
+            "http_panics",
+            "Requests whose handler panicked, answered with a 500 problem document",
+            http_panics.clone(),
+        );
+        let store_duration = Family::<StoreLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "store_operation_duration_seconds",
+            "Time each store call took, errors and timeouts included, by operation",
+            store_duration.clone(),
+        );
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Store calls that failed, by operation and error (unavailable, corrupt)",
+            store_errors.clone(),
+        );
         // Every known series exists from the start, so rates and alerts see zeros, not gaps.
         for outcome in WEBHOOK_OUTCOMES {
             let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
@@ -186,7 +267,7 @@ impl Metrics {
             }
         }
         Self {
-            registry,
+            registry: root,
             webhooks,
             webhook_duration,
             deliveries,
@@ -198,6 +279,11 @@ impl Metrics {
             push_auth_tokens,
             apns_certificate_expiry,
             dedupe_outcomes_dropped,
+            http_connections_limit,
+            websocket_connections_limit,
+            http_panics,
+            store_duration,
+            store_errors,
         }
     }
 

@@ -1,6 +1,8 @@
-//! The command line: `serve`, `check-config`, and developer helpers for trying callrelay out.
+//! The command line: `serve`, `check-config`, `config defaults`, `healthcheck`, and developer
+//! helpers for trying callrelay out.
 
 mod dev;
+mod healthcheck;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,16 +38,36 @@ enum Command {
     },
     /// Print the OpenAPI document of the public API.
     Openapi,
+    /// Configuration helpers.
+    #[command(subcommand, name = "config")]
+    ConfigFile(ConfigCommand),
+    /// Ask a running callrelay's admin listener whether it is healthy: exit 0 if so, 1 if not
+    /// (a container HEALTHCHECK; the image has no shell or curl).
+    Healthcheck(healthcheck::Args),
     /// Helpers for trying callrelay out locally.
     #[command(subcommand)]
     Dev(dev::DevCommand),
 }
 
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print every configuration key, what it means and its default, as a commented TOML
+    /// file (examples/callrelay.toml is its output).
+    Defaults,
+}
+
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
     crate::channels::http::install_crypto_provider();
-    if let Command::Openapi = cli.command {
-        return print_openapi();
+    // These need no configuration, or read only what they need of it.
+    match cli.command {
+        Command::Openapi => return print_openapi(),
+        Command::ConfigFile(ConfigCommand::Defaults) => {
+            print!("{}", config::render_defaults());
+            return ExitCode::SUCCESS;
+        }
+        Command::Healthcheck(args) => return healthcheck::run(args, cli.config.as_deref()).await,
+        _ => {}
     }
     let config = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -65,7 +87,9 @@ pub async fn run() -> ExitCode {
             }
         }
         Command::Dev(command) => dev::run(command, &config).await,
-        Command::Openapi => print_openapi(),
+        Command::Openapi | Command::ConfigFile(_) | Command::Healthcheck(_) => {
+            unreachable!("answered above")
+        }
     }
 }
 

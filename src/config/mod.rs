@@ -1,6 +1,7 @@
 //! Configuration: a TOML file, `CALLRELAY__…` environment overrides, secrets inline or from
 //! files, validated once at start-up with errors that name the offending key.
 
+mod defaults;
 mod env;
 mod raw;
 mod secret;
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use defaults::render as render_defaults;
 pub use raw::lenient;
 pub use secret::Secret;
 pub use store::{RedisConfig, StoreConfig, TlsFiles, Topology};

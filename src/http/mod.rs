@@ -87,7 +87,7 @@ pub fn public_router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
-            state.config.limits.request_timeout,
+            per_request_settings(&state),
             per_request::layer,
         ))
         .with_state(state)
@@ -98,7 +98,18 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            per_request_settings(&state),
+            per_request::layer,
+        ))
         .with_state(state)
+}
+
+fn per_request_settings(state: &AppState) -> per_request::Settings {
+    per_request::Settings {
+        limit: state.config.limits.request_timeout,
+        panics: state.metrics.http_panics.clone(),
+    }
 }
 
 async fn openapi_json() -> axum::Json<serde_json::Value> {

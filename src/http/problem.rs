@@ -59,6 +59,17 @@ impl Problem {
         )
     }
 
+    /// A fault of callrelay's own (a handler panicked): nothing about it is sent, the log has
+    /// it under the request id the answer carries.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal-error",
+            "Internal error",
+            "callrelay could not answer this request; the fault is logged under this request's X-Request-Id",
+        )
+    }
+
     pub fn store_unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -3,6 +3,7 @@
 //! process. Both pass the same conformance suite (`tests/it/store.rs`).
 
 pub mod memory;
+pub mod metered;
 pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -185,3 +185,86 @@ fn check_config_names_every_broken_push_app() {
         std::fs::remove_file(path).unwrap();
     }
 }
+
+/// `config defaults` prints the committed `examples/callrelay.toml`, and that file is a
+/// configuration callrelay accepts as it is.
+#[test]
+fn config_defaults_prints_the_committed_example() {
+    let out = callrelay().args(["config", "defaults"]).output().unwrap();
+    assert!(out.status.success());
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/callrelay.toml");
+    let committed = std::fs::read_to_string(example).unwrap();
+    assert!(
+        committed == String::from_utf8(out.stdout).unwrap(),
+        "examples/callrelay.toml is out of date: regenerate it with \
+         `cargo run -q -- config defaults > examples/callrelay.toml`"
+    );
+    let out = callrelay()
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn healthcheck(args: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_callrelay"))
+        .arg("healthcheck")
+        .args(args)
+        .env_remove("CALLRELAY_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// The image's HEALTHCHECK: 0 while the admin listener answers, 1 otherwise (never Docker's
+/// reserved 2); liveness does not follow the store, `--ready` does.
+#[tokio::test]
+async fn healthcheck_exits_0_while_healthy_and_1_otherwise() {
+    let mut redis = crate::helpers::redis::RedisServer::start();
+    let app = spawn_with(TestConfig::with_engine(Engine::RedisAt(redis.url()))).await;
+    let admin = app.admin.trim_start_matches("http://").to_owned();
+
+    let (code, text) = healthcheck(&["--address", &admin]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("healthy: /healthz"), "{text}");
+    let (code, text) = healthcheck(&["--address", &admin, "--ready"]).await;
+    assert_eq!(code, Some(0), "{text}");
+
+    // Without --address, the configuration's server.admin_listen.
+    let config = write_config(&TestConfig::default().toml("127.0.0.1:0", &admin));
+    let config_arg = config.to_str().unwrap().to_owned();
+    let (code, text) = healthcheck(&["--config", &config_arg]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&admin), "{text}");
+
+    // Redis gone: not ready, still alive (an orchestrator must not restart it for that).
+    redis.stop();
+    let (code, text) = healthcheck(&["--address", &admin, "--ready"]).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("answered 503"), "{text}");
+    let (code, text) = healthcheck(&["--address", &admin]).await;
+    assert_eq!(code, Some(0), "{text}");
+
+    // Stopped: nothing answers.
+    app.stop().await;
+    let (code, text) = healthcheck(&["--address", &admin]).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.starts_with("unhealthy"), "{text}");
+
+    // A configuration that cannot be read is unhealthy too, with exit code 1.
+    std::fs::write(&config, "[server]\nadmin_listen = \"nowhere\"\n").unwrap();
+    let (code, text) = healthcheck(&["--config", &config_arg]).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("server.admin_listen"), "{text}");
+    std::fs::remove_file(config).unwrap();
+}

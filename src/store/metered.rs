@@ -1,0 +1,337 @@
+//! Time and errors of every store call, by operation, around whichever engine is in use:
+//! `callrelay_store_operation_duration_seconds{operation}` and
+//! `callrelay_store_errors_total{operation, error}`. A wrapper rather than timers inside each
+//! engine, so that both engines are measured the same way and neither has to know about it.
+//!
+//! The time is the caller's: queueing for the connection, the round trip and the engine's own
+//! deadline (`store.command_timeout_ms`) included, which is what a webhook waits. Writes an
+//! engine makes in the background (`settle_message_detached`) are not timed here; their
+//! failures are logged by the engine.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use super::{
+    Claim, ClaimOwner, ClaimRequest, Lookup, PutOutcome, Settlement, SocketPresence, Store,
+    StoreError, Targets,
+};
+use crate::domain::{AccountSid, Binding, BindingId, Identity};
+use crate::metrics::{Metrics, StoreErrorLabels, StoreLabels};
+
+/// The `operation` label: each `Store` method that talks to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Ping,
+    PutBinding,
+    GetBinding,
+    ListBindings,
+    DeleteBinding,
+    DeleteBindings,
+    RefreshBinding,
+    RemoveDeadBinding,
+    Targets,
+    PutPresences,
+    RemovePresence,
+    Lookup,
+    ClaimMessage,
+    SettleMessage,
+    Publish,
+    Subscribe,
+}
+
+impl Op {
+    pub const ALL: [Op; 16] = [
+        Op::Ping,
+        Op::PutBinding,
+        Op::GetBinding,
+        Op::ListBindings,
+        Op::DeleteBinding,
+        Op::DeleteBindings,
+        Op::RefreshBinding,
+        Op::RemoveDeadBinding,
+        Op::Targets,
+        Op::PutPresences,
+        Op::RemovePresence,
+        Op::Lookup,
+        Op::ClaimMessage,
+        Op::SettleMessage,
+        Op::Publish,
+        Op::Subscribe,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Ping => "ping",
+            Op::PutBinding => "put_binding",
+            Op::GetBinding => "get_binding",
+            Op::ListBindings => "list_bindings",
+            Op::DeleteBinding => "delete_binding",
+            Op::DeleteBindings => "delete_bindings",
+            Op::RefreshBinding => "refresh_binding",
+            Op::RemoveDeadBinding => "remove_dead_binding",
+            Op::Targets => "targets",
+            Op::PutPresences => "put_presences",
+            Op::RemovePresence => "remove_presence",
+            Op::Lookup => "lookup",
+            Op::ClaimMessage => "claim_message",
+            Op::SettleMessage => "settle_message",
+            Op::Publish => "publish",
+            Op::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// One operation's series, looked up once rather than on every call.
+struct Series {
+    duration: Histogram,
+    unavailable: Counter,
+    corrupt: Counter,
+}
+
+impl Series {
+    fn new(metrics: &Metrics, operation: &'static str) -> Self {
+        let errors = |error| {
+            metrics
+                .store_errors
+                .get_or_create(&StoreErrorLabels { operation, error })
+                .clone()
+        };
+        Self {
+            duration: metrics
+                .store_duration
+                .get_or_create(&StoreLabels { operation })
+                .clone(),
+            unavailable: errors("unavailable"),
+            corrupt: errors("corrupt"),
+        }
+    }
+
+    fn record<T>(&self, started: Instant, result: &Result<T, StoreError>) {
+        self.duration.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {}
+            Err(StoreError::Unavailable(_)) => {
+                self.unavailable.inc();
+            }
+            Err(StoreError::Corrupt(_)) => {
+                self.corrupt.inc();
+            }
+        }
+    }
+}
+
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    /// Indexed by `Op`.
+    series: Vec<Series>,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn Store>, metrics: &Metrics) -> Self {
+        let series = Op::ALL
+            .iter()
+            .map(|op| Series::new(metrics, op.name()))
+            .collect();
+        Self { inner, series }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: Op,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.series[op as usize].record(started, &result);
+        result
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    fn engine(&self) -> &'static str {
+        self.inner.engine()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed(Op::Ping, self.inner.ping()).await
+    }
+
+    async fn put_binding(&self, binding: Binding) -> Result<PutOutcome, StoreError> {
+        self.timed(Op::PutBinding, self.inner.put_binding(binding))
+            .await
+    }
+
+    async fn get_binding(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        id: &BindingId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Binding>, StoreError> {
+        self.timed(
+            Op::GetBinding,
+            self.inner.get_binding(account, identity, id, now),
+        )
+        .await
+    }
+
+    async fn list_bindings(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Binding>, StoreError> {
+        self.timed(
+            Op::ListBindings,
+            self.inner.list_bindings(account, identity, now),
+        )
+        .await
+    }
+
+    async fn delete_binding(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        id: &BindingId,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            Op::DeleteBinding,
+            self.inner.delete_binding(account, identity, id),
+        )
+        .await
+    }
+
+    async fn delete_bindings(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> Result<usize, StoreError> {
+        self.timed(
+            Op::DeleteBindings,
+            self.inner.delete_bindings(account, identity),
+        )
+        .await
+    }
+
+    async fn refresh_binding(
+        &self,
+        binding: &Binding,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.timed(Op::RefreshBinding, self.inner.refresh_binding(binding, now))
+            .await
+    }
+
+    async fn remove_dead_binding(&self, binding: &Binding) -> Result<(), StoreError> {
+        self.timed(
+            Op::RemoveDeadBinding,
+            self.inner.remove_dead_binding(binding),
+        )
+        .await
+    }
+
+    async fn targets(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        now: OffsetDateTime,
+    ) -> Result<Targets, StoreError> {
+        self.timed(Op::Targets, self.inner.targets(account, identity, now))
+            .await
+    }
+
+    async fn put_presences(&self, presences: &[SocketPresence]) -> Result<(), StoreError> {
+        self.timed(Op::PutPresences, self.inner.put_presences(presences))
+            .await
+    }
+
+    async fn remove_presence(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        conn_id: &str,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            Op::RemovePresence,
+            self.inner.remove_presence(account, identity, conn_id),
+        )
+        .await
+    }
+
+    /// The engine's own `lookup` (one round trip), not the trait's two-call default.
+    async fn lookup(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        claim: Option<ClaimRequest<'_>>,
+        now: OffsetDateTime,
+    ) -> Result<Lookup, StoreError> {
+        self.timed(Op::Lookup, self.inner.lookup(account, identity, claim, now))
+            .await
+    }
+
+    async fn claim_message(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        message_id: &str,
+        owner: &ClaimOwner,
+        pending_for: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.timed(
+            Op::ClaimMessage,
+            self.inner
+                .claim_message(account, identity, message_id, owner, pending_for),
+        )
+        .await
+    }
+
+    async fn settle_message(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        message_id: &str,
+        owner: &ClaimOwner,
+        settlement: Settlement,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            Op::SettleMessage,
+            self.inner
+                .settle_message(account, identity, message_id, owner, settlement),
+        )
+        .await
+    }
+
+    fn settle_message_detached(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        message_id: &str,
+        owner: &ClaimOwner,
+        settlement: Settlement,
+    ) -> bool {
+        self.inner
+            .settle_message_detached(account, identity, message_id, owner, settlement)
+    }
+
+    async fn flush(&self) {
+        self.inner.flush().await;
+    }
+
+    async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError> {
+        self.timed(Op::Publish, self.inner.publish(node, message))
+            .await
+    }
+
+    async fn subscribe(&self, node: &str) -> Result<mpsc::Receiver<Bytes>, StoreError> {
+        self.timed(Op::Subscribe, self.inner.subscribe(node)).await
+    }
+}
