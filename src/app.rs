@@ -115,6 +115,9 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     metrics
+        .webhook_deadline
+        .set(config.server.webhook_deadline.as_secs_f64());
+    metrics
         .http_connections_limit
         .set(config.limits.max_connections as i64);
     metrics

@@ -4,7 +4,7 @@
 
 mod process;
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -119,6 +119,8 @@ pub struct Metrics {
     /// Dedupe outcomes not recorded because the writer's queue was full (their claims lapse
     /// by themselves).
     pub dedupe_outcomes_dropped: Counter,
+    /// `server.webhook_deadline_ms`, in seconds, for alerts on latency near it.
+    pub webhook_deadline: Gauge<f64, AtomicU64>,
     /// `limits.max_connections` and `limits.max_sockets`, beside the gauges they cap.
     pub http_connections_limit: Gauge<i64, AtomicI64>,
     pub websocket_connections_limit: Gauge<i64, AtomicI64>,
@@ -225,6 +227,12 @@ impl Metrics {
             "Dedupe outcomes dropped because the store's write queue was full; each claim lapses by itself after the webhook deadline",
             dedupe_outcomes_dropped.clone(),
         );
+        let webhook_deadline = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "webhook_deadline_seconds",
+            "server.webhook_deadline_ms: the time a webhook's answer may take",
+            webhook_deadline.clone(),
+        );
         let http_connections_limit = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "http_connections_limit",
@@ -279,6 +287,7 @@ impl Metrics {
             push_auth_tokens,
             apns_certificate_expiry,
             dedupe_outcomes_dropped,
+            webhook_deadline,
             http_connections_limit,
             websocket_connections_limit,
             http_panics,

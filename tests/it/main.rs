@@ -15,6 +15,7 @@ mod fcm;
 mod limits;
 mod logs;
 mod mixed;
+mod monitoring;
 mod openapi;
 mod properties;
 mod redis_tls;
