@@ -52,6 +52,9 @@ impl Relay {
         deadline: Instant,
     ) -> Result<Claim, WebhookError> {
         let mut next = first;
+        // Whether another attempt was seen holding the claim: a poll cut short by the deadline
+        // then means "still in progress", not a store outage.
+        let mut held_elsewhere = false;
         loop {
             let state = match next.take() {
                 Some(state) => state,
@@ -67,6 +70,9 @@ impl Relay {
                         Ok(state) => state,
                         Err(e) => {
                             self.release_in_background(notification, owner);
+                            if held_elsewhere && Instant::now() >= deadline {
+                                return Err(self.in_progress());
+                            }
                             return Err(e.into());
                         }
                     }
@@ -77,17 +83,20 @@ impl Relay {
                 // Another attempt is delivering it: wait for its outcome, so that a failed
                 // delivery still lets this retry through.
                 Claim::Pending if Instant::now() + PENDING_POLL < deadline => {
+                    held_elsewhere = true;
                     tokio::time::sleep(PENDING_POLL).await;
                 }
                 // The holder's claim lapses at most a margin after its deadline, which came
                 // before this one, and it was taken at most a command timeout after this
                 // attempt began.
-                Claim::Pending => {
-                    return Err(WebhookError::InProgress {
-                        retry_after: self.lapse_margin() + self.config.store.command_timeout,
-                    });
-                }
+                Claim::Pending => return Err(self.in_progress()),
             }
+        }
+    }
+
+    fn in_progress(&self) -> WebhookError {
+        WebhookError::InProgress {
+            retry_after: self.lapse_margin() + self.config.store.command_timeout,
         }
     }
 
