@@ -135,6 +135,7 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         tasks.clone(),
     );
     sockets.start(shutdown.clone()).await?;
+    let listening = sockets.clone();
     let relay = Arc::new(Relay::new(
         config.clone(),
         store.clone(),
@@ -212,6 +213,7 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("shutdown grace period over; stopping with work in flight");
         }
+        listening.stop_listening();
         admin_stop.cancel();
         let _ = admin_task.await;
         tracing::info!("callrelay stopped");

@@ -114,6 +114,7 @@ async fn answer(
                 tracing::info!(
                     account = %notification.account_sid,
                     identity = %notification.identity,
+                    message_id = notification.message_id.as_deref().unwrap_or(""),
                     outcome,
                     "call notification not delivered"
                 );

@@ -49,6 +49,7 @@ pub struct WebSocketChannel {
     pending: Mutex<HashMap<u64, oneshot::Sender<Handoff>>>,
     next_request: AtomicU64,
     tasks: TaskTracker,
+    inbox_stop: CancellationToken,
 }
 
 /// Why a socket could not be registered.
@@ -108,6 +109,7 @@ impl WebSocketChannel {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             tasks,
+            inbox_stop: CancellationToken::new(),
         })
     }
 
@@ -115,18 +117,27 @@ impl WebSocketChannel {
         &self.node
     }
 
+    /// Stops listening on the replica bus (at the end of shutdown, once in-flight webhooks
+    /// have their answers).
+    pub fn stop_listening(&self) {
+        self.inbox_stop.cancel();
+    }
+
     pub fn live_sockets(&self) -> usize {
         self.registry.len()
     }
 
-    /// Subscribes to this replica's inbox and starts renewing presences; both stop at
-    /// `shutdown`.
+    /// Subscribes to this replica's inbox and starts renewing presences. Renewals stop at
+    /// `shutdown`; the inbox listens until `stop_listening`, because webhooks still in flight
+    /// when shutdown begins wait for other replicas' acknowledgements on it: an
+    /// acknowledgement lost there would fail a delivery that happened, and Twilio's retry
+    /// would ring the device again.
     pub async fn start(self: &Arc<Self>, shutdown: CancellationToken) -> Result<(), StoreError> {
         let inbox = self.store.subscribe(&self.node).await?;
         let me = self.clone();
-        let stop = shutdown.clone();
-        self.tasks
-            .spawn(async move { me.serve_inbox(inbox, stop).await });
+        let stop = self.inbox_stop.clone();
+        // Not on the tracker: draining the tracker is what the inbox outlives.
+        tokio::spawn(async move { me.serve_inbox(inbox, stop).await });
         let me = self.clone();
         self.tasks
             .spawn(async move { me.renew_presences(shutdown).await });
@@ -238,9 +249,12 @@ impl WebSocketChannel {
                     request,
                     reply_to,
                     conn_id,
+                    message_id,
                     payload,
                 }) => {
-                    let handoff = self.registry.hand_off(&conn_id, payload);
+                    let handoff = self
+                        .registry
+                        .hand_off(&conn_id, payload, message_id.as_deref());
                     let ack = WireMessage::Ack { request, handoff }.encode();
                     let store = self.store.clone();
                     // Acknowledging must not hold up the next hand-off.
@@ -265,6 +279,7 @@ impl WebSocketChannel {
         &self,
         p: &SocketPresence,
         payload: Bytes,
+        message_id: Option<&str>,
         deadline: Instant,
     ) -> Outcome {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -280,6 +295,7 @@ impl WebSocketChannel {
             request,
             reply_to: self.node.clone(),
             conn_id: p.conn_id.clone(),
+            message_id: message_id.map(str::to_owned),
             payload,
         };
         match self.store.publish(&p.node, message.encode()).await {
@@ -335,10 +351,19 @@ impl Channel for WebSocketChannel {
             return Outcome::Failed("not a socket".into());
         };
         if p.node == self.node {
-            outcome_of(self.registry.hand_off(&p.conn_id, notification.raw.clone()))
+            outcome_of(self.registry.hand_off(
+                &p.conn_id,
+                notification.raw.clone(),
+                notification.message_id.as_deref(),
+            ))
         } else {
-            self.deliver_remote(p, notification.raw.clone(), deadline)
-                .await
+            self.deliver_remote(
+                p,
+                notification.raw.clone(),
+                notification.message_id.as_deref(),
+                deadline,
+            )
+            .await
         }
     }
 }
@@ -381,7 +406,7 @@ mod tests {
     async fn a_waiter_whose_request_is_dropped_is_removed() {
         let (channel, presence, mut there) = unanswered().await;
         let deadline = Instant::now() + Duration::from_secs(30);
-        let delivery = channel.deliver_remote(&presence, Bytes::from_static(b"{}"), deadline);
+        let delivery = channel.deliver_remote(&presence, Bytes::from_static(b"{}"), None, deadline);
         // The caller gives up while the request waits for its acknowledgement.
         let gave_up = tokio::time::timeout(Duration::from_millis(50), delivery).await;
         assert!(gave_up.is_err());
@@ -394,7 +419,7 @@ mod tests {
         let (channel, presence, _there) = unanswered().await;
         let deadline = Instant::now() + Duration::from_millis(50);
         let outcome = channel
-            .deliver_remote(&presence, Bytes::from_static(b"{}"), deadline)
+            .deliver_remote(&presence, Bytes::from_static(b"{}"), None, deadline)
             .await;
         assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
         assert_eq!(channel.waiting(), 0);

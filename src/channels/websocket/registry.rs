@@ -1,7 +1,14 @@
 //! The sockets this replica holds: a bounded queue each, so delivery never waits on a slow
 //! reader and a slow reader cannot make memory grow.
+//!
+//! Each socket also remembers the last few `twi_message_id`s queued to it. A hand-off can be
+//! queued and its acknowledgement still lost (the replica that asked timed out while Redis was
+//! frozen, or lost its subscription); the asker then answers Twilio with a failure and
+//! Twilio's retry asks again. The socket already has that notification, so the repeat is
+//! acknowledged as queued without being sent twice: the device rings once.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -20,6 +27,44 @@ pub struct LocalSocket {
     pub device_id: Option<String>,
     pub connected_at: OffsetDateTime,
     queue: QueueSender,
+    /// Allocated on the first notification with a message id: an idle socket carries only
+    /// the empty slot.
+    recent: Mutex<Option<Box<RecentIds>>>,
+}
+
+/// How many message ids a socket remembers. Twilio retries a notification within seconds, so
+/// a handful covers every retry of the calls a device receives meanwhile.
+const REMEMBERED: usize = 8;
+
+/// The last `REMEMBERED` message ids queued to a socket, as 64-bit hashes in a ring.
+#[derive(Default)]
+struct RecentIds {
+    ids: [u64; REMEMBERED],
+    next: usize,
+}
+
+impl RecentIds {
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+
+    fn insert(&mut self, id: u64) {
+        self.ids[self.next] = id;
+        self.next = (self.next + 1) % REMEMBERED;
+    }
+}
+
+impl std::fmt::Debug for RecentIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecentIds").finish_non_exhaustive()
+    }
+}
+
+/// A message id's hash; never 0, the ring's empty slot.
+fn id_hash(message_id: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    message_id.hash(&mut h);
+    h.finish().max(1)
 }
 
 /// Handing a payload to a local socket.
@@ -30,6 +75,16 @@ pub enum Handoff {
     Full,
     /// No such socket here (closed, or never here).
     Gone,
+}
+
+impl LocalSocket {
+    fn send(&self, payload: Bytes) -> Handoff {
+        match self.queue.try_send(payload) {
+            Ok(()) => Handoff::Queued,
+            Err(TrySendError::Full) => Handoff::Full,
+            Err(TrySendError::Closed) => Handoff::Gone,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -59,6 +114,7 @@ impl Registry {
             device_id,
             connected_at,
             queue,
+            recent: Mutex::new(None),
         });
         self.lock().insert(socket.conn_id.clone(), socket.clone());
         (socket, rx)
@@ -68,15 +124,31 @@ impl Registry {
         self.lock().remove(conn_id)
     }
 
-    pub fn hand_off(&self, conn_id: &str, payload: Bytes) -> Handoff {
+    /// Queues `payload` to the socket, unless the notification `message_id` names was queued
+    /// to it already (then `Queued`, and nothing is sent).
+    pub fn hand_off(&self, conn_id: &str, payload: Bytes, message_id: Option<&str>) -> Handoff {
         let Some(socket) = self.lock().get(conn_id).cloned() else {
             return Handoff::Gone;
         };
-        match socket.queue.try_send(payload) {
-            Ok(()) => Handoff::Queued,
-            Err(TrySendError::Full) => Handoff::Full,
-            Err(TrySendError::Closed) => Handoff::Gone,
+        let Some(message_id) = message_id else {
+            return socket.send(payload);
+        };
+        let id = id_hash(message_id);
+        // Held across the send, so two copies handed off at once cannot both pass the check.
+        let mut recent = socket.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.as_ref().is_some_and(|r| r.contains(id)) {
+            tracing::debug!(
+                message_id,
+                conn_id,
+                "notification already queued to this socket; not sent again"
+            );
+            return Handoff::Queued;
         }
+        let handoff = socket.send(payload);
+        if handoff == Handoff::Queued {
+            recent.get_or_insert_with(Box::default).insert(id);
+        }
+        handoff
     }
 
     pub fn snapshot(&self) -> Vec<Arc<LocalSocket>> {
@@ -105,20 +177,20 @@ mod tests {
         let (a, i) = ids();
         let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 2);
         assert_eq!(
-            r.hand_off(&s.conn_id, Bytes::from_static(b"1")),
+            r.hand_off(&s.conn_id, Bytes::from_static(b"1"), None),
             Handoff::Queued
         );
         assert_eq!(
-            r.hand_off(&s.conn_id, Bytes::from_static(b"2")),
+            r.hand_off(&s.conn_id, Bytes::from_static(b"2"), None),
             Handoff::Queued
         );
         assert_eq!(
-            r.hand_off(&s.conn_id, Bytes::from_static(b"3")),
+            r.hand_off(&s.conn_id, Bytes::from_static(b"3"), None),
             Handoff::Full
         );
         assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
         assert_eq!(
-            r.hand_off(&s.conn_id, Bytes::from_static(b"4")),
+            r.hand_off(&s.conn_id, Bytes::from_static(b"4"), None),
             Handoff::Queued
         );
     }
@@ -128,10 +200,82 @@ mod tests {
         let r = Registry::default();
         let (a, i) = ids();
         let (s, rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 2);
-        assert_eq!(r.hand_off("nope", Bytes::new()), Handoff::Gone);
+        assert_eq!(r.hand_off("nope", Bytes::new(), None), Handoff::Gone);
         drop(rx);
-        assert_eq!(r.hand_off(&s.conn_id, Bytes::new()), Handoff::Gone);
+        assert_eq!(r.hand_off(&s.conn_id, Bytes::new(), None), Handoff::Gone);
         assert!(r.unregister(&s.conn_id).is_some());
         assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn a_notification_already_queued_is_acknowledged_without_sending_it_again() {
+        let r = Registry::default();
+        let (a, i) = ids();
+        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 4);
+        assert!(s.recent.lock().unwrap().is_none(), "nothing allocated yet");
+        let call = |n: &'static [u8], id| r.hand_off(&s.conn_id, Bytes::from_static(n), id);
+        assert_eq!(call(b"1", Some("RM1")), Handoff::Queued);
+        assert_eq!(call(b"1 again", Some("RM1")), Handoff::Queued);
+        assert_eq!(call(b"2", Some("RM2")), Handoff::Queued);
+        assert_eq!(call(b"no id", None), Handoff::Queued);
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"2")));
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"no id")));
+        assert_eq!(rx.try_recv(), None);
+    }
+
+    #[test]
+    fn a_hand_off_refused_as_full_is_not_remembered() {
+        let r = Registry::default();
+        let (a, i) = ids();
+        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 1);
+        assert_eq!(
+            r.hand_off(&s.conn_id, Bytes::from_static(b"1"), Some("RM1")),
+            Handoff::Queued
+        );
+        assert_eq!(
+            r.hand_off(&s.conn_id, Bytes::from_static(b"2"), Some("RM2")),
+            Handoff::Full
+        );
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
+        // The retry of the refused one goes through.
+        assert_eq!(
+            r.hand_off(&s.conn_id, Bytes::from_static(b"2"), Some("RM2")),
+            Handoff::Queued
+        );
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"2")));
+    }
+
+    #[test]
+    fn only_the_last_few_ids_are_remembered() {
+        let r = Registry::default();
+        let (a, i) = ids();
+        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 64);
+        let ids: Vec<String> = (0..=REMEMBERED).map(|n| format!("RM{n}")).collect();
+        for id in &ids {
+            assert_eq!(
+                r.hand_off(&s.conn_id, Bytes::from(id.clone()), Some(id)),
+                Handoff::Queued
+            );
+        }
+        // The first has been forgotten; the last is remembered.
+        assert_eq!(
+            r.hand_off(&s.conn_id, Bytes::from_static(b"first"), Some(&ids[0])),
+            Handoff::Queued
+        );
+        assert_eq!(
+            r.hand_off(
+                &s.conn_id,
+                Bytes::from_static(b"last"),
+                Some(&ids[REMEMBERED])
+            ),
+            Handoff::Queued
+        );
+        let mut got = Vec::new();
+        while let Some(b) = rx.try_recv() {
+            got.push(b);
+        }
+        assert_eq!(got.len(), REMEMBERED + 2);
+        assert_eq!(got.last(), Some(&Bytes::from_static(b"first")));
     }
 }

@@ -3,9 +3,13 @@
 //! keep the format readable in `redis-cli monitor`; the payload follows unchanged.
 //!
 //! ```text
-//! D <request id> <reply node> <connection id>\n<payload bytes>
+//! D <request id> <reply node> <connection id> [<twi_message_id>]\n<payload bytes>
 //! A <request id> <queued|full|gone>
 //! ```
+//!
+//! The message id lets the holder recognise a retry of what its socket already has
+//! (`registry.rs`); it is left out when the notification has none, or one that is not a
+//! plain token (Twilio's are `RM` and 32 hex digits).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -17,6 +21,7 @@ pub enum WireMessage {
         request: u64,
         reply_to: String,
         conn_id: String,
+        message_id: Option<String>,
         payload: Bytes,
     },
     Ack {
@@ -32,9 +37,13 @@ impl WireMessage {
                 request,
                 reply_to,
                 conn_id,
+                message_id,
                 payload,
             } => {
-                let header = format!("D {request} {reply_to} {conn_id}\n");
+                let header = match message_id.as_deref().filter(|id| is_token(id)) {
+                    Some(id) => format!("D {request} {reply_to} {conn_id} {id}\n"),
+                    None => format!("D {request} {reply_to} {conn_id}\n"),
+                };
                 let mut out = BytesMut::with_capacity(header.len() + payload.len());
                 out.put_slice(header.as_bytes());
                 out.put_slice(payload);
@@ -59,13 +68,15 @@ impl WireMessage {
                 let mut parts = header.split(' ');
                 let (_, request, reply_to, conn_id) =
                     (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-                if parts.next().is_some() {
+                let message_id = parts.next();
+                if parts.next().is_some() || message_id.is_some_and(|id| !is_token(id)) {
                     return None;
                 }
                 Some(WireMessage::Deliver {
                     request: request.parse().ok()?,
                     reply_to: reply_to.to_owned(),
                     conn_id: conn_id.to_owned(),
+                    message_id: message_id.map(str::to_owned),
                     payload: message.slice(newline + 1..),
                 })
             }
@@ -89,6 +100,14 @@ impl WireMessage {
     }
 }
 
+/// Whether `id` can stand as a header field: non-empty, letters, digits, `-` and `_` only.
+fn is_token(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,9 +119,18 @@ mod tests {
             request: 42,
             reply_to: "node-a".into(),
             conn_id: "c1".into(),
+            message_id: None,
             payload: payload.clone(),
         };
         assert_eq!(WireMessage::decode(m.encode()), Some(m));
+        let with_id = WireMessage::Deliver {
+            request: 43,
+            reply_to: "node-a".into(),
+            conn_id: "c1".into(),
+            message_id: Some("RM0123456789abcdef0123456789abcdef".into()),
+            payload: payload.clone(),
+        };
+        assert_eq!(WireMessage::decode(with_id.encode()), Some(with_id));
         for handoff in [Handoff::Queued, Handoff::Full, Handoff::Gone] {
             let a = WireMessage::Ack {
                 request: 7,
@@ -113,8 +141,37 @@ mod tests {
     }
 
     #[test]
+    fn a_message_id_that_is_not_a_token_is_left_out() {
+        let m = WireMessage::Deliver {
+            request: 1,
+            reply_to: "a".into(),
+            conn_id: "c".into(),
+            message_id: Some("RM 1\nX".into()),
+            payload: Bytes::from_static(b"{}"),
+        };
+        let Some(WireMessage::Deliver {
+            message_id,
+            payload,
+            ..
+        }) = WireMessage::decode(m.encode())
+        else {
+            panic!("unreadable");
+        };
+        assert_eq!(message_id, None);
+        assert_eq!(payload, Bytes::from_static(b"{}"));
+    }
+
+    #[test]
     fn garbage_is_ignored() {
-        for m in ["", "X", "D 1 a\n", "D x a b\n", "A 1 maybe", "A 1"] {
+        for m in [
+            "",
+            "X",
+            "D 1 a\n",
+            "D x a b\n",
+            "D 1 a b c d\n",
+            "A 1 maybe",
+            "A 1",
+        ] {
             assert_eq!(WireMessage::decode(Bytes::from(m)), None, "{m:?}");
         }
     }

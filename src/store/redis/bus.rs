@@ -4,8 +4,10 @@
 //! channel's slot instead of being broadcast over the whole cluster bus.
 //!
 //! Each subscription has a dedicated RESP3 connection whose pushed messages go straight to the
-//! subscriber's inbox, and a keeper task that checks it every second, each check bounded by
-//! the command timeout:
+//! subscriber's inbox, and a keeper task that checks it every second (every 100 ms from the
+//! moment the connection reports a disconnect or a check fails, until one passes: after Redis
+//! restarts the subscription is back as soon as the commands are), each check bounded by the
+//! command timeout:
 //! - a `PING` on the subscription's own connection: two in a row unanswered and the connection
 //!   is replaced (it may be stalled without having closed);
 //! - the number of subscribers the publishing side sees (`PUBSUB NUMSUB`/`SHARDNUMSUB` on the
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::{PushInfo, PushKind, RedisResult, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::connect::{Conn, Dialer, PushSink};
 use super::link::Link;
@@ -29,6 +31,8 @@ use crate::store::StoreError;
 /// sender, seeing no acknowledgement, reports the delivery failed).
 const INBOX_CAPACITY: usize = 4096;
 const KEEPALIVE: Duration = Duration::from_secs(1);
+/// The pace of checks while the subscription is in doubt.
+const RECHECK: Duration = Duration::from_millis(100);
 /// Checks in a row that fail before the subscription's connection is replaced.
 const FAILURES_BEFORE_REBUILD: u32 = 2;
 
@@ -66,6 +70,7 @@ impl Bus {
             sharded: self.dialer.is_cluster(),
             channel,
             tx,
+            lost: Arc::new(Notify::new()),
         };
         // Subscribing waits for Redis; until it answers, nothing can reach this replica anyway.
         tokio::spawn(keeper.run());
@@ -80,6 +85,9 @@ struct Keeper {
     sharded: bool,
     channel: String,
     tx: mpsc::Sender<Bytes>,
+    /// Woken by the connection's disconnect notice, so the keeper need not wait for its next
+    /// check to learn of it.
+    lost: Arc<Notify>,
 }
 
 impl Keeper {
@@ -87,10 +95,14 @@ impl Keeper {
         let mut conn: Option<Conn> = None;
         let (mut dead_pings, mut unseen) = (0u32, 0u32);
         let mut attempts = 0u32;
-        let mut tick = tokio::time::interval(KEEPALIVE);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first check (which subscribes) runs at once.
+        let mut wait = Duration::ZERO;
         while !self.tx.is_closed() {
-            tick.tick().await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.lost.notified() => {}
+            }
+            wait = RECHECK;
             if conn.is_none() {
                 match self.connect().await {
                     Ok(c) => {
@@ -104,7 +116,7 @@ impl Keeper {
                     Err(e) => {
                         // Said once loudly; `/readyz` keeps reporting the outage meanwhile.
                         if attempts == 0 {
-                            tracing::warn!(error = %e, "cannot subscribe to the replica channel yet; retrying every second");
+                            tracing::warn!(error = %e, "cannot subscribe to the replica channel yet; retrying");
                         } else {
                             tracing::debug!(error = %e, attempts, "still cannot subscribe to the replica channel");
                         }
@@ -122,6 +134,9 @@ impl Keeper {
             let ping = self.bounded(c.send_near(&self.channel, redis::cmd("PING")));
             let (ping, seen) = tokio::join!(ping, seen);
             dead_pings = if ping.is_ok() { 0 } else { dead_pings + 1 };
+            if ping.is_ok() && matches!(seen, Ok(n) if n > 0) {
+                wait = KEEPALIVE;
+            }
             match seen {
                 Ok(n) if n > 0 => unseen = 0,
                 Ok(_) => {
@@ -166,8 +181,13 @@ impl Keeper {
     async fn connect(&self) -> Result<Conn, StoreError> {
         let tx = self.tx.clone();
         let channel = self.channel.clone();
+        let lost = self.lost.clone();
         let sink: PushSink = Arc::new(move |push: PushInfo| {
-            route(&tx, &channel, push);
+            if push.kind == PushKind::Disconnection {
+                lost.notify_one();
+            } else {
+                route(&tx, &channel, push);
+            }
             Ok::<(), redis::aio::SendError>(())
         });
         let mut conn = self.dialer.dial(Some(sink)).await?;
@@ -220,7 +240,17 @@ fn route(tx: &mpsc::Sender<Bytes>, channel: &str, push: PushInfo) {
     let Value::BulkString(payload) = payload else {
         return;
     };
-    if same && tx.try_send(Bytes::from(payload)).is_err() && !tx.is_closed() {
-        tracing::warn!(channel, "replica inbox full; dropping a message");
+    if !same {
+        return;
+    }
+    match tx.try_send(Bytes::from(payload)) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!(channel, "replica inbox full; dropping a message");
+        }
+        // The replica has stopped listening (shut down): the sender gets no acknowledgement.
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            tracing::debug!(channel, "replica inbox closed; dropping a message");
+        }
     }
 }
