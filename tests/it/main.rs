@@ -8,6 +8,7 @@ mod admin;
 mod apns;
 mod architecture;
 mod bindings;
+mod chaos;
 mod claims;
 mod cli;
 mod cluster;

@@ -57,6 +57,26 @@ impl WsClient {
         }
     }
 
+    /// Like `next_text`, but tells a quiet connection (`Ok(None)`) from one that ended (closed,
+    /// reset, or dropped: `Err(())`).
+    pub async fn next_text_or_end(&mut self, within: Duration) -> Result<Option<String>, ()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let Ok(next) = tokio::time::timeout_at(deadline, self.stream.next()).await else {
+                return Ok(None);
+            };
+            match next {
+                Some(Ok(Message::Text(t))) => return Ok(Some(t.to_string())),
+                Some(Ok(Message::Close(frame))) => {
+                    self.closed_with = Some(frame);
+                    return Err(());
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(()),
+            }
+        }
+    }
+
     /// Asserts no text frame arrives within `within`.
     pub async fn expect_silence(&mut self, within: Duration) {
         if let Some(t) = self.next_text(within).await {
