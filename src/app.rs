@@ -133,6 +133,7 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         config.websocket.clone(),
         &config.limits,
         tasks.clone(),
+        metrics.clone(),
     );
     sockets.start(shutdown.clone()).await?;
     let listening = sockets.clone();

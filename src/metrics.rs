@@ -53,6 +53,18 @@ pub const WEBHOOK_OUTCOMES: [&str; 10] = [
 ];
 pub const CHANNELS: [&str; 3] = ["websocket", "apns", "fcm"];
 pub const DELIVERY_OUTCOMES: [&str; 3] = ["delivered", "removed", "failed"];
+/// The `outcome` label of `callrelay_bus_acknowledgements_total`: what became of a delivery
+/// handed to another replica, as the asking replica saw it. `queued`, `full` and `gone` are
+/// the holder's answers; `timeout`: none by the deadline; `not_listening`: the publish
+/// reached no subscriber; `error`: the publish failed.
+pub const BUS_OUTCOMES: [&str; 6] = [
+    "queued",
+    "full",
+    "gone",
+    "timeout",
+    "not_listening",
+    "error",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PushLabels {
@@ -119,6 +131,11 @@ pub struct Metrics {
     /// Dedupe outcomes not recorded because the writer's queue was full (their claims lapse
     /// by themselves).
     pub dedupe_outcomes_dropped: Counter,
+    /// Deliveries handed to another replica over the bus, by outcome (`BUS_OUTCOMES`).
+    pub bus_acknowledgements: Family<OutcomeLabels, Counter>,
+    /// Notifications a socket already had, acknowledged without a second frame (a retry after
+    /// a lost acknowledgement).
+    pub websocket_repeats: Counter,
     /// `server.webhook_deadline_ms`, in seconds, for alerts on latency near it.
     pub webhook_deadline: Gauge<f64, AtomicU64>,
     /// `limits.max_connections` and `limits.max_sockets`, beside the gauges they cap.
@@ -227,6 +244,18 @@ impl Metrics {
             "Dedupe outcomes dropped because the store's write queue was full; each claim lapses by itself after the webhook deadline",
             dedupe_outcomes_dropped.clone(),
         );
+        let bus_acknowledgements = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "bus_acknowledgements",
+            "Deliveries to sockets held by other replicas, by outcome: the holder's answer (queued, full, gone), or timeout, not_listening, error",
+            bus_acknowledgements.clone(),
+        );
+        let websocket_repeats = Counter::default();
+        registry.register(
+            "websocket_repeats",
+            "Notifications handed to a socket that already had them (same twi_message_id), acknowledged without a second frame",
+            websocket_repeats.clone(),
+        );
         let webhook_deadline = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "webhook_deadline_seconds",
@@ -269,6 +298,9 @@ impl Metrics {
         for outcome in WEBHOOK_OUTCOMES {
             let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
         }
+        for outcome in BUS_OUTCOMES {
+            let _ = bus_acknowledgements.get_or_create(&OutcomeLabels { outcome });
+        }
         for channel in CHANNELS {
             for outcome in DELIVERY_OUTCOMES {
                 let _ = deliveries.get_or_create(&DeliveryLabels { channel, outcome });
@@ -287,6 +319,8 @@ impl Metrics {
             push_auth_tokens,
             apns_certificate_expiry,
             dedupe_outcomes_dropped,
+            bus_acknowledgements,
+            websocket_repeats,
             webhook_deadline,
             http_connections_limit,
             websocket_connections_limit,

@@ -28,6 +28,7 @@ use super::{Channel, Outcome, Target};
 use crate::clock::Clock;
 use crate::config::{Limits, WebSocketConfig};
 use crate::domain::{AccountSid, CallNotification, Identity};
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::store::{SocketPresence, Store, StoreError};
 
 /// Presences written per store round trip when renewing.
@@ -50,6 +51,7 @@ pub struct WebSocketChannel {
     next_request: AtomicU64,
     tasks: TaskTracker,
     inbox_stop: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a socket could not be registered.
@@ -96,6 +98,7 @@ impl WebSocketChannel {
         config: WebSocketConfig,
         limits: &Limits,
         tasks: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             node,
@@ -110,6 +113,7 @@ impl WebSocketChannel {
             next_request: AtomicU64::new(1),
             tasks,
             inbox_stop: CancellationToken::new(),
+            metrics,
         })
     }
 
@@ -252,9 +256,7 @@ impl WebSocketChannel {
                     message_id,
                     payload,
                 }) => {
-                    let handoff = self
-                        .registry
-                        .hand_off(&conn_id, payload, message_id.as_deref());
+                    let handoff = self.hand_off(&conn_id, payload, message_id.as_deref());
                     let ack = WireMessage::Ack { request, handoff }.encode();
                     let store = self.store.clone();
                     // Acknowledging must not hold up the next hand-off.
@@ -298,14 +300,34 @@ impl WebSocketChannel {
             message_id: message_id.map(str::to_owned),
             payload,
         };
-        match self.store.publish(&p.node, message.encode()).await {
-            Ok(0) => Outcome::Failed(format!("replica {} is not listening", p.node)),
+        let (label, outcome) = match self.store.publish(&p.node, message.encode()).await {
+            Ok(0) => (
+                "not_listening",
+                Outcome::Failed(format!("replica {} is not listening", p.node)),
+            ),
             Ok(_) => match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(handoff)) => outcome_of(handoff),
-                _ => Outcome::Failed(format!("replica {} did not acknowledge in time", p.node)),
+                Ok(Ok(handoff)) => (handoff.label(), outcome_of(handoff)),
+                _ => (
+                    "timeout",
+                    Outcome::Failed(format!("replica {} did not acknowledge in time", p.node)),
+                ),
             },
-            Err(e) => Outcome::Failed(e.to_string()),
+            Err(e) => ("error", Outcome::Failed(e.to_string())),
+        };
+        self.metrics
+            .bus_acknowledgements
+            .get_or_create(&OutcomeLabels { outcome: label })
+            .inc();
+        outcome
+    }
+
+    /// Hands `payload` to a socket of this replica, counting repeats.
+    fn hand_off(&self, conn_id: &str, payload: Bytes, message_id: Option<&str>) -> Handoff {
+        let handoff = self.registry.hand_off(conn_id, payload, message_id);
+        if handoff == Handoff::Repeat {
+            self.metrics.websocket_repeats.inc();
         }
+        handoff
     }
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Handoff>>> {
@@ -333,7 +355,7 @@ impl Drop for Waiting<'_> {
 
 fn outcome_of(handoff: Handoff) -> Outcome {
     match handoff {
-        Handoff::Queued => Outcome::Delivered,
+        Handoff::Queued | Handoff::Repeat => Outcome::Delivered,
         Handoff::Full => Outcome::Failed("the socket's queue is full (slow reader)".into()),
         Handoff::Gone => Outcome::Dead("the socket is closed".into()),
     }
@@ -351,7 +373,7 @@ impl Channel for WebSocketChannel {
             return Outcome::Failed("not a socket".into());
         };
         if p.node == self.node {
-            outcome_of(self.registry.hand_off(
+            outcome_of(self.hand_off(
                 &p.conn_id,
                 notification.raw.clone(),
                 notification.message_id.as_deref(),
@@ -388,6 +410,7 @@ mod tests {
             config.websocket.clone(),
             &config.limits,
             TaskTracker::new(),
+            Arc::new(Metrics::new()),
         );
         let now = time::OffsetDateTime::UNIX_EPOCH;
         let presence = SocketPresence {
@@ -423,5 +446,11 @@ mod tests {
             .await;
         assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
         assert_eq!(channel.waiting(), 0);
+        let timeouts = channel
+            .metrics
+            .bus_acknowledgements
+            .get_or_create(&OutcomeLabels { outcome: "timeout" })
+            .get();
+        assert_eq!(timeouts, 1);
     }
 }

@@ -71,6 +71,9 @@ fn id_hash(message_id: &str) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handoff {
     Queued,
+    /// The socket already had this notification (same message id): not sent again. Said
+    /// `queued` on the bus.
+    Repeat,
     /// The socket's queue is full: its reader is too slow.
     Full,
     /// No such socket here (closed, or never here).
@@ -83,6 +86,18 @@ impl LocalSocket {
             Ok(()) => Handoff::Queued,
             Err(TrySendError::Full) => Handoff::Full,
             Err(TrySendError::Closed) => Handoff::Gone,
+        }
+    }
+}
+
+impl Handoff {
+    /// Its `outcome` label in `callrelay_bus_acknowledgements_total` (a repeat is `queued`
+    /// on the bus).
+    pub fn label(self) -> &'static str {
+        match self {
+            Handoff::Queued | Handoff::Repeat => "queued",
+            Handoff::Full => "full",
+            Handoff::Gone => "gone",
         }
     }
 }
@@ -125,7 +140,7 @@ impl Registry {
     }
 
     /// Queues `payload` to the socket, unless the notification `message_id` names was queued
-    /// to it already (then `Queued`, and nothing is sent).
+    /// to it already (then `Repeat`, and nothing is sent).
     pub fn hand_off(&self, conn_id: &str, payload: Bytes, message_id: Option<&str>) -> Handoff {
         let Some(socket) = self.lock().get(conn_id).cloned() else {
             return Handoff::Gone;
@@ -142,7 +157,7 @@ impl Registry {
                 conn_id,
                 "notification already queued to this socket; not sent again"
             );
-            return Handoff::Queued;
+            return Handoff::Repeat;
         }
         let handoff = socket.send(payload);
         if handoff == Handoff::Queued {
@@ -215,7 +230,7 @@ mod tests {
         assert!(s.recent.lock().unwrap().is_none(), "nothing allocated yet");
         let call = |n: &'static [u8], id| r.hand_off(&s.conn_id, Bytes::from_static(n), id);
         assert_eq!(call(b"1", Some("RM1")), Handoff::Queued);
-        assert_eq!(call(b"1 again", Some("RM1")), Handoff::Queued);
+        assert_eq!(call(b"1 again", Some("RM1")), Handoff::Repeat);
         assert_eq!(call(b"2", Some("RM2")), Handoff::Queued);
         assert_eq!(call(b"no id", None), Handoff::Queued);
         assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
@@ -269,7 +284,7 @@ mod tests {
                 Bytes::from_static(b"last"),
                 Some(&ids[REMEMBERED])
             ),
-            Handoff::Queued
+            Handoff::Repeat
         );
         let mut got = Vec::new();
         while let Some(b) = rx.try_recv() {

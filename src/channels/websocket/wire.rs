@@ -50,12 +50,8 @@ impl WireMessage {
                 out.freeze()
             }
             WireMessage::Ack { request, handoff } => {
-                let status = match handoff {
-                    Handoff::Queued => "queued",
-                    Handoff::Full => "full",
-                    Handoff::Gone => "gone",
-                };
-                Bytes::from(format!("A {request} {status}"))
+                // A repeat is `queued`: the asker needs only to know the socket has it.
+                Bytes::from(format!("A {request} {}", handoff.label()))
             }
         }
     }
