@@ -89,3 +89,85 @@ async fn the_service_serves_it_and_each_operation_exists() {
         }
     }
 }
+
+/// Every example in the document (request bodies, answers, parameters) is valid against the
+/// schema beside it, by the same JSON Schema validator the service checks bindings with.
+#[test]
+fn every_example_matches_its_schema() {
+    let doc = callrelay::http::openapi::document();
+    let mut checked = 0;
+    let mut operations = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            let mut found = 0;
+            let mut media: Vec<&Value> = Vec::new();
+            if let Some(content) = operation["requestBody"]["content"].as_object() {
+                media.extend(content.values());
+            }
+            for response in operation["responses"].as_object().unwrap().values() {
+                let response = resolve(&doc, response);
+                if let Some(content) = response["content"].as_object() {
+                    media.extend(content.values());
+                }
+            }
+            for m in media {
+                for example in m["examples"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|e| e.values())
+                {
+                    assert_valid(&doc, &m["schema"], &example["value"], path);
+                    found += 1;
+                }
+            }
+            let parameters = operation["parameters"]
+                .as_array()
+                .into_iter()
+                .chain(item["parameters"].as_array())
+                .flatten();
+            for parameter in parameters {
+                let parameter = resolve(&doc, parameter);
+                if let Some(example) = parameter.get("example") {
+                    assert_valid(&doc, &parameter["schema"], example, path);
+                    found += 1;
+                }
+            }
+            assert!(found > 0, "{method} {path} has no example");
+            operations.insert(format!("{method} {path}"));
+            checked += found;
+        }
+    }
+    assert!(operations.len() >= 9, "{operations:?}");
+    assert!(checked >= 20, "only {checked} examples");
+}
+
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value["$ref"].as_str() {
+        Some(r) => doc.pointer(r.trim_start_matches('#')).unwrap(),
+        None => value,
+    }
+}
+
+fn assert_valid(doc: &Value, schema: &Value, instance: &Value, path: &str) {
+    // The schema with the document's components beside it, so `#/components/...` resolves.
+    let mut root = schema.clone();
+    if let Some(object) = root.as_object_mut() {
+        object.insert("components".into(), doc["components"].clone());
+        object.insert(
+            "$schema".into(),
+            "https://json-schema.org/draft/2020-12/schema".into(),
+        );
+    }
+    let validator = jsonschema::validator_for(&root).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{path}: {instance} is invalid: {errors:?}"
+    );
+}

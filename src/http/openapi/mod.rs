@@ -4,11 +4,13 @@
 //! repository root is this document, committed, and a test fails when the two differ
 //! (`cargo run -q -- openapi > openapi.json` regenerates it).
 
+mod examples;
+
 use serde_json::{Map, Value, json};
 
-const BINDING_REQUEST: &str = include_str!("../../bindings-schema/binding-request.schema.json");
-const BINDING: &str = include_str!("../../bindings-schema/binding.schema.json");
-const BINDING_LIST: &str = include_str!("../../bindings-schema/binding-list.schema.json");
+const BINDING_REQUEST: &str = include_str!("../../../bindings-schema/binding-request.schema.json");
+const BINDING: &str = include_str!("../../../bindings-schema/binding.schema.json");
+const BINDING_LIST: &str = include_str!("../../../bindings-schema/binding-list.schema.json");
 
 const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -48,6 +50,20 @@ pub fn document() -> Value {
             "description": "Errors are RFC 9457 problem documents whose `type` is `urn:callrelay:problem:<slug>`; the README lists them.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"}
         },
+        "servers": [{
+            "url": "{publicUrl}",
+            "description": "This deployment: the URL Twilio and devices reach callrelay at.",
+            "variables": {"publicUrl": {
+                "default": "http://localhost:8080",
+                "description": "`server.public_url` (callrelay itself listens on `server.listen`, 0.0.0.0:8080 unless configured; put a TLS-terminating proxy in front)."
+            }}
+        }],
+        "tags": [
+            {"name": "Twilio webhook", "description": "Called by Twilio for each call to a client identity; signed with the account's Auth Token."},
+            {"name": "Bindings", "description": "An identity's push bindings (APNs, FCM), managed by the app with a Twilio Access Token, or by the app's backend with an admin key."},
+            {"name": "WebSocket", "description": "A live binding: the device holds a socket and receives each call notification as a text frame."},
+            {"name": "Document", "description": "This OpenAPI document."}
+        ],
         "paths": {
             "/v1/twilio/call-notifications": {"post": webhook_operation()},
             "/v1/bindings": {
@@ -64,9 +80,11 @@ pub fn document() -> Value {
             "/v1/ws": {"get": websocket_operation()},
             "/openapi.json": {"get": {
                 "operationId": "getOpenApi",
+                "tags": ["Document"],
                 "summary": "This document",
+                "description": "The OpenAPI 3.1 description of the public listener, as this replica's version has it.",
                 "security": [],
-                "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}
+                "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}, "examples": examples::openapi_document()}}}}
             }}
         },
         "components": {
@@ -204,17 +222,21 @@ fn parameters() -> Value {
     json!({
         "BindingId": {
             "name": "id", "in": "path", "required": true,
-            "schema": {"$ref": "#/components/schemas/BindingId"}
+            "description": "The binding's id: assigned by callrelay (`POST`) or chosen by the client (`PUT`).",
+            "schema": {"$ref": "#/components/schemas/BindingId"},
+            "example": "0f8e4c2a9b7d4e1f8a6c3b5d7e9f1a2b"
         },
         "Identity": {
             "name": "identity", "in": "query", "required": false,
             "description": "Whose bindings. Optional with an access token (its own identity); required with an admin key.",
-            "schema": {"$ref": "#/components/schemas/Identity"}
+            "schema": {"$ref": "#/components/schemas/Identity"},
+            "example": "alice"
         },
         "AccountSid": {
             "name": "account_sid", "in": "query", "required": false,
             "description": "Which account. Optional with an access token (its own account); required with an admin key.",
-            "schema": {"$ref": "#/components/schemas/AccountSid"}
+            "schema": {"$ref": "#/components/schemas/AccountSid"},
+            "example": "AC3f9a2b7c1d4e5f60718293a4b5c6d7e8"
         }
     })
 }
@@ -256,17 +278,17 @@ fn r(name: &str) -> Value {
     json!({"$ref": format!("#/components/responses/{name}")})
 }
 
-fn binding_body() -> Value {
+fn binding_body(examples: Value) -> Value {
     json!({
         "required": true,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BindingRequest"}}}
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BindingRequest"}, "examples": examples}}
     })
 }
 
-fn binding_response(description: &str, location: bool) -> Value {
+fn binding_response(description: &str, location: bool, examples: Value) -> Value {
     let mut response = json!({
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Binding"}}}
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Binding"}, "examples": examples}}
     });
     if location {
         response["headers"] = json!({"Location": {"required": true, "schema": {"type": "string"}}});
@@ -282,13 +304,22 @@ fn scope_parameters() -> Value {
 }
 
 fn webhook_operation() -> Value {
-    let summary = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeliverySummary"}}}});
+    let summary = |d: &str, examples: Value| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeliverySummary"}, "examples": examples}}});
+    let mut answered = examples::delivered();
+    answered.as_object_mut().expect("an examples map").extend(
+        examples::duplicate()
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
     let mut unavailable = problem(
         "The store cannot be reached (`store-unavailable`), or another attempt at this twi_message_id had not finished by the deadline (`notification-in-progress`: it is still delivering, or it stopped and its claim lapses shortly); retry after `Retry-After` seconds.",
     );
     unavailable["headers"] = json!({"Retry-After": {"schema": {"type": "string"}}});
+    unavailable["content"][PROBLEM_JSON]["examples"] = examples::in_progress();
     json!({
         "operationId": "postCallNotification",
+        "tags": ["Twilio webhook"],
         "summary": "Twilio's call-notification webhook",
         "description": "Delivers the notification, unmodified, to every binding of (twi_account_sid, identity in twi_to) within the webhook deadline. A twi_message_id already delivered is answered 200 with `duplicate: true`; one that another attempt is still delivering, 503.",
         "security": [{"twilioSignature": []}, {"webhookBasic": []}],
@@ -297,9 +328,9 @@ fn webhook_operation() -> Value {
             "description": "Lowercase hex SHA-256 of the body, added by Twilio; the signature covers it.",
             "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}
         }],
-        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CallNotification"}}}},
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CallNotification"}, "examples": examples::notification()}}},
         "responses": {
-            "200": summary("At least one binding accepted the notification (or it was a duplicate)."),
+            "200": summary("At least one binding accepted the notification (or it was a duplicate).", answered),
             "400": problem("Not a JSON object with twi_account_sid and twi_to = client:<identity>."),
             "401": basic_challenge(),
             "403": problem("The account is not configured, or the request did not authenticate (wrong HTTP Basic credentials, signature or body hash)."),
@@ -312,7 +343,7 @@ fn webhook_operation() -> Value {
             },
             "408": r("RequestTimeout"),
             "413": r("PayloadTooLarge"),
-            "502": summary("No binding accepted the notification."),
+            "502": summary("No binding accepted the notification.", examples::not_delivered()),
             "503": unavailable
         }
     })
@@ -338,11 +369,13 @@ fn bearer() -> Value {
 fn create_operation() -> Value {
     json!({
         "operationId": "createBinding",
+        "tags": ["Bindings"],
         "summary": "Register a push binding (the id is assigned)",
+        "description": "Registers a device's APNs or FCM token for the token's identity (or, with an admin key, the `account_sid` and `identity` in the body). Registering a token another identity holds moves it: one device rings for one identity.",
         "security": bearer(),
-        "requestBody": binding_body(),
+        "requestBody": binding_body(examples::apns_request()),
         "responses": {
-            "201": binding_response("Created.", true),
+            "201": binding_response("Created.", true, examples::apns_binding()),
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
             "408": r("RequestTimeout"), "409": r("TooManyBindings"),
             "413": r("PayloadTooLarge"), "415": r("UnsupportedMediaType"),
@@ -354,12 +387,14 @@ fn create_operation() -> Value {
 fn replace_operation() -> Value {
     json!({
         "operationId": "putBinding",
+        "tags": ["Bindings"],
         "summary": "Create or replace the binding with this id",
+        "description": "Idempotent registration under an id the client chose (e.g. one per installation): the app can call it at every start with the current token.",
         "security": bearer(),
-        "requestBody": binding_body(),
+        "requestBody": binding_body(examples::fcm_request()),
         "responses": {
-            "200": binding_response("Replaced (created_at kept).", false),
-            "201": binding_response("Created.", true),
+            "200": binding_response("Replaced (created_at kept).", false, examples::fcm_binding()),
+            "201": binding_response("Created.", true, examples::fcm_binding()),
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
             "408": r("RequestTimeout"), "409": r("TooManyBindings"),
             "413": r("PayloadTooLarge"), "415": r("UnsupportedMediaType"),
@@ -371,11 +406,13 @@ fn replace_operation() -> Value {
 fn get_operation() -> Value {
     json!({
         "operationId": "getBinding",
+        "tags": ["Bindings"],
         "summary": "Read one binding",
+        "description": "One push binding of the identity in scope, by id.",
         "security": bearer(),
         "parameters": scope_parameters(),
         "responses": {
-            "200": binding_response("The binding.", false),
+            "200": binding_response("The binding.", false, examples::apns_binding()),
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
             "404": r("NotFound"), "408": r("RequestTimeout"), "429": r("RateLimited"),
             "503": r("StoreUnavailable")
@@ -386,7 +423,9 @@ fn get_operation() -> Value {
 fn delete_operation() -> Value {
     json!({
         "operationId": "deleteBinding",
+        "tags": ["Bindings"],
         "summary": "Remove one binding",
+        "description": "Removes one push binding of the identity in scope (a device logging out); its token stops ringing at once.",
         "security": bearer(),
         "parameters": scope_parameters(),
         "responses": {
@@ -401,11 +440,13 @@ fn delete_operation() -> Value {
 fn list_operation() -> Value {
     json!({
         "operationId": "listBindings",
+        "tags": ["Bindings"],
         "summary": "An identity's push bindings and open sockets",
+        "description": "Every unexpired push binding of the identity in scope, and its WebSockets open on any replica right now.",
         "security": bearer(),
         "parameters": scope_parameters(),
         "responses": {
-            "200": {"description": "The bindings.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BindingList"}}}},
+            "200": {"description": "The bindings.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BindingList"}, "examples": examples::binding_list()}}},
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
             "408": r("RequestTimeout"), "429": r("RateLimited"), "503": r("StoreUnavailable")
         }
@@ -415,11 +456,13 @@ fn list_operation() -> Value {
 fn delete_all_operation() -> Value {
     json!({
         "operationId": "deleteBindings",
+        "tags": ["Bindings"],
         "summary": "Remove every push binding of an identity",
+        "description": "Removes every push binding of the identity in scope (an account deleted, every device signed out). Open WebSockets are not bindings and stay open.",
         "security": bearer(),
         "parameters": scope_parameters(),
         "responses": {
-            "200": {"description": "Removed.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deleted"}}}},
+            "200": {"description": "Removed.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deleted"}, "examples": examples::deleted()}}},
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
             "408": r("RequestTimeout"), "429": r("RateLimited"), "503": r("StoreUnavailable")
         }
@@ -429,12 +472,13 @@ fn delete_all_operation() -> Value {
 fn websocket_operation() -> Value {
     json!({
         "operationId": "openWebSocket",
+        "tags": ["WebSocket"],
         "summary": "Open a WebSocket: a live binding of the token's identity",
         "description": "Each call notification for the identity arrives as one text frame holding exactly the JSON Twilio sent. The server pings; a client silent for two ping intervals is dropped. Close codes the server sends: 1001 (going away: shutdown; reconnect, to another replica) and 4001 (access token expired: the token the socket was opened with is no longer accepted, at its `exp` plus 30 s of clock-skew leeway; reconnect with a fresh token, ideally before then).",
         "security": [{"bearer": []}, {}],
         "parameters": [
-            {"name": "access_token", "in": "query", "required": false, "description": "A Twilio Access Token, for clients that cannot set headers (browsers).", "schema": {"type": "string", "maxLength": 8192}},
-            {"name": "device_id", "in": "query", "required": false, "schema": {"$ref": "#/components/schemas/DeviceId"}}
+            {"name": "access_token", "in": "query", "required": false, "description": "A Twilio Access Token, for clients that cannot set headers (browsers).", "schema": {"type": "string", "maxLength": 8192}, "example": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImN0eSI6InR3aWxpby1mcGE7dj0xIn0.payload.signature"},
+            {"name": "device_id", "in": "query", "required": false, "description": "Names the device, so its sockets and bindings can be told apart in the list.", "schema": {"$ref": "#/components/schemas/DeviceId"}, "example": "laptop-browser"}
         ],
         "responses": {
             "101": {"description": "Switching protocols: the socket is open."},

@@ -1,0 +1,132 @@
+//! Examples for the OpenAPI document: one request and one answer for every operation. The
+//! bindings come from `bindings-schema/examples/` (which the schema tests check); the rest
+//! are written here, and a test checks every example against its schema.
+
+use serde_json::{Value, json};
+
+const APNS_REQUEST: &str =
+    include_str!("../../../bindings-schema/examples/request/valid/apns-voip-explicit.json");
+const FCM_REQUEST: &str =
+    include_str!("../../../bindings-schema/examples/request/valid/fcm-with-app-and-device-id.json");
+const APNS_BINDING: &str =
+    include_str!("../../../bindings-schema/examples/binding/valid/apns-voip-production.json");
+const FCM_BINDING: &str =
+    include_str!("../../../bindings-schema/examples/binding/valid/fcm-android.json");
+
+fn parsed(text: &str) -> Value {
+    serde_json::from_str(text).expect("bindings-schema examples are JSON")
+}
+
+/// `{"name": {"summary": …, "value": …}}`, the shape of an OpenAPI `examples` map.
+fn one(name: &str, summary: &str, value: Value) -> Value {
+    json!({ name: {"summary": summary, "value": value} })
+}
+
+/// A call notification as Twilio sends it for an incoming call to `client:alice`.
+pub fn notification() -> Value {
+    one(
+        "incomingCall",
+        "An incoming call to client:alice",
+        json!({
+            "twi_account_sid": "AC3f9a2b7c1d4e5f60718293a4b5c6d7e8",
+            "twi_bridge_token": "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0.bridge-token",
+            "twi_call_sid": "CA8c4b2e1f9d7a3b5c6e0f1a2b3c4d5e6f",
+            "twi_from": "client:bob",
+            "twi_to": "client:alice",
+            "twi_message_id": "RM5f2e8b1c9d4a7e3f6b0c1d2e3f4a5b6c",
+            "twi_message_type": "twilio.voice.call",
+            "twi_params": "customer=42"
+        }),
+    )
+}
+
+pub fn delivered() -> Value {
+    one(
+        "delivered",
+        "Delivered to one of two bindings; the other failed and was kept",
+        json!({"delivered": 1, "failed": 1, "removed": 0}),
+    )
+}
+
+pub fn duplicate() -> Value {
+    one(
+        "duplicate",
+        "Twilio's retry of a notification already delivered",
+        json!({"delivered": 0, "failed": 0, "removed": 0, "duplicate": true}),
+    )
+}
+
+pub fn not_delivered() -> Value {
+    one(
+        "allFailed",
+        "No binding accepted it",
+        json!({"delivered": 0, "failed": 2, "removed": 0}),
+    )
+}
+
+pub fn in_progress() -> Value {
+    one(
+        "inProgress",
+        "Another attempt at this twi_message_id is still delivering it",
+        json!({
+            "type": "urn:callrelay:problem:notification-in-progress",
+            "title": "Notification in progress",
+            "status": 503,
+            "detail": "another attempt is delivering this notification; retry after 2 s"
+        }),
+    )
+}
+
+pub fn apns_request() -> Value {
+    one(
+        "apnsVoip",
+        "An iPhone's VoIP push token",
+        parsed(APNS_REQUEST),
+    )
+}
+
+pub fn fcm_request() -> Value {
+    one(
+        "fcmAndroid",
+        "An Android device's FCM registration token",
+        parsed(FCM_REQUEST),
+    )
+}
+
+pub fn apns_binding() -> Value {
+    one("apnsVoip", "An APNs VoIP binding", parsed(APNS_BINDING))
+}
+
+pub fn fcm_binding() -> Value {
+    one("fcmAndroid", "An FCM binding", parsed(FCM_BINDING))
+}
+
+pub fn binding_list() -> Value {
+    one(
+        "phoneAndBrowser",
+        "An identity with an iPhone binding and a browser tab open",
+        json!({
+            "bindings": [parsed(APNS_BINDING)],
+            "sockets": [{
+                "id": "3c9e1f7a2b4d4c6e8f0a1b2c3d4e5f60",
+                "account_sid": "AC3f9a2b7c1d4e5f60718293a4b5c6d7e8",
+                "identity": "alice",
+                "channel": "websocket",
+                "device_id": "laptop-browser",
+                "connected_at": "2025-03-14T09:30:00Z"
+            }]
+        }),
+    )
+}
+
+pub fn deleted() -> Value {
+    one("two", "Two bindings removed", json!({"deleted": 2}))
+}
+
+pub fn openapi_document() -> Value {
+    one(
+        "abridged",
+        "The start of this document",
+        json!({"openapi": "3.1.0", "info": {"title": "callrelay"}}),
+    )
+}
