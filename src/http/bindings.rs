@@ -132,24 +132,10 @@ fn request_body(
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !is_json {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-            "send the binding as Content-Type: application/json",
-        ));
+        return Err(Problem::not_json());
     }
     let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!(
-                "the body is larger than {} bytes",
-                state.config.limits.max_binding_bytes
-            )
-        } else {
-            rejection.body_text()
-        };
-        Problem::body_rejected(status, detail)
+        Problem::body_rejected(rejection, state.config.limits.max_binding_bytes)
     })?;
     BindingRequest::parse(&body).map_err(|e| BindingError::from(e).into())
 }

@@ -117,10 +117,5 @@ async fn openapi_json() -> axum::Json<serde_json::Value> {
 }
 
 async fn not_found() -> problem::Problem {
-    problem::Problem::new(
-        axum::http::StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        "no such endpoint",
-    )
+    problem::Problem::no_such_endpoint()
 }
