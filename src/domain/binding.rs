@@ -108,6 +108,35 @@ pub struct BindingRequest {
     pub ttl_seconds: u64,
 }
 
+impl BindingRequest {
+    /// The binding this request registers at `now`, once the caller's (account, identity)
+    /// and the app serving it are settled.
+    pub fn into_binding(
+        self,
+        id: BindingId,
+        account_sid: AccountSid,
+        identity: Identity,
+        app: String,
+        now: OffsetDateTime,
+    ) -> Binding {
+        Binding {
+            id,
+            account_sid,
+            identity,
+            channel: self.channel,
+            address: self.address,
+            app,
+            apns_environment: self.apns_environment,
+            push_type: self.push_type,
+            device_id: self.device_id,
+            ttl_seconds: self.ttl_seconds,
+            created_at: now,
+            updated_at: now,
+            expires_at: now + Duration::from_secs(self.ttl_seconds),
+        }
+    }
+}
+
 /// Why a binding was refused; `field` names the member (empty for the document itself).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{message}", if field.is_empty() { String::new() } else { format!("{field}: ") })]

@@ -59,18 +59,12 @@ async fn accept(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, UpgradeError> {
     let Query(params) = params.map_err(|_| UpgradeError::Query)?;
-    let from_header = headers
+    let header = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
-    let token = from_header
-        .or(params.access_token)
-        .ok_or(UpgradeError::Unauthenticated(AuthError::Missing))?;
+        .and_then(|v| v.to_str().ok());
     let verified = state
         .auth
-        .access_token(&token)
+        .socket_token(header, params.access_token.as_deref())
         .map_err(UpgradeError::Unauthenticated)?;
     if let Some(device_id) = &params.device_id
         && !valid_device_id(device_id)
