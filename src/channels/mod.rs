@@ -1,9 +1,10 @@
-//! Delivery channels. Each takes one target and the notification and says what happened;
-//! none of them touches HTTP routing or decides what a webhook answers.
+//! Delivery channels: the WebSocket channel and a push app per configured `[[apps]]` entry.
+//! Each takes what it delivers to (a socket's presence, a push binding) and the notification
+//! and says what happened; none of them touches HTTP routing or decides what a webhook answers.
 
 pub mod apns;
 pub mod fcm;
-pub mod http;
+pub mod push_client;
 pub mod retry;
 pub mod websocket;
 
@@ -53,31 +54,45 @@ impl Outcome {
     }
 }
 
+/// A push app (APNs or FCM, one per configured `[[apps]]` entry): pushes a notification to
+/// one of its bindings. Sockets are the WebSocket channel's, delivered to by its own method.
 #[async_trait]
-pub trait Channel: Send + Sync + 'static {
-    /// Delivers `notification` to `target`, giving up at `deadline`.
-    async fn deliver(
+pub trait PushApp: Send + Sync + 'static {
+    /// Pushes `notification` to `binding`'s device, giving up at `deadline`.
+    async fn push(
         &self,
-        target: &Target,
+        binding: &Binding,
         notification: &CallNotification,
         deadline: Instant,
     ) -> Outcome;
 }
 
-/// Every channel this process can deliver through: the WebSocket channel and one push
-/// channel per configured app.
+/// Every channel this process can deliver through: the WebSocket channel and one push app
+/// per configured app.
 #[derive(Clone)]
 pub struct Channels {
     pub websocket: Arc<websocket::WebSocketChannel>,
-    pub apps: HashMap<String, Arc<dyn Channel>>,
+    pub apps: HashMap<String, Arc<dyn PushApp>>,
 }
 
 impl Channels {
-    /// The channel serving `target`, if it is still configured.
-    pub fn for_target(&self, target: &Target) -> Option<Arc<dyn Channel>> {
+    /// Delivers `notification` to `target` through the channel serving it.
+    pub async fn deliver(
+        &self,
+        target: &Target,
+        notification: &CallNotification,
+        deadline: Instant,
+    ) -> Outcome {
         match target {
-            Target::Socket(_) => Some(self.websocket.clone() as Arc<dyn Channel>),
-            Target::Push(b) => self.apps.get(&b.app).cloned(),
+            Target::Socket(presence) => {
+                self.websocket
+                    .deliver(presence, notification, deadline)
+                    .await
+            }
+            Target::Push(binding) => match self.apps.get(&binding.app) {
+                Some(app) => app.push(binding, notification, deadline).await,
+                None => Outcome::Failed("the binding's app is not configured".into()),
+            },
         }
     }
 }
@@ -145,9 +160,9 @@ impl std::error::Error for ChannelConfigErrors {}
 /// Every app is tried, so the error names each broken one.
 pub fn push_channels(
     config: &crate::config::Config,
-    mut given: HashMap<String, Arc<dyn Channel>>,
+    mut given: HashMap<String, Arc<dyn PushApp>>,
     metrics: &Arc<crate::metrics::Metrics>,
-) -> Result<HashMap<String, Arc<dyn Channel>>, ChannelConfigErrors> {
+) -> Result<HashMap<String, Arc<dyn PushApp>>, ChannelConfigErrors> {
     use crate::domain::PushChannel;
     let mut channels = HashMap::new();
     let mut errors = Vec::new();
@@ -156,14 +171,14 @@ pub fn push_channels(
             channels.insert(app.name.clone(), channel);
             continue;
         }
-        let built: Result<Arc<dyn Channel>, SettingsError> = match app.channel {
+        let built: Result<Arc<dyn PushApp>, SettingsError> = match app.channel {
             PushChannel::Apns => {
                 apns::ApnsChannel::from_config(&app.name, &app.settings, metrics.clone())
-                    .map(|c| Arc::new(c) as Arc<dyn Channel>)
+                    .map(|c| Arc::new(c) as Arc<dyn PushApp>)
             }
             PushChannel::Fcm => {
                 fcm::FcmChannel::from_config(&app.name, &app.settings, metrics.clone())
-                    .map(|c| Arc::new(c) as Arc<dyn Channel>)
+                    .map(|c| Arc::new(c) as Arc<dyn PushApp>)
             }
         };
         match built {

@@ -58,7 +58,7 @@ enum ConfigCommand {
 
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
-    crate::channels::http::install_crypto_provider();
+    crate::channels::push_client::install_crypto_provider();
     // These need no configuration, or read only what they need of it.
     match cli.command {
         Command::Openapi => return print_openapi(),

@@ -819,7 +819,7 @@ async fn check_config_names_the_broken_apns_setting() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement, not a check: run in release mode by hand"]
 async fn throughput() {
-    use callrelay::channels::{Channel, Outcome, Target};
+    use callrelay::channels::{Outcome, PushApp};
     use callrelay::domain::{
         AccountSid, ApnsEnvironment, Binding, BindingId, CallNotification, Identity, PushChannel,
         PushType,
@@ -846,7 +846,7 @@ async fn throughput() {
         updated_at: now,
         expires_at: now + Duration::from_secs(3600),
     };
-    let target = Target::Push(binding);
+    let target = binding;
     let notification =
         CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
 
@@ -875,7 +875,7 @@ async fn throughput() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for _ in 0..connections {
             assert_eq!(
-                channel.deliver(&target, &notification, deadline).await,
+                channel.push(&target, &notification, deadline).await,
                 Outcome::Delivered
             );
         }
@@ -886,7 +886,7 @@ async fn throughput() {
                 let (target, notification) = (&target, &notification);
                 async move {
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                    channel.deliver(target, notification, deadline).await
+                    channel.push(target, notification, deadline).await
                 }
             })
             .buffer_unordered(CONCURRENCY)

@@ -643,10 +643,10 @@ mod check_config {
 }
 
 /// A binding to `FCM_TOKEN`, for sends straight through the channel.
-fn direct_target() -> callrelay::channels::Target {
+fn direct_target() -> callrelay::domain::Binding {
     use callrelay::domain::{AccountSid, Binding, BindingId, Identity, PushChannel};
     let now = time::OffsetDateTime::now_utc();
-    callrelay::channels::Target::Push(Binding {
+    Binding {
         id: BindingId::parse("direct").unwrap(),
         account_sid: AccountSid::parse(ACCOUNT).unwrap(),
         identity: Identity::parse("bob").unwrap(),
@@ -660,7 +660,7 @@ fn direct_target() -> callrelay::channels::Target {
         created_at: now,
         updated_at: now,
         expires_at: now + time::Duration::hours(1),
-    })
+    }
 }
 
 /// An FCM channel for `mock`'s project, built as the core builds it.
@@ -688,17 +688,17 @@ fn direct_channel(
 /// `count` sends straight through `channel`, `in_flight` at a time.
 async fn send_many(
     channel: &std::sync::Arc<callrelay::channels::fcm::FcmChannel>,
-    target: &callrelay::channels::Target,
+    target: &callrelay::domain::Binding,
     notification: &callrelay::domain::CallNotification,
     count: usize,
     in_flight: usize,
 ) -> Vec<callrelay::channels::Outcome> {
-    use callrelay::channels::Channel;
+    use callrelay::channels::PushApp;
     use futures_util::StreamExt;
     futures_util::stream::iter(0..count)
         .map(|_| async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            channel.deliver(target, notification, deadline).await
+            channel.push(target, notification, deadline).await
         })
         .buffer_unordered(in_flight)
         .collect()
@@ -711,7 +711,7 @@ async fn send_many(
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement, not a check; run it in release mode"]
 async fn throughput() {
-    use callrelay::channels::{Channel, Outcome};
+    use callrelay::channels::{Outcome, PushApp};
     use callrelay::domain::CallNotification;
     use futures_util::StreamExt;
 
@@ -729,7 +729,7 @@ async fn throughput() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for _ in 0..connections {
             assert_eq!(
-                channel.deliver(&target, &notification, deadline).await,
+                channel.push(&target, &notification, deadline).await,
                 Outcome::Delivered
             );
         }

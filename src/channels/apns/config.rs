@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::channels::push_client::{check_base_url, check_connections, settings_error};
 use crate::channels::{SettingsError, parse_settings};
-use crate::config::{ConfigError, Secret, lenient};
+use crate::config::{Secret, lenient};
 
 pub const DEFAULT_PRODUCTION_URL: &str = "https://api.push.apple.com";
 pub const DEFAULT_SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
@@ -113,16 +114,16 @@ fn validate(raw: Raw) -> Result<ApnsSettings, SettingsError> {
 
     let base = raw
         .base_url
-        .map(|u| normalise_url("base_url", &u))
+        .map(|u| check_base_url("base_url", &u))
         .transpose()?;
     let production_url = match raw.production_url {
-        Some(u) => normalise_url("production_url", &u)?,
+        Some(u) => check_base_url("production_url", &u)?,
         None => base
             .clone()
             .unwrap_or_else(|| DEFAULT_PRODUCTION_URL.to_owned()),
     };
     let sandbox_url = match raw.sandbox_url {
-        Some(u) => normalise_url("sandbox_url", &u)?,
+        Some(u) => check_base_url("sandbox_url", &u)?,
         None => base.unwrap_or_else(|| DEFAULT_SANDBOX_URL.to_owned()),
     };
 
@@ -144,13 +145,10 @@ fn validate(raw: Raw) -> Result<ApnsSettings, SettingsError> {
             format!("must be 1 to {MAX_ALERT_TEMPLATE_LEN} bytes of text"),
         ));
     }
-    let connections = raw.connections.unwrap_or(DEFAULT_CONNECTIONS);
-    if !(1..=MAX_CONNECTIONS).contains(&connections) {
-        return Err(SettingsError::new(
-            "connections",
-            format!("{connections} is out of range (1..={MAX_CONNECTIONS})"),
-        ));
-    }
+    let connections = check_connections(
+        raw.connections.unwrap_or(DEFAULT_CONNECTIONS),
+        MAX_CONNECTIONS,
+    )?;
     Ok(ApnsSettings {
         topic,
         auth,
@@ -159,7 +157,7 @@ fn validate(raw: Raw) -> Result<ApnsSettings, SettingsError> {
         ca_file: raw.ca_file,
         ringing_window: Duration::from_secs(window),
         alert_template,
-        connections: connections as usize,
+        connections,
     })
 }
 
@@ -310,33 +308,7 @@ fn secret(
     inline: Option<String>,
     file: Option<PathBuf>,
 ) -> Result<Option<Secret>, SettingsError> {
-    crate::config::secret(key, inline, file).map_err(|e| match e {
-        ConfigError::Invalid { key, message } => SettingsError::new(key, message),
-        other => SettingsError::new(key, other.to_string()),
-    })
-}
-
-/// HTTPS only: the requests carry provider tokens. A path prefix is kept (proxies and tests
-/// route on it); the trailing slash goes so that `<base>/3/device/…` has one slash.
-fn normalise_url(key: &str, url: &str) -> Result<String, SettingsError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| SettingsError::new(key, format!("`{url}` is not a URL: {e}")))?;
-    if parsed.scheme() != "https" {
-        return Err(SettingsError::new(key, "must be an https:// URL"));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(SettingsError::new(key, "has no host"));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(SettingsError::new(
-            key,
-            "must not have a query string or a fragment",
-        ));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(SettingsError::new(key, "must not carry credentials"));
-    }
-    Ok(url.trim_end_matches('/').to_owned())
+    crate::config::secret(key, inline, file).map_err(|e| settings_error(key, e))
 }
 
 #[cfg(test)]

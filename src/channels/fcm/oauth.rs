@@ -60,6 +60,15 @@ impl AccessToken {
     pub fn bearer(&self) -> &str {
         self.value.expose()
     }
+
+    /// A token as a fake token endpoint hands it out.
+    #[cfg(test)]
+    pub fn fake(value: &str) -> Arc<Self> {
+        Arc::new(Self {
+            value: Secret::new(value.to_owned()),
+            renew_at: Instant::now(),
+        })
+    }
 }
 
 /// What a token endpoint handed out.
@@ -241,13 +250,13 @@ impl TokenSource {
         let give_up = deadline.min(tokio::time::Instant::now() + FETCH_TIMEOUT);
         let response = match tokio::time::timeout_at(give_up, request).await {
             Err(_) => return Err(format!("{} did not answer in time", self.account.token_uri)),
-            Ok(Err(e)) => return Err(super::describe(&e)),
+            Ok(Err(e)) => return Err(crate::channels::push_client::describe(e)),
             Ok(Ok(r)) => r,
         };
         let status = response.status();
         let body = match tokio::time::timeout_at(give_up, response.bytes()).await {
             Err(_) => return Err(format!("{} did not answer in time", self.account.token_uri)),
-            Ok(Err(e)) => return Err(super::describe(&e)),
+            Ok(Err(e)) => return Err(crate::channels::push_client::describe(e)),
             Ok(Ok(b)) => b,
         };
         if !status.is_success() {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use callrelay::auth::access_token;
 use callrelay::auth::signature::{self, SignatureAlgorithm};
-use callrelay::channels::Channel;
+use callrelay::channels::PushApp;
 use callrelay::clock::Clock;
 use callrelay::config::Secret;
 use callrelay::domain::{AccountSid, ApiKeySid, Identity};
@@ -49,7 +49,7 @@ pub fn init_logging() {
     INIT.call_once(|| {
         // The tests' own reqwest clients need the process's rustls provider (reqwest is built
         // with `rustls-no-provider`); callrelay installs it in `start`, after they exist.
-        callrelay::channels::http::install_crypto_provider();
+        callrelay::channels::push_client::install_crypto_provider();
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(
@@ -241,7 +241,7 @@ pub async fn spawn_with_clock(config: TestConfig, clock: Option<Arc<dyn Clock>>)
         admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let mut fakes = HashMap::new();
-    let mut push_channels: HashMap<String, Arc<dyn Channel>> = HashMap::new();
+    let mut push_channels: HashMap<String, Arc<dyn PushApp>> = HashMap::new();
     for (name, _) in &config.fake_apps {
         let fake = FakeChannel::new();
         fakes.insert(name.to_string(), fake.clone());

@@ -194,11 +194,11 @@ mod tests {
             ca.server_config(None),
         )
         .await;
-        let tls = callrelay::channels::http::TlsSettings {
-            extra_ca: callrelay::channels::http::load_ca_file(&ca.ca_file).unwrap(),
+        let tls = callrelay::channels::push_client::TlsSettings {
+            extra_ca: callrelay::channels::push_client::load_ca_file(&ca.ca_file).unwrap(),
             identity: None,
         };
-        let client = callrelay::channels::http::client(&tls).unwrap();
+        let client = callrelay::channels::push_client::client(&tls).unwrap();
         for _ in 0..3 {
             let r = client.get(server.url()).send().await.unwrap();
             assert_eq!(r.version(), reqwest::Version::HTTP_2);
@@ -210,7 +210,7 @@ mod tests {
             "one connection carries every request"
         );
         // Without the CA the server is not trusted.
-        let plain = callrelay::channels::http::client(&Default::default()).unwrap();
+        let plain = callrelay::channels::push_client::client(&Default::default()).unwrap();
         assert!(plain.get(server.url()).send().await.is_err());
     }
 }
