@@ -97,6 +97,18 @@ impl Channels {
     }
 }
 
+/// Counts one push attempt's `result` in `callrelay_push_results_total`.
+fn count_push(metrics: &crate::metrics::Metrics, app: &str, channel: &'static str, result: &str) {
+    metrics
+        .push_results
+        .get_or_create(&crate::metrics::PushLabels {
+            app: app.to_owned(),
+            channel,
+            result: result.to_owned(),
+        })
+        .inc();
+}
+
 /// A push app whose settings are wrong or whose key or certificate cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("apps[{index}].{key}: {message} (app `{name}`)")]

@@ -30,7 +30,7 @@ use super::push_client::{Pool, TlsSettings, extra_ca};
 use super::retry::Backoff;
 use super::{Outcome, PushApp, SettingsError};
 use crate::domain::{ApnsEnvironment, Binding, CallNotification, PushType};
-use crate::metrics::{AppLabels, Metrics, PushLabels};
+use crate::metrics::{AppLabels, Metrics};
 use client::{ApnsClient, Endpoint, HttpClient, Push};
 use config::AuthSettings;
 use response::{Answer, Verdict, verdict};
@@ -132,14 +132,7 @@ impl ApnsChannel {
     }
 
     fn count(&self, result: &str) {
-        self.metrics
-            .push_results
-            .get_or_create(&PushLabels {
-                app: self.app.clone(),
-                channel: "apns",
-                result: result.to_owned(),
-            })
-            .inc();
+        super::count_push(&self.metrics, &self.app, "apns", result);
     }
 
     fn sign(&self, signer: &Signer, issued_at: u64) -> Result<String, String> {

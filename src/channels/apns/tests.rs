@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use jsonwebtoken::EncodingKey;
 
 use super::*;
-use crate::domain::{AccountSid, BindingId, Identity, PushChannel};
+use crate::domain::PushChannel;
+
+const NOTIFICATION: &[u8] =
+    br#"{"twi_account_sid":"AC0123456789abcdef0123456789abcdef","twi_to":"client:bob"}"#;
 
 const T0: u64 = 1_700_000_000;
 const MINUTE: u64 = 60;
@@ -92,25 +95,8 @@ impl Fixture {
 
     async fn push(&self, within: Duration) -> Outcome {
         let now = time::OffsetDateTime::UNIX_EPOCH;
-        let binding = Binding {
-            id: BindingId::parse("b1").unwrap(),
-            account_sid: AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap(),
-            identity: Identity::parse("bob").unwrap(),
-            channel: PushChannel::Apns,
-            address: "a0b1c2d3".into(),
-            app: "ios".into(),
-            apns_environment: None,
-            push_type: None,
-            device_id: None,
-            ttl_seconds: 60,
-            created_at: now,
-            updated_at: now,
-            expires_at: now,
-        };
-        let notification = CallNotification::parse(Bytes::from_static(
-            br#"{"twi_account_sid":"AC0123456789abcdef0123456789abcdef","twi_to":"client:bob"}"#,
-        ))
-        .unwrap();
+        let binding = Binding::example(PushChannel::Apns, "ios", "a0b1c2d3", now);
+        let notification = CallNotification::parse(Bytes::from_static(NOTIFICATION)).unwrap();
         self.channel
             .push(&binding, &notification, Instant::now() + within)
             .await

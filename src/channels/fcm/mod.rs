@@ -22,7 +22,7 @@ use super::push_client::{Pool, TlsSettings};
 use super::retry::Backoff;
 use super::{Outcome, PushApp, SettingsError};
 use crate::domain::{Binding, CallNotification};
-use crate::metrics::{Metrics, PushLabels};
+use crate::metrics::Metrics;
 use client::{FcmClient, HttpClient};
 use config::FcmSettings;
 use message::MessageError;
@@ -78,14 +78,7 @@ impl FcmChannel {
     }
 
     fn count(&self, result: &str) {
-        self.metrics
-            .push_results
-            .get_or_create(&PushLabels {
-                app: self.app.clone(),
-                channel: "fcm",
-                result: result.to_owned(),
-            })
-            .inc();
+        super::count_push(&self.metrics, &self.app, "fcm", result);
     }
 
     /// Sends `body`, renewing the access token once on `401` and retrying transient failures

@@ -8,7 +8,10 @@ use reqwest::StatusCode;
 
 use super::oauth::AccessToken;
 use super::*;
-use crate::domain::{AccountSid, BindingId, Identity, PushChannel};
+use crate::domain::PushChannel;
+
+const NOTIFICATION: &[u8] =
+    br#"{"twi_account_sid":"AC0123456789abcdef0123456789abcdef","twi_to":"client:bob"}"#;
 
 /// Hands out tokens `t1`, `t2`… (a new one after each refusal), answers sends as scripted
 /// (then `200`), and records the token of each send.
@@ -87,25 +90,8 @@ fn fixture() -> (FcmChannel, Arc<Scripted>) {
 
 async fn push(channel: &FcmChannel, within: Duration) -> Outcome {
     let now = time::OffsetDateTime::UNIX_EPOCH;
-    let binding = Binding {
-        id: BindingId::parse("b1").unwrap(),
-        account_sid: AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap(),
-        identity: Identity::parse("bob").unwrap(),
-        channel: PushChannel::Fcm,
-        address: "fcm-token".into(),
-        app: "android".into(),
-        apns_environment: None,
-        push_type: None,
-        device_id: None,
-        ttl_seconds: 60,
-        created_at: now,
-        updated_at: now,
-        expires_at: now,
-    };
-    let notification = CallNotification::parse(Bytes::from_static(
-        br#"{"twi_account_sid":"AC0123456789abcdef0123456789abcdef","twi_to":"client:bob"}"#,
-    ))
-    .unwrap();
+    let binding = Binding::example(PushChannel::Fcm, "android", "fcm-token", now);
+    let notification = CallNotification::parse(Bytes::from_static(NOTIFICATION)).unwrap();
     channel
         .push(&binding, &notification, Instant::now() + within)
         .await
