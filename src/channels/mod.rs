@@ -14,8 +14,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::domain::SocketPresence;
 use crate::domain::{Binding, CallNotification};
-use crate::store::SocketPresence;
 
 /// Where one copy of a notification goes.
 #[derive(Debug, Clone)]

@@ -475,7 +475,7 @@ fn sections() -> Vec<Section> {
             keys: vec![
                 key(
                     "name",
-                    "The app's name, which bindings give as `app`. Required.",
+                    "The app's name, which bindings give as `app`: 1 to 64 of A-Z, a-z, 0-9, `.`, `_` and `-`.\nRequired.",
                     example("\"ios\""),
                 ),
                 key("channel", "apns.", example("\"apns\"")),
@@ -578,7 +578,7 @@ fn sections() -> Vec<Section> {
             keys: vec![
                 key(
                     "name",
-                    "The app's name, which bindings give as `app`. Required.",
+                    "The app's name, which bindings give as `app`: 1 to 64 of A-Z, a-z, 0-9, `.`, `_` and `-`.\nRequired.",
                     example("\"android\""),
                 ),
                 key("channel", "fcm.", example("\"fcm\"")),

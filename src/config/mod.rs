@@ -586,6 +586,10 @@ fn validate_apps(raw: Vec<raw::RawApp>) -> Result<Vec<AppConfig>, ConfigError> {
             .name
             .filter(|n| !n.is_empty())
             .ok_or_else(|| ConfigError::invalid(format!("{key}.name"), "is required"))?;
+        // Bindings name their app, and metrics label by it: a name no binding could give
+        // would leave the app unreachable.
+        crate::domain::check_app_name(&name)
+            .map_err(|m| ConfigError::invalid(format!("{key}.name"), m))?;
         if !names.insert(name.clone()) {
             return Err(ConfigError::invalid(
                 format!("{key}.name"),

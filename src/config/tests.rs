@@ -197,6 +197,21 @@ fn environment_overrides_the_file_and_accepts_numbers_as_strings() {
 }
 
 #[test]
+fn app_names_are_ones_a_binding_can_give() {
+    for name in ["my app", "ios/voip", &"a".repeat(65)] {
+        let err =
+            from_toml_str(&format!("[[apps]]\nname = \"{name}\"\nchannel = \"fcm\"")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("apps[0].name:"),
+            "{name}: {err}"
+        );
+    }
+    let config =
+        from_toml_str("[[apps]]\nname = \"com.example_voice-2\"\nchannel = \"fcm\"").unwrap();
+    assert_eq!(config.apps[0].name, "com.example_voice-2");
+}
+
+#[test]
 fn apps_need_a_known_channel_and_unique_names() {
     let err = from_toml_str("[[apps]]\nname = \"a\"\nchannel = \"sms\"").unwrap_err();
     assert!(err.to_string().starts_with("apps[0].channel"), "{err}");

@@ -13,9 +13,9 @@ use super::AppState;
 use super::extract::{JsonBinding, Named, PathId, Scope};
 use super::problem::Problem;
 use crate::auth::Caller;
+use crate::domain::SocketPresence;
 use crate::domain::{AccountSid, Binding, Identity};
 use crate::metrics::{BindingOpLabels, Metrics};
-use crate::store::SocketPresence;
 
 #[derive(Serialize)]
 struct SocketView<'a> {

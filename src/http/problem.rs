@@ -204,11 +204,6 @@ impl Problem {
         )
     }
 
-    /// A query string the extractor could not read.
-    pub fn malformed_query(detail: impl Into<String>) -> Self {
-        Self::new(Kind::BadRequest, detail)
-    }
-
     /// A request body the extractor refused: over `limit` bytes, or unreadable.
     pub fn body_rejected(rejection: BytesRejection, limit: usize) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

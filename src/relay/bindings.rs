@@ -3,8 +3,8 @@
 
 use super::{BindingError, Relay};
 use crate::auth::Caller;
+use crate::domain::SocketPresence;
 use crate::domain::{AccountSid, Binding, BindingId, BindingRequest, Identity};
-use crate::store::SocketPresence;
 
 /// The (account, identity) a request acts on, once the caller is allowed to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,9 +26,10 @@ use wire::WireMessage;
 use super::Outcome;
 use crate::clock::Clock;
 use crate::config::{Limits, WebSocketConfig};
+use crate::domain::SocketPresence;
 use crate::domain::{AccountSid, CallNotification, Identity};
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::store::{SocketPresence, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Presences written per store round trip when renewing.
 const RENEW_BATCH: usize = 500;
