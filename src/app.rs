@@ -30,7 +30,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Channel(#[from] channels::ChannelConfigErrors),
+    Channel(#[from] crate::config::apps::AppErrors),
 }
 
 /// Listeners bound by the caller.

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::domain::SocketPresence;
-use crate::domain::{Binding, CallNotification};
+use crate::config::AppSettings;
+use crate::config::apps::{AppError, AppErrors, SettingsError};
+use crate::domain::{Binding, CallNotification, SocketPresence};
 
 /// Where one copy of a notification goes.
 #[derive(Debug, Clone)]
@@ -109,73 +110,14 @@ fn count_push(metrics: &crate::metrics::Metrics, app: &str, channel: &'static st
         .inc();
 }
 
-/// A push app whose settings are wrong or whose key or certificate cannot be loaded.
-#[derive(Debug, thiserror::Error)]
-#[error("apps[{index}].{key}: {message} (app `{name}`)")]
-pub struct ChannelConfigError {
-    pub index: usize,
-    pub name: String,
-    pub key: String,
-    pub message: String,
-}
-
-/// What a channel reports about its own settings; `key` is relative to the app's table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SettingsError {
-    pub key: String,
-    pub message: String,
-}
-
-impl SettingsError {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Reads an app's channel-specific settings into `T`, naming the key on error.
-pub fn parse_settings<T: serde::de::DeserializeOwned>(
-    table: &toml::Table,
-) -> Result<T, SettingsError> {
-    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
-        let key = e.path().to_string();
-        SettingsError::new(
-            if key == "." { "settings".into() } else { key },
-            e.into_inner().to_string(),
-        )
-    })
-}
-
-/// Every broken push app of a configuration, in the order of `[[apps]]`: `check-config`
-/// reports them all at once rather than one per run.
-#[derive(Debug)]
-pub struct ChannelConfigErrors(pub Vec<ChannelConfigError>);
-
-impl std::fmt::Display for ChannelConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ChannelConfigErrors {}
-
-/// One push channel per configured app: `given` ones first, the rest built from the
-/// configuration (which loads every key and certificate, so a broken one is named here).
-/// Every app is tried, so the error names each broken one.
+/// One push app per configured app: `given` ones first, the rest built from their settings.
+/// Configuration has read and loaded the settings, so only an HTTP client that cannot be built
+/// with them fails here; every app is tried, so the error names each one.
 pub fn push_channels(
     config: &crate::config::Config,
     mut given: HashMap<String, Arc<dyn PushApp>>,
     metrics: &Arc<crate::metrics::Metrics>,
-) -> Result<HashMap<String, Arc<dyn PushApp>>, ChannelConfigErrors> {
-    use crate::domain::PushChannel;
+) -> Result<HashMap<String, Arc<dyn PushApp>>, AppErrors> {
     let mut channels = HashMap::new();
     let mut errors = Vec::new();
     for (index, app) in config.apps.iter().enumerate() {
@@ -183,13 +125,13 @@ pub fn push_channels(
             channels.insert(app.name.clone(), channel);
             continue;
         }
-        let built: Result<Arc<dyn PushApp>, SettingsError> = match app.channel {
-            PushChannel::Apns => {
-                apns::ApnsChannel::from_config(&app.name, &app.settings, metrics.clone())
+        let built: Result<Arc<dyn PushApp>, SettingsError> = match &app.settings {
+            AppSettings::Apns(settings) => {
+                apns::ApnsChannel::new(&app.name, settings, metrics.clone())
                     .map(|c| Arc::new(c) as Arc<dyn PushApp>)
             }
-            PushChannel::Fcm => {
-                fcm::FcmChannel::from_config(&app.name, &app.settings, metrics.clone())
+            AppSettings::Fcm(settings) => {
+                fcm::FcmChannel::new(&app.name, settings, metrics.clone())
                     .map(|c| Arc::new(c) as Arc<dyn PushApp>)
             }
         };
@@ -197,7 +139,7 @@ pub fn push_channels(
             Ok(channel) => {
                 channels.insert(app.name.clone(), channel);
             }
-            Err(e) => errors.push(ChannelConfigError {
+            Err(e) => errors.push(AppError {
                 index,
                 name: app.name.clone(),
                 key: e.key,
@@ -208,6 +150,6 @@ pub fn push_channels(
     if errors.is_empty() {
         Ok(channels)
     } else {
-        Err(ChannelConfigErrors(errors))
+        Err(AppErrors(errors))
     }
 }

@@ -97,7 +97,10 @@ fn secrets_never_show_in_debug_output() {
         "{SERVER}[[accounts]]\nsid = \"{SID}\"\nauth_token = \"authtokenvalue\"\n\
          api_keys = [{{ sid = \"SK0123456789abcdef0123456789abcdef\", secret = \"apisecretvalue\" }}]\n\
          [store]\nredis_url = \"redis://:redispassword@127.0.0.1\"\n\
-         [[apps]]\nname = \"ios\"\nchannel = \"apns\"\nkey = \"inlineapnskey\""
+         [[apps]]\nname = \"android\"\nchannel = \"fcm\"\nservice_account = '''{}'''",
+        apps::fcm::tests::key_json(serde_json::json!({
+            "client_email": "inlineserviceaccount@x.iam.gserviceaccount.com"
+        }))
     ))
     .unwrap();
     let dump = format!("{config:?}");
@@ -105,7 +108,8 @@ fn secrets_never_show_in_debug_output() {
         "authtokenvalue",
         "apisecretvalue",
         "redispassword",
-        "inlineapnskey",
+        "inlineserviceaccount",
+        "PRIVATE KEY",
     ] {
         assert!(!dump.contains(secret), "{secret} in {dump}");
     }
@@ -206,9 +210,14 @@ fn app_names_are_ones_a_binding_can_give() {
             "{name}: {err}"
         );
     }
-    let config =
-        from_toml_str("[[apps]]\nname = \"com.example_voice-2\"\nchannel = \"fcm\"").unwrap();
-    assert_eq!(config.apps[0].name, "com.example_voice-2");
+    // A good name passes, and the app is refused for what it lacks.
+    let err =
+        from_toml_str("[[apps]]\nname = \"com.example_voice-2\"\nchannel = \"fcm\"").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("apps[0].service_account_file: is required"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -851,21 +851,20 @@ async fn throughput() {
         CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
 
     for connections in [1, 4] {
-        // The app's table as the core hands it over: without `name` and `channel`.
-        let config: toml::Table = toml::from_str(&apns.token_app(
+        let config = callrelay::config::from_toml_str(&apns.token_app(
             "ios",
             TOPIC,
             &key,
             &format!("connections = {connections}"),
         ))
         .unwrap();
-        let mut table = config["apps"][0].as_table().unwrap().clone();
-        table.remove("name");
-        table.remove("channel");
+        let callrelay::config::AppSettings::Apns(settings) = &config.apps[0].settings else {
+            panic!("an APNs app");
+        };
         let channel = Arc::new(
-            callrelay::channels::apns::ApnsChannel::from_config(
+            callrelay::channels::apns::ApnsChannel::new(
                 "ios",
-                &table,
+                settings,
                 Arc::new(callrelay::metrics::Metrics::new()),
             )
             .unwrap(),

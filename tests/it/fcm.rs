@@ -668,17 +668,20 @@ fn direct_channel(
     mock: &MockFcm,
     connections: usize,
 ) -> std::sync::Arc<callrelay::channels::fcm::FcmChannel> {
-    let settings: toml::Table = toml::from_str(&format!(
-        "service_account_file = \"{}\"\nbase_url = \"{}\"\nca_file = \"{}\"\nconnections = {connections}\n",
+    let config = callrelay::config::from_toml_str(&format!(
+        "[[apps]]\nname = \"android\"\nchannel = \"fcm\"\nservice_account_file = \"{}\"\nbase_url = \"{}\"\nca_file = \"{}\"\nconnections = {connections}\n",
         mock.service_account_file(PROJECT).display(),
         mock.url(),
         mock.ca.ca_file.display()
     ))
     .unwrap();
+    let callrelay::config::AppSettings::Fcm(settings) = &config.apps[0].settings else {
+        panic!("an FCM app");
+    };
     std::sync::Arc::new(
-        callrelay::channels::fcm::FcmChannel::from_config(
+        callrelay::channels::fcm::FcmChannel::new(
             "android",
-            &settings,
+            settings,
             std::sync::Arc::new(callrelay::metrics::Metrics::new()),
         )
         .unwrap(),

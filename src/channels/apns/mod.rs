@@ -12,8 +12,6 @@
 //! provider token is renewed and the push retried once; anything else fails with Apple's reason.
 
 mod client;
-mod config;
-mod credentials;
 mod payload;
 mod response;
 mod token;
@@ -26,13 +24,14 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use tokio::time::Instant;
 
-use super::push_client::{Pool, TlsSettings, extra_ca};
+use super::push_client::{Pool, TlsSettings};
 use super::retry::Backoff;
-use super::{Outcome, PushApp, SettingsError};
+use super::{Outcome, PushApp};
+use crate::config::apps::SettingsError;
+use crate::config::apps::apns::{ApnsAuth, ApnsSettings};
 use crate::domain::{ApnsEnvironment, Binding, CallNotification, PushType};
 use crate::metrics::{AppLabels, Metrics};
 use client::{ApnsClient, Endpoint, HttpClient, Push};
-use config::AuthSettings;
 use response::{Answer, Verdict, verdict};
 use token::{ProviderToken, Signer, TokenCache};
 
@@ -65,67 +64,52 @@ enum Auth {
 }
 
 impl ApnsChannel {
-    /// Reads the app's settings and loads its key or certificate; every problem is named by its
-    /// setting, which is how `check-config` reports a broken `.p8` or certificate.
-    pub fn from_config(
+    /// The channel for `[[apps]]` entry `app`, whose settings configuration has read and whose
+    /// key or certificate it has loaded.
+    pub fn new(
         app: &str,
-        settings: &toml::Table,
+        settings: &ApnsSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SettingsError> {
-        let settings = config::parse(settings)?;
         let mut tls = TlsSettings {
-            extra_ca: extra_ca(settings.ca_file.as_deref())?,
+            extra_ca: settings.extra_ca.clone(),
             identity: None,
         };
-        let now = unix_now() as i64;
-        let (auth, tls_setting) = match settings.auth {
-            AuthSettings::Token {
+        let auth = match &settings.auth {
+            ApnsAuth::Token {
                 team_id,
                 key_id,
                 key,
-                key_setting,
+            } => Auth::Token {
+                signer: Box::new(Signer::new(team_id, key_id, key.clone())),
+                cache: TokenCache::default(),
+            },
+            ApnsAuth::Certificate {
+                identity,
+                not_after,
             } => {
-                let key = credentials::load_p8(&key, key_setting)?;
-                let auth = Auth::Token {
-                    signer: Box::new(Signer::new(&team_id, &key_id, key)),
-                    cache: TokenCache::default(),
-                };
-                (auth, "ca_file")
-            }
-            AuthSettings::Certificate {
-                cert_file,
-                private_key,
-                key_setting,
-            } => {
-                let cert = credentials::load_pem_pair(&cert_file, &private_key, key_setting, now)?;
-                certificate_expiry(&metrics, app, cert.not_after);
-                tls.identity = Some(cert.identity);
-                (Auth::Certificate, "cert_file")
-            }
-            AuthSettings::Pkcs12 { file, password } => {
-                let cert = credentials::load_pkcs12(&file, &password, now)?;
-                certificate_expiry(&metrics, app, cert.not_after);
-                tls.identity = Some(cert.identity);
-                (Auth::Certificate, "pkcs12_file")
+                certificate_expiry(&metrics, app, *not_after);
+                tls.identity = Some(identity.clone());
+                Auth::Certificate
             }
         };
-        let endpoint = |base: String| -> Result<Endpoint, SettingsError> {
+        let endpoint = |base: &str| -> Result<Endpoint, SettingsError> {
             Ok(Endpoint {
-                base,
-                pool: Pool::new(&tls, settings.connections, tls_setting)?,
+                base: base.to_owned(),
+                pool: Pool::new(&tls, settings.connections, settings.tls_setting())?,
             })
         };
         let client = HttpClient {
-            production: endpoint(settings.production_url)?,
-            sandbox: endpoint(settings.sandbox_url)?,
+            production: endpoint(&settings.production_url)?,
+            sandbox: endpoint(&settings.sandbox_url)?,
         };
         Ok(Self {
             app: app.to_owned(),
-            topic: settings.topic,
+            topic: settings.topic.clone(),
             auth,
             client: Box::new(client),
             ringing_window: settings.ringing_window,
-            alert_template: settings.alert_template,
+            alert_template: settings.alert_template.clone(),
             metrics,
             now: Arc::new(unix_now),
         })

@@ -7,7 +7,6 @@
 //! so a base URL and an extra CA point it at a proxy or at the tests' mock.
 
 mod client;
-pub mod config;
 pub mod message;
 pub mod oauth;
 pub mod response;
@@ -20,11 +19,12 @@ use tokio::time::Instant;
 
 use super::push_client::{Pool, TlsSettings};
 use super::retry::Backoff;
-use super::{Outcome, PushApp, SettingsError};
+use super::{Outcome, PushApp};
+use crate::config::apps::SettingsError;
+use crate::config::apps::fcm::FcmSettings;
 use crate::domain::{Binding, CallNotification};
 use crate::metrics::Metrics;
 use client::{FcmClient, HttpClient};
-use config::FcmSettings;
 use message::MessageError;
 use oauth::TokenSource;
 use response::{Attempt, Verdict};
@@ -38,13 +38,13 @@ pub struct FcmChannel {
 }
 
 impl FcmChannel {
-    /// Builds the channel for `[[apps]]` entry `app`, loading its service-account key.
-    pub fn from_config(
+    /// The channel for `[[apps]]` entry `app`, whose settings and service-account key
+    /// configuration has read.
+    pub fn new(
         app: &str,
-        settings: &toml::Table,
+        settings: &FcmSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SettingsError> {
-        let settings = FcmSettings::parse(settings)?;
         let tls = TlsSettings {
             extra_ca: settings.extra_ca.clone(),
             identity: None,
@@ -53,7 +53,7 @@ impl FcmChannel {
         // Token requests go to another host (oauth2.googleapis.com), so sharing the first
         // client costs the sends nothing and needs no second TLS set-up.
         let tokens = TokenSource::new(
-            settings.service_account,
+            settings.service_account.clone(),
             pool.first().clone(),
             app,
             metrics.clone(),
@@ -69,7 +69,7 @@ impl FcmChannel {
             app: app.to_owned(),
             ttl: format!("{}s", settings.ttl.as_secs()),
             client: Box::new(HttpClient {
-                send_url: settings.send_url,
+                send_url: settings.send_url.clone(),
                 pool,
                 tokens,
             }),

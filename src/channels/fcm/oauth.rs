@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 
-use super::config::ServiceAccount;
 use crate::config::Secret;
+use crate::config::apps::fcm::ServiceAccount;
 use crate::metrics::{AppLabels, Metrics};
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -311,7 +311,7 @@ mod tests {
     use jsonwebtoken::{DecodingKey, Validation};
 
     use super::*;
-    use crate::channels::fcm::config::tests::key_json;
+    use crate::config::apps::fcm::tests::key_json;
 
     const PUBLIC_KEY: &str =
         include_str!("../../../tests/fixtures/fcm/test-service-account-key.pub.pem");

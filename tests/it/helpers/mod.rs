@@ -155,7 +155,10 @@ api_keys = [{{ sid = "{OTHER_API_KEY}", secret = "{OTHER_API_SECRET}" }}]
             .fake_apps
             .iter()
             .map(|(name, channel)| {
-                format!("\n[[apps]]\nname = \"{name}\"\nchannel = \"{channel}\"\n")
+                format!(
+                    "\n[[apps]]\nname = \"{name}\"\nchannel = \"{channel}\"\n{}",
+                    fake_app_settings(channel)
+                )
             })
             .collect();
         // Tests sign for the address they send to (bound on port 0, so not known here):
@@ -205,6 +208,29 @@ pub struct TestApp {
     pub admin: String,
     pub http: reqwest::Client,
     pub fakes: HashMap<String, Arc<FakeChannel>>,
+}
+
+/// Settings a fake app's channel accepts, secrets inline: configuration reads and loads them,
+/// though the app is served by a `FakeChannel`.
+fn fake_app_settings(channel: &str) -> String {
+    let quote = |text: &str| format!("'''{text}'''");
+    match channel {
+        "apns" => format!(
+            "topic = \"com.example.voice\"\nteam_id = \"TEAM123456\"\nkey_id = \"KEY1234567\"\nkey = {}\n",
+            quote(&rcgen::KeyPair::generate().unwrap().serialize_pem())
+        ),
+        "fcm" => {
+            let key = serde_json::json!({
+                "type": "service_account",
+                "project_id": "callrelay-fake",
+                "private_key": crate::mocks::fcm::PRIVATE_KEY,
+                "client_email": "relay@callrelay-fake.iam.gserviceaccount.com",
+                "token_uri": "https://oauth2.googleapis.com/token"
+            });
+            format!("service_account = {}\n", quote(&key.to_string()))
+        }
+        other => panic!("no fake app settings for {other}"),
+    }
 }
 
 pub async fn spawn_app() -> TestApp {

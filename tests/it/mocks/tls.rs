@@ -195,7 +195,7 @@ mod tests {
         )
         .await;
         let tls = callrelay::channels::push_client::TlsSettings {
-            extra_ca: callrelay::channels::push_client::load_ca_file(&ca.ca_file).unwrap(),
+            extra_ca: callrelay::config::apps::load_ca_file(&ca.ca_file).unwrap(),
             identity: None,
         };
         let client = callrelay::channels::push_client::client(&tls).unwrap();

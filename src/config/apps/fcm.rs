@@ -9,8 +9,7 @@ use jsonwebtoken::EncodingKey;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::channels::push_client::{check_base_url, check_connections, extra_ca, settings_error};
-use crate::channels::{SettingsError, parse_settings};
+use super::{SettingsError, check_base_url, check_connections, extra_ca, parse_settings, secret};
 use crate::config::lenient;
 
 pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
@@ -39,8 +38,8 @@ struct RawSettings {
     connections: Option<u64>,
 }
 
-/// An FCM app's settings, validated.
-#[derive(Debug)]
+/// An FCM app's settings, validated, its key and extra CA loaded.
+#[derive(Debug, Clone)]
 pub struct FcmSettings {
     pub service_account: ServiceAccount,
     /// The project messages are sent to: `project_id` if set, else the key's.
@@ -53,7 +52,7 @@ pub struct FcmSettings {
 }
 
 /// The members of a Google service-account key file that the OAuth grant needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServiceAccount {
     pub client_email: String,
     /// Becomes the assertion's `kid`, so Google can pick the right public key at once.
@@ -64,7 +63,8 @@ pub struct ServiceAccount {
 }
 
 /// The service account's RSA key, ready to sign. Its `Debug` never shows it.
-pub struct PrivateKey(pub(super) EncodingKey);
+#[derive(Clone)]
+pub struct PrivateKey(pub(crate) EncodingKey);
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -89,9 +89,8 @@ impl FcmSettings {
                 } else {
                     "service_account"
                 };
-                let secret = crate::config::secret("service_account", inline, file)
-                    .map_err(|e| settings_error("service_account", e))?
-                    .expect("one of the two is set");
+                let secret =
+                    secret("service_account", inline, file)?.expect("one of the two is set");
                 (secret, key)
             }
         };

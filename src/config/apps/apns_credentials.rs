@@ -12,8 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use super::token::Signer;
-use crate::channels::SettingsError;
+use super::SettingsError;
 use crate::config::Secret;
 
 /// A client certificate ready for the HTTP client, and when it stops being accepted.
@@ -33,8 +32,13 @@ pub fn load_p8(pem: &Secret, setting: &str) -> Result<EncodingKey, SettingsError
         )
     };
     let key = EncodingKey::from_ec_pem(pem.expose().as_bytes()).map_err(|_| bad())?;
-    let probe = Signer::new("PROBE00000", "PROBE00000", key.clone());
-    probe.sign(0).map_err(|_| bad())?;
+    let probe = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    jsonwebtoken::encode(
+        &probe,
+        &serde_json::json!({"iss": "PROBE00000", "iat": 0}),
+        &key,
+    )
+    .map_err(|_| bad())?;
     Ok(key)
 }
 
