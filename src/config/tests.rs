@@ -62,9 +62,11 @@ fn account_needs_a_way_to_authenticate_webhooks() {
 
 #[test]
 fn secrets_come_from_files_without_the_trailing_newline() {
-    let dir = std::env::temp_dir().join(format!("callrelay-config-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = dir.join("token");
+    let dir = tempfile::Builder::new()
+        .prefix("callrelay-config-")
+        .tempdir()
+        .unwrap();
+    let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     let config = from_toml_str(&format!(
         "{SERVER}[[accounts]]\nsid = \"{SID}\"\nauth_token_file = \"{}\"",
@@ -75,14 +77,13 @@ fn secrets_come_from_files_without_the_trailing_newline() {
 
     let err = from_toml_str(&format!(
         "[[accounts]]\nsid = \"{SID}\"\nauth_token_file = \"{}\"",
-        dir.join("missing").display()
+        dir.path().join("missing").display()
     ))
     .unwrap_err();
     assert!(
         err.to_string().starts_with("accounts[0].auth_token_file"),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -332,10 +333,12 @@ fn node_urls_are_host_and_port_without_credentials() {
 
 #[test]
 fn tls_files_are_checked_and_the_key_stays_secret() {
-    let dir = std::env::temp_dir().join(format!("callrelay-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("callrelay-tls-")
+        .tempdir()
+        .unwrap();
     let write = |name: &str, text: &str| {
-        let path = dir.join(name);
+        let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     };
@@ -371,7 +374,6 @@ fn tls_files_are_checked_and_the_key_stays_secret() {
     let dump = format!("{config:?}");
     assert!(!dump.contains("PRIVATE KEY"), "{dump}");
     assert!(!dump.contains("redispassword"), "{dump}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 use crate::mocks::apns::{MockApns, Recorded, Reply, TeamKey};
 use crate::mocks::tls::{TestCa, temp_file};
+use tempfile::TempPath;
 
 pub(crate) const TOPIC: &str = "com.example.voice";
 pub(crate) const TEAM: &str = "TEAM123456";
@@ -495,8 +496,8 @@ async fn a_refused_provider_token_younger_than_twenty_minutes_is_not_re_signed()
 struct ClientCert {
     key_pem: String,
     cert_der: Vec<u8>,
-    cert_file: std::path::PathBuf,
-    key_file: std::path::PathBuf,
+    cert_file: tempfile::TempPath,
+    key_file: tempfile::TempPath,
 }
 
 fn client_cert(client_ca: &TestCa) -> ClientCert {
@@ -536,12 +537,15 @@ ca_file = {ca}
     )
 }
 
-async fn certificate_auth_delivers(auth: impl FnOnce(&ClientCert) -> String) {
+/// `auth` gives the app's authentication settings and the files they name, kept until the
+/// app has read them.
+async fn certificate_auth_delivers(auth: impl FnOnce(&ClientCert) -> (String, Vec<TempPath>)) {
     let client_ca = TestCa::new("apns-client");
     let cert = client_cert(&client_ca);
     let apns = MockApns::certificate_auth(&client_ca).await;
+    let (settings, _files) = auth(&cert);
     let app = spawn_with(TestConfig {
-        extra: cert_app(&apns, &auth(&cert)),
+        extra: cert_app(&apns, &settings),
         ..TestConfig::default()
     })
     .await;
@@ -578,11 +582,12 @@ async fn certificate_auth_delivers(auth: impl FnOnce(&ClientCert) -> String) {
 #[tokio::test]
 async fn certificate_auth_with_a_pem_pair() {
     certificate_auth_delivers(|c| {
-        format!(
+        let settings = format!(
             "cert_file = {}\nprivate_key_file = {}",
             path_str(&c.cert_file),
             path_str(&c.key_file)
-        )
+        );
+        (settings, Vec::new())
     })
     .await;
 }
@@ -590,11 +595,12 @@ async fn certificate_auth_with_a_pem_pair() {
 #[tokio::test]
 async fn certificate_auth_with_an_inline_private_key() {
     certificate_auth_delivers(|c| {
-        format!(
+        let settings = format!(
             "cert_file = {}\nprivate_key = {}",
             path_str(&c.cert_file),
             toml_str(&c.key_pem)
-        )
+        );
+        (settings, Vec::new())
     })
     .await;
 }
@@ -617,14 +623,14 @@ fn pkcs12(cert: &ClientCert, password: &str) -> Vec<u8> {
 #[tokio::test]
 async fn certificate_auth_with_pkcs12() {
     certificate_auth_delivers(|c| {
-        let path = std::env::temp_dir().join(format!("callrelay-{}.p12", uuid::Uuid::new_v4()));
-        std::fs::write(&path, pkcs12(c, "s3cret")).unwrap();
+        let file = temp_file("voip.p12", pkcs12(c, "s3cret"));
         let password = temp_file("p12-password", "s3cret\n");
-        format!(
+        let settings = format!(
             "pkcs12_file = {}\npkcs12_password_file = {}",
-            path_str(&path),
+            path_str(&file),
             path_str(&password)
-        )
+        );
+        (settings, vec![file, password])
     })
     .await;
 }
@@ -734,7 +740,6 @@ fn check_config(extra: &str) -> (Option<i32>, String) {
         .arg(&path)
         .output()
         .unwrap();
-    std::fs::remove_file(path).unwrap();
     (
         out.status.code(),
         format!(
@@ -765,8 +770,8 @@ async fn check_config_names_the_broken_apns_setting() {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         (
-            temp_file("old.pem", &cert.pem()),
-            temp_file("old.key", &key.serialize_pem()),
+            temp_file("old.pem", cert.pem()),
+            temp_file("old.key", key.serialize_pem()),
         )
     };
     let cases: Vec<(String, &str, &str)> = vec![

@@ -577,7 +577,6 @@ mod check_config {
             .env_remove("CALLRELAY_CONFIG")
             .output()
             .unwrap();
-        std::fs::remove_file(path).unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -585,19 +584,22 @@ mod check_config {
         )
     }
 
-    fn app_with_key_file(json: &str) -> String {
+    /// An app whose key file holds `json`, and the file (removed when dropped).
+    fn app_with_key_file(json: &str) -> (String, tempfile::TempPath) {
         let file = crate::mocks::tls::temp_file("firebase.json", json);
-        format!(
+        let app = format!(
             "[[apps]]\nname = \"android\"\nchannel = \"fcm\"\nservice_account_file = \"{}\"\n",
             file.display()
-        )
+        );
+        (app, file)
     }
 
     #[tokio::test]
     async fn accepts_a_good_key_and_names_each_broken_one_without_printing_it() {
         let mock = MockFcm::start().await;
         let good = mock.service_account_json(PROJECT);
-        let (code, stdout, stderr) = check(&app_with_key_file(&good));
+        let (app, _key) = app_with_key_file(&good);
+        let (code, stdout, stderr) = check(&app);
         assert_eq!(code, Some(0), "{stderr}");
         assert!(stdout.contains("configuration OK"), "{stdout}");
 
@@ -615,7 +617,8 @@ mod check_config {
             ),
         ];
         for (json, expected) in cases {
-            let (code, stdout, stderr) = check(&app_with_key_file(&json));
+            let (app, _key) = app_with_key_file(&json);
+            let (code, stdout, stderr) = check(&app);
             assert_eq!(code, Some(2), "{expected}: {stdout}{stderr}");
             assert!(
                 stderr.contains("apps[0].service_account_file: ") && stderr.contains(expected),

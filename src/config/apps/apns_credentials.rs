@@ -205,10 +205,14 @@ mod tests {
 
     const NOW: i64 = 1_700_000_000;
 
-    fn temp(contents: &[u8]) -> std::path::PathBuf {
-        let path = std::env::temp_dir().join(format!("callrelay-cred-{}", uuid::Uuid::new_v4()));
-        std::fs::write(&path, contents).unwrap();
-        path
+    /// A file holding `contents`, removed when the returned path is dropped.
+    fn temp(contents: &[u8]) -> tempfile::TempPath {
+        let mut file = tempfile::Builder::new()
+            .prefix("callrelay-cred-")
+            .tempfile()
+            .unwrap();
+        std::io::Write::write_all(&mut file, contents).unwrap();
+        file.into_temp_path()
     }
 
     /// A self-signed certificate valid from 2020 until `not_after` (Unix seconds).

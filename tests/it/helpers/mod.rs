@@ -475,18 +475,8 @@ pub struct ProcessApp {
     child: Option<Child>,
     pub base: String,
     pub admin: String,
-    _config: tempfile_path::TempPath,
-    log: tempfile_path::TempPath,
-}
-
-mod tempfile_path {
-    /// A file removed when dropped.
-    pub struct TempPath(pub std::path::PathBuf);
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+    _config: tempfile::TempPath,
+    log: tempfile::TempPath,
 }
 
 fn free_port() -> u16 {
@@ -511,9 +501,8 @@ impl ProcessApp {
             &format!("127.0.0.1:{port}"),
             &format!("127.0.0.1:{admin_port}"),
         );
-        let path = std::env::temp_dir().join(format!("callrelay-{}.toml", uuid::Uuid::new_v4()));
-        std::fs::write(&path, toml).unwrap();
-        let log_path = std::env::temp_dir().join(format!("callrelay-{}.log", uuid::Uuid::new_v4()));
+        let path = crate::mocks::tls::temp_file("process.toml", toml);
+        let log_path = crate::mocks::tls::temp_file("process.log", "");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_callrelay"));
         command
@@ -531,8 +520,8 @@ impl ProcessApp {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             admin: format!("http://127.0.0.1:{admin_port}"),
-            _config: tempfile_path::TempPath(path),
-            log: tempfile_path::TempPath(log_path),
+            _config: path,
+            log: log_path,
         };
         let started = Instant::now();
         loop {
@@ -553,7 +542,7 @@ impl ProcessApp {
     /// Everything the process logged so far. callrelay writes its log from a thread of its
     /// own, a moment after the line was logged: wait until the file stops growing.
     pub fn logs(&self) -> String {
-        let read = || std::fs::read_to_string(&self.log.0).unwrap_or_default();
+        let read = || std::fs::read_to_string(&self.log).unwrap_or_default();
         let mut text = read();
         for _ in 0..50 {
             std::thread::sleep(Duration::from_millis(20));
