@@ -6,8 +6,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use callrelay::domain::{Binding, PushChannel};
 use futures_util::future::join_all;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -56,27 +57,6 @@ async fn start_with(extra: &str, config: TestConfig) -> Setup {
     Setup { app, apns }
 }
 
-/// Registers an APNs binding for `identity` through the bindings API; returns it.
-async fn bind(app: &TestApp, identity: &str, address: &str, more: Value) -> Value {
-    let mut body = json!({"channel": "apns", "address": address});
-    body.as_object_mut()
-        .unwrap()
-        .extend(more.as_object().unwrap().clone());
-    let r = app
-        .api(Method::POST, "/v1/bindings", &token(identity), Some(body))
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    r.body
-}
-
-async fn bindings_of(app: &TestApp, identity: &str) -> Vec<Value> {
-    let r = app
-        .api(Method::GET, "/v1/bindings", &token(identity), None)
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    r.body["bindings"].as_array().unwrap().clone()
-}
-
 /// The value of one series in the Prometheus text, if present.
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -107,7 +87,7 @@ fn assert_expiration_in_window(r: &Recorded, window: u64) {
 #[tokio::test]
 async fn voip_push_carries_apples_headers_and_the_webhook_bytes() {
     let s = start("").await;
-    let binding = bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    let binding = s.app.register_apns("bob", APNS_TOKEN).await;
     let body = payload(ACCOUNT, "bob");
     let answer = s.app.webhook(body.clone()).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
@@ -134,20 +114,10 @@ async fn voip_push_carries_apples_headers_and_the_webhook_bytes() {
     assert_eq!(&r.body[..], &body[..], "VoIP bodies are the webhook bytes");
 
     // A delivered push extends the binding's life.
-    let id = binding["id"].as_str().unwrap().to_owned();
-    let before = binding["updated_at"].as_str().unwrap().to_owned();
     let refreshed = eventually(Duration::from_secs(2), || async {
-        let b = s
-            .app
-            .api(
-                Method::GET,
-                &format!("/v1/bindings/{id}"),
-                &token("bob"),
-                None,
-            )
-            .await;
-        b.body["updated_at"].as_str() != Some(before.as_str())
-            && b.body["expires_at"] != binding["expires_at"]
+        let b = s.app.get_binding("bob", binding.id.as_str()).await;
+        let b: Binding = serde_json::from_value(b.body).unwrap();
+        b.updated_at != binding.updated_at && b.expires_at != binding.expires_at
     })
     .await;
     assert!(refreshed, "the binding's expiry was not refreshed");
@@ -166,7 +136,7 @@ async fn voip_push_carries_apples_headers_and_the_webhook_bytes() {
 #[tokio::test]
 async fn ringing_window_sets_the_expiration() {
     let s = start("ringing_window_secs = 45").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     assert_eq!(s.app.notify("bob").await.status, StatusCode::OK);
     assert_expiration_in_window(&s.apns.requests()[0], 45);
 }
@@ -186,14 +156,22 @@ fn assert_members_kept(sent: &[u8], got: &[u8]) -> Value {
 #[tokio::test]
 async fn alert_and_background_pushes_add_aps_to_the_payload() {
     let s = start(r#"alert_template = "{from} is calling""#).await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({"push_type": "alert"})).await;
-    bind(
-        &s.app,
-        "carol",
-        APNS_TOKEN_2,
-        json!({"push_type": "background"}),
-    )
-    .await;
+    s.app
+        .register(
+            "bob",
+            PushChannel::Apns,
+            APNS_TOKEN,
+            json!({"push_type": "alert"}),
+        )
+        .await;
+    s.app
+        .register(
+            "carol",
+            PushChannel::Apns,
+            APNS_TOKEN_2,
+            json!({"push_type": "background"}),
+        )
+        .await;
     let to_bob = payload(ACCOUNT, "bob");
     let to_carol = payload(ACCOUNT, "carol");
     assert_eq!(s.app.webhook(to_bob.clone()).await.status, StatusCode::OK);
@@ -231,14 +209,15 @@ async fn alert_and_background_pushes_add_aps_to_the_payload() {
 #[tokio::test]
 async fn sandbox_and_production_bindings_go_to_their_hosts() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
-    bind(
-        &s.app,
-        "bob",
-        APNS_TOKEN_2,
-        json!({"apns_environment": "sandbox"}),
-    )
-    .await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
+    s.app
+        .register(
+            "bob",
+            PushChannel::Apns,
+            APNS_TOKEN_2,
+            json!({"apns_environment": "sandbox"}),
+        )
+        .await;
     let answer = s.app.notify("bob").await;
     assert_eq!(
         answer.body,
@@ -262,7 +241,7 @@ async fn sandbox_and_production_bindings_go_to_their_hosts() {
 
 async fn dead_token_removes_the_binding(status: u16, reason: &'static str) {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     s.apns.script([Reply::error(status, reason)]);
     let answer = s.app.notify("bob").await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.text);
@@ -271,7 +250,7 @@ async fn dead_token_removes_the_binding(status: u16, reason: &'static str) {
         json!({"delivered": 0, "failed": 0, "removed": 1})
     );
     assert_eq!(s.apns.request_count(), 1, "a dead token is not retried");
-    assert!(bindings_of(&s.app, "bob").await.is_empty());
+    assert!(s.app.bindings_of("bob").await.is_empty());
     let next = s.app.notify("bob").await;
     assert_eq!(next.status, StatusCode::NOT_FOUND);
     assert_eq!(next.body["type"], "urn:callrelay:problem:no-binding");
@@ -305,7 +284,7 @@ async fn token_for_another_topic_removes_the_binding() {
 #[tokio::test]
 async fn service_unavailable_is_retried_then_delivered() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     s.apns.script([Reply::error(503, "ServiceUnavailable")]);
     let body = payload(ACCOUNT, "bob");
     let started = Instant::now();
@@ -332,7 +311,7 @@ async fn service_unavailable_is_retried_then_delivered() {
 #[tokio::test]
 async fn other_refusals_fail_with_apples_reason_and_keep_the_binding() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     s.apns.script([Reply::error(400, "BadTopic")]);
     let answer = s.app.notify("bob").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text);
@@ -341,7 +320,7 @@ async fn other_refusals_fail_with_apples_reason_and_keep_the_binding() {
         json!({"delivered": 0, "failed": 1, "removed": 0})
     );
     assert_eq!(s.apns.request_count(), 1, "a bad request is not retried");
-    assert_eq!(bindings_of(&s.app, "bob").await.len(), 1);
+    assert_eq!(s.app.bindings_of("bob").await.len(), 1);
     let m = s.app.metrics().await;
     assert_eq!(push_result(&m, "ios", "BadTopic"), 1.0, "{m}");
 }
@@ -356,7 +335,7 @@ async fn slow_apns_fails_within_the_webhook_deadline() {
         },
     )
     .await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     s.apns.script([Reply::ok().after(Duration::from_secs(3))]);
     let started = Instant::now();
     let answer = s.app.notify("bob").await;
@@ -388,7 +367,7 @@ async fn concurrent_pushes_share_one_connection_and_one_provider_token() {
         identities
             .iter()
             .zip(&addresses)
-            .map(|(id, address)| bind(&s.app, id, address, json!({}))),
+            .map(|(id, address)| s.app.register_apns(id, address)),
     )
     .await;
     let answers = join_all(identities.iter().map(|id| s.app.notify(id))).await;
@@ -412,7 +391,7 @@ async fn concurrent_pushes_share_one_connection_and_one_provider_token() {
 #[tokio::test]
 async fn several_connections_are_used_in_turn() {
     let s = start("connections = 3").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     for _ in 0..6 {
         assert_eq!(s.app.notify("bob").await.status, StatusCode::OK);
     }
@@ -427,14 +406,15 @@ async fn several_connections_are_used_in_turn() {
 #[tokio::test]
 async fn the_provider_token_is_signed_once_and_reused() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
-    bind(
-        &s.app,
-        "carol",
-        APNS_TOKEN_2,
-        json!({"apns_environment": "sandbox"}),
-    )
-    .await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
+    s.app
+        .register(
+            "carol",
+            PushChannel::Apns,
+            APNS_TOKEN_2,
+            json!({"apns_environment": "sandbox"}),
+        )
+        .await;
     for i in 0..10 {
         let who = if i % 2 == 0 { "bob" } else { "carol" };
         assert_eq!(s.app.notify(who).await.status, StatusCode::OK);
@@ -465,7 +445,7 @@ async fn the_provider_token_is_signed_once_and_reused() {
 #[tokio::test]
 async fn a_refused_provider_token_younger_than_twenty_minutes_is_not_re_signed() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     s.apns.script([
         Reply::error(403, "ExpiredProviderToken"),
         Reply::error(403, "InvalidProviderToken"),
@@ -549,7 +529,7 @@ async fn certificate_auth_delivers(auth: impl FnOnce(&ClientCert) -> (String, Ve
         ..TestConfig::default()
     })
     .await;
-    bind(&app, "bob", APNS_TOKEN, json!({})).await;
+    app.register_apns("bob", APNS_TOKEN).await;
     let answer = app.notify("bob").await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     let requests = apns.requests();
@@ -646,20 +626,27 @@ async fn a_client_without_a_certificate_cannot_push_to_a_certificate_server() {
         ..TestConfig::default()
     })
     .await;
-    bind(&app, "bob", APNS_TOKEN, json!({})).await;
+    app.register_apns("bob", APNS_TOKEN).await;
     let answer = app.notify("bob").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text);
     assert_eq!(apns.request_count(), 0, "TLS refused the connection");
     let m = app.metrics().await;
     assert!(push_result(&m, "ios", "connection_error") >= 1.0, "{m}");
-    assert_eq!(bindings_of(&app, "bob").await.len(), 1);
+    assert_eq!(app.bindings_of("bob").await.len(), 1);
 }
 
 #[tokio::test]
 async fn oversize_payloads_are_refused_without_being_sent() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
-    bind(&s.app, "carol", APNS_TOKEN_2, json!({"push_type": "alert"})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
+    s.app
+        .register(
+            "carol",
+            PushChannel::Apns,
+            APNS_TOKEN_2,
+            json!({"push_type": "alert"}),
+        )
+        .await;
     let padded = |identity: &str, size: usize| {
         let mut body = payload(ACCOUNT, identity);
         body.pop();
@@ -684,7 +671,7 @@ async fn oversize_payloads_are_refused_without_being_sent() {
         StatusCode::OK
     );
     assert_eq!(s.apns.request_count(), 1);
-    assert_eq!(bindings_of(&s.app, "bob").await.len(), 1);
+    assert_eq!(s.app.bindings_of("bob").await.len(), 1);
     let m = s.app.metrics().await;
     assert_eq!(push_result(&m, "ios", "payload_too_large"), 2.0, "{m}");
 }
@@ -708,8 +695,20 @@ async fn several_apns_apps_push_with_their_own_keys_and_topics() {
         ..TestConfig::default()
     })
     .await;
-    bind(&app, "bob", APNS_TOKEN, json!({"app": "voice-a"})).await;
-    bind(&app, "carol", APNS_TOKEN_2, json!({"app": "voice-b"})).await;
+    app.register(
+        "bob",
+        PushChannel::Apns,
+        APNS_TOKEN,
+        json!({"app": "voice-a"}),
+    )
+    .await;
+    app.register(
+        "carol",
+        PushChannel::Apns,
+        APNS_TOKEN_2,
+        json!({"app": "voice-b"}),
+    )
+    .await;
     for who in ["bob", "carol", "bob", "carol"] {
         let answer = app.notify(who).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
@@ -915,7 +914,7 @@ async fn throughput() {
         ..TestConfig::default()
     })
     .await;
-    bind(&app, "bob", APNS_TOKEN, json!({})).await;
+    app.register_apns("bob", APNS_TOKEN).await;
     assert_eq!(app.notify("bob").await.status, StatusCode::OK);
     let started = Instant::now();
     let ok = futures_util::stream::iter(0..WEBHOOKS)

@@ -2,6 +2,7 @@
 //! when a test needs to kill it), a private redis-server, signed webhooks, access tokens and
 //! WebSocket clients.
 
+pub mod bindings;
 pub mod fake_channel;
 pub mod load;
 pub mod proxy;
