@@ -26,94 +26,58 @@ const BEARER_CHALLENGE: &str = "Bearer";
 /// What Twilio waits for before it sends the Basic credentials of the webhook URL.
 pub const BASIC_CHALLENGE: &str = "Basic realm=\"callrelay\"";
 
-/// Every kind of problem callrelay answers with. Its slug makes the document's `type`
-/// (`urn:callrelay:problem:<slug>`); the README's table lists the same kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    InvalidNotification,
-    PayloadTooLarge,
-    UnknownAccount,
-    WebhookAuthenticationRequired,
-    WebhookAuthenticationFailed,
-    NoBinding,
-    StoreUnavailable,
-    NotificationInProgress,
-    Unauthenticated,
-    Forbidden,
-    InvalidBinding,
-    BadRequest,
-    BindingNotFound,
-    UnsupportedMediaType,
-    AppNotConfigured,
-    WebsocketUpgradeRequired,
-    RequestTimeout,
-    TooManyBindings,
-    RateLimited,
-    TooManySockets,
-    OverCapacity,
-    NotFound,
-    InternalError,
+/// Declares `Kind` and its table in one place: each row is a kind, its slug, its status and its
+/// title.
+macro_rules! kinds {
+    ($($kind:ident => ($slug:literal, $status:ident, $title:literal),)*) => {
+        /// Every kind of problem callrelay answers with. Its slug makes the document's `type`
+        /// (`urn:callrelay:problem:<slug>`); the README's table lists the same kinds.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Kind {
+            $($kind,)*
+        }
+
+        impl Kind {
+            pub const ALL: &[Kind] = &[$(Kind::$kind,)*];
+
+            /// Slug, status and title. A WebSocket handshake refused by axum keeps the status
+            /// axum gives it (`400` or `426`).
+            pub fn spec(self) -> (&'static str, StatusCode, &'static str) {
+                match self {
+                    $(Kind::$kind => ($slug, StatusCode::$status, $title),)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    InvalidNotification => ("invalid-notification", BAD_REQUEST, "Invalid call notification"),
+    PayloadTooLarge => ("payload-too-large", PAYLOAD_TOO_LARGE, "Payload too large"),
+    UnknownAccount => ("unknown-account", FORBIDDEN, "Account not configured"),
+    WebhookAuthenticationRequired => ("webhook-authentication-required", UNAUTHORIZED, "Webhook authentication required"),
+    WebhookAuthenticationFailed => ("webhook-authentication-failed", FORBIDDEN, "Webhook authentication failed"),
+    NoBinding => ("no-binding", NOT_FOUND, "No binding"),
+    StoreUnavailable => ("store-unavailable", SERVICE_UNAVAILABLE, "Store unavailable"),
+    NotificationInProgress => ("notification-in-progress", SERVICE_UNAVAILABLE, "Notification in progress"),
+    Unauthenticated => ("unauthenticated", UNAUTHORIZED, "Authentication required"),
+    Forbidden => ("forbidden", FORBIDDEN, "Forbidden"),
+    InvalidBinding => ("invalid-binding", BAD_REQUEST, "Invalid binding"),
+    BadRequest => ("bad-request", BAD_REQUEST, "Bad request"),
+    BindingNotFound => ("binding-not-found", NOT_FOUND, "Binding not found"),
+    UnsupportedMediaType => ("unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"),
+    AppNotConfigured => ("app-not-configured", UNPROCESSABLE_ENTITY, "Push app not configured"),
+    WebsocketUpgradeRequired => ("websocket-upgrade-required", UPGRADE_REQUIRED, "WebSocket upgrade required"),
+    RequestTimeout => ("request-timeout", REQUEST_TIMEOUT, "Request timeout"),
+    TooManyBindings => ("too-many-bindings", CONFLICT, "Too many bindings"),
+    RateLimited => ("rate-limited", TOO_MANY_REQUESTS, "Too many requests"),
+    TooManySockets => ("too-many-sockets", TOO_MANY_REQUESTS, "Too many sockets"),
+    OverCapacity => ("over-capacity", SERVICE_UNAVAILABLE, "Over capacity"),
+    NotFound => ("not-found", NOT_FOUND, "Not found"),
+    InternalError => ("internal-error", INTERNAL_SERVER_ERROR, "Internal error"),
 }
 
 impl Kind {
-    pub const ALL: [Kind; 23] = [
-        Kind::InvalidNotification,
-        Kind::PayloadTooLarge,
-        Kind::UnknownAccount,
-        Kind::WebhookAuthenticationRequired,
-        Kind::WebhookAuthenticationFailed,
-        Kind::NoBinding,
-        Kind::StoreUnavailable,
-        Kind::NotificationInProgress,
-        Kind::Unauthenticated,
-        Kind::Forbidden,
-        Kind::InvalidBinding,
-        Kind::BadRequest,
-        Kind::BindingNotFound,
-        Kind::UnsupportedMediaType,
-        Kind::AppNotConfigured,
-        Kind::WebsocketUpgradeRequired,
-        Kind::RequestTimeout,
-        Kind::TooManyBindings,
-        Kind::RateLimited,
-        Kind::TooManySockets,
-        Kind::OverCapacity,
-        Kind::NotFound,
-        Kind::InternalError,
-    ];
-
-    /// The table: slug, status and title of each kind. A WebSocket handshake refused by axum
-    /// keeps the status axum gives it (`400` or `426`).
-    #[rustfmt::skip]
-    pub fn spec(self) -> (&'static str, StatusCode, &'static str) {
-        use StatusCode as S;
-        match self {
-            Kind::InvalidNotification => ("invalid-notification", S::BAD_REQUEST, "Invalid call notification"),
-            Kind::PayloadTooLarge => ("payload-too-large", S::PAYLOAD_TOO_LARGE, "Payload too large"),
-            Kind::UnknownAccount => ("unknown-account", S::FORBIDDEN, "Account not configured"),
-            Kind::WebhookAuthenticationRequired => ("webhook-authentication-required", S::UNAUTHORIZED, "Webhook authentication required"),
-            Kind::WebhookAuthenticationFailed => ("webhook-authentication-failed", S::FORBIDDEN, "Webhook authentication failed"),
-            Kind::NoBinding => ("no-binding", S::NOT_FOUND, "No binding"),
-            Kind::StoreUnavailable => ("store-unavailable", S::SERVICE_UNAVAILABLE, "Store unavailable"),
-            Kind::NotificationInProgress => ("notification-in-progress", S::SERVICE_UNAVAILABLE, "Notification in progress"),
-            Kind::Unauthenticated => ("unauthenticated", S::UNAUTHORIZED, "Authentication required"),
-            Kind::Forbidden => ("forbidden", S::FORBIDDEN, "Forbidden"),
-            Kind::InvalidBinding => ("invalid-binding", S::BAD_REQUEST, "Invalid binding"),
-            Kind::BadRequest => ("bad-request", S::BAD_REQUEST, "Bad request"),
-            Kind::BindingNotFound => ("binding-not-found", S::NOT_FOUND, "Binding not found"),
-            Kind::UnsupportedMediaType => ("unsupported-media-type", S::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"),
-            Kind::AppNotConfigured => ("app-not-configured", S::UNPROCESSABLE_ENTITY, "Push app not configured"),
-            Kind::WebsocketUpgradeRequired => ("websocket-upgrade-required", S::UPGRADE_REQUIRED, "WebSocket upgrade required"),
-            Kind::RequestTimeout => ("request-timeout", S::REQUEST_TIMEOUT, "Request timeout"),
-            Kind::TooManyBindings => ("too-many-bindings", S::CONFLICT, "Too many bindings"),
-            Kind::RateLimited => ("rate-limited", S::TOO_MANY_REQUESTS, "Too many requests"),
-            Kind::TooManySockets => ("too-many-sockets", S::TOO_MANY_REQUESTS, "Too many sockets"),
-            Kind::OverCapacity => ("over-capacity", S::SERVICE_UNAVAILABLE, "Over capacity"),
-            Kind::NotFound => ("not-found", S::NOT_FOUND, "Not found"),
-            Kind::InternalError => ("internal-error", S::INTERNAL_SERVER_ERROR, "Internal error"),
-        }
-    }
-
     pub fn slug(self) -> &'static str {
         self.spec().0
     }
@@ -521,7 +485,7 @@ mod tests {
         slugs.sort_unstable();
         slugs.dedup();
         assert_eq!(slugs.len(), Kind::ALL.len(), "a slug is used twice");
-        for kind in Kind::ALL {
+        for &kind in Kind::ALL {
             assert!(
                 kind.status().is_client_error() || kind.status().is_server_error(),
                 "{kind:?}"

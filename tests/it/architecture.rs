@@ -116,7 +116,7 @@ fn errors_become_http_answers_only_in_the_problem_module() {
 fn every_problem_kind_is_listed_in_the_readme_with_its_status() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    for kind in callrelay::http::problem::Kind::ALL {
+    for &kind in callrelay::http::problem::Kind::ALL {
         let row = format!("| `{}` | ", kind.slug());
         let line = readme
             .lines()
