@@ -30,7 +30,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Channel(#[from] channels::ChannelConfigErrors),
+    Channel(#[from] crate::config::apps::AppErrors),
 }
 
 /// Listeners bound by the caller.
@@ -72,7 +72,7 @@ pub struct Options {
     pub store: Option<Arc<dyn Store>>,
     /// Channels for push apps, by app name, used instead of building them from the
     /// configuration.
-    pub push_channels: HashMap<String, Arc<dyn channels::Channel>>,
+    pub push_channels: HashMap<String, Arc<dyn channels::PushApp>>,
     /// The replica's wall clock; default: the system's. (Tests run replicas whose clock is
     /// wrong.)
     pub clock: Option<Arc<dyn Clock>>,
@@ -80,7 +80,7 @@ pub struct Options {
 
 /// Starts callrelay: binds, opens the store, starts the listeners and background tasks.
 pub async fn start(config: Config, options: Options) -> Result<App, StartError> {
-    channels::http::install_crypto_provider();
+    channels::push_client::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let store = match options.store {
         Some(s) => s,

@@ -81,6 +81,22 @@ impl Authenticator {
         self.bearer(credential.trim())
     }
 
+    /// A WebSocket's Access Token: the `Authorization` header's Bearer credential, else the
+    /// `access_token` query parameter (browsers cannot set headers on a WebSocket). Admin keys
+    /// open no socket: a socket is one identity's.
+    pub fn socket_token(
+        &self,
+        header: Option<&str>,
+        query: Option<&str>,
+    ) -> Result<VerifiedToken, AuthError> {
+        let from_header = header
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let token = from_header.or(query).ok_or(AuthError::Missing)?;
+        self.access_token(token)
+    }
+
     pub fn bearer(&self, credential: &str) -> Result<Caller, AuthError> {
         if credential.is_empty() {
             return Err(AuthError::Missing);

@@ -1,9 +1,10 @@
-//! Delivery channels. Each takes one target and the notification and says what happened;
-//! none of them touches HTTP routing or decides what a webhook answers.
+//! Delivery channels: the WebSocket channel and a push app per configured `[[apps]]` entry.
+//! Each takes what it delivers to (a socket's presence, a push binding) and the notification
+//! and says what happened; none of them touches HTTP routing or decides what a webhook answers.
 
 pub mod apns;
 pub mod fcm;
-pub mod http;
+pub mod push_client;
 pub mod retry;
 pub mod websocket;
 
@@ -13,8 +14,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::domain::{Binding, CallNotification};
-use crate::store::SocketPresence;
+use crate::config::AppSettings;
+use crate::config::apps::{AppError, AppErrors, SettingsError};
+use crate::domain::{Binding, CallNotification, SocketPresence};
 
 /// Where one copy of a notification goes.
 #[derive(Debug, Clone)]
@@ -53,102 +55,69 @@ impl Outcome {
     }
 }
 
+/// A push app (APNs or FCM, one per configured `[[apps]]` entry): pushes a notification to
+/// one of its bindings. Sockets are the WebSocket channel's, delivered to by its own method.
 #[async_trait]
-pub trait Channel: Send + Sync + 'static {
-    /// Delivers `notification` to `target`, giving up at `deadline`.
-    async fn deliver(
+pub trait PushApp: Send + Sync + 'static {
+    /// Pushes `notification` to `binding`'s device, giving up at `deadline`.
+    async fn push(
         &self,
-        target: &Target,
+        binding: &Binding,
         notification: &CallNotification,
         deadline: Instant,
     ) -> Outcome;
 }
 
-/// Every channel this process can deliver through: the WebSocket channel and one push
-/// channel per configured app.
+/// Every channel this process can deliver through: the WebSocket channel and one push app
+/// per configured app.
 #[derive(Clone)]
 pub struct Channels {
     pub websocket: Arc<websocket::WebSocketChannel>,
-    pub apps: HashMap<String, Arc<dyn Channel>>,
+    pub apps: HashMap<String, Arc<dyn PushApp>>,
 }
 
 impl Channels {
-    /// The channel serving `target`, if it is still configured.
-    pub fn for_target(&self, target: &Target) -> Option<Arc<dyn Channel>> {
+    /// Delivers `notification` to `target` through the channel serving it.
+    pub async fn deliver(
+        &self,
+        target: &Target,
+        notification: &CallNotification,
+        deadline: Instant,
+    ) -> Outcome {
         match target {
-            Target::Socket(_) => Some(self.websocket.clone() as Arc<dyn Channel>),
-            Target::Push(b) => self.apps.get(&b.app).cloned(),
-        }
-    }
-}
-
-/// A push app whose settings are wrong or whose key or certificate cannot be loaded.
-#[derive(Debug, thiserror::Error)]
-#[error("apps[{index}].{key}: {message} (app `{name}`)")]
-pub struct ChannelConfigError {
-    pub index: usize,
-    pub name: String,
-    pub key: String,
-    pub message: String,
-}
-
-/// What a channel reports about its own settings; `key` is relative to the app's table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SettingsError {
-    pub key: String,
-    pub message: String,
-}
-
-impl SettingsError {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Reads an app's channel-specific settings into `T`, naming the key on error.
-pub fn parse_settings<T: serde::de::DeserializeOwned>(
-    table: &toml::Table,
-) -> Result<T, SettingsError> {
-    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
-        let key = e.path().to_string();
-        SettingsError::new(
-            if key == "." { "settings".into() } else { key },
-            e.into_inner().to_string(),
-        )
-    })
-}
-
-/// Every broken push app of a configuration, in the order of `[[apps]]`: `check-config`
-/// reports them all at once rather than one per run.
-#[derive(Debug)]
-pub struct ChannelConfigErrors(pub Vec<ChannelConfigError>);
-
-impl std::fmt::Display for ChannelConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
+            Target::Socket(presence) => {
+                self.websocket
+                    .deliver(presence, notification, deadline)
+                    .await
             }
-            write!(f, "{e}")?;
+            Target::Push(binding) => match self.apps.get(&binding.app) {
+                Some(app) => app.push(binding, notification, deadline).await,
+                None => Outcome::Failed("the binding's app is not configured".into()),
+            },
         }
-        Ok(())
     }
 }
 
-impl std::error::Error for ChannelConfigErrors {}
+/// Counts one push attempt's `result` in `callrelay_push_results_total`.
+fn count_push(metrics: &crate::metrics::Metrics, app: &str, channel: &'static str, result: &str) {
+    metrics
+        .push_results
+        .get_or_create(&crate::metrics::PushLabels {
+            app: app.to_owned(),
+            channel,
+            result: result.to_owned(),
+        })
+        .inc();
+}
 
-/// One push channel per configured app: `given` ones first, the rest built from the
-/// configuration (which loads every key and certificate, so a broken one is named here).
-/// Every app is tried, so the error names each broken one.
+/// One push app per configured app: `given` ones first, the rest built from their settings.
+/// Configuration has read and loaded the settings, so only an HTTP client that cannot be built
+/// with them fails here; every app is tried, so the error names each one.
 pub fn push_channels(
     config: &crate::config::Config,
-    mut given: HashMap<String, Arc<dyn Channel>>,
+    mut given: HashMap<String, Arc<dyn PushApp>>,
     metrics: &Arc<crate::metrics::Metrics>,
-) -> Result<HashMap<String, Arc<dyn Channel>>, ChannelConfigErrors> {
-    use crate::domain::PushChannel;
+) -> Result<HashMap<String, Arc<dyn PushApp>>, AppErrors> {
     let mut channels = HashMap::new();
     let mut errors = Vec::new();
     for (index, app) in config.apps.iter().enumerate() {
@@ -156,21 +125,21 @@ pub fn push_channels(
             channels.insert(app.name.clone(), channel);
             continue;
         }
-        let built: Result<Arc<dyn Channel>, SettingsError> = match app.channel {
-            PushChannel::Apns => {
-                apns::ApnsChannel::from_config(&app.name, &app.settings, metrics.clone())
-                    .map(|c| Arc::new(c) as Arc<dyn Channel>)
+        let built: Result<Arc<dyn PushApp>, SettingsError> = match &app.settings {
+            AppSettings::Apns(settings) => {
+                apns::ApnsChannel::new(&app.name, settings, metrics.clone())
+                    .map(|c| Arc::new(c) as Arc<dyn PushApp>)
             }
-            PushChannel::Fcm => {
-                fcm::FcmChannel::from_config(&app.name, &app.settings, metrics.clone())
-                    .map(|c| Arc::new(c) as Arc<dyn Channel>)
+            AppSettings::Fcm(settings) => {
+                fcm::FcmChannel::new(&app.name, settings, metrics.clone())
+                    .map(|c| Arc::new(c) as Arc<dyn PushApp>)
             }
         };
         match built {
             Ok(channel) => {
                 channels.insert(app.name.clone(), channel);
             }
-            Err(e) => errors.push(ChannelConfigError {
+            Err(e) => errors.push(AppError {
                 index,
                 name: app.name.clone(),
                 key: e.key,
@@ -181,6 +150,6 @@ pub fn push_channels(
     if errors.is_empty() {
         Ok(channels)
     } else {
-        Err(ChannelConfigErrors(errors))
+        Err(AppErrors(errors))
     }
 }

@@ -36,10 +36,6 @@ impl Backoff {
             .and_then(|t| t.checked_add(MIN_REQUEST_TIME))?;
         (ready_at < self.deadline).then_some(delay)
     }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
 }
 
 /// `Retry-After` in seconds (the form Google's and Apple's services send).
@@ -67,7 +63,6 @@ mod tests {
         assert_eq!(b.next_delay(None), Some(Duration::from_millis(200)));
         // 400 ms (+ time for the request) would end past the deadline.
         assert_eq!(b.next_delay(None), None);
-        assert_eq!(b.attempts(), 5);
     }
 
     #[tokio::test(start_paused = true)]

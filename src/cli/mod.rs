@@ -58,7 +58,7 @@ enum ConfigCommand {
 
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
-    crate::channels::http::install_crypto_provider();
+    crate::channels::push_client::install_crypto_provider();
     // These need no configuration, or read only what they need of it.
     match cli.command {
         Command::Openapi => return print_openapi(),
@@ -71,6 +71,13 @@ pub async fn run() -> ExitCode {
     }
     let config = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
+        Err(config::ConfigError::Apps(errors)) => {
+            // One line per broken app, each naming its key path.
+            for e in &errors.0 {
+                eprintln!("callrelay: configuration error: {e}");
+            }
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("callrelay: configuration error: {e}");
             return ExitCode::from(2);
@@ -117,15 +124,8 @@ async fn serve(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Configuration has read every setting and loaded every key and certificate by now.
 fn check_config(config: &Config) -> ExitCode {
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    if let Err(errors) = crate::channels::push_channels(config, Default::default(), &metrics) {
-        // One line per broken app, each naming its key path.
-        for e in &errors.0 {
-            eprintln!("callrelay: configuration error: {e}");
-        }
-        return ExitCode::from(2);
-    }
     println!(
         "configuration OK: {} account(s), {} push app(s), {} admin key(s), store: {}",
         config.accounts.len(),

@@ -1,6 +1,7 @@
 //! Configuration: a TOML file, `CALLRELAY__…` environment overrides, secrets inline or from
 //! files, validated once at start-up with errors that name the offending key.
 
+pub mod apps;
 mod defaults;
 mod env;
 mod raw;
@@ -12,12 +13,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use apps::{AppConfig, AppSettings};
 pub use defaults::render as render_defaults;
 pub use raw::lenient;
 pub use secret::Secret;
 pub use store::{RedisConfig, StoreConfig, TlsFiles, Topology};
 
-use crate::domain::{AccountSid, ApiKeySid, PushChannel};
+use crate::domain::{AccountSid, ApiKeySid};
 use raw::RawConfig;
 
 /// Everything callrelay needs to run, validated.
@@ -117,25 +119,6 @@ pub struct AdminConfig {
     pub api_keys: Vec<Secret>,
 }
 
-#[derive(Clone)]
-pub struct AppConfig {
-    pub name: String,
-    pub channel: PushChannel,
-    /// Channel-specific settings, read by the channel that serves the app. They may hold
-    /// inline secrets (`key`, `private_key`, `service_account`…), so `Debug` lists the keys only.
-    pub settings: toml::Table,
-}
-
-impl std::fmt::Debug for AppConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppConfig")
-            .field("name", &self.name)
-            .field("channel", &self.channel)
-            .field("settings", &self.settings.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the configuration file {path}: {source}")]
@@ -149,6 +132,9 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    /// Every push app whose settings are wrong or whose key or certificate cannot be loaded.
+    #[error(transparent)]
+    Apps(apps::AppErrors),
 }
 
 impl ConfigError {
@@ -273,7 +259,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let admin = validate_admin(raw.admin)?;
-    let apps = validate_apps(raw.apps)?;
+    let apps = apps::validate(raw.apps)?;
     Ok(Config {
         server,
         store,
@@ -577,47 +563,7 @@ fn validate_admin(raw: raw::RawAdmin) -> Result<AdminConfig, ConfigError> {
     Ok(AdminConfig { api_keys })
 }
 
-fn validate_apps(raw: Vec<raw::RawApp>) -> Result<Vec<AppConfig>, ConfigError> {
-    let mut apps = Vec::new();
-    let mut names = HashSet::new();
-    for (i, app) in raw.into_iter().enumerate() {
-        let key = format!("apps[{i}]");
-        let name = app
-            .name
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ConfigError::invalid(format!("{key}.name"), "is required"))?;
-        if !names.insert(name.clone()) {
-            return Err(ConfigError::invalid(
-                format!("{key}.name"),
-                format!("app `{name}` is configured twice"),
-            ));
-        }
-        let channel = match app.channel.as_deref() {
-            Some("apns") => PushChannel::Apns,
-            Some("fcm") => PushChannel::Fcm,
-            Some(other) => {
-                return Err(ConfigError::invalid(
-                    format!("{key}.channel"),
-                    format!("`{other}` is not one of apns, fcm"),
-                ));
-            }
-            None => {
-                return Err(ConfigError::invalid(
-                    format!("{key}.channel"),
-                    "is required (apns or fcm)",
-                ));
-            }
-        };
-        apps.push(AppConfig {
-            name,
-            channel,
-            settings: app.settings,
-        });
-    }
-    Ok(apps)
-}
-
-/// Resolves a secret given inline as `key` or in a file as `key_file`. Push channels use it for
+/// Resolves a secret given inline as `key` or in a file as `key_file`. Push apps use it for
 /// their own settings, so every secret follows the same rules.
 pub fn secret(
     key: &str,

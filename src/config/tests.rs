@@ -62,9 +62,11 @@ fn account_needs_a_way_to_authenticate_webhooks() {
 
 #[test]
 fn secrets_come_from_files_without_the_trailing_newline() {
-    let dir = std::env::temp_dir().join(format!("callrelay-config-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = dir.join("token");
+    let dir = tempfile::Builder::new()
+        .prefix("callrelay-config-")
+        .tempdir()
+        .unwrap();
+    let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     let config = from_toml_str(&format!(
         "{SERVER}[[accounts]]\nsid = \"{SID}\"\nauth_token_file = \"{}\"",
@@ -75,14 +77,13 @@ fn secrets_come_from_files_without_the_trailing_newline() {
 
     let err = from_toml_str(&format!(
         "[[accounts]]\nsid = \"{SID}\"\nauth_token_file = \"{}\"",
-        dir.join("missing").display()
+        dir.path().join("missing").display()
     ))
     .unwrap_err();
     assert!(
         err.to_string().starts_with("accounts[0].auth_token_file"),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -97,7 +98,10 @@ fn secrets_never_show_in_debug_output() {
         "{SERVER}[[accounts]]\nsid = \"{SID}\"\nauth_token = \"authtokenvalue\"\n\
          api_keys = [{{ sid = \"SK0123456789abcdef0123456789abcdef\", secret = \"apisecretvalue\" }}]\n\
          [store]\nredis_url = \"redis://:redispassword@127.0.0.1\"\n\
-         [[apps]]\nname = \"ios\"\nchannel = \"apns\"\nkey = \"inlineapnskey\""
+         [[apps]]\nname = \"android\"\nchannel = \"fcm\"\nservice_account = '''{}'''",
+        apps::fcm::tests::key_json(serde_json::json!({
+            "client_email": "inlineserviceaccount@x.iam.gserviceaccount.com"
+        }))
     ))
     .unwrap();
     let dump = format!("{config:?}");
@@ -105,7 +109,8 @@ fn secrets_never_show_in_debug_output() {
         "authtokenvalue",
         "apisecretvalue",
         "redispassword",
-        "inlineapnskey",
+        "inlineserviceaccount",
+        "PRIVATE KEY",
     ] {
         assert!(!dump.contains(secret), "{secret} in {dump}");
     }
@@ -194,6 +199,26 @@ fn environment_overrides_the_file_and_accepts_numbers_as_strings() {
     let config = from_table(table).unwrap();
     assert_eq!(config.server.webhook_deadline, Duration::from_millis(1500));
     assert_eq!(config.accounts[0].auth_tokens[0].expose(), "67890");
+}
+
+#[test]
+fn app_names_are_ones_a_binding_can_give() {
+    for name in ["my app", "ios/voip", &"a".repeat(65)] {
+        let err =
+            from_toml_str(&format!("[[apps]]\nname = \"{name}\"\nchannel = \"fcm\"")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("apps[0].name:"),
+            "{name}: {err}"
+        );
+    }
+    // A good name passes, and the app is refused for what it lacks.
+    let err =
+        from_toml_str("[[apps]]\nname = \"com.example_voice-2\"\nchannel = \"fcm\"").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("apps[0].service_account_file: is required"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -308,10 +333,12 @@ fn node_urls_are_host_and_port_without_credentials() {
 
 #[test]
 fn tls_files_are_checked_and_the_key_stays_secret() {
-    let dir = std::env::temp_dir().join(format!("callrelay-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("callrelay-tls-")
+        .tempdir()
+        .unwrap();
     let write = |name: &str, text: &str| {
-        let path = dir.join(name);
+        let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     };
@@ -347,7 +374,6 @@ fn tls_files_are_checked_and_the_key_stays_secret() {
     let dump = format!("{config:?}");
     assert!(!dump.contains("PRIVATE KEY"), "{dump}");
     assert!(!dump.contains("redispassword"), "{dump}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

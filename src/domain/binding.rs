@@ -75,6 +75,27 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// Bob's binding `b1` to `address` through `app`, created at `now` for a minute: for unit
+    /// tests.
+    #[cfg(test)]
+    pub fn example(channel: PushChannel, app: &str, address: &str, now: OffsetDateTime) -> Self {
+        Self {
+            id: BindingId::parse("b1").unwrap(),
+            account_sid: AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap(),
+            identity: Identity::parse("bob").unwrap(),
+            channel,
+            address: address.into(),
+            app: app.into(),
+            apns_environment: None,
+            push_type: None,
+            device_id: None,
+            ttl_seconds: 60,
+            created_at: now,
+            updated_at: now,
+            expires_at: now + Duration::from_secs(60),
+        }
+    }
+
     pub fn is_expired(&self, now: OffsetDateTime) -> bool {
         self.expires_at <= now
     }
@@ -106,6 +127,35 @@ pub struct BindingRequest {
     pub push_type: Option<PushType>,
     pub device_id: Option<String>,
     pub ttl_seconds: u64,
+}
+
+impl BindingRequest {
+    /// The binding this request registers at `now`, once the caller's (account, identity)
+    /// and the app serving it are settled.
+    pub fn into_binding(
+        self,
+        id: BindingId,
+        account_sid: AccountSid,
+        identity: Identity,
+        app: String,
+        now: OffsetDateTime,
+    ) -> Binding {
+        Binding {
+            id,
+            account_sid,
+            identity,
+            channel: self.channel,
+            address: self.address,
+            app,
+            apns_environment: self.apns_environment,
+            push_type: self.push_type,
+            device_id: self.device_id,
+            ttl_seconds: self.ttl_seconds,
+            created_at: now,
+            updated_at: now,
+            expires_at: now + Duration::from_secs(self.ttl_seconds),
+        }
+    }
 }
 
 /// Why a binding was refused; `field` names the member (empty for the document itself).
@@ -416,19 +466,8 @@ mod tests {
     fn refresh_moves_expiry_by_the_ttl() {
         let now = OffsetDateTime::now_utc();
         let b = Binding {
-            id: BindingId::parse("b1").unwrap(),
-            account_sid: AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap(),
-            identity: Identity::parse("bob").unwrap(),
-            channel: PushChannel::Fcm,
-            address: "t".into(),
-            app: "android".into(),
-            apns_environment: None,
-            push_type: None,
-            device_id: None,
-            ttl_seconds: 60,
-            created_at: now,
-            updated_at: now,
             expires_at: now,
+            ..Binding::example(PushChannel::Fcm, "android", "t", now)
         };
         assert!(b.is_expired(now));
         let later = now + Duration::from_secs(10);

@@ -1,9 +1,10 @@
-//! The vocabulary of callrelay: identifiers, bindings and call notifications, each parsed once
-//! at the edge.
+//! The vocabulary of callrelay: identifiers, bindings, call notifications and socket presences,
+//! each parsed once at the edge.
 
 mod binding;
 mod ids;
 mod notification;
+mod presence;
 
 pub use binding::{
     ApnsEnvironment, Binding, BindingRequest, DEFAULT_TTL_SECONDS, InvalidBinding, PushChannel,
@@ -11,3 +12,4 @@ pub use binding::{
 };
 pub use ids::{AccountSid, ApiKeySid, BindingId, Identity, InvalidId};
 pub use notification::{CallNotification, InvalidNotification};
+pub use presence::SocketPresence;

@@ -5,6 +5,7 @@
 mod admin;
 mod bindings;
 pub mod descriptors;
+mod extract;
 pub mod openapi;
 mod per_request;
 pub mod problem;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::routing::{get, post, put};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,6 +66,13 @@ pub struct Shared {
 
 pub fn public_router(state: AppState) -> Router {
     let binding_body_limit = DefaultBodyLimit::max(state.config.limits.max_binding_bytes);
+    let counted = |name| {
+        let operation = bindings::Operation {
+            metrics: state.metrics.clone(),
+            name,
+        };
+        axum::middleware::map_response_with_state(operation, bindings::counted)
+    };
     Router::new()
         .route(
             "/v1/twilio/call-notifications",
@@ -71,16 +80,16 @@ pub fn public_router(state: AppState) -> Router {
         )
         .route(
             "/v1/bindings",
-            post(bindings::create)
-                .get(bindings::list)
-                .delete(bindings::delete_all)
+            post(bindings::create.layer(counted("create")))
+                .get(bindings::list.layer(counted("list")))
+                .delete(bindings::delete_all.layer(counted("delete_all")))
                 .layer(binding_body_limit),
         )
         .route(
             "/v1/bindings/{id}",
-            put(bindings::replace)
-                .get(bindings::get_one)
-                .delete(bindings::delete_one)
+            put(bindings::replace.layer(counted("replace")))
+                .get(bindings::get_one.layer(counted("get")))
+                .delete(bindings::delete_one.layer(counted("delete")))
                 .layer(binding_body_limit),
         )
         .route("/v1/ws", get(ws::connect))
@@ -117,10 +126,5 @@ async fn openapi_json() -> axum::Json<serde_json::Value> {
 }
 
 async fn not_found() -> problem::Problem {
-    problem::Problem::new(
-        axum::http::StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        "no such endpoint",
-    )
+    problem::Problem::no_such_endpoint()
 }

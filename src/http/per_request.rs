@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
@@ -86,13 +86,7 @@ pub async fn layer(
             });
             Problem::internal().into_response()
         }
-        Err(_) => Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request-timeout",
-            "Request timeout",
-            format!("the request took longer than {} ms", limit.as_millis()),
-        )
-        .into_response(),
+        Err(_) => Problem::request_timeout(limit).into_response(),
     };
     if let Some(path) = path {
         span.in_scope(|| {

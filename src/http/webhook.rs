@@ -2,16 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
 use tokio::time::Instant;
 
 use super::AppState;
-use super::problem::Problem;
+use super::problem;
 use crate::auth::webhook::WebhookCredentials;
 use crate::config::ServerConfig;
 use crate::domain::CallNotification;
@@ -49,30 +48,11 @@ async fn answer(
 ) -> (&'static str, Response) {
     let body = match body {
         Ok(b) => b,
-        Err(rejection) => {
-            let status = rejection.status();
-            let outcome = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "bad_request"
-            };
-            let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!("the body is larger than {MAX_BODY} bytes")
-            } else {
-                rejection.body_text()
-            };
-            return (
-                outcome,
-                Problem::body_rejected(status, detail).into_response(),
-            );
-        }
+        Err(rejection) => return problem::webhook_body_rejected(rejection, MAX_BODY),
     };
     let notification = match CallNotification::parse(body) {
         Ok(n) => Arc::new(n),
-        Err(e) => {
-            let e = WebhookError::from(e);
-            return (e.metric_label(), e.into_response());
-        }
+        Err(e) => return problem::webhook_answer(Err(e.into())),
     };
     let url = signed_url(&state.config.server, headers, uri);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -83,45 +63,33 @@ async fn answer(
         authorization: header("authorization"),
         body: &notification.raw,
     };
-    match state.relay.notify(notification.clone(), &credentials).await {
-        Ok(summary) => {
-            let outcome = if summary.duplicate {
-                "duplicate"
-            } else {
-                "delivered"
-            };
-            tracing::info!(
-                account = %notification.account_sid,
-                identity = %notification.identity,
-                message_id = notification.message_id.as_deref().unwrap_or(""),
-                delivered = summary.delivered,
-                failed = summary.failed,
-                removed = summary.removed,
-                duplicate = summary.duplicate,
-                "call notification relayed"
-            );
-            (outcome, (StatusCode::OK, Json(summary)).into_response())
-        }
-        Err(e) => {
-            let outcome = e.metric_label();
-            if matches!(
-                e,
-                WebhookError::NoBinding
-                    | WebhookError::AllRemoved(_)
-                    | WebhookError::AllFailed(_)
-                    | WebhookError::InProgress { .. }
-            ) {
-                tracing::info!(
-                    account = %notification.account_sid,
-                    identity = %notification.identity,
-                    message_id = notification.message_id.as_deref().unwrap_or(""),
-                    outcome,
-                    "call notification not delivered"
-                );
-            }
-            (outcome, e.into_response())
-        }
+    let result = state.relay.notify(notification.clone(), &credentials).await;
+    match &result {
+        Ok(summary) => tracing::info!(
+            account = %notification.account_sid,
+            identity = %notification.identity,
+            message_id = notification.message_id.as_deref().unwrap_or(""),
+            delivered = summary.delivered,
+            failed = summary.failed,
+            removed = summary.removed,
+            duplicate = summary.duplicate,
+            "call notification relayed"
+        ),
+        Err(
+            e @ (WebhookError::NoBinding
+            | WebhookError::AllRemoved(_)
+            | WebhookError::AllFailed(_)
+            | WebhookError::InProgress { .. }),
+        ) => tracing::info!(
+            account = %notification.account_sid,
+            identity = %notification.identity,
+            message_id = notification.message_id.as_deref().unwrap_or(""),
+            outcome = e.metric_label(),
+            "call notification not delivered"
+        ),
+        Err(_) => {}
     }
+    problem::webhook_answer(result)
 }
 
 /// The URL Twilio signed: the configured public URL plus the path and query as received.

@@ -3,8 +3,8 @@
 
 use super::{BindingError, Relay};
 use crate::auth::Caller;
+use crate::domain::SocketPresence;
 use crate::domain::{AccountSid, Binding, BindingId, BindingRequest, Identity};
-use crate::store::SocketPresence;
 
 /// The (account, identity) a request acts on, once the caller is allowed to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,22 +97,8 @@ impl Relay {
         let identity = agree("identity", request.identity.clone(), named.1)?;
         let scope = self.scope(caller, account_sid, identity)?;
         let app = self.resolve_app(&request)?;
-        let now = self.clock.now();
-        let binding = Binding {
-            id,
-            account_sid: scope.account_sid,
-            identity: scope.identity,
-            channel: request.channel,
-            address: request.address,
-            app,
-            apns_environment: request.apns_environment,
-            push_type: request.push_type,
-            device_id: request.device_id,
-            ttl_seconds: request.ttl_seconds,
-            created_at: now,
-            updated_at: now,
-            expires_at: now + std::time::Duration::from_secs(request.ttl_seconds),
-        };
+        let binding =
+            request.into_binding(id, scope.account_sid, scope.identity, app, self.clock.now());
         self.check_binding_limit(&binding).await?;
         let outcome = self.store.put_binding(binding).await?;
         for (identity, id) in &outcome.displaced {

@@ -142,24 +142,18 @@ impl Relay {
     ) -> Outcome {
         let started = Instant::now();
         let channel = target.channel_name();
-        let outcome = match self.channels.for_target(target) {
-            None => Outcome::Failed("the binding's app is not configured".into()),
-            Some(c) => {
-                let delivery = c.deliver(target, notification, deadline);
-                tokio::pin!(delivery);
-                // A local socket answers at once; only a delivery that has to wait (a push, the
-                // replica bus) arms the deadline's timer.
-                let first =
-                    std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await;
-                match first {
-                    Poll::Ready(outcome) => outcome,
-                    Poll::Pending => tokio::time::timeout_at(deadline, delivery)
-                        .await
-                        .unwrap_or_else(|_| {
-                            Outcome::Failed("no answer within the webhook deadline".into())
-                        }),
-                }
-            }
+        let delivery = self.channels.deliver(target, notification, deadline);
+        tokio::pin!(delivery);
+        // A local socket answers at once; only a delivery that has to wait (a push, the
+        // replica bus) arms the deadline's timer.
+        let first = std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await;
+        let outcome = match first {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => tokio::time::timeout_at(deadline, delivery)
+                .await
+                .unwrap_or_else(|_| {
+                    Outcome::Failed("no answer within the webhook deadline".into())
+                }),
         };
         self.metrics
             .delivery_duration

@@ -16,24 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::config::StoreConfig;
-use crate::domain::{AccountSid, Binding, BindingId, Identity};
-
-/// A live WebSocket connection as other replicas see it: which replica holds it, and for how
-/// long the holder has promised to be alive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketPresence {
-    pub conn_id: String,
-    pub account_sid: AccountSid,
-    pub identity: Identity,
-    pub node: String,
-    pub device_id: Option<String>,
-    pub connected_at: OffsetDateTime,
-    /// The presence counts for this long after the store records it, unless the holder renews
-    /// it. The store's clock measures the lease (Redis's, for the Redis engine), never a
-    /// replica's: a replica whose clock is wrong can neither cut a live socket's lease short
-    /// nor keep a dead one's alive.
-    pub lease: Duration,
-}
+use crate::domain::{AccountSid, Binding, BindingId, Identity, SocketPresence};
 
 /// Everything a webhook can deliver to for one (account, identity).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

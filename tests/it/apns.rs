@@ -6,13 +6,15 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use callrelay::domain::{Binding, PushChannel};
 use futures_util::future::join_all;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
 use crate::mocks::apns::{MockApns, Recorded, Reply, TeamKey};
 use crate::mocks::tls::{TestCa, temp_file};
+use tempfile::TempPath;
 
 pub(crate) const TOPIC: &str = "com.example.voice";
 pub(crate) const TEAM: &str = "TEAM123456";
@@ -55,27 +57,6 @@ async fn start_with(extra: &str, config: TestConfig) -> Setup {
     Setup { app, apns }
 }
 
-/// Registers an APNs binding for `identity` through the bindings API; returns it.
-async fn bind(app: &TestApp, identity: &str, address: &str, more: Value) -> Value {
-    let mut body = json!({"channel": "apns", "address": address});
-    body.as_object_mut()
-        .unwrap()
-        .extend(more.as_object().unwrap().clone());
-    let r = app
-        .api(Method::POST, "/v1/bindings", &token(identity), Some(body))
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    r.body
-}
-
-async fn bindings_of(app: &TestApp, identity: &str) -> Vec<Value> {
-    let r = app
-        .api(Method::GET, "/v1/bindings", &token(identity), None)
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    r.body["bindings"].as_array().unwrap().clone()
-}
-
 /// The value of one series in the Prometheus text, if present.
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -106,7 +87,7 @@ fn assert_expiration_in_window(r: &Recorded, window: u64) {
 #[tokio::test]
 async fn voip_push_carries_apples_headers_and_the_webhook_bytes() {
     let s = start("").await;
-    let binding = bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    let binding = s.app.register_apns("bob", APNS_TOKEN).await;
     let body = payload(ACCOUNT, "bob");
     let answer = s.app.webhook(body.clone()).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
@@ -133,20 +114,10 @@ async fn voip_push_carries_apples_headers_and_the_webhook_bytes() {
     assert_eq!(&r.body[..], &body[..], "VoIP bodies are the webhook bytes");
 
     // A delivered push extends the binding's life.
-    let id = binding["id"].as_str().unwrap().to_owned();
-    let before = binding["updated_at"].as_str().unwrap().to_owned();
     let refreshed = eventually(Duration::from_secs(2), || async {
-        let b = s
-            .app
-            .api(
-                Method::GET,
-                &format!("/v1/bindings/{id}"),
-                &token("bob"),
-                None,
-            )
-            .await;
-        b.body["updated_at"].as_str() != Some(before.as_str())
-            && b.body["expires_at"] != binding["expires_at"]
+        let b = s.app.get_binding("bob", binding.id.as_str()).await;
+        let b: Binding = serde_json::from_value(b.body).unwrap();
+        b.updated_at != binding.updated_at && b.expires_at != binding.expires_at
     })
     .await;
     assert!(refreshed, "the binding's expiry was not refreshed");
@@ -165,7 +136,7 @@ async fn voip_push_carries_apples_headers_and_the_webhook_bytes() {
 #[tokio::test]
 async fn ringing_window_sets_the_expiration() {
     let s = start("ringing_window_secs = 45").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     assert_eq!(s.app.notify("bob").await.status, StatusCode::OK);
     assert_expiration_in_window(&s.apns.requests()[0], 45);
 }
@@ -185,14 +156,22 @@ fn assert_members_kept(sent: &[u8], got: &[u8]) -> Value {
 #[tokio::test]
 async fn alert_and_background_pushes_add_aps_to_the_payload() {
     let s = start(r#"alert_template = "{from} is calling""#).await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({"push_type": "alert"})).await;
-    bind(
-        &s.app,
-        "carol",
-        APNS_TOKEN_2,
-        json!({"push_type": "background"}),
-    )
-    .await;
+    s.app
+        .register(
+            "bob",
+            PushChannel::Apns,
+            APNS_TOKEN,
+            json!({"push_type": "alert"}),
+        )
+        .await;
+    s.app
+        .register(
+            "carol",
+            PushChannel::Apns,
+            APNS_TOKEN_2,
+            json!({"push_type": "background"}),
+        )
+        .await;
     let to_bob = payload(ACCOUNT, "bob");
     let to_carol = payload(ACCOUNT, "carol");
     assert_eq!(s.app.webhook(to_bob.clone()).await.status, StatusCode::OK);
@@ -230,14 +209,15 @@ async fn alert_and_background_pushes_add_aps_to_the_payload() {
 #[tokio::test]
 async fn sandbox_and_production_bindings_go_to_their_hosts() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
-    bind(
-        &s.app,
-        "bob",
-        APNS_TOKEN_2,
-        json!({"apns_environment": "sandbox"}),
-    )
-    .await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
+    s.app
+        .register(
+            "bob",
+            PushChannel::Apns,
+            APNS_TOKEN_2,
+            json!({"apns_environment": "sandbox"}),
+        )
+        .await;
     let answer = s.app.notify("bob").await;
     assert_eq!(
         answer.body,
@@ -261,7 +241,7 @@ async fn sandbox_and_production_bindings_go_to_their_hosts() {
 
 async fn dead_token_removes_the_binding(status: u16, reason: &'static str) {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     s.apns.script([Reply::error(status, reason)]);
     let answer = s.app.notify("bob").await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.text);
@@ -270,7 +250,7 @@ async fn dead_token_removes_the_binding(status: u16, reason: &'static str) {
         json!({"delivered": 0, "failed": 0, "removed": 1})
     );
     assert_eq!(s.apns.request_count(), 1, "a dead token is not retried");
-    assert!(bindings_of(&s.app, "bob").await.is_empty());
+    assert!(s.app.bindings_of("bob").await.is_empty());
     let next = s.app.notify("bob").await;
     assert_eq!(next.status, StatusCode::NOT_FOUND);
     assert_eq!(next.body["type"], "urn:callrelay:problem:no-binding");
@@ -304,7 +284,7 @@ async fn token_for_another_topic_removes_the_binding() {
 #[tokio::test]
 async fn service_unavailable_is_retried_then_delivered() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     s.apns.script([Reply::error(503, "ServiceUnavailable")]);
     let body = payload(ACCOUNT, "bob");
     let started = Instant::now();
@@ -331,7 +311,7 @@ async fn service_unavailable_is_retried_then_delivered() {
 #[tokio::test]
 async fn other_refusals_fail_with_apples_reason_and_keep_the_binding() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     s.apns.script([Reply::error(400, "BadTopic")]);
     let answer = s.app.notify("bob").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text);
@@ -340,7 +320,7 @@ async fn other_refusals_fail_with_apples_reason_and_keep_the_binding() {
         json!({"delivered": 0, "failed": 1, "removed": 0})
     );
     assert_eq!(s.apns.request_count(), 1, "a bad request is not retried");
-    assert_eq!(bindings_of(&s.app, "bob").await.len(), 1);
+    assert_eq!(s.app.bindings_of("bob").await.len(), 1);
     let m = s.app.metrics().await;
     assert_eq!(push_result(&m, "ios", "BadTopic"), 1.0, "{m}");
 }
@@ -355,7 +335,7 @@ async fn slow_apns_fails_within_the_webhook_deadline() {
         },
     )
     .await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     s.apns.script([Reply::ok().after(Duration::from_secs(3))]);
     let started = Instant::now();
     let answer = s.app.notify("bob").await;
@@ -387,7 +367,7 @@ async fn concurrent_pushes_share_one_connection_and_one_provider_token() {
         identities
             .iter()
             .zip(&addresses)
-            .map(|(id, address)| bind(&s.app, id, address, json!({}))),
+            .map(|(id, address)| s.app.register_apns(id, address)),
     )
     .await;
     let answers = join_all(identities.iter().map(|id| s.app.notify(id))).await;
@@ -411,7 +391,7 @@ async fn concurrent_pushes_share_one_connection_and_one_provider_token() {
 #[tokio::test]
 async fn several_connections_are_used_in_turn() {
     let s = start("connections = 3").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     for _ in 0..6 {
         assert_eq!(s.app.notify("bob").await.status, StatusCode::OK);
     }
@@ -426,14 +406,15 @@ async fn several_connections_are_used_in_turn() {
 #[tokio::test]
 async fn the_provider_token_is_signed_once_and_reused() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
-    bind(
-        &s.app,
-        "carol",
-        APNS_TOKEN_2,
-        json!({"apns_environment": "sandbox"}),
-    )
-    .await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
+    s.app
+        .register(
+            "carol",
+            PushChannel::Apns,
+            APNS_TOKEN_2,
+            json!({"apns_environment": "sandbox"}),
+        )
+        .await;
     for i in 0..10 {
         let who = if i % 2 == 0 { "bob" } else { "carol" };
         assert_eq!(s.app.notify(who).await.status, StatusCode::OK);
@@ -464,7 +445,7 @@ async fn the_provider_token_is_signed_once_and_reused() {
 #[tokio::test]
 async fn a_refused_provider_token_younger_than_twenty_minutes_is_not_re_signed() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
     s.apns.script([
         Reply::error(403, "ExpiredProviderToken"),
         Reply::error(403, "InvalidProviderToken"),
@@ -495,8 +476,8 @@ async fn a_refused_provider_token_younger_than_twenty_minutes_is_not_re_signed()
 struct ClientCert {
     key_pem: String,
     cert_der: Vec<u8>,
-    cert_file: std::path::PathBuf,
-    key_file: std::path::PathBuf,
+    cert_file: tempfile::TempPath,
+    key_file: tempfile::TempPath,
 }
 
 fn client_cert(client_ca: &TestCa) -> ClientCert {
@@ -536,16 +517,19 @@ ca_file = {ca}
     )
 }
 
-async fn certificate_auth_delivers(auth: impl FnOnce(&ClientCert) -> String) {
+/// `auth` gives the app's authentication settings and the files they name, kept until the
+/// app has read them.
+async fn certificate_auth_delivers(auth: impl FnOnce(&ClientCert) -> (String, Vec<TempPath>)) {
     let client_ca = TestCa::new("apns-client");
     let cert = client_cert(&client_ca);
     let apns = MockApns::certificate_auth(&client_ca).await;
+    let (settings, _files) = auth(&cert);
     let app = spawn_with(TestConfig {
-        extra: cert_app(&apns, &auth(&cert)),
+        extra: cert_app(&apns, &settings),
         ..TestConfig::default()
     })
     .await;
-    bind(&app, "bob", APNS_TOKEN, json!({})).await;
+    app.register_apns("bob", APNS_TOKEN).await;
     let answer = app.notify("bob").await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     let requests = apns.requests();
@@ -578,11 +562,12 @@ async fn certificate_auth_delivers(auth: impl FnOnce(&ClientCert) -> String) {
 #[tokio::test]
 async fn certificate_auth_with_a_pem_pair() {
     certificate_auth_delivers(|c| {
-        format!(
+        let settings = format!(
             "cert_file = {}\nprivate_key_file = {}",
             path_str(&c.cert_file),
             path_str(&c.key_file)
-        )
+        );
+        (settings, Vec::new())
     })
     .await;
 }
@@ -590,11 +575,12 @@ async fn certificate_auth_with_a_pem_pair() {
 #[tokio::test]
 async fn certificate_auth_with_an_inline_private_key() {
     certificate_auth_delivers(|c| {
-        format!(
+        let settings = format!(
             "cert_file = {}\nprivate_key = {}",
             path_str(&c.cert_file),
             toml_str(&c.key_pem)
-        )
+        );
+        (settings, Vec::new())
     })
     .await;
 }
@@ -617,14 +603,14 @@ fn pkcs12(cert: &ClientCert, password: &str) -> Vec<u8> {
 #[tokio::test]
 async fn certificate_auth_with_pkcs12() {
     certificate_auth_delivers(|c| {
-        let path = std::env::temp_dir().join(format!("callrelay-{}.p12", uuid::Uuid::new_v4()));
-        std::fs::write(&path, pkcs12(c, "s3cret")).unwrap();
+        let file = temp_file("voip.p12", pkcs12(c, "s3cret"));
         let password = temp_file("p12-password", "s3cret\n");
-        format!(
+        let settings = format!(
             "pkcs12_file = {}\npkcs12_password_file = {}",
-            path_str(&path),
+            path_str(&file),
             path_str(&password)
-        )
+        );
+        (settings, vec![file, password])
     })
     .await;
 }
@@ -640,20 +626,27 @@ async fn a_client_without_a_certificate_cannot_push_to_a_certificate_server() {
         ..TestConfig::default()
     })
     .await;
-    bind(&app, "bob", APNS_TOKEN, json!({})).await;
+    app.register_apns("bob", APNS_TOKEN).await;
     let answer = app.notify("bob").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text);
     assert_eq!(apns.request_count(), 0, "TLS refused the connection");
     let m = app.metrics().await;
     assert!(push_result(&m, "ios", "connection_error") >= 1.0, "{m}");
-    assert_eq!(bindings_of(&app, "bob").await.len(), 1);
+    assert_eq!(app.bindings_of("bob").await.len(), 1);
 }
 
 #[tokio::test]
 async fn oversize_payloads_are_refused_without_being_sent() {
     let s = start("").await;
-    bind(&s.app, "bob", APNS_TOKEN, json!({})).await;
-    bind(&s.app, "carol", APNS_TOKEN_2, json!({"push_type": "alert"})).await;
+    s.app.register_apns("bob", APNS_TOKEN).await;
+    s.app
+        .register(
+            "carol",
+            PushChannel::Apns,
+            APNS_TOKEN_2,
+            json!({"push_type": "alert"}),
+        )
+        .await;
     let padded = |identity: &str, size: usize| {
         let mut body = payload(ACCOUNT, identity);
         body.pop();
@@ -678,7 +671,7 @@ async fn oversize_payloads_are_refused_without_being_sent() {
         StatusCode::OK
     );
     assert_eq!(s.apns.request_count(), 1);
-    assert_eq!(bindings_of(&s.app, "bob").await.len(), 1);
+    assert_eq!(s.app.bindings_of("bob").await.len(), 1);
     let m = s.app.metrics().await;
     assert_eq!(push_result(&m, "ios", "payload_too_large"), 2.0, "{m}");
 }
@@ -702,8 +695,20 @@ async fn several_apns_apps_push_with_their_own_keys_and_topics() {
         ..TestConfig::default()
     })
     .await;
-    bind(&app, "bob", APNS_TOKEN, json!({"app": "voice-a"})).await;
-    bind(&app, "carol", APNS_TOKEN_2, json!({"app": "voice-b"})).await;
+    app.register(
+        "bob",
+        PushChannel::Apns,
+        APNS_TOKEN,
+        json!({"app": "voice-a"}),
+    )
+    .await;
+    app.register(
+        "carol",
+        PushChannel::Apns,
+        APNS_TOKEN_2,
+        json!({"app": "voice-b"}),
+    )
+    .await;
     for who in ["bob", "carol", "bob", "carol"] {
         let answer = app.notify(who).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
@@ -734,7 +739,6 @@ fn check_config(extra: &str) -> (Option<i32>, String) {
         .arg(&path)
         .output()
         .unwrap();
-    std::fs::remove_file(path).unwrap();
     (
         out.status.code(),
         format!(
@@ -765,8 +769,8 @@ async fn check_config_names_the_broken_apns_setting() {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         (
-            temp_file("old.pem", &cert.pem()),
-            temp_file("old.key", &key.serialize_pem()),
+            temp_file("old.pem", cert.pem()),
+            temp_file("old.key", key.serialize_pem()),
         )
     };
     let cases: Vec<(String, &str, &str)> = vec![
@@ -819,7 +823,7 @@ async fn check_config_names_the_broken_apns_setting() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement, not a check: run in release mode by hand"]
 async fn throughput() {
-    use callrelay::channels::{Channel, Outcome, Target};
+    use callrelay::channels::{Outcome, PushApp};
     use callrelay::domain::{
         AccountSid, ApnsEnvironment, Binding, BindingId, CallNotification, Identity, PushChannel,
         PushType,
@@ -846,26 +850,25 @@ async fn throughput() {
         updated_at: now,
         expires_at: now + Duration::from_secs(3600),
     };
-    let target = Target::Push(binding);
+    let target = binding;
     let notification =
         CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
 
     for connections in [1, 4] {
-        // The app's table as the core hands it over: without `name` and `channel`.
-        let config: toml::Table = toml::from_str(&apns.token_app(
+        let config = callrelay::config::from_toml_str(&apns.token_app(
             "ios",
             TOPIC,
             &key,
             &format!("connections = {connections}"),
         ))
         .unwrap();
-        let mut table = config["apps"][0].as_table().unwrap().clone();
-        table.remove("name");
-        table.remove("channel");
+        let callrelay::config::AppSettings::Apns(settings) = &config.apps[0].settings else {
+            panic!("an APNs app");
+        };
         let channel = Arc::new(
-            callrelay::channels::apns::ApnsChannel::from_config(
+            callrelay::channels::apns::ApnsChannel::new(
                 "ios",
-                &table,
+                settings,
                 Arc::new(callrelay::metrics::Metrics::new()),
             )
             .unwrap(),
@@ -875,7 +878,7 @@ async fn throughput() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for _ in 0..connections {
             assert_eq!(
-                channel.deliver(&target, &notification, deadline).await,
+                channel.push(&target, &notification, deadline).await,
                 Outcome::Delivered
             );
         }
@@ -886,7 +889,7 @@ async fn throughput() {
                 let (target, notification) = (&target, &notification);
                 async move {
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                    channel.deliver(target, notification, deadline).await
+                    channel.push(target, notification, deadline).await
                 }
             })
             .buffer_unordered(CONCURRENCY)
@@ -911,7 +914,7 @@ async fn throughput() {
         ..TestConfig::default()
     })
     .await;
-    bind(&app, "bob", APNS_TOKEN, json!({})).await;
+    app.register_apns("bob", APNS_TOKEN).await;
     assert_eq!(app.notify("bob").await.status, StatusCode::OK);
     let started = Instant::now();
     let ok = futures_util::stream::iter(0..WEBHOOKS)

@@ -77,3 +77,79 @@ fn the_websocket_channel_reads_no_system_clock() {
         );
     }
 }
+
+#[test]
+fn errors_become_http_answers_only_in_the_problem_module() {
+    // Problems are made (their constructor and fields are private), and errors turned into
+    // responses, in `http/problem.rs` alone, so that every status, `type` and metric label of
+    // an error is decided in one table.
+    let outside: Vec<String> = offenders(&src(""), "impl IntoResponse for")
+        .into_iter()
+        .filter(|f| !f.ends_with("/src/http/problem.rs"))
+        .collect();
+    assert_eq!(outside, Vec::<String>::new());
+    // Handlers name only success statuses; `/readyz` reports readiness, not an error.
+    let allowed = [
+        "StatusCode::OK",
+        "StatusCode::CREATED",
+        "StatusCode::NO_CONTENT",
+    ];
+    for file in rust_files(&src("http")) {
+        if file.ends_with("problem.rs") || file.ends_with("admin.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (at, _) in line.match_indices("StatusCode::") {
+                let named = &line[at..];
+                assert!(
+                    allowed.iter().any(|a| named.starts_with(a)),
+                    "{}: {line}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_problem_kind_is_listed_in_the_readme_with_its_status() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    for &kind in callrelay::http::problem::Kind::ALL {
+        let row = format!("| `{}` | ", kind.slug());
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("README lists no `{}`", kind.slug()));
+        let status = line[row.len()..].split('|').next().unwrap();
+        assert!(
+            status.contains(kind.status().as_str()),
+            "README gives `{}` the status {status}, the code {}",
+            kind.slug(),
+            kind.status().as_str()
+        );
+    }
+}
+
+#[test]
+fn configuration_reads_settings_and_builds_nothing() {
+    // `[[apps]]` are typed and loaded in `config/`; channels build from what it read, never the
+    // other way round, so `check-config` needs no channel, metrics registry or client.
+    for needle in [
+        "crate::channels",
+        "crate::http",
+        "crate::metrics",
+        "reqwest::Client",
+    ] {
+        assert_eq!(
+            offenders(&src("config"), needle),
+            Vec::<String>::new(),
+            "{needle}"
+        );
+    }
+    assert_eq!(
+        offenders(&src("cli"), "push_channels"),
+        Vec::<String>::new()
+    );
+}

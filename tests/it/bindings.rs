@@ -657,3 +657,46 @@ async fn store_outage_is_503_not_data_loss() {
         .await
     );
 }
+
+/// Refusals made before a handler runs (authentication, the rate limit, a body that is not
+/// JSON) are counted with the operation like every other answer.
+#[tokio::test]
+async fn every_answer_is_counted_by_operation_and_status() {
+    let app = spawn_with(config()).await;
+    let binding = json!({"channel": "fcm", "address": "fcm-token"});
+    let r = app
+        .api(Method::POST, "/v1/bindings", &token("bob"), Some(binding))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let r = app.api(Method::GET, "/v1/bindings", "nonsense", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = app
+        .http
+        .put(app.url(&format!("/v1/bindings/{id}")))
+        .bearer_auth(token("bob"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = app
+        .api(
+            Method::DELETE,
+            &format!("/v1/bindings/{id}"),
+            &token("bob"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+    let metrics = app.metrics().await;
+    for line in [
+        r#"callrelay_binding_requests_total{operation="create",status="201"} 1"#,
+        r#"callrelay_binding_requests_total{operation="list",status="401"} 1"#,
+        r#"callrelay_binding_requests_total{operation="replace",status="415"} 1"#,
+        r#"callrelay_binding_requests_total{operation="delete",status="204"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+    }
+}

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use crate::apns::{KEY_ID, TEAM, TOPIC};
@@ -14,18 +13,6 @@ use crate::helpers::*;
 use crate::mocks::apns::{MockApns, Reply, TeamKey};
 
 const IN_PROGRESS: &str = "urn:callrelay:problem:notification-in-progress";
-
-async fn register_apns(app: &TestApp, identity: &str) {
-    let r = app
-        .api(
-            reqwest::Method::POST,
-            "/v1/bindings",
-            &token(identity),
-            Some(json!({"channel": "apns", "address": APNS_TOKEN})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-}
 
 /// Waits until `check` holds, for at most `within`.
 async fn until(within: Duration, what: &str, check: impl Fn() -> bool) {
@@ -93,7 +80,7 @@ async fn a_replica_killed_mid_push_leaves_a_claim_that_lapses_never_a_duplicate(
     };
     let survivor = spawn_with(config.clone()).await;
     let mut doomed = ProcessApp::start(&config).await;
-    register_apns(&survivor, "bob").await;
+    survivor.register_apns("bob", APNS_TOKEN).await;
 
     apns.script([Reply::ok().after(Duration::from_secs(2))]);
     let body = with_message_id(&payload(ACCOUNT, "bob"), "RMkilledmidpush");
@@ -151,7 +138,7 @@ async fn a_client_hanging_up_mid_delivery_does_not_stop_it() {
         ..TestConfig::redis()
     })
     .await;
-    register_apns(&app, "bob").await;
+    app.register_apns("bob", APNS_TOKEN).await;
     apns.script([Reply::ok().after(Duration::from_secs(1))]);
     let body = with_message_id(&payload(ACCOUNT, "bob"), "RMhungup");
 
@@ -214,7 +201,7 @@ async fn a_claim_applied_after_the_timeout_does_not_make_the_retry_a_duplicate()
         ..TestConfig::with_engine(Engine::RedisAt(redis.url()))
     })
     .await;
-    register_apns(&app, "bob").await;
+    app.register_apns("bob", APNS_TOKEN).await;
     // The connection is up and the scripts are known before Redis freezes.
     assert_eq!(app.notify("bob").await.status, StatusCode::OK);
     let fake = app.fake("ios");

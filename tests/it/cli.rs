@@ -12,10 +12,9 @@ fn callrelay() -> Command {
     c
 }
 
-fn write_config(text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("callrelay-cli-{}.toml", uuid::Uuid::new_v4()));
-    std::fs::write(&path, text).unwrap();
-    path
+/// A file holding `text`, removed when the returned path is dropped.
+fn write_config(text: &str) -> tempfile::TempPath {
+    crate::mocks::tls::temp_file("cli.toml", text)
 }
 
 #[test]
@@ -50,7 +49,6 @@ fn check_config_accepts_the_example_and_names_broken_keys() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.webhook_deadline_ms"));
-    std::fs::remove_file(broken).unwrap();
 }
 
 /// Accounts without `server.public_url` (and without the explicit opt-in to trusting `Host`)
@@ -84,7 +82,6 @@ fn check_config_requires_a_public_url_for_accounts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
@@ -103,7 +100,6 @@ fn check_config_never_prints_secrets() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!all.contains(AUTH_TOKEN), "{all}");
-    std::fs::remove_file(path).unwrap();
 }
 
 #[tokio::test]
@@ -148,7 +144,6 @@ async fn dev_helpers_mint_tokens_and_send_signed_webhooks() {
     let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
     assert_eq!(v["twi_to"], "client:bob");
     assert_eq!(v["twi_message_id"], "RMcli");
-    std::fs::remove_file(config).unwrap();
 }
 
 /// `check-config` tries every push app, so one run names every broken key and certificate.
@@ -181,9 +176,6 @@ fn check_config_names_every_broken_push_app() {
         "{stderr}"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
-    for path in [not_a_key, not_json, config] {
-        std::fs::remove_file(path).unwrap();
-    }
 }
 
 /// `config defaults` prints the committed `examples/callrelay.toml`, and that file is a
@@ -266,5 +258,4 @@ async fn healthcheck_exits_0_while_healthy_and_1_otherwise() {
     let (code, text) = healthcheck(&["--config", &config_arg]).await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("server.admin_listen"), "{text}");
-    std::fs::remove_file(config).unwrap();
 }

@@ -26,15 +26,7 @@ fn cluster_config(cluster: &Cluster, prefix: &str) -> TestConfig {
 }
 
 async fn register(app: &TestApp, identity: &str) {
-    let binding = json!({"channel": "fcm", "address": format!("token-{identity}")});
-    let r = app
-        .api(
-            reqwest::Method::PUT,
-            "/v1/bindings/phone",
-            &token(identity),
-            Some(binding),
-        )
-        .await;
+    let r = app.put_fcm(identity, "phone").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }
 

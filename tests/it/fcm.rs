@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use callrelay::domain::PushChannel;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -32,28 +33,8 @@ async fn setup() -> (TestApp, MockFcm) {
     setup_with("", |_| {}).await
 }
 
-/// Registers an FCM binding for `identity` through the API; returns its id.
-async fn register(app: &TestApp, identity: &str, address: &str, extra: Value) -> String {
-    let mut body = json!({"channel": "fcm", "address": address});
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    let r = app
-        .api(Method::POST, "/v1/bindings", &token(identity), Some(body))
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    r.body["id"].as_str().unwrap().to_owned()
-}
-
 async fn binding_exists(app: &TestApp, identity: &str, id: &str) -> bool {
-    let r = app
-        .api(
-            Method::GET,
-            &format!("/v1/bindings/{id}"),
-            &token(identity),
-            None,
-        )
-        .await;
+    let r = app.get_binding(identity, id).await;
     match r.status {
         StatusCode::OK => true,
         StatusCode::NOT_FOUND => false,
@@ -74,7 +55,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn the_data_map_carries_every_member_of_the_payload_as_a_string() {
     let (app, mock) = setup().await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     let body = format!(
         r#"{{"twi_account_sid":"{ACCOUNT}","twi_to":"client:bob","twi_from":"client:alice",
             "twi_message_id":"RMdata1","twi_message_type":"twilio.voice.call",
@@ -126,7 +107,7 @@ async fn the_data_map_carries_every_member_of_the_payload_as_a_string() {
 #[tokio::test]
 async fn a_configured_ttl_is_sent_and_the_project_can_be_overridden() {
     let (app, mock) = setup_with("ttl_secs = 5\nproject_id = \"other-project\"", |_| {}).await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     let r = app.notify("bob").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let sent = mock.sent();
@@ -141,7 +122,7 @@ async fn a_configured_ttl_is_sent_and_the_project_can_be_overridden() {
 #[tokio::test]
 async fn one_token_fetch_serves_fifty_concurrent_sends() {
     let (app, mock) = setup().await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     let answers = futures_util::future::join_all((0..50).map(|_| app.notify("bob"))).await;
     for r in &answers {
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -178,7 +159,7 @@ async fn one_token_fetch_serves_fifty_concurrent_sends() {
 #[tokio::test]
 async fn the_token_is_cached_across_webhooks() {
     let (app, mock) = setup().await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     for _ in 0..3 {
         assert_eq!(app.notify("bob").await.status, StatusCode::OK);
     }
@@ -189,7 +170,7 @@ async fn the_token_is_cached_across_webhooks() {
 #[tokio::test]
 async fn a_refused_token_is_renewed_once_and_the_send_goes_through() {
     let (app, mock) = setup().await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     assert_eq!(app.notify("bob").await.status, StatusCode::OK);
     assert_eq!(mock.token_fetches(), 1);
 
@@ -222,7 +203,7 @@ async fn a_refused_token_is_renewed_once_and_the_send_goes_through() {
 #[tokio::test]
 async fn a_token_refused_even_after_renewal_is_a_failure_that_keeps_the_binding() {
     let (app, mock) = setup().await;
-    let id = register(&app, "bob", FCM_TOKEN, json!({})).await;
+    let id = app.register_fcm("bob", FCM_TOKEN).await.id.to_string();
     mock.refuse_all_tokens();
     let r = app.notify("bob").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
@@ -235,7 +216,7 @@ async fn a_token_refused_even_after_renewal_is_a_failure_that_keeps_the_binding(
 #[tokio::test]
 async fn a_failing_token_endpoint_is_reported_and_nothing_is_sent() {
     let (app, mock) = setup().await;
-    let id = register(&app, "bob", FCM_TOKEN, json!({})).await;
+    let id = app.register_fcm("bob", FCM_TOKEN).await.id.to_string();
     mock.fail_token_requests(500);
     let r = app.notify("bob").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
@@ -259,7 +240,7 @@ async fn a_failing_token_endpoint_is_reported_and_nothing_is_sent() {
 #[tokio::test]
 async fn unregistered_removes_the_binding() {
     let (app, mock) = setup().await;
-    let id = register(&app, "bob", FCM_TOKEN, json!({})).await;
+    let id = app.register_fcm("bob", FCM_TOKEN).await.id.to_string();
     mock.answer([Reply::error("UNREGISTERED")]);
     let r = app.notify("bob").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
@@ -279,7 +260,7 @@ async fn unregistered_removes_the_binding() {
 #[tokio::test]
 async fn sender_id_mismatch_removes_the_binding() {
     let (app, mock) = setup().await;
-    let id = register(&app, "bob", FCM_TOKEN, json!({})).await;
+    let id = app.register_fcm("bob", FCM_TOKEN).await.id.to_string();
     mock.answer([Reply::error("SENDER_ID_MISMATCH")]);
     let r = app.notify("bob").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
@@ -290,7 +271,7 @@ async fn sender_id_mismatch_removes_the_binding() {
 #[tokio::test]
 async fn invalid_argument_fails_and_keeps_the_binding() {
     let (app, mock) = setup().await;
-    let id = register(&app, "bob", FCM_TOKEN, json!({})).await;
+    let id = app.register_fcm("bob", FCM_TOKEN).await.id.to_string();
     mock.answer([Reply::error("INVALID_ARGUMENT")]);
     let r = app.notify("bob").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
@@ -309,7 +290,7 @@ async fn invalid_argument_fails_and_keeps_the_binding() {
 #[tokio::test]
 async fn unavailable_with_retry_after_is_retried_after_the_delay() {
     let (app, mock) = setup().await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     mock.answer([Reply::error("UNAVAILABLE").retry_after(1)]);
     let r = app.notify("bob").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -333,7 +314,7 @@ async fn unavailable_with_retry_after_is_retried_after_the_delay() {
 #[tokio::test]
 async fn internal_errors_are_retried_on_the_backoff_schedule() {
     let (app, mock) = setup().await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     mock.answer([Reply::error("INTERNAL"), Reply::error("INTERNAL")]);
     let started = Instant::now();
     let r = app.notify("bob").await;
@@ -345,7 +326,7 @@ async fn internal_errors_are_retried_on_the_backoff_schedule() {
 #[tokio::test]
 async fn quota_exceeded_with_retry_after_past_the_deadline_fails_at_once() {
     let (app, mock) = setup().await;
-    let id = register(&app, "bob", FCM_TOKEN, json!({})).await;
+    let id = app.register_fcm("bob", FCM_TOKEN).await.id.to_string();
     mock.answer([Reply::error("QUOTA_EXCEEDED").retry_after(30)]);
     let started = Instant::now();
     let r = app.notify("bob").await;
@@ -368,7 +349,7 @@ async fn quota_exceeded_with_retry_after_past_the_deadline_fails_at_once() {
 #[tokio::test]
 async fn a_send_with_no_answer_before_the_deadline_is_a_timeout() {
     let (app, mock) = setup_with("", |c| c.deadline_ms = 400).await;
-    let id = register(&app, "bob", FCM_TOKEN, json!({})).await;
+    let id = app.register_fcm("bob", FCM_TOKEN).await.id.to_string();
     // Fetch the token first, so the slow answer is the only thing the deadline covers.
     assert_eq!(app.notify("bob").await.status, StatusCode::OK);
     mock.answer([Reply::ok().delay(Duration::from_secs(2))]);
@@ -402,7 +383,7 @@ async fn connection_errors_are_retried_until_the_deadline_then_reported() {
         ..TestConfig::default()
     })
     .await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     let r = app.notify("bob").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
     let metrics = app.metrics().await;
@@ -413,7 +394,7 @@ async fn connection_errors_are_retried_until_the_deadline_then_reported() {
 #[tokio::test]
 async fn third_party_auth_error_is_reported_as_failed() {
     let (app, mock) = setup().await;
-    let id = register(&app, "bob", FCM_TOKEN, json!({})).await;
+    let id = app.register_fcm("bob", FCM_TOKEN).await.id.to_string();
     mock.answer([Reply::error("THIRD_PARTY_AUTH_ERROR")]);
     let r = app.notify("bob").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
@@ -431,7 +412,7 @@ async fn third_party_auth_error_is_reported_as_failed() {
 #[tokio::test]
 async fn data_over_fcms_limit_is_refused_and_nothing_is_sent() {
     let (app, mock) = setup().await;
-    let id = register(&app, "bob", FCM_TOKEN, json!({})).await;
+    let id = app.register_fcm("bob", FCM_TOKEN).await.id.to_string();
     let mut body: Value = serde_json::from_slice(&payload(ACCOUNT, "bob")).unwrap();
     body["twi_params"] = json!(format!("big={}", "x".repeat(4096)));
     let r = app.webhook(serde_json::to_vec(&body).unwrap()).await;
@@ -449,7 +430,16 @@ async fn data_over_fcms_limit_is_refused_and_nothing_is_sent() {
 #[tokio::test]
 async fn a_successful_push_extends_the_binding() {
     let (app, _mock) = setup().await;
-    let id = register(&app, "bob", FCM_TOKEN, json!({"ttl_seconds": 60})).await;
+    let id = app
+        .register(
+            "bob",
+            PushChannel::Fcm,
+            FCM_TOKEN,
+            json!({"ttl_seconds": 60}),
+        )
+        .await
+        .id
+        .to_string();
     let get = || async {
         app.api(
             Method::GET,
@@ -496,8 +486,20 @@ async fn two_fcm_apps_for_two_projects_side_by_side() {
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     assert_eq!(r.body["type"], "urn:callrelay:problem:app-not-configured");
-    register(&app, "bob", FCM_TOKEN, json!({"app": "android"})).await;
-    register(&app, "bob", FCM_TOKEN_2, json!({"app": "android-beta"})).await;
+    app.register(
+        "bob",
+        PushChannel::Fcm,
+        FCM_TOKEN,
+        json!({"app": "android"}),
+    )
+    .await;
+    app.register(
+        "bob",
+        PushChannel::Fcm,
+        FCM_TOKEN_2,
+        json!({"app": "android-beta"}),
+    )
+    .await;
 
     let r = app.notify("bob").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -536,7 +538,7 @@ async fn two_fcm_apps_for_two_projects_side_by_side() {
 #[tokio::test]
 async fn a_websocket_and_an_fcm_binding_both_receive() {
     let (app, mock) = setup().await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     let mut socket = app.connect_ws("bob").await;
     let body = payload(ACCOUNT, "bob");
     let r = app.webhook(body.clone()).await;
@@ -555,7 +557,7 @@ async fn a_websocket_and_an_fcm_binding_both_receive() {
 #[tokio::test]
 async fn several_connections_are_used_in_turn() {
     let (app, mock) = setup_with("connections = 4", |_| {}).await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     for _ in 0..8 {
         assert_eq!(app.notify("bob").await.status, StatusCode::OK);
     }
@@ -577,7 +579,6 @@ mod check_config {
             .env_remove("CALLRELAY_CONFIG")
             .output()
             .unwrap();
-        std::fs::remove_file(path).unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -585,19 +586,22 @@ mod check_config {
         )
     }
 
-    fn app_with_key_file(json: &str) -> String {
+    /// An app whose key file holds `json`, and the file (removed when dropped).
+    fn app_with_key_file(json: &str) -> (String, tempfile::TempPath) {
         let file = crate::mocks::tls::temp_file("firebase.json", json);
-        format!(
+        let app = format!(
             "[[apps]]\nname = \"android\"\nchannel = \"fcm\"\nservice_account_file = \"{}\"\n",
             file.display()
-        )
+        );
+        (app, file)
     }
 
     #[tokio::test]
     async fn accepts_a_good_key_and_names_each_broken_one_without_printing_it() {
         let mock = MockFcm::start().await;
         let good = mock.service_account_json(PROJECT);
-        let (code, stdout, stderr) = check(&app_with_key_file(&good));
+        let (app, _key) = app_with_key_file(&good);
+        let (code, stdout, stderr) = check(&app);
         assert_eq!(code, Some(0), "{stderr}");
         assert!(stdout.contains("configuration OK"), "{stdout}");
 
@@ -615,7 +619,8 @@ mod check_config {
             ),
         ];
         for (json, expected) in cases {
-            let (code, stdout, stderr) = check(&app_with_key_file(&json));
+            let (app, _key) = app_with_key_file(&json);
+            let (code, stdout, stderr) = check(&app);
             assert_eq!(code, Some(2), "{expected}: {stdout}{stderr}");
             assert!(
                 stderr.contains("apps[0].service_account_file: ") && stderr.contains(expected),
@@ -643,10 +648,10 @@ mod check_config {
 }
 
 /// A binding to `FCM_TOKEN`, for sends straight through the channel.
-fn direct_target() -> callrelay::channels::Target {
+fn direct_target() -> callrelay::domain::Binding {
     use callrelay::domain::{AccountSid, Binding, BindingId, Identity, PushChannel};
     let now = time::OffsetDateTime::now_utc();
-    callrelay::channels::Target::Push(Binding {
+    Binding {
         id: BindingId::parse("direct").unwrap(),
         account_sid: AccountSid::parse(ACCOUNT).unwrap(),
         identity: Identity::parse("bob").unwrap(),
@@ -660,7 +665,7 @@ fn direct_target() -> callrelay::channels::Target {
         created_at: now,
         updated_at: now,
         expires_at: now + time::Duration::hours(1),
-    })
+    }
 }
 
 /// An FCM channel for `mock`'s project, built as the core builds it.
@@ -668,17 +673,20 @@ fn direct_channel(
     mock: &MockFcm,
     connections: usize,
 ) -> std::sync::Arc<callrelay::channels::fcm::FcmChannel> {
-    let settings: toml::Table = toml::from_str(&format!(
-        "service_account_file = \"{}\"\nbase_url = \"{}\"\nca_file = \"{}\"\nconnections = {connections}\n",
+    let config = callrelay::config::from_toml_str(&format!(
+        "[[apps]]\nname = \"android\"\nchannel = \"fcm\"\nservice_account_file = \"{}\"\nbase_url = \"{}\"\nca_file = \"{}\"\nconnections = {connections}\n",
         mock.service_account_file(PROJECT).display(),
         mock.url(),
         mock.ca.ca_file.display()
     ))
     .unwrap();
+    let callrelay::config::AppSettings::Fcm(settings) = &config.apps[0].settings else {
+        panic!("an FCM app");
+    };
     std::sync::Arc::new(
-        callrelay::channels::fcm::FcmChannel::from_config(
+        callrelay::channels::fcm::FcmChannel::new(
             "android",
-            &settings,
+            settings,
             std::sync::Arc::new(callrelay::metrics::Metrics::new()),
         )
         .unwrap(),
@@ -688,17 +696,17 @@ fn direct_channel(
 /// `count` sends straight through `channel`, `in_flight` at a time.
 async fn send_many(
     channel: &std::sync::Arc<callrelay::channels::fcm::FcmChannel>,
-    target: &callrelay::channels::Target,
+    target: &callrelay::domain::Binding,
     notification: &callrelay::domain::CallNotification,
     count: usize,
     in_flight: usize,
 ) -> Vec<callrelay::channels::Outcome> {
-    use callrelay::channels::Channel;
+    use callrelay::channels::PushApp;
     use futures_util::StreamExt;
     futures_util::stream::iter(0..count)
         .map(|_| async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            channel.deliver(target, notification, deadline).await
+            channel.push(target, notification, deadline).await
         })
         .buffer_unordered(in_flight)
         .collect()
@@ -711,7 +719,7 @@ async fn send_many(
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement, not a check; run it in release mode"]
 async fn throughput() {
-    use callrelay::channels::{Channel, Outcome};
+    use callrelay::channels::{Outcome, PushApp};
     use callrelay::domain::CallNotification;
     use futures_util::StreamExt;
 
@@ -729,7 +737,7 @@ async fn throughput() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for _ in 0..connections {
             assert_eq!(
-                channel.deliver(&target, &notification, deadline).await,
+                channel.push(&target, &notification, deadline).await,
                 Outcome::Delivered
             );
         }
@@ -751,7 +759,7 @@ async fn throughput() {
         ..TestConfig::default()
     })
     .await;
-    register(&app, "bob", FCM_TOKEN, json!({})).await;
+    app.register_fcm("bob", FCM_TOKEN).await;
     assert_eq!(app.notify("bob").await.status, StatusCode::OK);
     let started = Instant::now();
     let statuses: Vec<StatusCode> = futures_util::stream::iter(0..WEBHOOKS)

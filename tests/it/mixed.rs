@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::apns::{KEY_ID, TEAM, TOPIC};
@@ -20,16 +20,8 @@ async fn a_websocket_an_apns_and_an_fcm_binding_all_receive() {
         ..TestConfig::redis()
     })
     .await;
-    let bob = token("bob");
-    for body in [
-        json!({"channel": "apns", "address": APNS_TOKEN}),
-        json!({"channel": "fcm", "address": "fcm-token:bob-pixel"}),
-    ] {
-        let r = app
-            .api(Method::POST, "/v1/bindings", &bob, Some(body))
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    }
+    app.register_apns("bob", APNS_TOKEN).await;
+    app.register_fcm("bob", "fcm-token:bob-pixel").await;
     let mut socket = app.connect_ws("bob").await;
 
     let body = payload(ACCOUNT, "bob");

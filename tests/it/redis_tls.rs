@@ -12,8 +12,8 @@ use crate::helpers::redis::{RedisServer, ServerOptions, TlsOptions};
 use crate::helpers::*;
 use crate::mocks::tls::{TestCa, temp_file};
 
-fn write_config(store_keys: &str) -> std::path::PathBuf {
-    temp_file("store.toml", &format!("[store]\n{store_keys}\n"))
+fn write_config(store_keys: &str) -> tempfile::TempPath {
+    temp_file("store.toml", format!("[store]\n{store_keys}\n"))
 }
 
 /// Runs `callrelay check-config --connect`: (success, stdout, stderr).

@@ -228,25 +228,16 @@ fn binding_from(request: BindingRequest, now: OffsetDateTime) -> Binding {
             PushChannel::Apns => "ios".to_owned(),
             PushChannel::Fcm => "android".to_owned(),
         });
-    Binding {
-        id: request.id.unwrap_or_else(BindingId::generate),
-        account_sid: request
-            .account_sid
-            .unwrap_or_else(|| AccountSid::parse(ACCOUNT).unwrap()),
-        identity: request
-            .identity
-            .unwrap_or_else(|| Identity::parse("alice").unwrap()),
-        channel: request.channel,
-        address: request.address,
-        app,
-        apns_environment: request.apns_environment,
-        push_type: request.push_type,
-        device_id: request.device_id,
-        ttl_seconds: request.ttl_seconds,
-        created_at: now,
-        updated_at: now,
-        expires_at: now + Duration::from_secs(request.ttl_seconds),
-    }
+    let id = request.id.clone().unwrap_or_else(BindingId::generate);
+    let account_sid = request
+        .account_sid
+        .clone()
+        .unwrap_or_else(|| AccountSid::parse(ACCOUNT).unwrap());
+    let identity = request
+        .identity
+        .clone()
+        .unwrap_or_else(|| Identity::parse("alice").unwrap());
+    request.into_binding(id, account_sid, identity, app, now)
 }
 
 #[test]

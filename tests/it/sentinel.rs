@@ -11,26 +11,11 @@ use crate::helpers::topology::{MASTER_NAME, SentinelSet};
 use crate::helpers::*;
 
 async fn register(app: &TestApp, identity: &str) -> StatusCode {
-    let binding = serde_json::json!({"channel": "fcm", "address": format!("token-{identity}")});
-    app.api(
-        reqwest::Method::PUT,
-        "/v1/bindings/phone",
-        &token(identity),
-        Some(binding),
-    )
-    .await
-    .status
+    app.put_fcm(identity, "phone").await.status
 }
 
 async fn binding_status(app: &TestApp, identity: &str) -> StatusCode {
-    app.api(
-        reqwest::Method::GET,
-        "/v1/bindings/phone",
-        &token(identity),
-        None,
-    )
-    .await
-    .status
+    app.get_binding(identity, "phone").await.status
 }
 
 /// Waits (off the async threads) until the replica holds as many keys as the master.

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use callrelay::domain::SocketPresence;
 use callrelay::domain::{
     AccountSid, ApnsEnvironment, Binding, BindingId, Identity, PushChannel, PushType,
 };
 use callrelay::store::memory::MemoryStore;
-use callrelay::store::{Claim, ClaimOwner, ClaimRequest, Settlement, SocketPresence, Store};
+use callrelay::store::{Claim, ClaimOwner, ClaimRequest, Settlement, Store};
 use time::OffsetDateTime;
 
 use crate::helpers::{eventually, redis, topology};

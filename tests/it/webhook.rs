@@ -404,22 +404,10 @@ fn with_fake_apps() -> TestConfig {
     }
 }
 
-async fn register_apns(app: &TestApp, identity: &str, address: &str) {
-    let r = app
-        .api(
-            reqwest::Method::POST,
-            "/v1/bindings",
-            &token(identity),
-            Some(json!({"channel": "apns", "address": address})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-}
-
 #[tokio::test]
 async fn a_failed_delivery_does_not_count_so_the_retry_goes_through() {
     let app = spawn_with(with_fake_apps()).await;
-    register_apns(&app, "bob", APNS_TOKEN).await;
+    app.register_apns("bob", APNS_TOKEN).await;
     let fake = app.fake("ios");
     fake.answer([Outcome::Failed("503 from the push service".into())]);
     let body = with_message_id(&payload(ACCOUNT, "bob"), "RMretry");
@@ -438,7 +426,7 @@ async fn a_failed_delivery_does_not_count_so_the_retry_goes_through() {
 #[tokio::test]
 async fn dead_bindings_are_removed_and_the_next_webhook_is_404() {
     let app = spawn_with(with_fake_apps()).await;
-    register_apns(&app, "bob", APNS_TOKEN).await;
+    app.register_apns("bob", APNS_TOKEN).await;
     app.fake("ios")
         .answer([Outcome::Dead("410 Unregistered".into())]);
     let first = app.notify("bob").await;
@@ -455,8 +443,8 @@ async fn dead_bindings_are_removed_and_the_next_webhook_is_404() {
 #[tokio::test]
 async fn mixed_outcomes_are_counted_and_one_success_is_200() {
     let app = spawn_with(with_fake_apps()).await;
-    register_apns(&app, "bob", APNS_TOKEN).await;
-    register_apns(&app, "bob", APNS_TOKEN_2).await;
+    app.register_apns("bob", APNS_TOKEN).await;
+    app.register_apns("bob", APNS_TOKEN_2).await;
     let mut socket = app.connect_ws("bob").await;
     let fake = app.fake("ios");
     fake.answer([Outcome::Dead("410".into()), Outcome::Failed("503".into())]);
@@ -465,10 +453,7 @@ async fn mixed_outcomes_are_counted_and_one_success_is_200() {
     assert_eq!(r.body, json!({"delivered": 1, "failed": 1, "removed": 1}));
     assert!(socket.next_text(WAIT).await.is_some());
     // Exactly one push binding is left.
-    let list = app
-        .api(reqwest::Method::GET, "/v1/bindings", &token("bob"), None)
-        .await;
-    assert_eq!(list.body["bindings"].as_array().unwrap().len(), 1);
+    assert_eq!(app.bindings_of("bob").await.len(), 1);
 }
 
 #[tokio::test]

@@ -204,15 +204,7 @@ async fn shutdown_sends_going_away_and_waits_for_in_flight_webhooks() {
         ..TestConfig::default()
     })
     .await;
-    let r = app
-        .api(
-            reqwest::Method::POST,
-            "/v1/bindings",
-            &token("bob"),
-            Some(json!({"channel": "apns", "address": APNS_TOKEN})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
+    app.register_apns("bob", APNS_TOKEN).await;
     let mut socket = app.connect_ws("carol").await;
     app.fake("ios").slow(Duration::from_millis(600));
 

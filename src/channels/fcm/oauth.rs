@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 
-use super::config::ServiceAccount;
 use crate::config::Secret;
+use crate::config::apps::fcm::ServiceAccount;
 use crate::metrics::{AppLabels, Metrics};
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -59,6 +59,15 @@ pub struct AccessToken {
 impl AccessToken {
     pub fn bearer(&self) -> &str {
         self.value.expose()
+    }
+
+    /// A token as a fake token endpoint hands it out.
+    #[cfg(test)]
+    pub fn fake(value: &str) -> Arc<Self> {
+        Arc::new(Self {
+            value: Secret::new(value.to_owned()),
+            renew_at: Instant::now(),
+        })
     }
 }
 
@@ -241,13 +250,13 @@ impl TokenSource {
         let give_up = deadline.min(tokio::time::Instant::now() + FETCH_TIMEOUT);
         let response = match tokio::time::timeout_at(give_up, request).await {
             Err(_) => return Err(format!("{} did not answer in time", self.account.token_uri)),
-            Ok(Err(e)) => return Err(super::describe(&e)),
+            Ok(Err(e)) => return Err(crate::channels::push_client::describe(e)),
             Ok(Ok(r)) => r,
         };
         let status = response.status();
         let body = match tokio::time::timeout_at(give_up, response.bytes()).await {
             Err(_) => return Err(format!("{} did not answer in time", self.account.token_uri)),
-            Ok(Err(e)) => return Err(super::describe(&e)),
+            Ok(Err(e)) => return Err(crate::channels::push_client::describe(e)),
             Ok(Ok(b)) => b,
         };
         if !status.is_success() {
@@ -302,7 +311,7 @@ mod tests {
     use jsonwebtoken::{DecodingKey, Validation};
 
     use super::*;
-    use crate::channels::fcm::config::tests::key_json;
+    use crate::config::apps::fcm::tests::key_json;
 
     const PUBLIC_KEY: &str =
         include_str!("../../../tests/fixtures/fcm/test-service-account-key.pub.pem");

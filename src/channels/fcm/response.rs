@@ -64,6 +64,19 @@ impl FcmError {
     }
 }
 
+/// How one `messages:send` request ended.
+pub enum Attempt {
+    Answer {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: bytes::Bytes,
+    },
+    /// No answer before the webhook deadline.
+    Timeout,
+    /// The request did not get through (connect, TLS, reset stream).
+    Connection(String),
+}
+
 /// What one answer from `messages:send` means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

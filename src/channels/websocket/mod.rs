@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -24,12 +23,13 @@ use registry::Registry;
 pub use registry::{Handoff, LocalSocket};
 use wire::WireMessage;
 
-use super::{Channel, Outcome, Target};
+use super::Outcome;
 use crate::clock::Clock;
 use crate::config::{Limits, WebSocketConfig};
+use crate::domain::SocketPresence;
 use crate::domain::{AccountSid, CallNotification, Identity};
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::store::{SocketPresence, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Presences written per store round trip when renewing.
 const RENEW_BATCH: usize = 500;
@@ -361,26 +361,24 @@ fn outcome_of(handoff: Handoff) -> Outcome {
     }
 }
 
-#[async_trait]
-impl Channel for WebSocketChannel {
-    async fn deliver(
+impl WebSocketChannel {
+    /// Hands `notification` to the socket `presence` names: at once when this replica holds
+    /// it, else over the replica bus, waiting for the holder's acknowledgement until `deadline`.
+    pub async fn deliver(
         &self,
-        target: &Target,
+        presence: &SocketPresence,
         notification: &CallNotification,
         deadline: Instant,
     ) -> Outcome {
-        let Target::Socket(p) = target else {
-            return Outcome::Failed("not a socket".into());
-        };
-        if p.node == self.node {
+        if presence.node == self.node {
             outcome_of(self.hand_off(
-                &p.conn_id,
+                &presence.conn_id,
                 notification.raw.clone(),
                 notification.message_id.as_deref(),
             ))
         } else {
             self.deliver_remote(
-                p,
+                presence,
                 notification.raw.clone(),
                 notification.message_id.as_deref(),
                 deadline,

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
-use super::problem::{self, Problem};
+use crate::auth::AuthError;
 use crate::channels::websocket::ConnectError;
 use crate::domain::valid_device_id;
 
@@ -29,100 +29,54 @@ pub struct WsParams {
     device_id: Option<String>,
 }
 
+/// Why an upgrade was refused; `http::problem` answers each.
+#[derive(Debug)]
+pub enum UpgradeError {
+    /// The query string could not be read.
+    Query,
+    Unauthenticated(AuthError),
+    DeviceId,
+    NotAnUpgrade(WebSocketUpgradeRejection),
+    Connect(ConnectError),
+}
+
 pub async fn connect(
     State(state): State<AppState>,
     headers: HeaderMap,
     params: Result<Query<WsParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Ok(Query(params)) = params else {
-        return Problem::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "bad-request",
-            "Bad request",
-            "the query string is malformed",
-        )
-        .into_response();
-    };
-    let from_header = headers
+    match accept(state, headers, params, upgrade).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn accept(
+    state: AppState,
+    headers: HeaderMap,
+    params: Result<Query<WsParams>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, UpgradeError> {
+    let Query(params) = params.map_err(|_| UpgradeError::Query)?;
+    let header = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
-    let Some(token) = from_header.or(params.access_token) else {
-        return Problem::unauthenticated(
-            "present a Twilio Access Token as a Bearer credential or the access_token parameter",
-        )
-        .into_response();
-    };
-    let verified = match state.auth.access_token(&token) {
-        Ok(v) => v,
-        Err(e) => {
-            // Anyone can cause this line, so it is rate-limited; the token (perhaps from the
-            // query string) is never in it.
-            if tracing::enabled!(tracing::Level::INFO)
-                && let Some(suppressed) =
-                    crate::telemetry::throttle::auth_failures().admit(problem::bearer_reason(&e))
-            {
-                tracing::info!(reason = %e, suppressed, "WebSocket authentication failed");
-            }
-            return Problem::unauthenticated("the access token was refused").into_response();
-        }
-    };
+        .and_then(|v| v.to_str().ok());
+    let verified = state
+        .auth
+        .socket_token(header, params.access_token.as_deref())
+        .map_err(UpgradeError::Unauthenticated)?;
     if let Some(device_id) = &params.device_id
         && !valid_device_id(device_id)
     {
-        return Problem::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "bad-request",
-            "Bad request",
-            "device_id must be 1 to 256 bytes without control characters",
-        )
-        .into_response();
+        return Err(UpgradeError::DeviceId);
     }
-    let upgrade = match upgrade {
-        Ok(u) => u,
-        Err(rejection) => {
-            return Problem::new(
-                rejection.status(),
-                "websocket-upgrade-required",
-                "WebSocket upgrade required",
-                rejection.body_text(),
-            )
-            .into_response();
-        }
-    };
-    let (lease, queue) = match state
+    let upgrade = upgrade.map_err(UpgradeError::NotAnUpgrade)?;
+    let (lease, queue) = state
         .sockets
         .connect(verified.account_sid, verified.identity, params.device_id)
         .await
-    {
-        Ok(registered) => registered,
-        Err(ConnectError::Store(e)) => {
-            tracing::error!(error = %e, "cannot announce a new socket");
-            return Problem::store_unavailable().into_response();
-        }
-        Err(e @ ConnectError::TooManyForIdentity(_)) => {
-            return Problem::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "too-many-sockets",
-                "Too many sockets",
-                e.to_string(),
-            )
-            .into_response();
-        }
-        Err(e @ ConnectError::OverCapacity(_)) => {
-            tracing::warn!(error = %e, "refusing a socket");
-            return Problem::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "over-capacity",
-                "Over capacity",
-                "this replica holds all the sockets it may; reconnect to another",
-            )
-            .into_response();
-        }
-    };
+        .map_err(UpgradeError::Connect)?;
 
     // The socket lives as long as its token is accepted, then closes with 4001.
     let expires = tokio::time::Instant::now() + verified.valid_for;
@@ -132,7 +86,7 @@ pub async fn connect(
     let tasks = state.tasks.clone();
     // Clients have nothing to say beyond pongs; anything larger than the limit is refused.
     let max_client_message = state.config.limits.max_client_message_bytes;
-    upgrade
+    Ok(upgrade
         .max_message_size(max_client_message)
         .max_frame_size(max_client_message)
         .read_buffer_size(READ_BUFFER)
@@ -148,5 +102,5 @@ pub async fn connect(
                 metrics.live_sockets.dec();
                 drop(lease);
             })
-        })
+        }))
 }

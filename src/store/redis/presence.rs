@@ -26,8 +26,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::domain::SocketPresence;
 use crate::domain::{AccountSid, Identity};
-use crate::store::SocketPresence;
 
 /// The hash field holding the hash's own expiry, in Unix milliseconds by Redis's clock. Not a
 /// connection id: those are 32 hexadecimal digits.

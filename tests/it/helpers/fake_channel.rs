@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use callrelay::channels::{Channel, Outcome, Target};
-use callrelay::domain::CallNotification;
+use callrelay::channels::{Outcome, PushApp};
+use callrelay::domain::{Binding, CallNotification};
 use tokio::time::Instant;
 
 #[derive(Default)]
@@ -55,16 +55,13 @@ impl FakeChannel {
 }
 
 #[async_trait]
-impl Channel for FakeChannel {
-    async fn deliver(
+impl PushApp for FakeChannel {
+    async fn push(
         &self,
-        target: &Target,
+        binding: &Binding,
         notification: &CallNotification,
         _deadline: Instant,
     ) -> Outcome {
-        let Target::Push(binding) = target else {
-            return Outcome::Failed("not a push binding".into());
-        };
         self.sent
             .lock()
             .unwrap()

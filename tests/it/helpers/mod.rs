@@ -2,6 +2,7 @@
 //! when a test needs to kill it), a private redis-server, signed webhooks, access tokens and
 //! WebSocket clients.
 
+pub mod bindings;
 pub mod fake_channel;
 pub mod load;
 pub mod proxy;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use callrelay::auth::access_token;
 use callrelay::auth::signature::{self, SignatureAlgorithm};
-use callrelay::channels::Channel;
+use callrelay::channels::PushApp;
 use callrelay::clock::Clock;
 use callrelay::config::Secret;
 use callrelay::domain::{AccountSid, ApiKeySid, Identity};
@@ -49,7 +50,7 @@ pub fn init_logging() {
     INIT.call_once(|| {
         // The tests' own reqwest clients need the process's rustls provider (reqwest is built
         // with `rustls-no-provider`); callrelay installs it in `start`, after they exist.
-        callrelay::channels::http::install_crypto_provider();
+        callrelay::channels::push_client::install_crypto_provider();
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(
@@ -155,7 +156,10 @@ api_keys = [{{ sid = "{OTHER_API_KEY}", secret = "{OTHER_API_SECRET}" }}]
             .fake_apps
             .iter()
             .map(|(name, channel)| {
-                format!("\n[[apps]]\nname = \"{name}\"\nchannel = \"{channel}\"\n")
+                format!(
+                    "\n[[apps]]\nname = \"{name}\"\nchannel = \"{channel}\"\n{}",
+                    fake_app_settings(channel)
+                )
             })
             .collect();
         // Tests sign for the address they send to (bound on port 0, so not known here):
@@ -207,6 +211,29 @@ pub struct TestApp {
     pub fakes: HashMap<String, Arc<FakeChannel>>,
 }
 
+/// Settings a fake app's channel accepts, secrets inline: configuration reads and loads them,
+/// though the app is served by a `FakeChannel`.
+fn fake_app_settings(channel: &str) -> String {
+    let quote = |text: &str| format!("'''{text}'''");
+    match channel {
+        "apns" => format!(
+            "topic = \"com.example.voice\"\nteam_id = \"TEAM123456\"\nkey_id = \"KEY1234567\"\nkey = {}\n",
+            quote(&rcgen::KeyPair::generate().unwrap().serialize_pem())
+        ),
+        "fcm" => {
+            let key = serde_json::json!({
+                "type": "service_account",
+                "project_id": "callrelay-fake",
+                "private_key": crate::mocks::fcm::PRIVATE_KEY,
+                "client_email": "relay@callrelay-fake.iam.gserviceaccount.com",
+                "token_uri": "https://oauth2.googleapis.com/token"
+            });
+            format!("service_account = {}\n", quote(&key.to_string()))
+        }
+        other => panic!("no fake app settings for {other}"),
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_with(TestConfig::default()).await
 }
@@ -241,7 +268,7 @@ pub async fn spawn_with_clock(config: TestConfig, clock: Option<Arc<dyn Clock>>)
         admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let mut fakes = HashMap::new();
-    let mut push_channels: HashMap<String, Arc<dyn Channel>> = HashMap::new();
+    let mut push_channels: HashMap<String, Arc<dyn PushApp>> = HashMap::new();
     for (name, _) in &config.fake_apps {
         let fake = FakeChannel::new();
         fakes.insert(name.to_string(), fake.clone());
@@ -449,18 +476,8 @@ pub struct ProcessApp {
     child: Option<Child>,
     pub base: String,
     pub admin: String,
-    _config: tempfile_path::TempPath,
-    log: tempfile_path::TempPath,
-}
-
-mod tempfile_path {
-    /// A file removed when dropped.
-    pub struct TempPath(pub std::path::PathBuf);
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+    _config: tempfile::TempPath,
+    log: tempfile::TempPath,
 }
 
 fn free_port() -> u16 {
@@ -485,9 +502,8 @@ impl ProcessApp {
             &format!("127.0.0.1:{port}"),
             &format!("127.0.0.1:{admin_port}"),
         );
-        let path = std::env::temp_dir().join(format!("callrelay-{}.toml", uuid::Uuid::new_v4()));
-        std::fs::write(&path, toml).unwrap();
-        let log_path = std::env::temp_dir().join(format!("callrelay-{}.log", uuid::Uuid::new_v4()));
+        let path = crate::mocks::tls::temp_file("process.toml", toml);
+        let log_path = crate::mocks::tls::temp_file("process.log", "");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_callrelay"));
         command
@@ -505,8 +521,8 @@ impl ProcessApp {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             admin: format!("http://127.0.0.1:{admin_port}"),
-            _config: tempfile_path::TempPath(path),
-            log: tempfile_path::TempPath(log_path),
+            _config: path,
+            log: log_path,
         };
         let started = Instant::now();
         loop {
@@ -527,7 +543,7 @@ impl ProcessApp {
     /// Everything the process logged so far. callrelay writes its log from a thread of its
     /// own, a moment after the line was logged: wait until the file stops growing.
     pub fn logs(&self) -> String {
-        let read = || std::fs::read_to_string(&self.log.0).unwrap_or_default();
+        let read = || std::fs::read_to_string(&self.log).unwrap_or_default();
         let mut text = read();
         for _ in 0..50 {
             std::thread::sleep(Duration::from_millis(20));

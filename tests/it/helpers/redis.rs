@@ -5,8 +5,10 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use tempfile::TempPath;
 
 use crate::mocks::tls::TestCa;
 
@@ -41,8 +43,9 @@ pub struct ServerOptions {
 #[derive(Clone)]
 pub struct TlsOptions {
     pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    /// Shared by the options' clones; removed when the last goes.
+    pub cert_file: Arc<TempPath>,
+    pub key_file: Arc<TempPath>,
     pub require_client_cert: bool,
 }
 
@@ -51,9 +54,9 @@ impl TlsOptions {
     pub fn issued_by(ca: &TestCa, require_client_cert: bool) -> Self {
         let issued = ca.issue(&["127.0.0.1", "localhost"], "redis");
         Self {
-            ca_file: ca.ca_file.clone(),
-            cert_file: crate::mocks::tls::temp_file("redis.crt", &issued.cert_pem),
-            key_file: crate::mocks::tls::temp_file("redis.key", &issued.key_pem),
+            ca_file: ca.ca_file.to_path_buf(),
+            cert_file: Arc::new(crate::mocks::tls::temp_file("redis.crt", &issued.cert_pem)),
+            key_file: Arc::new(crate::mocks::tls::temp_file("redis.key", &issued.key_pem)),
             require_client_cert,
         }
     }

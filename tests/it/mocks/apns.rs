@@ -5,7 +5,6 @@
 //! and answers what the test scripted, in order, then `200` with an `apns-id`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +25,7 @@ pub struct TeamKey {
     pub team_id: String,
     pub key_id: String,
     pub p8_pem: String,
-    pub p8_file: PathBuf,
+    pub p8_file: tempfile::TempPath,
     public_pem: String,
 }
 

@@ -18,6 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
 use super::tls::{TestCa, TlsServer, serve, temp_file};
+use tempfile::TempPath;
 
 /// The test-only service-account key (it signs nothing real) and its public half.
 pub const PRIVATE_KEY: &str = include_str!("../../fixtures/fcm/test-service-account-key.pem");
@@ -118,6 +119,8 @@ struct MockState {
     unread_answers: Arc<AtomicUsize>,
     /// How long after its headers a successful answer's body goes out (microseconds).
     body_delay_us: AtomicU64,
+    /// The service-account files handed out, removed with the mock.
+    files: Mutex<Vec<TempPath>>,
 }
 
 /// Counts an answer body that was dropped before it went out.
@@ -186,8 +189,12 @@ impl MockFcm {
         .to_string()
     }
 
+    /// A service-account key file for `project`, kept until the mock is dropped.
     pub fn service_account_file(&self, project: &str) -> PathBuf {
-        temp_file("firebase.json", &self.service_account_json(project))
+        let file = temp_file("firebase.json", self.service_account_json(project));
+        let path = file.to_path_buf();
+        self.state.files.lock().unwrap().push(file);
+        path
     }
 
     /// An `[[apps]]` entry for an FCM app of `project` served by this mock.

@@ -2,7 +2,6 @@
 //! HTTP/2-over-TLS server that serves an axum router.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -18,6 +17,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use tempfile::TempPath;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 pub struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
     /// The CA certificate in a PEM file, for `ca_file` settings.
-    pub ca_file: PathBuf,
+    pub ca_file: TempPath,
 }
 
 /// A certificate and its key, PEM-encoded.
@@ -43,7 +43,7 @@ impl TestCa {
         dn.push(DnType::CommonName, format!("callrelay test CA ({name})"));
         params.distinguished_name = dn;
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let ca_file = temp_file("ca.pem", &issuer.pem());
+        let ca_file = temp_file("ca.pem", issuer.pem());
         Self { issuer, ca_file }
     }
 
@@ -95,11 +95,15 @@ impl TestCa {
     }
 }
 
-/// Writes `contents` to a fresh temporary file and returns its path.
-pub fn temp_file(suffix: &str, contents: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("callrelay-{}-{suffix}", uuid::Uuid::new_v4()));
-    std::fs::write(&path, contents).unwrap();
-    path
+/// Writes `contents` to a fresh temporary file, removed when the returned path is dropped.
+pub fn temp_file(suffix: &str, contents: impl AsRef<[u8]>) -> TempPath {
+    let mut file = tempfile::Builder::new()
+        .prefix("callrelay-")
+        .suffix(&format!("-{suffix}"))
+        .tempfile()
+        .unwrap();
+    std::io::Write::write_all(&mut file, contents.as_ref()).unwrap();
+    file.into_temp_path()
 }
 
 /// The client certificate a connection presented (its DER bytes), visible to handlers as an
@@ -194,11 +198,11 @@ mod tests {
             ca.server_config(None),
         )
         .await;
-        let tls = callrelay::channels::http::TlsSettings {
-            extra_ca: callrelay::channels::http::load_ca_file(&ca.ca_file).unwrap(),
+        let tls = callrelay::channels::push_client::TlsSettings {
+            extra_ca: callrelay::config::apps::load_ca_file(&ca.ca_file).unwrap(),
             identity: None,
         };
-        let client = callrelay::channels::http::client(&tls).unwrap();
+        let client = callrelay::channels::push_client::client(&tls).unwrap();
         for _ in 0..3 {
             let r = client.get(server.url()).send().await.unwrap();
             assert_eq!(r.version(), reqwest::Version::HTTP_2);
@@ -210,7 +214,7 @@ mod tests {
             "one connection carries every request"
         );
         // Without the CA the server is not trusted.
-        let plain = callrelay::channels::http::client(&Default::default()).unwrap();
+        let plain = callrelay::channels::push_client::client(&Default::default()).unwrap();
         assert!(plain.get(server.url()).send().await.is_err());
     }
 }

@@ -12,8 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use super::token::Signer;
-use crate::channels::SettingsError;
+use super::SettingsError;
 use crate::config::Secret;
 
 /// A client certificate ready for the HTTP client, and when it stops being accepted.
@@ -33,8 +32,13 @@ pub fn load_p8(pem: &Secret, setting: &str) -> Result<EncodingKey, SettingsError
         )
     };
     let key = EncodingKey::from_ec_pem(pem.expose().as_bytes()).map_err(|_| bad())?;
-    let probe = Signer::new("PROBE00000", "PROBE00000", key.clone());
-    probe.sign(0).map_err(|_| bad())?;
+    let probe = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    jsonwebtoken::encode(
+        &probe,
+        &serde_json::json!({"iss": "PROBE00000", "iat": 0}),
+        &key,
+    )
+    .map_err(|_| bad())?;
     Ok(key)
 }
 
@@ -201,10 +205,14 @@ mod tests {
 
     const NOW: i64 = 1_700_000_000;
 
-    fn temp(contents: &[u8]) -> std::path::PathBuf {
-        let path = std::env::temp_dir().join(format!("callrelay-cred-{}", uuid::Uuid::new_v4()));
-        std::fs::write(&path, contents).unwrap();
-        path
+    /// A file holding `contents`, removed when the returned path is dropped.
+    fn temp(contents: &[u8]) -> tempfile::TempPath {
+        let mut file = tempfile::Builder::new()
+            .prefix("callrelay-cred-")
+            .tempfile()
+            .unwrap();
+        std::io::Write::write_all(&mut file, contents).unwrap();
+        file.into_temp_path()
     }
 
     /// A self-signed certificate valid from 2020 until `not_after` (Unix seconds).

@@ -9,8 +9,8 @@ use jsonwebtoken::EncodingKey;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::channels::{SettingsError, parse_settings};
-use crate::config::{ConfigError, lenient};
+use super::{SettingsError, check_base_url, check_connections, extra_ca, parse_settings, secret};
+use crate::config::lenient;
 
 pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
 /// A call rings for well under a minute; a push that arrives later only confuses the callee.
@@ -38,8 +38,8 @@ struct RawSettings {
     connections: Option<u64>,
 }
 
-/// An FCM app's settings, validated.
-#[derive(Debug)]
+/// An FCM app's settings, validated, its key and extra CA loaded.
+#[derive(Debug, Clone)]
 pub struct FcmSettings {
     pub service_account: ServiceAccount,
     /// The project messages are sent to: `project_id` if set, else the key's.
@@ -52,7 +52,7 @@ pub struct FcmSettings {
 }
 
 /// The members of a Google service-account key file that the OAuth grant needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServiceAccount {
     pub client_email: String,
     /// Becomes the assertion's `kid`, so Google can pick the right public key at once.
@@ -63,7 +63,8 @@ pub struct ServiceAccount {
 }
 
 /// The service account's RSA key, ready to sign. Its `Debug` never shows it.
-pub struct PrivateKey(pub(super) EncodingKey);
+#[derive(Clone)]
+pub struct PrivateKey(pub(crate) EncodingKey);
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -88,9 +89,8 @@ impl FcmSettings {
                 } else {
                     "service_account"
                 };
-                let secret = crate::config::secret("service_account", inline, file)
-                    .map_err(settings_error)?
-                    .expect("one of the two is set");
+                let secret =
+                    secret("service_account", inline, file)?.expect("one of the two is set");
                 (secret, key)
             }
         };
@@ -106,13 +106,9 @@ impl FcmSettings {
         };
         let base_url = match raw.base_url {
             None => DEFAULT_BASE_URL.to_owned(),
-            Some(url) => check_base_url(&url).map_err(|m| SettingsError::new("base_url", m))?,
+            Some(url) => check_base_url("base_url", &url)?,
         };
-        let extra_ca = match raw.ca_file {
-            None => Vec::new(),
-            Some(path) => crate::channels::http::load_ca_file(&path)
-                .map_err(|m| SettingsError::new("ca_file", m))?,
-        };
+        let extra_ca = extra_ca(raw.ca_file.as_deref())?;
         let ttl_secs = raw.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
         if ttl_secs > MAX_TTL_SECS {
             return Err(SettingsError::new(
@@ -120,28 +116,15 @@ impl FcmSettings {
                 format!("{ttl_secs} is out of range (0..={MAX_TTL_SECS} seconds, FCM's limit)"),
             ));
         }
-        let connections = raw.connections.unwrap_or(1);
-        if !(1..=MAX_CONNECTIONS).contains(&connections) {
-            return Err(SettingsError::new(
-                "connections",
-                format!("{connections} is out of range (1..={MAX_CONNECTIONS})"),
-            ));
-        }
+        let connections = check_connections(raw.connections.unwrap_or(1), MAX_CONNECTIONS)?;
         Ok(Self {
             send_url: format!("{base_url}/v1/projects/{project_id}/messages:send"),
             service_account,
             project_id,
             extra_ca,
             ttl: Duration::from_secs(ttl_secs),
-            connections: connections as usize,
+            connections,
         })
-    }
-}
-
-fn settings_error(e: ConfigError) -> SettingsError {
-    match e {
-        ConfigError::Invalid { key, message } => SettingsError { key, message },
-        other => SettingsError::new("service_account", other.to_string()),
     }
 }
 
@@ -244,21 +227,6 @@ fn check_token_uri(uri: &str) -> Result<(), String> {
         return Err("must be an https:// URL".into());
     }
     Ok(())
-}
-
-/// Checks `base_url` and returns it without a trailing slash.
-fn check_base_url(url: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
-    if parsed.scheme() != "https" || parsed.host_str().is_none() {
-        return Err("must be an https:// URL (FCM is spoken over HTTP/2 with TLS)".into());
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err("must not have a query string or a fragment".into());
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("must not carry credentials".into());
-    }
-    Ok(url.trim_end_matches('/').to_owned())
 }
 
 #[cfg(test)]

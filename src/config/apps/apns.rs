@@ -1,13 +1,17 @@
 //! An APNs app's settings: the keys of its `[[apps]]` table, checked and resolved (secrets read,
-//! URLs normalised, exactly one authentication method) before anything is loaded or connected.
+//! URLs normalised, exactly one authentication method), then its key or certificate and extra CA
+//! loaded.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::channels::{SettingsError, parse_settings};
-use crate::config::{ConfigError, Secret, lenient};
+use jsonwebtoken::EncodingKey;
+
+use super::apns_credentials::{load_p8, load_pem_pair, load_pkcs12};
+use super::{SettingsError, check_base_url, check_connections, extra_ca, parse_settings, secret};
+use crate::config::{Secret, lenient};
 
 pub const DEFAULT_PRODUCTION_URL: &str = "https://api.push.apple.com";
 pub const DEFAULT_SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
@@ -49,9 +53,49 @@ struct Raw {
     connections: Option<u64>,
 }
 
+/// An APNs app's settings, its key or certificate loaded.
+#[derive(Clone)]
+pub struct ApnsSettings {
+    /// The bundle ID; VoIP pushes go to `<topic>.voip`.
+    pub topic: String,
+    pub auth: ApnsAuth,
+    /// Base URLs without a trailing slash; requests go to `<base>/3/device/<token>`.
+    pub production_url: String,
+    pub sandbox_url: String,
+    /// Trusted besides the system roots (`ca_file`).
+    pub extra_ca: Vec<reqwest::Certificate>,
+    pub ringing_window: Duration,
+    pub alert_template: String,
+    pub connections: usize,
+    tls_setting: &'static str,
+}
+
+#[derive(Clone)]
+pub enum ApnsAuth {
+    /// Token authentication: requests carry a provider token signed with the `.p8` key.
+    Token {
+        team_id: String,
+        key_id: String,
+        key: EncodingKey,
+    },
+    /// Certificate authentication: the TLS client certificate says who we are.
+    Certificate {
+        identity: reqwest::Identity,
+        /// The leaf certificate's notAfter, Unix seconds.
+        not_after: i64,
+    },
+}
+
+impl ApnsSettings {
+    /// The setting to name when the app's HTTP client cannot be built with its TLS material.
+    pub fn tls_setting(&self) -> &'static str {
+        self.tls_setting
+    }
+}
+
 /// Validated settings; nothing has been loaded or parsed as a key or certificate yet.
 #[derive(Debug)]
-pub struct ApnsSettings {
+struct Validated {
     /// The bundle ID; VoIP pushes go to `<topic>.voip`.
     pub topic: String,
     pub auth: AuthSettings,
@@ -65,7 +109,7 @@ pub struct ApnsSettings {
 }
 
 #[derive(Debug)]
-pub enum AuthSettings {
+enum AuthSettings {
     Token {
         team_id: String,
         key_id: String,
@@ -89,10 +133,67 @@ pub enum AuthSettings {
 
 pub fn parse(table: &toml::Table) -> Result<ApnsSettings, SettingsError> {
     let raw: Raw = parse_settings(table)?;
-    validate(raw)
+    validate(raw)?.load()
 }
 
-fn validate(raw: Raw) -> Result<ApnsSettings, SettingsError> {
+impl Validated {
+    /// Loads the extra CA, then the key or certificate.
+    fn load(self) -> Result<ApnsSettings, SettingsError> {
+        let extra_ca = extra_ca(self.ca_file.as_deref())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let (auth, tls_setting) = match self.auth {
+            AuthSettings::Token {
+                team_id,
+                key_id,
+                key,
+                key_setting,
+            } => {
+                let key = load_p8(&key, key_setting)?;
+                let auth = ApnsAuth::Token {
+                    team_id,
+                    key_id,
+                    key,
+                };
+                (auth, "ca_file")
+            }
+            AuthSettings::Certificate {
+                cert_file,
+                private_key,
+                key_setting,
+            } => {
+                let cert = load_pem_pair(&cert_file, &private_key, key_setting, now)?;
+                let auth = ApnsAuth::Certificate {
+                    identity: cert.identity,
+                    not_after: cert.not_after,
+                };
+                (auth, "cert_file")
+            }
+            AuthSettings::Pkcs12 { file, password } => {
+                let cert = load_pkcs12(&file, &password, now)?;
+                let auth = ApnsAuth::Certificate {
+                    identity: cert.identity,
+                    not_after: cert.not_after,
+                };
+                (auth, "pkcs12_file")
+            }
+        };
+        Ok(ApnsSettings {
+            topic: self.topic,
+            auth,
+            production_url: self.production_url,
+            sandbox_url: self.sandbox_url,
+            extra_ca,
+            ringing_window: self.ringing_window,
+            alert_template: self.alert_template,
+            connections: self.connections,
+            tls_setting,
+        })
+    }
+}
+
+fn validate(raw: Raw) -> Result<Validated, SettingsError> {
     let topic = raw
         .topic
         .ok_or_else(|| SettingsError::new("topic", "is required (the app's bundle ID)"))?;
@@ -113,16 +214,16 @@ fn validate(raw: Raw) -> Result<ApnsSettings, SettingsError> {
 
     let base = raw
         .base_url
-        .map(|u| normalise_url("base_url", &u))
+        .map(|u| check_base_url("base_url", &u))
         .transpose()?;
     let production_url = match raw.production_url {
-        Some(u) => normalise_url("production_url", &u)?,
+        Some(u) => check_base_url("production_url", &u)?,
         None => base
             .clone()
             .unwrap_or_else(|| DEFAULT_PRODUCTION_URL.to_owned()),
     };
     let sandbox_url = match raw.sandbox_url {
-        Some(u) => normalise_url("sandbox_url", &u)?,
+        Some(u) => check_base_url("sandbox_url", &u)?,
         None => base.unwrap_or_else(|| DEFAULT_SANDBOX_URL.to_owned()),
     };
 
@@ -144,14 +245,11 @@ fn validate(raw: Raw) -> Result<ApnsSettings, SettingsError> {
             format!("must be 1 to {MAX_ALERT_TEMPLATE_LEN} bytes of text"),
         ));
     }
-    let connections = raw.connections.unwrap_or(DEFAULT_CONNECTIONS);
-    if !(1..=MAX_CONNECTIONS).contains(&connections) {
-        return Err(SettingsError::new(
-            "connections",
-            format!("{connections} is out of range (1..={MAX_CONNECTIONS})"),
-        ));
-    }
-    Ok(ApnsSettings {
+    let connections = check_connections(
+        raw.connections.unwrap_or(DEFAULT_CONNECTIONS),
+        MAX_CONNECTIONS,
+    )?;
+    Ok(Validated {
         topic,
         auth,
         production_url,
@@ -159,7 +257,7 @@ fn validate(raw: Raw) -> Result<ApnsSettings, SettingsError> {
         ca_file: raw.ca_file,
         ringing_window: Duration::from_secs(window),
         alert_template,
-        connections: connections as usize,
+        connections,
     })
 }
 
@@ -304,41 +402,6 @@ fn check_apple_id(key: &str, value: &str) -> Result<(), SettingsError> {
     }
 }
 
-/// `config::secret`, reporting through the channel's error type.
-fn secret(
-    key: &str,
-    inline: Option<String>,
-    file: Option<PathBuf>,
-) -> Result<Option<Secret>, SettingsError> {
-    crate::config::secret(key, inline, file).map_err(|e| match e {
-        ConfigError::Invalid { key, message } => SettingsError::new(key, message),
-        other => SettingsError::new(key, other.to_string()),
-    })
-}
-
-/// HTTPS only: the requests carry provider tokens. A path prefix is kept (proxies and tests
-/// route on it); the trailing slash goes so that `<base>/3/device/…` has one slash.
-fn normalise_url(key: &str, url: &str) -> Result<String, SettingsError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| SettingsError::new(key, format!("`{url}` is not a URL: {e}")))?;
-    if parsed.scheme() != "https" {
-        return Err(SettingsError::new(key, "must be an https:// URL"));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(SettingsError::new(key, "has no host"));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(SettingsError::new(
-            key,
-            "must not have a query string or a fragment",
-        ));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(SettingsError::new(key, "must not carry credentials"));
-    }
-    Ok(url.trim_end_matches('/').to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,8 +413,10 @@ mod tests {
         key = "-----BEGIN PRIVATE KEY-----"
     "#;
 
-    fn parse_str(text: &str) -> Result<ApnsSettings, SettingsError> {
-        parse(&toml::from_str(text).unwrap())
+    /// Validates without loading the key or certificate (the tests name files that do not
+    /// exist).
+    fn parse_str(text: &str) -> Result<Validated, SettingsError> {
+        validate(parse_settings(&toml::from_str(text).unwrap())?)
     }
 
     fn error_key(text: &str) -> String {
