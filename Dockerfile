@@ -49,7 +49,7 @@ RUN mkdir src \
  && rm -rf src target/release/callrelay target/release/.fingerprint/callrelay-* \
            target/release/deps/callrelay-* target/release/deps/libcallrelay-*
 
-# 2. The real sources, and the binding schemas the OpenAPI document includes. The stubs' build
+# 2. The real sources, and the binding schemas and examples the OpenAPI document includes. The stubs' build
 #    outputs and fingerprints were removed above, so Cargo rebuilds the callrelay crate itself
 #    (and only it) whatever the copied files' mtimes. The revision is declared here, not
 #    earlier, so that a new commit does not invalidate the dependency layer.
