@@ -82,7 +82,9 @@ async fn a_replica_killed_mid_push_leaves_a_claim_that_lapses_never_a_duplicate(
     let mut doomed = ProcessApp::start(&config).await;
     survivor.register_apns("bob", APNS_TOKEN).await;
 
-    apns.script([Reply::ok().after(Duration::from_secs(2))]);
+    // Slow enough that the replica is killed long before APNs answers, even on a loaded
+    // machine.
+    apns.script([Reply::ok().after(Duration::from_secs(30))]);
     let body = with_message_id(&payload(ACCOUNT, "bob"), "RMkilledmidpush");
     let url = format!("{}{}", doomed.base, webhook_path(&body));
     let request = reqwest::Client::new()

@@ -197,6 +197,8 @@ async fn replica_acknowledgements_on_a_cluster() {
     let cluster = tokio::task::spawn_blocking(shared_cluster).await.unwrap();
     let with_acks = |n: u32| TestConfig {
         fake_apps: vec![("android", "fcm")],
+        // WAIT is bounded by the command timeout: room for a replica on a loaded machine.
+        command_timeout_ms: 3000,
         ..TestConfig::with_engine(Engine::Store(format!(
             "{}min_replica_acks = {n}\n",
             cluster.store_toml()

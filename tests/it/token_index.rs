@@ -82,7 +82,18 @@ impl Fixture {
             );
         }
         let mut raw = self.raw.clone();
-        let hashes: Vec<Vec<(String, String)>> = pipe.query_async(&mut raw).await.unwrap();
+        // Redis may be frozen by the test: a read that times out is asked again.
+        let mut attempts = 0;
+        let hashes: Vec<Vec<(String, String)>> = loop {
+            match pipe.query_async(&mut raw).await {
+                Ok(hashes) => break hashes,
+                Err(e) => {
+                    attempts += 1;
+                    assert!(attempts < 100, "Redis never answered: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
         let mut out = Vec::new();
         for (name, fields) in identities.iter().zip(hashes) {
             for (field, text) in fields {

@@ -385,11 +385,22 @@ async fn concurrent_retries_deliver_once() {
     let mut bob = app.connect_ws("bob").await;
     let body = with_message_id(&payload(ACCOUNT, "bob"), "RMconcurrent");
     let answers = futures_util::future::join_all((0..8).map(|_| app.webhook(body.clone()))).await;
+    // Each is the delivery, a duplicate, or (on a machine so loaded that the delivering
+    // attempt's outcome is not recorded by another's deadline) still in progress: never a
+    // second delivery.
     let delivered: u64 = answers
         .iter()
-        .map(|a| {
-            assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-            a.body["delivered"].as_u64().unwrap()
+        .map(|a| match a.status {
+            StatusCode::OK => a.body["delivered"].as_u64().unwrap(),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(
+                    a.body["type"], "urn:callrelay:problem:notification-in-progress",
+                    "{}",
+                    a.text
+                );
+                0
+            }
+            other => panic!("{other}: {}", a.text),
         })
         .sum();
     assert_eq!(delivered, 1);
