@@ -589,12 +589,22 @@ fn sections() -> Vec<Section> {
                 ),
                 key(
                     "service_account_file",
-                    "A file holding the service-account key. This or service_account is required.",
+                    "A file holding the service-account key. This or service_account is required,\nunless credentials says otherwise.",
                     example("\"/run/secrets/callrelay/firebase-service-account.json\""),
                 ),
                 key(
+                    "credentials",
+                    "Where access tokens come from: service_account (the key above), metadata_server\n(no key: the workload's own service account, as on GKE with Workload Identity, Compute\nEngine or Cloud Run; needs project_id) or application_default (the key file\nGOOGLE_APPLICATION_CREDENTIALS names, else gcloud's well-known file, else the metadata\nserver).",
+                    default(|_| text("service_account")),
+                ),
+                key(
+                    "metadata_url",
+                    "The metadata server, for metadata_server and application_default. Default:\nhttp://$GCE_METADATA_HOST if that is set, else http://metadata.google.internal.",
+                    example("\"http://metadata.google.internal\""),
+                ),
+                key(
                     "project_id",
-                    "The project to send through. Default: the key's project_id.",
+                    "The project to send through. Default: the key's project_id (required without a key).",
                     example("\"my-other-project\""),
                 ),
                 key(

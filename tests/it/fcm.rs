@@ -802,3 +802,81 @@ async fn successful_sends_leave_no_cancelled_streams() {
     );
     assert_eq!(mock.unread_answers(), 0, "every answer was read to its end");
 }
+
+/// An `[[apps]]` entry for `android` without a key file, sending through `mock`.
+fn keyless_app(mock: &MockFcm, settings: &str) -> String {
+    format!(
+        "\n[[apps]]\nname = \"android\"\nchannel = \"fcm\"\nbase_url = \"{}\"\nca_file = \"{}\"\n{settings}\n",
+        mock.url(),
+        mock.ca.ca_file.display(),
+    )
+}
+
+/// GKE Workload Identity and Compute Engine: no key file, the metadata server's token for the
+/// workload's own service account (asked with `Metadata-Flavor: Google` and FCM's scope).
+#[tokio::test]
+async fn a_keyless_app_gets_its_token_from_the_metadata_server() {
+    let mock = MockFcm::start().await;
+    let settings = format!(
+        "credentials = \"metadata_server\"\nmetadata_url = \"{}\"\nproject_id = \"{PROJECT}\"",
+        mock.url()
+    );
+    let app = spawn_with(TestConfig {
+        extra: keyless_app(&mock, &settings),
+        ..TestConfig::default()
+    })
+    .await;
+    app.register_fcm("bob", FCM_TOKEN).await;
+    for _ in 0..2 {
+        let r = app.notify("bob").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.body["delivered"], 1);
+    }
+    let sent = mock.sent();
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|s| s.authorised && s.project == PROJECT));
+    assert_eq!(mock.token_fetches(), 1, "the token is cached");
+    assert!(mock.rejections().is_empty(), "{:?}", mock.rejections());
+}
+
+/// Application default credentials: the key file `GOOGLE_APPLICATION_CREDENTIALS` names is
+/// used as if it were `service_account_file`, its project included.
+#[tokio::test]
+async fn application_default_credentials_read_the_file_google_application_credentials_names() {
+    let mock = MockFcm::start().await;
+    let key_file = mock.service_account_file(PROJECT);
+    let config = TestConfig {
+        extra: keyless_app(&mock, "credentials = \"application_default\""),
+        ..TestConfig::default()
+    };
+    let app = ProcessApp::start_with_env(
+        &config,
+        &[("GOOGLE_APPLICATION_CREDENTIALS", key_file.to_str().unwrap())],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/v1/bindings", app.base))
+        .bearer_auth(token("bob"))
+        .json(&json!({"channel": "fcm", "address": FCM_TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body = payload(ACCOUNT, "bob");
+    let url = format!("{}{}", app.base, webhook_path(&body));
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-twilio-signature", sign(AUTH_TOKEN, &url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let sent = mock.sent();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].authorised);
+    assert_eq!(sent[0].project, PROJECT, "the key file names the project");
+    assert!(mock.rejections().is_empty(), "{:?}", mock.rejections());
+}

@@ -53,7 +53,7 @@ impl FcmChannel {
         // Token requests go to another host (oauth2.googleapis.com), so sharing the first
         // client costs the sends nothing and needs no second TLS set-up.
         let tokens = TokenSource::new(
-            settings.service_account.clone(),
+            settings.credentials.clone(),
             pool.first().clone(),
             app,
             metrics.clone(),
@@ -62,6 +62,7 @@ impl FcmChannel {
             app,
             project = %settings.project_id,
             url = %settings.send_url,
+            credentials = %settings.credentials.describe(),
             connections = settings.connections,
             "FCM app ready"
         );

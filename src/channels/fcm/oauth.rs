@@ -1,6 +1,7 @@
-//! OAuth2 access tokens for FCM: a JWT-bearer grant (RFC 7523) signed RS256 by the service
-//! account's key and posted to the key's own `token_uri`, cached and shared by every send of
-//! the app.
+//! OAuth2 access tokens for FCM, cached and shared by every send of the app: a JWT-bearer
+//! grant (RFC 7523) signed RS256 by the service account's key and posted to the key's own
+//! `token_uri`, or, without a key, the metadata server's token for the workload's own service
+//! account (`Metadata-Flavor: Google`). Both answer with an RFC 6749 token response.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
 use crate::config::apps::fcm::ServiceAccount;
+use crate::config::apps::fcm_credentials::{Credentials, METADATA_TOKEN_PATH};
 use crate::metrics::{AppLabels, Metrics};
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -182,9 +184,9 @@ impl TokenCache {
     }
 }
 
-/// Fetches access tokens for one service account and keeps the current one.
+/// Fetches access tokens for one app and keeps the current one.
 pub struct TokenSource {
-    account: Arc<ServiceAccount>,
+    credentials: Arc<Credentials>,
     client: reqwest::Client,
     cache: TokenCache,
     app: String,
@@ -208,13 +210,13 @@ struct TokenErrorResponse {
 
 impl TokenSource {
     pub fn new(
-        account: ServiceAccount,
+        credentials: Credentials,
         client: reqwest::Client,
         app: &str,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            account: Arc::new(account),
+            credentials: Arc::new(credentials),
             client,
             cache: TokenCache::default(),
             app: app.to_owned(),
@@ -232,30 +234,47 @@ impl TokenSource {
         self.cache.invalidate(token);
     }
 
+    /// The token request for these credentials, and where it goes (for error messages).
+    async fn request(&self) -> Result<(reqwest::RequestBuilder, String), String> {
+        match &*self.credentials {
+            Credentials::ServiceAccount(account) => {
+                let signer = account.clone();
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                // RSA signing is the one CPU-heavy step here; keep it off the async workers.
+                let jwt = tokio::task::spawn_blocking(move || assertion(&signer, now))
+                    .await
+                    .map_err(|e| format!("cannot sign the assertion: {e}"))??;
+                let request = self
+                    .client
+                    .post(&account.token_uri)
+                    .form(&[("grant_type", GRANT_TYPE), ("assertion", jwt.as_str())]);
+                Ok((request, account.token_uri.clone()))
+            }
+            Credentials::MetadataServer { url } => {
+                let endpoint = format!("{url}{METADATA_TOKEN_PATH}");
+                let mut target = reqwest::Url::parse(&endpoint)
+                    .map_err(|e| format!("{endpoint} is not a URL: {e}"))?;
+                target.query_pairs_mut().append_pair("scopes", SCOPE);
+                let request = self.client.get(target).header("Metadata-Flavor", "Google");
+                Ok((request, endpoint))
+            }
+        }
+    }
+
     async fn fetch(&self, deadline: tokio::time::Instant) -> Result<Fetched, String> {
-        let account = self.account.clone();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        // RSA signing is the one CPU-heavy step here; keep it off the async workers.
-        let jwt = tokio::task::spawn_blocking(move || assertion(&account, now))
-            .await
-            .map_err(|e| format!("cannot sign the assertion: {e}"))??;
-        let request = self
-            .client
-            .post(&self.account.token_uri)
-            .form(&[("grant_type", GRANT_TYPE), ("assertion", jwt.as_str())])
-            .send();
+        let (request, endpoint) = self.request().await?;
         let give_up = deadline.min(tokio::time::Instant::now() + FETCH_TIMEOUT);
-        let response = match tokio::time::timeout_at(give_up, request).await {
-            Err(_) => return Err(format!("{} did not answer in time", self.account.token_uri)),
+        let response = match tokio::time::timeout_at(give_up, request.send()).await {
+            Err(_) => return Err(format!("{endpoint} did not answer in time")),
             Ok(Err(e)) => return Err(crate::channels::push_client::describe(e)),
             Ok(Ok(r)) => r,
         };
         let status = response.status();
         let body = match tokio::time::timeout_at(give_up, response.bytes()).await {
-            Err(_) => return Err(format!("{} did not answer in time", self.account.token_uri)),
+            Err(_) => return Err(format!("{endpoint} did not answer in time")),
             Ok(Err(e)) => return Err(crate::channels::push_client::describe(e)),
             Ok(Ok(b)) => b,
         };

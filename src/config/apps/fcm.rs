@@ -9,6 +9,7 @@ use jsonwebtoken::EncodingKey;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::fcm_credentials::{self, Credentials, Source};
 use super::{SettingsError, check_base_url, check_connections, extra_ca, parse_settings, secret};
 use crate::config::lenient;
 
@@ -27,6 +28,8 @@ const MAX_PROJECT_ID_LEN: usize = 100;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
+    credentials: Option<String>,
+    metadata_url: Option<String>,
     service_account: Option<String>,
     service_account_file: Option<PathBuf>,
     project_id: Option<String>,
@@ -41,7 +44,7 @@ struct RawSettings {
 /// An FCM app's settings, validated, its key and extra CA loaded.
 #[derive(Debug, Clone)]
 pub struct FcmSettings {
-    pub service_account: ServiceAccount,
+    pub credentials: Credentials,
     /// The project messages are sent to: `project_id` if set, else the key's.
     pub project_id: String,
     /// `<base_url>/v1/projects/<project_id>/messages:send`.
@@ -76,32 +79,46 @@ impl FcmSettings {
     pub fn parse(table: &toml::Table) -> Result<Self, SettingsError> {
         let raw: RawSettings = parse_settings(table)?;
 
-        let (json, key) = match (raw.service_account, raw.service_account_file) {
-            (None, None) => {
+        let source = Source::parse(raw.credentials.as_deref())?;
+        let has_key = raw.service_account.is_some() || raw.service_account_file.is_some();
+        let credentials = match source {
+            Source::ServiceAccount => {
+                if raw.metadata_url.is_some() {
+                    return Err(SettingsError::new(
+                        "metadata_url",
+                        "is used only with credentials = \"metadata_server\" or \"application_default\"",
+                    ));
+                }
+                Credentials::ServiceAccount(service_account(
+                    raw.service_account,
+                    raw.service_account_file,
+                )?)
+            }
+            _ if has_key => {
                 return Err(SettingsError::new(
-                    "service_account_file",
-                    "is required (or service_account with the key's JSON inline)",
+                    "credentials",
+                    "a service-account key (service_account or service_account_file) is given too: keep one or the other",
                 ));
             }
-            (inline, file) => {
-                let key = if file.is_some() {
-                    "service_account_file"
-                } else {
-                    "service_account"
-                };
-                let secret =
-                    secret("service_account", inline, file)?.expect("one of the two is set");
-                (secret, key)
-            }
+            Source::MetadataServer => Credentials::MetadataServer {
+                url: fcm_credentials::metadata_url(raw.metadata_url)?,
+            },
+            Source::ApplicationDefault => fcm_credentials::application_default(
+                fcm_credentials::metadata_url(raw.metadata_url)?,
+            )?,
         };
-        let service_account =
-            ServiceAccount::parse(json.expose()).map_err(|m| SettingsError::new(key, m))?;
 
-        let project_id = match raw.project_id {
-            None => service_account.project_id.clone(),
-            Some(p) => {
+        let project_id = match (raw.project_id, credentials.project_id()) {
+            (Some(p), _) => {
                 check_project_id(&p).map_err(|m| SettingsError::new("project_id", m))?;
                 p
+            }
+            (None, Some(p)) => p.to_owned(),
+            (None, None) => {
+                return Err(SettingsError::new(
+                    "project_id",
+                    "is required with credentials from the metadata server (no key file names the project)",
+                ));
             }
         };
         let base_url = match raw.base_url {
@@ -119,13 +136,32 @@ impl FcmSettings {
         let connections = check_connections(raw.connections.unwrap_or(1), MAX_CONNECTIONS)?;
         Ok(Self {
             send_url: format!("{base_url}/v1/projects/{project_id}/messages:send"),
-            service_account,
+            credentials,
             project_id,
             extra_ca,
             ttl: Duration::from_secs(ttl_secs),
             connections,
         })
     }
+}
+
+/// The key given inline (`service_account`) or as a file (`service_account_file`).
+fn service_account(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<ServiceAccount, SettingsError> {
+    let key = match (&inline, &file) {
+        (None, None) => {
+            return Err(SettingsError::new(
+                "service_account_file",
+                "is required (or service_account with the key's JSON inline, or credentials = \"metadata_server\" or \"application_default\" without a key)",
+            ));
+        }
+        (_, Some(_)) => "service_account_file",
+        (Some(_), None) => "service_account",
+    };
+    let json = secret("service_account", inline, file)?.expect("one of the two is set");
+    ServiceAccount::parse(json.expose()).map_err(|m| SettingsError::new(key, m))
 }
 
 impl ServiceAccount {
@@ -275,13 +311,72 @@ pub(crate) mod tests {
         assert_eq!(s.ttl, Duration::from_secs(30));
         assert_eq!(s.connections, 1);
         assert!(s.extra_ca.is_empty());
-        let sa = &s.service_account;
+        let Credentials::ServiceAccount(sa) = &s.credentials else {
+            panic!("a key file's credentials are its service account");
+        };
         assert_eq!(
             sa.client_email,
             "relay@callrelay-test.iam.gserviceaccount.com"
         );
         assert_eq!(sa.private_key_id.as_deref(), Some("kid-1"));
         assert_eq!(sa.token_uri, "https://oauth2.googleapis.com/token");
+    }
+
+    fn keyless(extra: &str) -> Result<FcmSettings, SettingsError> {
+        FcmSettings::parse(&toml::from_str(extra).unwrap())
+    }
+
+    #[test]
+    fn the_metadata_server_needs_no_key_but_a_project() {
+        let s = keyless(
+            "credentials = \"metadata_server\"\nproject_id = \"p1\"\nmetadata_url = \"http://169.254.169.254/\"",
+        )
+        .unwrap();
+        let Credentials::MetadataServer { url } = &s.credentials else {
+            panic!("metadata server credentials");
+        };
+        assert_eq!(url, "http://169.254.169.254");
+        assert_eq!(
+            s.send_url,
+            "https://fcm.googleapis.com/v1/projects/p1/messages:send"
+        );
+        let e = keyless("credentials = \"metadata_server\"").err().unwrap();
+        assert_eq!(e.key, "project_id");
+    }
+
+    #[test]
+    fn keyless_credentials_and_a_key_are_not_given_together() {
+        let mut t = table(
+            "credentials = \"metadata_server\"\nproject_id = \"p1\"",
+            &key_json(serde_json::json!({})),
+        );
+        t.remove("project_id");
+        let e = FcmSettings::parse(&t).err().unwrap();
+        assert_eq!(e.key, "credentials");
+        let e = keyless("credentials = \"magic\"\nproject_id = \"p1\"")
+            .err()
+            .unwrap();
+        assert_eq!(e.key, "credentials");
+        let e = keyless(
+            "credentials = \"metadata_server\"\nproject_id = \"p1\"\nmetadata_url = \"ftp://x\"",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.key, "metadata_url");
+        let e = FcmSettings::parse(&table(
+            "metadata_url = \"http://x\"",
+            &key_json(serde_json::json!({})),
+        ))
+        .err()
+        .unwrap();
+        assert_eq!(e.key, "metadata_url");
+    }
+
+    #[test]
+    fn without_a_key_the_message_names_the_keyless_choices() {
+        let e = keyless("project_id = \"p1\"").err().unwrap();
+        assert_eq!(e.key, "service_account_file");
+        assert!(e.message.contains("metadata_server"), "{}", e.message);
     }
 
     #[test]

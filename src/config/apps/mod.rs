@@ -5,6 +5,7 @@
 pub mod apns;
 mod apns_credentials;
 pub mod fcm;
+pub mod fcm_credentials;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::RawQuery;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
@@ -151,6 +152,10 @@ impl MockFcm {
         });
         let router = Router::new()
             .route("/token", post(token))
+            .route(
+                "/computeMetadata/v1/instance/service-accounts/default/token",
+                get(metadata_token),
+            )
             .route("/v1/projects/{project}/messages:send", post(send))
             .with_state(state.clone());
         let server = serve(router, ca.server_config(None)).await;
@@ -299,6 +304,47 @@ fn form(body: &[u8]) -> Vec<(String, String)> {
             (decode(k), decode(v))
         })
         .collect()
+}
+
+/// The metadata server's token endpoint (GKE Workload Identity, Compute Engine): it answers
+/// only requests carrying `Metadata-Flavor: Google`, and here only for FCM's scope.
+async fn metadata_token(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    state.token_requests.fetch_add(1, Ordering::SeqCst);
+    if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
+        state
+            .rejections
+            .lock()
+            .unwrap()
+            .push("metadata request without Metadata-Flavor: Google".into());
+        return (
+            StatusCode::FORBIDDEN,
+            "Missing Metadata-Flavor:Google header.",
+        )
+            .into_response();
+    }
+    let scopes: Vec<(String, String)> = form(query.unwrap_or_default().as_bytes())
+        .into_iter()
+        .filter(|(k, _)| k == "scopes")
+        .collect();
+    if scopes.len() != 1 || scopes[0].1 != SCOPE {
+        return token_error(&state, format!("metadata scopes {scopes:?}"));
+    }
+    let access_token = format!("ya29.metadata-{}", uuid::Uuid::new_v4().simple());
+    state
+        .valid_tokens
+        .lock()
+        .unwrap()
+        .insert(access_token.clone());
+    axum::Json(json!({
+        "access_token": access_token,
+        "expires_in": state.expires_in.load(Ordering::SeqCst),
+        "token_type": "Bearer"
+    }))
+    .into_response()
 }
 
 fn token_error(state: &MockState, why: String) -> Response {
