@@ -188,7 +188,11 @@ async fn run(args: Args) -> Result<(), Error> {
         args.scenarios.clone()
     };
     let files = procs::open_files_limit() as usize;
-    let largest = files.saturating_sub(1000);
+    // Room for the load generator's other descriptors, and no more than a replica may hold
+    // within the same limit (beyond, it answers 503).
+    let largest = files
+        .saturating_sub(1000)
+        .min(procs::socket_budget() as usize);
     let socket_counts = if !args.sockets.is_empty() {
         args.sockets.clone()
     } else if args.smoke {

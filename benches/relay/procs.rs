@@ -355,7 +355,7 @@ const MAX_CONNECTIONS: u64 = 1024;
 
 /// The sockets a replica may hold within the open-files limit it inherits, so that its
 /// descriptor-budget check (which the harness would report as a warning) holds.
-fn socket_budget() -> u64 {
+pub fn socket_budget() -> u64 {
     use callrelay::http::descriptors::{RESERVED, open_files_limit};
     open_files_limit()
         .unwrap_or(100_000)

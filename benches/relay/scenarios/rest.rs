@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{check_quiet, webhooks_for};
+use super::{CpuMeter, check_quiet, webhooks_for};
 use crate::Bench;
 use crate::fleet::Fleet;
 use crate::load;
@@ -34,7 +34,15 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
 
             let identities: Vec<String> = (0..count).map(|i| format!("idle{i}")).collect();
             let mut fleet = Fleet::connect(relay.addr, &identities, SOURCES, 128).await?;
+            // What idle sockets cost Redis: their presence renewals (a third of the lease
+            // apart), measured while they sit.
+            let redis_cpu = CpuMeter::start(&[redis.pid()]);
+            let replica_cpu = CpuMeter::start(&[relay.pid()]);
             tokio::time::sleep(b.settle).await;
+            let seconds = b.settle.as_secs_f64();
+            let per_socket_second = |cpu: &CpuMeter| cpu.micros_per(count as u64) / seconds;
+            samples.add("redis cpu", per_socket_second(&redis_cpu));
+            samples.add("replica cpu", per_socket_second(&replica_cpu));
             let after = rss_bytes(relay.pid())?;
             let redis_after = redis.used_memory()?;
 
@@ -91,6 +99,16 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
             Better::Less,
             "bytes",
         );
+        for (who, name) in [("replica", "replica cpu"), ("Redis", "redis cpu")] {
+            b.row(
+                scenario,
+                &format!("{who} CPU per idle socket per second, {count} sockets"),
+                &samples,
+                (name, None),
+                Better::Less,
+                "µs",
+            );
+        }
     }
     Ok(())
 }
