@@ -7,7 +7,9 @@
 //! queued meanwhile: an idle replica's message goes out at once, alone and unframed; a busy
 //! replica's messages wait at most one round trip. Messages for one channel keep their order.
 //! Each caller learns the receivers of the `PUBLISH` that carried its message, as it would of
-//! its own.
+//! its own. While Redis does not answer, a batch waits up to the command timeout and the
+//! messages queued behind it wait for it first; a delivery gives up at its webhook's deadline
+//! whichever way (`relay/notify.rs`).
 //!
 //! A batch is framed so that the subscriber can split it (`unpack`):
 //!
