@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use procs::{Baseline, BaselineSetup, Error, Redis};
+use procs::{Baseline, BaselineSetup, Cluster, Error, Redis};
 use report::{Better, Row, Samples};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -62,6 +62,9 @@ struct Args {
     /// Leave the baseline out (figures without ratios).
     #[arg(long)]
     no_baseline: bool,
+    /// Leave the Redis Cluster column out.
+    #[arg(long)]
+    no_cluster: bool,
     /// Also write the table to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -70,9 +73,12 @@ struct Args {
     bench: bool,
 }
 
-/// What every scenario shares: one Redis, the baseline, sizes, and the rows so far.
+/// What every scenario shares: one Redis, one Redis Cluster, the baseline, sizes, and the rows
+/// so far.
 pub struct Bench {
     pub redis: Redis,
+    /// The lookup and delivery scenarios run a second deployment on it, in the same runs.
+    pub cluster: Option<Cluster>,
     pub baseline: Option<Baseline>,
     pub runs: usize,
     pub duration: Duration,
@@ -92,6 +98,10 @@ pub struct Bench {
 }
 
 pub const BASELINE_PREFIX: &str = "baseline";
+/// Samples measured on Redis Cluster are named `cluster <name>`.
+pub const CLUSTER: &str = "cluster";
+/// Masters of the benchmark's Redis Cluster.
+const CLUSTER_MASTERS: usize = 3;
 
 impl Bench {
     /// A run id no other run of this process used (message ids embed it).
@@ -123,6 +133,8 @@ impl Bench {
             scenario: scenario.to_owned(),
             measure: measure.to_owned(),
             callrelay: value,
+            // The same figure on Redis Cluster, where the scenario measured one.
+            cluster: samples.median(&format!("{CLUSTER} {callrelay}")),
             baseline: baseline.and_then(|b| samples.median(b)),
             better,
             unit,
@@ -137,10 +149,15 @@ impl Bench {
                 .map(|v| (v * 1000.0).round() / 1000.0)
                 .collect::<Vec<_>>()
         };
-        match baseline {
-            Some(b) => println!("    runs: {:?}, baseline {:?}", runs(callrelay), runs(b)),
-            None => println!("    runs: {:?}", runs(callrelay)),
+        let cluster = format!("{CLUSTER} {callrelay}");
+        let mut line = format!("    runs: {:?}", runs(callrelay));
+        if samples.runs(&cluster) > 0 {
+            line.push_str(&format!(", cluster {:?}", runs(&cluster)));
         }
+        if let Some(b) = baseline {
+            line.push_str(&format!(", baseline {:?}", runs(b)));
+        }
+        println!("{line}");
         self.rows.push(row);
     }
 }
@@ -171,7 +188,11 @@ async fn run(args: Args) -> Result<(), Error> {
         args.scenarios.clone()
     };
     let files = procs::open_files_limit() as usize;
-    let largest = files.saturating_sub(1000);
+    // Room for the load generator's other descriptors, and no more than a replica may hold
+    // within the same limit (beyond, it answers 503).
+    let largest = files
+        .saturating_sub(1000)
+        .min(procs::socket_budget() as usize);
     let socket_counts = if !args.sockets.is_empty() {
         args.sockets.clone()
     } else if args.smoke {
@@ -188,6 +209,11 @@ async fn run(args: Args) -> Result<(), Error> {
     }
 
     let redis = Redis::start()?;
+    let cluster = if args.no_cluster {
+        None
+    } else {
+        Some(Cluster::start(CLUSTER_MASTERS)?)
+    };
     let baseline = if args.no_baseline {
         None
     } else {
@@ -210,6 +236,7 @@ async fn run(args: Args) -> Result<(), Error> {
     };
     let mut bench = Bench {
         redis,
+        cluster,
         baseline,
         runs: args.runs.unwrap_or(if args.smoke { 1 } else { 3 }),
         duration: Duration::from_secs_f64(args.seconds.unwrap_or(if args.smoke {

@@ -143,12 +143,16 @@ impl Redis {
 
     /// A private server on a free port that keeps nothing on disk.
     pub fn start() -> Result<Self, Error> {
+        Self::start_on(free_port(), &[])
+    }
+
+    fn start_on(port: u16, args: &[&str]) -> Result<Self, Error> {
         let dir = WorkDir::new("redis");
-        let port = free_port();
         let mut process = Managed::spawn(
             Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .args(args)
                 .arg("--dir")
                 .arg(&dir.0),
             dir.file("redis.log"),
@@ -168,6 +172,174 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// Memory the server uses for data (`used_memory` of `INFO memory`), in bytes.
+    pub fn used_memory(&self) -> Result<u64, Error> {
+        let info = self.cli(&["INFO", "memory"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("INFO memory has no used_memory: {info}").into())
+    }
+
+    /// One command through `redis-cli`; its output.
+    fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// A Redis Cluster of masters only (no replicas: the benchmark measures the shards that
+/// serve), created with `redis-cli --cluster create` as an operator would.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+/// A port for a cluster node: its cluster bus listens 10,000 above it, so it must be at most
+/// 55,535 and both must be free.
+fn free_cluster_port() -> Result<u16, Error> {
+    for attempt in 0..500u32 {
+        let seed = std::process::id()
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(attempt.wrapping_mul(40_503));
+        let port = 20_000 + (seed % 35_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return Ok(port);
+        }
+    }
+    Err("no free port pair for a cluster node".into())
+}
+
+impl Cluster {
+    pub fn start(masters: usize) -> Result<Self, Error> {
+        let mut nodes: Vec<Redis> = Vec::with_capacity(masters);
+        for _ in 0..masters {
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ];
+            // Another process may take the port between the check and the bind: try again.
+            let mut started = Err(Error::from("no cluster node started"));
+            for _ in 0..5 {
+                started = Redis::start_on(free_cluster_port()?, &args);
+                if started.is_ok() {
+                    break;
+                }
+            }
+            nodes.push(started?);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(|e| format!("cannot run redis-cli: {e} (apt-get install redis-tools)"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        let until = Instant::now() + Duration::from_secs(30);
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            if Instant::now() > until {
+                return Err("the cluster did not reach cluster_state:ok in 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { nodes })
+    }
+}
+
+/// Where a callrelay deployment keeps its state.
+pub trait Backend {
+    /// The `[store]` keys that point callrelay at it.
+    fn store_toml(&self) -> String;
+    /// The Redis processes whose CPU time a run counts.
+    fn pids(&self) -> Vec<u32>;
+}
+
+impl Backend for Redis {
+    fn store_toml(&self) -> String {
+        format!("redis_url = \"{}\"", self.url())
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        vec![self.pid()]
+    }
+}
+
+impl Backend for Cluster {
+    fn store_toml(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.url()))
+            .collect();
+        format!("redis_cluster_urls = [{}]", seeds.join(", "))
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(Redis::pid).collect()
+    }
+}
+
+/// `redis-benchmark` GET at `concurrency`, `requests` of them: what Redis alone answers on
+/// this machine. Returns GETs per second and the servers' CPU microseconds per GET.
+pub fn redis_benchmark_get(
+    target: &dyn Backend,
+    port: u16,
+    cluster: bool,
+    concurrency: usize,
+    requests: usize,
+) -> Result<(f64, f64), Error> {
+    let pids = target.pids();
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let before = cpu(&pids);
+    let mut command = Command::new("redis-benchmark");
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", &concurrency.to_string(), "-n", &requests.to_string()])
+        .args(["-t", "get", "--csv"]);
+    if cluster {
+        command.arg("--cluster");
+    }
+    let out = command
+        .output()
+        .map_err(|e| format!("cannot run redis-benchmark: {e} (apt-get install redis-tools)"))?;
+    let used = cpu(&pids) - before;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `"GET","<requests per second>",...`, after a header line.
+    let rate = text
+        .lines()
+        .find(|l| l.starts_with("\"GET\""))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+        .ok_or_else(|| {
+            format!(
+                "redis-benchmark printed no GET figure: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    Ok((rate, used * 1e6 / requests as f64))
 }
 
 /// One callrelay replica, started from the binary this benchmark was built with.
@@ -183,7 +355,7 @@ const MAX_CONNECTIONS: u64 = 1024;
 
 /// The sockets a replica may hold within the open-files limit it inherits, so that its
 /// descriptor-budget check (which the harness would report as a warning) holds.
-fn socket_budget() -> u64 {
+pub fn socket_budget() -> u64 {
     use callrelay::http::descriptors::{RESERVED, open_files_limit};
     open_files_limit()
         .unwrap_or(100_000)
@@ -193,7 +365,7 @@ fn socket_budget() -> u64 {
 
 impl Callrelay {
     /// `extra` is appended to the generated configuration (push apps, limits).
-    pub fn start(redis: &Redis, prefix: &str, extra: &str) -> Result<Self, Error> {
+    pub fn start(store: &dyn Backend, prefix: &str, extra: &str) -> Result<Self, Error> {
         let dir = WorkDir::new("callrelay");
         let (port, admin_port) = (free_port(), free_port());
         let config = format!(
@@ -204,7 +376,7 @@ admin_listen = "127.0.0.1:{admin_port}"
 public_url = "http://127.0.0.1:{port}"
 
 [store]
-redis_url = "{redis}"
+{store}
 key_prefix = "{prefix}"
 
 [limits]
@@ -223,7 +395,7 @@ api_keys = [{{ sid = "{API_KEY}", secret = "{API_SECRET}" }}]
 api_keys = ["{ADMIN_KEY}"]
 {extra}
 "#,
-            redis = redis.url(),
+            store = store.store_toml(),
             max_sockets = socket_budget(),
             max_connections = MAX_CONNECTIONS,
         );

@@ -76,6 +76,8 @@ pub struct Row {
     pub scenario: String,
     pub measure: String,
     pub callrelay: f64,
+    /// callrelay on Redis Cluster.
+    pub cluster: Option<f64>,
     pub baseline: Option<f64>,
     pub better: Better,
     pub unit: &'static str,
@@ -83,19 +85,21 @@ pub struct Row {
 }
 
 impl Row {
-    /// How many times better callrelay is than the baseline.
-    pub fn ratio(&self) -> Option<f64> {
+    /// How many times better `value` is than the baseline.
+    pub fn ratio(&self, value: f64) -> Option<f64> {
         let b = self.baseline?;
         Some(match self.better {
-            Better::More => self.callrelay / b,
-            Better::Less => b / self.callrelay,
+            Better::More => value / b,
+            Better::Less => b / value,
         })
     }
 }
 
 fn figure(value: f64, unit: &str) -> String {
     match unit {
-        "req/s" | "pushes/s" | "bytes" => format!("{value:.0} {unit}"),
+        "req/s" | "pushes/s" | "bytes" | "GET/s" => format!("{value:.0} {unit}"),
+        "%" => format!("{value:.1} %"),
+        "x" => format!("{value:.2}x"),
         "ms" => format!("{value:.3} ms"),
         _ => format!("{value:.2} {unit}"),
     }
@@ -104,19 +108,26 @@ fn figure(value: f64, unit: &str) -> String {
 /// The table, in Markdown.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
-    out.push_str("| scenario | measure | callrelay | baseline | ratio | runs |\n");
-    out.push_str("|---|---|---:|---:|---:|---:|\n");
+    out.push_str(
+        "| scenario | measure | callrelay | callrelay, Redis Cluster | baseline | ratio | ratio, Redis Cluster | runs |\n",
+    );
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    let dash = || "–".to_owned();
     for r in rows {
-        let baseline = r.baseline.map_or("–".into(), |b| figure(b, r.unit));
-        let ratio = r.ratio().map_or("–".into(), |x| format!("{x:.1}x"));
+        let baseline = r.baseline.map_or_else(dash, |b| figure(b, r.unit));
+        let cluster = r.cluster.map_or_else(dash, |c| figure(c, r.unit));
+        let times = |v: f64| r.ratio(v).map_or_else(dash, |x| format!("{x:.1}x"));
+        let cluster_ratio = r.cluster.map_or_else(dash, times);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.measure,
             figure(r.callrelay, r.unit),
+            cluster,
             baseline,
-            ratio,
+            times(r.callrelay),
+            cluster_ratio,
             r.runs
         );
     }

@@ -178,3 +178,48 @@ async fn a_notification_refused_for_a_lapsed_socket_is_delivered_when_retried_la
     assert_eq!(r.body, json!({"delivered": 1, "failed": 0, "removed": 0}));
     assert_eq!(bob.next_text(WAIT).await.unwrap().as_bytes(), &body[..]);
 }
+
+/// Many webhooks at once through one replica to sockets held by another: the delivery
+/// requests and their acknowledgements travel together on the replica bus, and each arrives
+/// whole, once, at its own socket.
+#[tokio::test]
+async fn a_burst_of_webhooks_reaches_sockets_on_another_replica_each_exactly_once() {
+    const SOCKETS: usize = 8;
+    const PER_SOCKET: usize = 25;
+    let config = pair_config();
+    let a = spawn_with(config.clone()).await;
+    let b = spawn_with(config).await;
+    let mut sockets = Vec::new();
+    for i in 0..SOCKETS {
+        sockets.push(b.connect_ws(&format!("burst{i}")).await);
+    }
+    let bodies: Vec<(usize, Vec<u8>)> = (0..SOCKETS * PER_SOCKET)
+        .map(|n| {
+            (
+                n % SOCKETS,
+                payload(ACCOUNT, &format!("burst{}", n % SOCKETS)),
+            )
+        })
+        .collect();
+    let answers =
+        futures_util::future::join_all(bodies.iter().map(|(_, body)| a.webhook(body.clone())))
+            .await;
+    for r in &answers {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.body, json!({"delivered": 1, "failed": 0, "removed": 0}));
+    }
+    for (i, socket) in sockets.iter_mut().enumerate() {
+        let mut expected: Vec<String> = bodies
+            .iter()
+            .filter(|(to, _)| *to == i)
+            .map(|(_, body)| String::from_utf8(body.clone()).unwrap())
+            .collect();
+        let mut received = Vec::new();
+        while let Some(text) = socket.next_text(Duration::from_millis(500)).await {
+            received.push(text);
+        }
+        expected.sort();
+        received.sort();
+        assert_eq!(received, expected, "socket burst{i}");
+    }
+}

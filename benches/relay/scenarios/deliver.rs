@@ -8,11 +8,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{CpuMeter, check_quiet, webhooks_for};
-use crate::Bench;
 use crate::fleet::{Fleet, Frame};
 use crate::load::{self, Schedule, Tally};
-use crate::procs::{Callrelay, Error};
+use crate::procs::{Backend, Callrelay, Error};
 use crate::report::{Better, Latency, Samples};
+use crate::{Bench, CLUSTER};
 
 const CALLRELAY_CEILING: f64 = 40_000.0;
 const BASELINE_CEILING: f64 = 10_000.0;
@@ -55,45 +55,127 @@ fn end_to_end(frames: &[Frame], schedule: &Schedule) -> Latency {
     )
 }
 
-pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
-    let prefix = b.prefix();
-    let holder = Callrelay::start(&b.redis, &prefix, "")?;
-    let front = if cross {
-        Some(Callrelay::start(&b.redis, &prefix, "")?)
-    } else {
-        None
-    };
-    let target = front.as_ref().unwrap_or(&holder).addr;
-    let n = b.identities;
-    let identities: Vec<String> = (0..n).map(|i| format!("user{i}")).collect();
-    let mut fleet = Fleet::connect(holder.addr, &identities, 4, 64).await?;
-    let user = move |i: usize| format!("user{}", i % n);
-    let (c, seconds) = (b.concurrency, b.duration.as_secs_f64());
+/// The replicas of one deployment and the sockets its holder keeps.
+struct Deployment {
+    holder: Callrelay,
+    front: Option<Callrelay>,
+    fleet: Fleet,
+    redis_pids: Vec<u32>,
+}
 
-    let run = b.run_id();
-    let warm = webhooks_for(target, run, 2000.0, 1.0, user);
-    let t = load::closed_loop(target, warm, c, Duration::from_secs(1)).await;
-    t.expect_all(200, "delivery warm-up")?;
-    frames_for(&mut fleet, run, &t, "delivery warm-up").await?;
+impl Deployment {
+    async fn start(
+        prefix: String,
+        store: &dyn Backend,
+        cross: bool,
+        identities: &[String],
+    ) -> Result<Self, Error> {
+        let holder = Callrelay::start(store, &prefix, "")?;
+        let front = if cross {
+            Some(Callrelay::start(store, &prefix, "")?)
+        } else {
+            None
+        };
+        let fleet = Fleet::connect(holder.addr, identities, 4, 64).await?;
+        Ok(Self {
+            holder,
+            front,
+            fleet,
+            redis_pids: store.pids(),
+        })
+    }
 
-    let mut samples = Samples::default();
-    for _ in 0..b.runs {
-        let run = b.run_id();
-        let hooks = webhooks_for(target, run, CALLRELAY_CEILING, seconds, user);
-        let replicas: Vec<u32> = [Some(&holder), front.as_ref()]
+    /// Where webhooks go.
+    fn target(&self) -> std::net::SocketAddr {
+        self.front.as_ref().unwrap_or(&self.holder).addr
+    }
+
+    fn replicas(&self) -> Vec<u32> {
+        [Some(&self.holder), self.front.as_ref()]
             .into_iter()
             .flatten()
             .map(Callrelay::pid)
-            .collect();
-        let cpu = CpuMeter::start(&replicas);
-        let redis_cpu = CpuMeter::start(&[b.redis.pid()]);
-        let t = load::closed_loop(target, hooks, c, b.duration).await;
-        t.expect_all(200, "delivery, callrelay")?;
-        samples.add("callrelay cpu", cpu.micros_per(t.answered()));
-        samples.add("callrelay redis cpu", redis_cpu.micros_per(t.answered()));
-        frames_for(&mut fleet, run, &t, "delivery, callrelay").await?;
-        samples.add("callrelay", t.per_second());
+            .collect()
+    }
+
+    async fn warm_up(
+        &mut self,
+        b: &mut Bench,
+        user: impl Fn(usize) -> String,
+    ) -> Result<(), Error> {
+        let run = b.run_id();
+        let warm = webhooks_for(self.target(), run, 2000.0, 1.0, user);
+        let t = load::closed_loop(self.target(), warm, b.concurrency, Duration::from_secs(1)).await;
+        t.expect_all(200, "delivery warm-up")?;
+        frames_for(&mut self.fleet, run, &t, "delivery warm-up").await?;
+        Ok(())
+    }
+
+    /// One closed-loop run; its figures under `name` (`callrelay`, `cluster callrelay`).
+    async fn closed_loop(
+        &mut self,
+        b: &mut Bench,
+        name: &str,
+        user: impl Fn(usize) -> String,
+        samples: &mut Samples,
+    ) -> Result<(), Error> {
+        let run = b.run_id();
+        let target = self.target();
+        let seconds = b.duration.as_secs_f64();
+        let hooks = webhooks_for(target, run, CALLRELAY_CEILING, seconds, user);
+        let cpu = CpuMeter::start(&self.replicas());
+        let redis_cpu = CpuMeter::start(&self.redis_pids);
+        let t = load::closed_loop(target, hooks, b.concurrency, b.duration).await;
+        let what = format!("delivery, {name}");
+        t.expect_all(200, &what)?;
+        samples.add(&format!("{name} cpu"), cpu.micros_per(t.answered()));
+        samples.add(
+            &format!("{name} redis cpu"),
+            redis_cpu.micros_per(t.answered()),
+        );
+        frames_for(&mut self.fleet, run, &t, &what).await?;
+        samples.add(name, t.per_second());
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<(), Error> {
+        self.fleet.check()?;
+        self.fleet.close().await;
+        check_quiet(&self.holder)?;
+        self.front.as_ref().map_or(Ok(()), check_quiet)
+    }
+}
+
+pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
+    let n = b.identities;
+    let identities: Vec<String> = (0..n).map(|i| format!("user{i}")).collect();
+    let user = move |i: usize| format!("user{}", i % n);
+    let (prefix, cluster_prefix) = (b.prefix(), b.prefix());
+    let mut on_redis = Deployment::start(prefix, &b.redis, cross, &identities).await?;
+    let mut on_cluster = match &b.cluster {
+        Some(cluster) => {
+            Some(Deployment::start(cluster_prefix, cluster, cross, &identities).await?)
+        }
+        None => None,
+    };
+    let (c, seconds) = (b.concurrency, b.duration.as_secs_f64());
+    let target = on_redis.target();
+    on_redis.warm_up(b, user).await?;
+    if let Some(d) = on_cluster.as_mut() {
+        d.warm_up(b, user).await?;
+    }
+    let cluster_name = format!("{CLUSTER} callrelay");
+
+    let mut samples = Samples::default();
+    for _ in 0..b.runs {
+        on_redis
+            .closed_loop(b, "callrelay", user, &mut samples)
+            .await?;
+        if let Some(d) = on_cluster.as_mut() {
+            d.closed_loop(b, &cluster_name, user, &mut samples).await?;
+        }
         if let Some((addr, pid)) = b.baseline.as_ref().map(|x| (x.addr, x.pid())) {
+            let run = b.run_id();
             let hooks = webhooks_for(target, run, BASELINE_CEILING, seconds, user);
             let cpu = CpuMeter::start(&[pid]);
             let redis_cpu = CpuMeter::start(&[b.redis.pid()]);
@@ -108,7 +190,8 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
             let hooks = webhooks_for(target, run, rate, seconds, user);
             let (t, schedule) = load::open_loop(target, hooks, rate, OPEN_LOOP_CONNECTIONS).await;
             t.expect_all(200, &format!("delivery at {rate}/s"))?;
-            let frames = frames_for(&mut fleet, run, &t, &format!("delivery at {rate}/s")).await?;
+            let what = format!("delivery at {rate}/s");
+            let frames = frames_for(&mut on_redis.fleet, run, &t, &what).await?;
             samples.add_latency(&format!("e2e {rate}"), end_to_end(&frames, &schedule));
             samples.add_latency(&format!("answer {rate}"), Latency::of(t.latencies_ns));
             if let Some(addr) = b.baseline.as_ref().map(|x| x.addr) {
@@ -154,8 +237,9 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
             "ms",
         );
     }
-    fleet.check()?;
-    fleet.close().await;
-    check_quiet(&holder)?;
-    front.as_ref().map_or(Ok(()), check_quiet)
+    on_redis.finish().await?;
+    match on_cluster {
+        Some(d) => d.finish().await,
+        None => Ok(()),
+    }
 }

@@ -12,7 +12,7 @@ use crate::client::{self, Conn};
 use crate::load;
 use crate::mocks::apns::{MockApns, TeamKey};
 use crate::mocks::fcm::MockFcm;
-use crate::procs::{ACCOUNT, ADMIN_KEY, Callrelay, Error};
+use crate::procs::{ACCOUNT, ADMIN_KEY, Callrelay, Error, Redis};
 use crate::report::{Better, Samples};
 
 const CEILING: f64 = 30_000.0;
@@ -58,8 +58,12 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
     let fcm = MockFcm::start().await;
     fcm.answer_at_once();
     let prefix = b.prefix();
-    let relay = Callrelay::start(&b.redis, &prefix, &apps_toml(&key, &apns, &fcm))?;
+    // A Redis of its own, so that its memory before and after the bindings are registered
+    // says what a binding costs (nothing else writes to it, nothing expires meanwhile).
+    let redis = Redis::start()?;
+    let relay = Callrelay::start(&redis, &prefix, &apps_toml(&key, &apns, &fcm))?;
     let n = b.push_identities;
+    let empty = redis.used_memory()?;
     let ios: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("ios{i}")).collect());
     let android: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("android{i}")).collect());
     register(relay.addr, &ios, |i| {
@@ -73,8 +77,10 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
         format!(r#"{{"channel":"fcm","address":"fcm-device-token-{i}","app":"android"}}"#)
     })
     .await?;
+    let per_binding = redis.used_memory()?.saturating_sub(empty) as f64 / (2 * n) as f64;
 
     let mut samples = Samples::default();
+    samples.add("redis per binding", per_binding);
     let (c, seconds) = (b.concurrency, b.duration.as_secs_f64());
     for (name, identities) in [("APNs", ios), ("FCM", android)] {
         let pushes = || {
@@ -137,6 +143,14 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
         ("FCM", None),
         Better::More,
         "pushes/s",
+    );
+    b.row(
+        scenario,
+        &format!("Redis memory per binding, {} registered", 2 * n),
+        &samples,
+        ("redis per binding", None),
+        Better::Less,
+        "bytes",
     );
     check_quiet(&relay)
 }

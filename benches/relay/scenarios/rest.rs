@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use super::{check_quiet, webhooks_for};
+use super::{CpuMeter, check_quiet, webhooks_for};
 use crate::Bench;
 use crate::fleet::Fleet;
 use crate::load;
-use crate::procs::{Callrelay, Error, rss_bytes};
+use crate::procs::{Callrelay, Error, Redis, rss_bytes};
 use crate::report::{Better, Samples};
 
 /// Loopback source addresses the clients spread over (each has its own port range).
@@ -19,7 +19,9 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
         let mut samples = Samples::default();
         for _ in 0..b.runs {
             let prefix = b.prefix();
-            let relay = Callrelay::start(&b.redis, &prefix, "")?;
+            // A Redis of its own: its memory growth is what the sockets' presences cost.
+            let redis = Redis::start()?;
+            let relay = Callrelay::start(&redis, &prefix, "")?;
             // A few webhooks first, so that lazily built state is not counted per socket.
             let run = b.run_id();
             let warm = webhooks_for(relay.addr, run, 200.0, 1.0, |i| format!("idle{i}"));
@@ -28,11 +30,21 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
                 .expect_all(404, "sockets at rest warm-up")?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             let before = rss_bytes(relay.pid())?;
+            let redis_before = redis.used_memory()?;
 
             let identities: Vec<String> = (0..count).map(|i| format!("idle{i}")).collect();
             let mut fleet = Fleet::connect(relay.addr, &identities, SOURCES, 128).await?;
+            // What idle sockets cost Redis: their presence renewals (a third of the lease
+            // apart), measured while they sit.
+            let redis_cpu = CpuMeter::start(&[redis.pid()]);
+            let replica_cpu = CpuMeter::start(&[relay.pid()]);
             tokio::time::sleep(b.settle).await;
+            let seconds = b.settle.as_secs_f64();
+            let per_socket_second = |cpu: &CpuMeter| cpu.micros_per(count as u64) / seconds;
+            samples.add("redis cpu", per_socket_second(&redis_cpu));
+            samples.add("replica cpu", per_socket_second(&replica_cpu));
             let after = rss_bytes(relay.pid())?;
+            let redis_after = redis.used_memory()?;
 
             // The sockets are live bindings: a webhook to one of them is delivered.
             let run = b.run_id();
@@ -55,6 +67,10 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
                 after.saturating_sub(before) as f64 / count as f64,
             );
             samples.add("total", after as f64 / (1024.0 * 1024.0));
+            samples.add(
+                "redis per socket",
+                redis_after.saturating_sub(redis_before) as f64 / count as f64,
+            );
             fleet.close().await;
             check_quiet(&relay)?;
         }
@@ -75,6 +91,24 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
             Better::Less,
             "MiB",
         );
+        b.row(
+            scenario,
+            &format!("Redis memory per socket presence, {count} sockets"),
+            &samples,
+            ("redis per socket", None),
+            Better::Less,
+            "bytes",
+        );
+        for (who, name) in [("replica", "replica cpu"), ("Redis", "redis cpu")] {
+            b.row(
+                scenario,
+                &format!("{who} CPU per idle socket per second, {count} sockets"),
+                &samples,
+                (name, None),
+                Better::Less,
+                "µs",
+            );
+        }
     }
     Ok(())
 }

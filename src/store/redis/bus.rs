@@ -243,14 +243,22 @@ fn route(tx: &mpsc::Sender<Bytes>, channel: &str, push: PushInfo) {
     if !same {
         return;
     }
-    match tx.try_send(Bytes::from(payload)) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!(channel, "replica inbox full; dropping a message");
-        }
-        // The replica has stopped listening (shut down): the sender gets no acknowledgement.
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            tracing::debug!(channel, "replica inbox closed; dropping a message");
+    // One publish may carry several messages (`outbox.rs`).
+    let Some(messages) = super::outbox::unpack(Bytes::from(payload)) else {
+        tracing::warn!(channel, "ignoring an unreadable batch of replica messages");
+        return;
+    };
+    for message in messages {
+        match tx.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(channel, "replica inbox full; dropping a message");
+            }
+            // The replica has stopped listening (shut down): the sender gets no
+            // acknowledgement.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!(channel, "replica inbox closed; dropping a message");
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ mod connect;
 mod index;
 mod keys;
 mod link;
+mod outbox;
 mod presence;
 mod probe;
 mod scripts;
@@ -43,6 +44,7 @@ pub struct RedisStore {
     keys: Keys,
     timeout: Duration,
     bus: bus::Bus,
+    outbox: outbox::Outbox,
     settler: settle::Settler,
     durability: Option<Durability>,
 }
@@ -156,9 +158,11 @@ impl RedisStore {
                 timeout,
             ));
         }
+        let bus = bus::Bus::new(dialer.clone(), conn.clone(), timeout);
         Ok(Self {
             settler: settle::Settler::start(conn.clone(), timeout),
-            bus: bus::Bus::new(dialer.clone(), conn.clone(), timeout),
+            outbox: outbox::Outbox::start(conn.clone(), timeout, bus.publish_command()),
+            bus,
             conn,
             keys: Keys::new(prefix),
             timeout,
@@ -685,13 +689,9 @@ impl Store for RedisStore {
     }
 
     async fn publish(&self, node: &str, message: Bytes) -> Result<usize, StoreError> {
-        let mut c = self.conn.clone();
-        let mut publish = redis::cmd(self.bus.publish_command());
-        publish
-            .arg(self.keys.node_channel(node))
-            .arg(message.as_ref());
-        let receivers: i64 = self.run(publish.query_async(&mut c)).await?;
-        Ok(usize::try_from(receivers).unwrap_or(0))
+        self.outbox
+            .publish(self.keys.node_channel(node), message)
+            .await
     }
 
     async fn subscribe(&self, node: &str) -> Result<mpsc::Receiver<Bytes>, StoreError> {
