@@ -40,11 +40,15 @@ WORKDIR /app
 
 # 1. Dependencies only, so that editing src/ does not rebuild every crate: build the locked
 #    dependency graph against a stub library and binary. (The `[[test]] it` target's file is not
-#    needed: `cargo build` does not build tests, and tests/ stays out of the context.)
+#    needed: `cargo build` does not build tests, and tests/ stays out of the context. The
+#    workspace's other member, testkit/, the tests' mocks, is never built here, but Cargo reads
+#    every member's manifest: its manifest and an empty library stand in for it.)
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY testkit/Cargo.toml ./testkit/
+RUN mkdir src testkit/src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
+ && : > testkit/src/lib.rs \
  && cargo build --release --locked \
  && rm -rf src target/release/callrelay target/release/.fingerprint/callrelay-* \
            target/release/deps/callrelay-* target/release/deps/libcallrelay-*

@@ -8,10 +8,6 @@
 mod client;
 mod fleet;
 mod load;
-// The tests' mocks; the benchmark uses a part of them.
-#[allow(dead_code, unused_imports)]
-#[path = "../../tests/it/mocks/mod.rs"]
-mod mocks;
 mod procs;
 mod report;
 mod scenarios;

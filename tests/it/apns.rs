@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callrelay::domain::{Binding, PushChannel};
@@ -12,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::mocks::apns::{MockApns, Recorded, Reply, TeamKey};
-use crate::mocks::tls::{TestCa, temp_file};
+use callrelay_testkit::apns::{MockApns, Recorded, Reply, TeamKey};
+use callrelay_testkit::tls::{TestCa, temp_file};
 use tempfile::TempPath;
 
 pub(crate) const TOPIC: &str = "com.example.voice";
@@ -817,117 +816,3 @@ async fn check_config_names_the_broken_apns_setting() {
     }
 }
 
-/// Pushes per second against the mock, through `ApnsChannel::deliver` (the channel alone) with
-/// one and with four connections, and through the whole relay (webhook in, push out). Run with
-/// `cargo test --release --test it apns::throughput -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "a measurement, not a check: run in release mode by hand"]
-async fn throughput() {
-    use callrelay::channels::{Outcome, PushApp};
-    use callrelay::domain::{
-        AccountSid, ApnsEnvironment, Binding, BindingId, CallNotification, Identity, PushChannel,
-        PushType,
-    };
-    use futures_util::StreamExt;
-
-    const N: usize = 20_000;
-    const CONCURRENCY: usize = 200;
-    let key = TeamKey::generate(TEAM, KEY_ID);
-    let apns = MockApns::token_auth(&[&key]).await;
-    let now = time::OffsetDateTime::now_utc();
-    let binding = Binding {
-        id: BindingId::parse("bob-iphone").unwrap(),
-        account_sid: AccountSid::parse(ACCOUNT).unwrap(),
-        identity: Identity::parse("bob").unwrap(),
-        channel: PushChannel::Apns,
-        address: APNS_TOKEN.into(),
-        app: "ios".into(),
-        apns_environment: Some(ApnsEnvironment::Production),
-        push_type: Some(PushType::Voip),
-        device_id: None,
-        ttl_seconds: 3600,
-        created_at: now,
-        updated_at: now,
-        expires_at: now + Duration::from_secs(3600),
-    };
-    let target = binding;
-    let notification =
-        CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
-
-    for connections in [1, 4] {
-        let config = callrelay::config::from_toml_str(&apns.token_app(
-            "ios",
-            TOPIC,
-            &key,
-            &format!("connections = {connections}"),
-        ))
-        .unwrap();
-        let callrelay::config::AppSettings::Apns(settings) = &config.apps[0].settings else {
-            panic!("an APNs app");
-        };
-        let channel = Arc::new(
-            callrelay::channels::apns::ApnsChannel::new(
-                "ios",
-                settings,
-                Arc::new(callrelay::metrics::Metrics::new()),
-            )
-            .unwrap(),
-        );
-        let before = (apns.request_count(), apns.connection_count());
-        // Warm the connections up (TLS handshakes are not what is measured).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        for _ in 0..connections {
-            assert_eq!(
-                channel.push(&target, &notification, deadline).await,
-                Outcome::Delivered
-            );
-        }
-        let started = Instant::now();
-        let delivered = futures_util::stream::iter(0..N)
-            .map(|_| {
-                let channel = channel.clone();
-                let (target, notification) = (&target, &notification);
-                async move {
-                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                    channel.push(target, notification, deadline).await
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .filter(|o| std::future::ready(*o == Outcome::Delivered))
-            .count()
-            .await;
-        let took = started.elapsed();
-        assert_eq!(delivered, N);
-        assert_eq!(apns.request_count() - before.0, N + connections);
-        assert_eq!(apns.connection_count() - before.1, connections);
-        println!(
-            "APNs channel, {connections} connection(s), {CONCURRENCY} in flight: {N} pushes in {:.2} s = {:.0} pushes/s",
-            took.as_secs_f64(),
-            N as f64 / took.as_secs_f64()
-        );
-    }
-
-    // The whole path: signed webhook in, binding lookup, dedupe claim, push out.
-    const WEBHOOKS: usize = 5_000;
-    let app = spawn_with(TestConfig {
-        extra: apns.token_app("ios", TOPIC, &key, ""),
-        ..TestConfig::default()
-    })
-    .await;
-    app.register_apns("bob", APNS_TOKEN).await;
-    assert_eq!(app.notify("bob").await.status, StatusCode::OK);
-    let started = Instant::now();
-    let ok = futures_util::stream::iter(0..WEBHOOKS)
-        .map(|_| app.notify("bob"))
-        .buffer_unordered(CONCURRENCY)
-        .filter(|a| std::future::ready(a.status == StatusCode::OK))
-        .count()
-        .await;
-    let took = started.elapsed();
-    assert_eq!(ok, WEBHOOKS);
-    println!(
-        "Through the relay (webhook to push), 1 connection, {CONCURRENCY} in flight: {WEBHOOKS} in {:.2} s = {:.0} webhooks/s",
-        took.as_secs_f64(),
-        WEBHOOKS as f64 / took.as_secs_f64()
-    );
-}

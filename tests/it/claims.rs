@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use crate::apns::{KEY_ID, TEAM, TOPIC};
 use crate::helpers::redis::RedisServer;
 use crate::helpers::*;
-use crate::mocks::apns::{MockApns, Reply, TeamKey};
+use callrelay_testkit::apns::{MockApns, Reply, TeamKey};
 
 const IN_PROGRESS: &str = "urn:callrelay:problem:notification-in-progress";
 

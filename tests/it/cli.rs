@@ -14,7 +14,7 @@ fn callrelay() -> Command {
 
 /// A file holding `text`, removed when the returned path is dropped.
 fn write_config(text: &str) -> tempfile::TempPath {
-    crate::mocks::tls::temp_file("cli.toml", text)
+    callrelay_testkit::tls::temp_file("cli.toml", text)
 }
 
 #[test]

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::mocks::fcm::{MockFcm, Reply};
+use callrelay_testkit::fcm::{MockFcm, Reply};
 
 const PROJECT: &str = "callrelay-test";
 const FCM_TOKEN: &str = "dG9rZW4tb25l:APA91bHun4MxP5egoKMwt2KZFBaFUH-1RYqx";
@@ -572,7 +572,7 @@ mod check_config {
     use super::*;
 
     fn check(apps: &str) -> (Option<i32>, String, String) {
-        let path = crate::mocks::tls::temp_file("check.toml", apps);
+        let path = callrelay_testkit::tls::temp_file("check.toml", apps);
         let out = Command::new(env!("CARGO_BIN_EXE_callrelay"))
             .args(["check-config", "--config"])
             .arg(&path)
@@ -588,7 +588,7 @@ mod check_config {
 
     /// An app whose key file holds `json`, and the file (removed when dropped).
     fn app_with_key_file(json: &str) -> (String, tempfile::TempPath) {
-        let file = crate::mocks::tls::temp_file("firebase.json", json);
+        let file = callrelay_testkit::tls::temp_file("firebase.json", json);
         let app = format!(
             "[[apps]]\nname = \"android\"\nchannel = \"fcm\"\nservice_account_file = \"{}\"\n",
             file.display()
@@ -608,7 +608,7 @@ mod check_config {
         let mut missing: Value = serde_json::from_str(&good).unwrap();
         missing.as_object_mut().unwrap().remove("client_email");
         let mut bad_key: Value = serde_json::from_str(&good).unwrap();
-        bad_key["private_key"] = json!(crate::mocks::fcm::PRIVATE_KEY.replace("MII", "MIX"));
+        bad_key["private_key"] = json!(callrelay_testkit::fcm::PRIVATE_KEY.replace("MII", "MIX"));
         let truncated = &good[..good.len() / 2];
         let cases = [
             (truncated.to_owned(), "is not valid JSON"),
@@ -711,70 +711,6 @@ async fn send_many(
         .buffer_unordered(in_flight)
         .collect()
         .await
-}
-
-/// Sends per second against the mock, straight through `FcmChannel::deliver` with one and
-/// with four connections, then through the real webhook. Run in release mode:
-/// `cargo test --release --test it fcm::throughput -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "a measurement, not a check; run it in release mode"]
-async fn throughput() {
-    use callrelay::channels::{Outcome, PushApp};
-    use callrelay::domain::CallNotification;
-    use futures_util::StreamExt;
-
-    const SENDS: usize = 20_000;
-    const IN_FLIGHT: usize = 256;
-
-    let mock = MockFcm::start().await;
-    mock.answer_at_once();
-    let notification =
-        CallNotification::parse(bytes::Bytes::from(payload(ACCOUNT, "bob"))).unwrap();
-    let target = direct_target();
-    for connections in [1, 4] {
-        let channel = direct_channel(&mock, connections);
-        // Warm up: the token and the connections.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        for _ in 0..connections {
-            assert_eq!(
-                channel.push(&target, &notification, deadline).await,
-                Outcome::Delivered
-            );
-        }
-        let started = Instant::now();
-        let outcomes = send_many(&channel, &target, &notification, SENDS, IN_FLIGHT).await;
-        let elapsed = started.elapsed();
-        assert!(outcomes.iter().all(|o| *o == Outcome::Delivered));
-        println!(
-            "FcmChannel::deliver, connections = {connections}: {SENDS} sends, {IN_FLIGHT} in flight, {:.2} s, {:.0} sends/s",
-            elapsed.as_secs_f64(),
-            SENDS as f64 / elapsed.as_secs_f64()
-        );
-    }
-
-    // The whole path: signed webhook in, binding lookup, dedupe claim, FCM send, answer.
-    const WEBHOOKS: usize = 5_000;
-    let app = spawn_with(TestConfig {
-        extra: format!("{}connections = 4\n", mock.app_toml("android", PROJECT)),
-        ..TestConfig::default()
-    })
-    .await;
-    app.register_fcm("bob", FCM_TOKEN).await;
-    assert_eq!(app.notify("bob").await.status, StatusCode::OK);
-    let started = Instant::now();
-    let statuses: Vec<StatusCode> = futures_util::stream::iter(0..WEBHOOKS)
-        .map(|_| async { app.notify("bob").await.status })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
-    println!(
-        "webhook to FCM through callrelay, connections = 4: {WEBHOOKS} webhooks, 64 in flight, {:.2} s, {:.0} webhooks/s",
-        elapsed.as_secs_f64(),
-        WEBHOOKS as f64 / elapsed.as_secs_f64()
-    );
-    assert_eq!(mock.token_fetches(), 3, "one per channel built");
 }
 
 /// A success's body is read to its end. An answer dropped unread resets its HTTP/2 stream;

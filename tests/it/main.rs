@@ -2,7 +2,6 @@
 //! WebSocket clients. Set TEST_LOG=1 to see callrelay's logs.
 
 mod helpers;
-mod mocks;
 
 mod admin;
 mod apns;

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use crate::apns::{KEY_ID, TEAM, TOPIC};
 use crate::helpers::*;
-use crate::mocks::apns::{MockApns, TeamKey};
-use crate::mocks::fcm::MockFcm;
+use callrelay_testkit::apns::{MockApns, TeamKey};
+use callrelay_testkit::fcm::MockFcm;
 
 #[tokio::test]
 async fn a_websocket_an_apns_and_an_fcm_binding_all_receive() {

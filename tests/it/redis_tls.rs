@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::redis::{RedisServer, ServerOptions, TlsOptions};
 use crate::helpers::*;
-use crate::mocks::tls::{TestCa, temp_file};
+use callrelay_testkit::tls::{TestCa, temp_file};
 
 fn write_config(store_keys: &str) -> tempfile::TempPath {
     temp_file("store.toml", format!("[store]\n{store_keys}\n"))

@@ -13,8 +13,8 @@ use serde_json::json;
 use crate::apns::{KEY_ID, TEAM, TOPIC};
 use crate::helpers::redis::RedisServer;
 use crate::helpers::*;
-use crate::mocks::apns::{MockApns, Reply as ApnsReply, TeamKey};
-use crate::mocks::fcm::{MockFcm, Reply as FcmReply};
+use callrelay_testkit::apns::{MockApns, Reply as ApnsReply, TeamKey};
+use callrelay_testkit::fcm::{MockFcm, Reply as FcmReply};
 
 const BASIC_ACCOUNT: &str = "AC22222222222222222222222222222222";
 const BASIC_PASSWORD: &str = "basic-password-never-shown";
@@ -313,7 +313,7 @@ async fn secrets_never_appear_in_logs_metrics_or_answers() {
     assert!(!push_tokens.is_empty(), "the push services were reached");
     // A line from the middle of each private key.
     let p8_line = team_key.p8_pem.lines().nth(1).unwrap().to_owned();
-    let fcm_key_line = crate::mocks::fcm::PRIVATE_KEY
+    let fcm_key_line = callrelay_testkit::fcm::PRIVATE_KEY
         .lines()
         .nth(5)
         .unwrap()

@@ -3,6 +3,7 @@
 pub mod deliver;
 pub mod lookup;
 pub mod push;
+pub mod push_channels;
 pub mod rest;
 
 use std::net::SocketAddr;

@@ -10,10 +10,10 @@ use super::{check_quiet, webhooks_for};
 use crate::Bench;
 use crate::client::{self, Conn};
 use crate::load;
-use crate::mocks::apns::{MockApns, TeamKey};
-use crate::mocks::fcm::MockFcm;
 use crate::procs::{ACCOUNT, ADMIN_KEY, Callrelay, Error, Redis};
 use crate::report::{Better, Samples};
+use callrelay_testkit::apns::{MockApns, TeamKey};
+use callrelay_testkit::fcm::MockFcm;
 
 const CEILING: f64 = 30_000.0;
 
@@ -152,5 +152,6 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
         Better::Less,
         "bytes",
     );
-    check_quiet(&relay)
+    check_quiet(&relay)?;
+    super::push_channels::run(b, &key, &apns, &fcm).await
 }

@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 use super::Fleet;
 use crate::helpers::ws::WsClient;
 use crate::helpers::{ACCOUNT, API_KEY, API_SECRET, mint};
-use crate::mocks::apns::MockApns;
-use crate::mocks::fcm::MockFcm;
+use callrelay_testkit::apns::MockApns;
+use callrelay_testkit::fcm::MockFcm;
 
 /// Device → message id → how many times it arrived.
 #[derive(Default, Clone)]

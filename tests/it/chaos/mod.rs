@@ -28,8 +28,8 @@ use twilio::{Sent, Twilio};
 use crate::apns::{KEY_ID, TEAM, TOPIC};
 use crate::helpers::redis::{RedisServer, ServerOptions};
 use crate::helpers::{Engine, ProcessApp, TestConfig};
-use crate::mocks::apns::{MockApns, TeamKey};
-use crate::mocks::fcm::MockFcm;
+use callrelay_testkit::apns::{MockApns, TeamKey};
+use callrelay_testkit::fcm::MockFcm;
 
 const DEADLINE_MS: u64 = 1000;
 const REPLICAS: usize = 3;

@@ -224,7 +224,7 @@ fn fake_app_settings(channel: &str) -> String {
             let key = serde_json::json!({
                 "type": "service_account",
                 "project_id": "callrelay-fake",
-                "private_key": crate::mocks::fcm::PRIVATE_KEY,
+                "private_key": callrelay_testkit::fcm::PRIVATE_KEY,
                 "client_email": "relay@callrelay-fake.iam.gserviceaccount.com",
                 "token_uri": "https://oauth2.googleapis.com/token"
             });
@@ -502,8 +502,8 @@ impl ProcessApp {
             &format!("127.0.0.1:{port}"),
             &format!("127.0.0.1:{admin_port}"),
         );
-        let path = crate::mocks::tls::temp_file("process.toml", toml);
-        let log_path = crate::mocks::tls::temp_file("process.log", "");
+        let path = callrelay_testkit::tls::temp_file("process.toml", toml);
+        let log_path = callrelay_testkit::tls::temp_file("process.log", "");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_callrelay"));
         command

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempPath;
 
-use crate::mocks::tls::TestCa;
+use callrelay_testkit::tls::TestCa;
 
 pub struct RedisServer {
     pub port: u16,
@@ -55,8 +55,14 @@ impl TlsOptions {
         let issued = ca.issue(&["127.0.0.1", "localhost"], "redis");
         Self {
             ca_file: ca.ca_file.to_path_buf(),
-            cert_file: Arc::new(crate::mocks::tls::temp_file("redis.crt", &issued.cert_pem)),
-            key_file: Arc::new(crate::mocks::tls::temp_file("redis.key", &issued.key_pem)),
+            cert_file: Arc::new(callrelay_testkit::tls::temp_file(
+                "redis.crt",
+                &issued.cert_pem,
+            )),
+            key_file: Arc::new(callrelay_testkit::tls::temp_file(
+                "redis.key",
+                &issued.key_pem,
+            )),
             require_client_cert,
         }
     }

@@ -22,8 +22,9 @@ use super::tls::{TestCa, TlsServer, serve, temp_file};
 use tempfile::TempPath;
 
 /// The test-only service-account key (it signs nothing real) and its public half.
-pub const PRIVATE_KEY: &str = include_str!("../../fixtures/fcm/test-service-account-key.pem");
-pub const PUBLIC_KEY: &str = include_str!("../../fixtures/fcm/test-service-account-key.pub.pem");
+pub const PRIVATE_KEY: &str = include_str!("../../tests/fixtures/fcm/test-service-account-key.pem");
+pub const PUBLIC_KEY: &str =
+    include_str!("../../tests/fixtures/fcm/test-service-account-key.pub.pem");
 /// The `private_key_id` of the service-account files the mock writes; assertions carry it as
 /// `kid`.
 pub const KEY_ID: &str = "0123456789abcdef0123456789abcdef01234567";

@@ -1,0 +1,7 @@
+//! callrelay-testkit: local stand-ins for Apple's and Google's push services, over the real
+//! protocols (HTTP/2 over TLS with certificates the tests generate), shared by the integration
+//! tests (`tests/it/`) and the benchmark harness (`benches/relay/`).
+
+pub mod apns;
+pub mod fcm;
+pub mod tls;

@@ -1,6 +1,0 @@
-//! Local stand-ins for Apple's and Google's push services, over the real protocols: HTTP/2
-//! over TLS with certificates the tests generate.
-
-pub mod apns;
-pub mod fcm;
-pub mod tls;
