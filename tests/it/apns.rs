@@ -815,4 +815,3 @@ async fn check_config_names_the_broken_apns_setting() {
         assert!(!out.contains("PRIVATE KEY"), "no key material: {out}");
     }
 }
-

@@ -127,8 +127,10 @@ async fn retries_stop_before_the_deadline() {
         outcome,
         Outcome::Failed("APNs answered 500 InternalServerError".into())
     );
-    // 25, 50, 100 ms apart; a fourth pause would end past the deadline.
-    assert_eq!(f.apns.tokens().len(), 4);
+    // Pauses of 25, 50, 100, 200 ms, each jittered to between half and all of that: a fourth
+    // pause fits before the deadline only after short ones, a fifth never does.
+    let attempts = f.apns.tokens().len();
+    assert!((4..=5).contains(&attempts), "{attempts} attempts");
 }
 
 #[tokio::test(start_paused = true)]
