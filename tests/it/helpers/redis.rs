@@ -36,6 +36,9 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     /// A fixed port (Redis Cluster needs port + 10000 free as well).
     pub port: Option<u16>,
+    /// Files removed with the server's directory when the test process goes away: what a
+    /// server kept in a static needs (its certificates), which no destructor removes.
+    pub leftovers: Vec<PathBuf>,
 }
 
 /// Certificate and key files of a TLS server, and whether clients must present a
@@ -161,16 +164,25 @@ impl RedisServer {
             args.extend(["--requirepass".into(), p.clone()]);
         }
         // The wrapper stops redis-server when the test process goes away, even if it is
-        // killed before any destructor runs. It records redis-server's pid so that `kill`,
-        // `pause` and `resume` can signal the server itself.
+        // killed before any destructor runs, and then removes the server's directory (the
+        // servers shared by a test process live in statics, which are never dropped). It
+        // records redis-server's pid so that `kill`, `pause` and `resume` can signal the
+        // server itself.
         let script = format!(
             "redis-server {args} & r=$!; echo $r > {dir}/redis-server.pid; \
              trap 'kill $r 2>/dev/null; exit 0' TERM INT; \
              while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2; done; \
-             kill $r 2>/dev/null; wait $r",
+             kill $r 2>/dev/null; wait $r; \
+             kill -0 {parent} 2>/dev/null || rm -rf {dir} {leftovers}",
             args = args.join(" "),
             dir = self.dir.display(),
             parent = std::process::id(),
+            leftovers = o
+                .leftovers
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
         );
         let child = Command::new("sh")
             .arg("-c")
@@ -326,8 +338,15 @@ pub fn shared_tls() -> &'static (TestCa, RedisServer) {
     static SERVER: OnceLock<(TestCa, RedisServer)> = OnceLock::new();
     SERVER.get_or_init(|| {
         let ca = TestCa::new("redis");
+        let tls = TlsOptions::issued_by(&ca, false);
+        let leftovers = vec![
+            ca.ca_file.to_path_buf(),
+            tls.cert_file.to_path_buf(),
+            tls.key_file.to_path_buf(),
+        ];
         let server = RedisServer::start_with(ServerOptions {
-            tls: Some(TlsOptions::issued_by(&ca, false)),
+            tls: Some(tls),
+            leftovers,
             ..ServerOptions::default()
         });
         (ca, server)
