@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::{
-    Claim, ClaimOwner, ClaimRequest, Lookup, PutOutcome, Settlement, SocketPresence, Store,
-    StoreError, Targets,
+    Claim, ClaimOwner, ClaimRequest, Lookup, PresenceKey, PutOutcome, Settlement, SocketPresence,
+    Store, StoreError, Targets,
 };
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 use crate::metrics::{Metrics, StoreErrorLabels, StoreLabels};
@@ -39,6 +39,7 @@ pub enum Op {
     Targets,
     PutPresences,
     RemovePresence,
+    RemovePresences,
     Lookup,
     ClaimMessage,
     SettleMessage,
@@ -47,7 +48,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 17] = [
         Op::Ping,
         Op::PutBinding,
         Op::GetBinding,
@@ -59,6 +60,7 @@ impl Op {
         Op::Targets,
         Op::PutPresences,
         Op::RemovePresence,
+        Op::RemovePresences,
         Op::Lookup,
         Op::ClaimMessage,
         Op::SettleMessage,
@@ -79,6 +81,7 @@ impl Op {
             Op::Targets => "targets",
             Op::PutPresences => "put_presences",
             Op::RemovePresence => "remove_presence",
+            Op::RemovePresences => "remove_presences",
             Op::Lookup => "lookup",
             Op::ClaimMessage => "claim_message",
             Op::SettleMessage => "settle_message",
@@ -250,6 +253,11 @@ impl Store for MeteredStore {
 
     async fn put_presences(&self, presences: &[SocketPresence]) -> Result<(), StoreError> {
         self.timed(Op::PutPresences, self.inner.put_presences(presences))
+            .await
+    }
+
+    async fn remove_presences(&self, sockets: &[PresenceKey]) -> Result<(), StoreError> {
+        self.timed(Op::RemovePresences, self.inner.remove_presences(sockets))
             .await
     }
 

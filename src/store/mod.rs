@@ -125,6 +125,14 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Which socket's presence: what withdrawing it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceKey {
+    pub account_sid: AccountSid,
+    pub identity: Identity,
+    pub conn_id: String,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Which engine, for logs and `/readyz`.
@@ -196,6 +204,16 @@ pub trait Store: Send + Sync + 'static {
         identity: &Identity,
         conn_id: &str,
     ) -> Result<(), StoreError>;
+
+    /// Withdraws several sockets' presences: the Redis engine does it in one round trip (a
+    /// replica whose sockets close together would otherwise make one call per socket).
+    async fn remove_presences(&self, sockets: &[PresenceKey]) -> Result<(), StoreError> {
+        for s in sockets {
+            self.remove_presence(&s.account_sid, &s.identity, &s.conn_id)
+                .await?;
+        }
+        Ok(())
+    }
 
     /// Targets and, when there are any, the claim `claim` asks for, together. The engines
     /// answer it in one round trip; this default takes two.

@@ -7,6 +7,7 @@
 mod queue;
 mod registry;
 mod wire;
+mod withdrawals;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +30,7 @@ use crate::config::{Limits, WebSocketConfig};
 use crate::domain::SocketPresence;
 use crate::domain::{AccountSid, CallNotification, Identity};
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::store::{Store, StoreError};
+use crate::store::{PresenceKey, Store, StoreError};
 
 /// Presences written per store round trip when renewing.
 const RENEW_BATCH: usize = 500;
@@ -52,6 +53,7 @@ pub struct WebSocketChannel {
     tasks: TaskTracker,
     inbox_stop: CancellationToken,
     metrics: Arc<Metrics>,
+    withdrawals: withdrawals::Withdrawals,
 }
 
 /// Why a socket could not be registered.
@@ -75,18 +77,15 @@ pub struct SocketLease {
 
 impl Drop for SocketLease {
     fn drop(&mut self) {
-        self.channel.registry.unregister(&self.socket.conn_id);
-        let store = self.channel.store.clone();
-        let s = self.socket.clone();
-        self.channel.tasks.spawn(async move {
-            if let Err(e) = store
-                .remove_presence(&s.account_sid, &s.identity, &s.conn_id)
-                .await
-            {
-                // The lease runs out by itself; until then a webhook finds the socket gone.
-                tracing::warn!(conn_id = s.conn_id, error = %e, "could not withdraw socket presence");
-            }
+        // Queued before the socket leaves the registry: once the registry is empty, every
+        // closed socket's presence is in the queue (`withdrawals.rs`).
+        let s = &self.socket;
+        self.channel.withdrawals.push(PresenceKey {
+            account_sid: s.account_sid.clone(),
+            identity: s.identity.clone(),
+            conn_id: s.conn_id.clone(),
         });
+        self.channel.registry.unregister(&s.conn_id);
     }
 }
 
@@ -114,6 +113,7 @@ impl WebSocketChannel {
             tasks,
             inbox_stop: CancellationToken::new(),
             metrics,
+            withdrawals: withdrawals::Withdrawals::default(),
         })
     }
 
@@ -143,8 +143,12 @@ impl WebSocketChannel {
         // Not on the tracker: draining the tracker is what the inbox outlives.
         tokio::spawn(async move { me.serve_inbox(inbox, stop).await });
         let me = self.clone();
+        let stop = shutdown.clone();
         self.tasks
-            .spawn(async move { me.renew_presences(shutdown).await });
+            .spawn(async move { me.renew_presences(stop).await });
+        let me = self.clone();
+        self.tasks
+            .spawn(async move { me.withdraw_presences(shutdown).await });
         Ok(())
     }
 

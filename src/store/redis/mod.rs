@@ -29,8 +29,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::{
-    Claim, ClaimOwner, ClaimRequest, Lookup, PutOutcome, Settlement, SocketPresence, Store,
-    StoreError, Targets,
+    Claim, ClaimOwner, ClaimRequest, Lookup, PresenceKey, PutOutcome, Settlement, SocketPresence,
+    Store, StoreError, Targets,
 };
 use crate::config::RedisConfig;
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
@@ -616,6 +616,21 @@ impl Store for RedisStore {
             .run(c.hdel(self.keys.sockets(account, identity), conn_id))
             .await?;
         Ok(())
+    }
+
+    async fn remove_presences(&self, sockets: &[PresenceKey]) -> Result<(), StoreError> {
+        if sockets.is_empty() {
+            return Ok(());
+        }
+        // One HDEL per socket, each on its identity's sockets hash, in one pipeline (split per
+        // slot on a cluster, as every pipeline is).
+        let mut pipe = redis::pipe();
+        for s in sockets {
+            pipe.hdel(self.keys.sockets(&s.account_sid, &s.identity), &s.conn_id)
+                .ignore();
+        }
+        let mut c = self.conn.clone();
+        self.run(pipe.query_async::<()>(&mut c)).await
     }
 
     async fn claim_message(

@@ -253,9 +253,27 @@ impl Cluster {
         self.master_of_slot(self.slot_of(key))
     }
 
-    /// The port of the master serving `slot`, as a running node sees it.
+    /// The port of the master serving `slot`, as the running nodes see it. Right after a
+    /// failover a node's table may not name the promoted replica yet: ask each running node,
+    /// again for a while, before giving up.
     pub fn master_of_slot(&self, slot: u16) -> u16 {
-        let nodes = self.any_node().cli(&["CLUSTER", "NODES"]);
+        let started = Instant::now();
+        loop {
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                if let Some(port) = Self::master_in(&node.cli(&["CLUSTER", "NODES"]), slot) {
+                    return port;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "no master serves slot {slot}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The master serving `slot` in one node's `CLUSTER NODES` answer.
+    fn master_in(nodes: &str, slot: u16) -> Option<u16> {
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
@@ -270,11 +288,11 @@ impl Cluster {
                     && (lo..=hi).contains(&slot)
                 {
                     let addr = fields[1].split('@').next().unwrap();
-                    return addr.rsplit(':').next().unwrap().parse().unwrap();
+                    return addr.rsplit(':').next().unwrap().parse().ok();
                 }
             }
         }
-        panic!("no master serves slot {slot}");
+        None
     }
 
     pub fn node(&mut self, port: u16) -> &mut RedisServer {
