@@ -7,17 +7,28 @@
 //! lines beyond `BUFFERED_LINES` are dropped and counted (`callrelay_log_lines_dropped_total`)
 //! rather than making request threads wait: a relay that stops answering Twilio because its
 //! logs are slow would turn a logging problem into lost calls. Lines anyone can cause
-//! (authentication failures) are rate-limited besides (`throttle`).
+//! (authentication failures) are rate-limited besides (`throttle`). In JSON, the request's
+//! fields (`request_id`, `trace_id`) are members of each line (`json_line`).
+//!
+//! Traces (`traces`), when configured, are a second layer beside the logs', with a filter of
+//! its own.
 
+mod json_line;
+mod otlp_client;
 pub mod throttle;
+pub mod traces;
 
 use std::io::{BufWriter, IsTerminal, Write};
 use std::sync::OnceLock;
 
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::JsonFields;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, TracesConfig};
 
 /// Lines waiting for the writer thread before new ones are dropped: a few MiB of text, enough
 /// for seconds of a busy replica's logs.
@@ -44,35 +55,77 @@ pub fn dropping_writer<W: Write + Send + 'static>(
         .finish(sink)
 }
 
-/// Starts logging; keep the guard until the process ends, so the last lines are written.
-pub fn init(config: &LogConfig) -> Option<WorkerGuard> {
+/// What keeps logging and tracing going; `close` it when the process is done.
+pub struct Telemetry {
+    log_writer: Option<WorkerGuard>,
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still buffered, then writes the last log lines.
+    pub async fn close(self) {
+        if let Some(provider) = self.traces {
+            traces::shut_down(provider).await;
+        }
+        drop(self.log_writer);
+    }
+}
+
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Starts logging, and tracing when configured; fails only when the trace exporter cannot be
+/// built. A second initialisation (tests, embedding) keeps the first subscriber.
+pub fn init(log: &LogConfig, traces_config: &TracesConfig) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
+        .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = dropping_writer(
         BufWriter::with_capacity(64 * 1024, std::io::stderr()),
         BUFFERED_LINES,
     );
     let dropped = writer.error_counter();
-    // Colours only for a terminal: a log file or collector gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
-    // A second initialisation (tests, embedding) keeps the first subscriber.
-    let installed = match config.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+    let logs: BoxedLayer = match log.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(json_line::SpanFieldsOnTop(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            ))
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+        // Colours only for a terminal: a log file or collector gets plain text.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
     };
-    if installed.is_ok() {
+    let mut layers = vec![logs];
+    let provider = match traces::install::<Registry>(traces_config)? {
+        Some((provider, layer)) => {
+            layers.push(layer.boxed());
+            Some(provider)
+        }
+        None => None,
+    };
+    let installed = tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .is_ok();
+    if installed {
         let _ = DROPPED.set(dropped);
+        if provider.is_some() {
+            traces::mark_installed();
+        }
     }
-    installed.is_ok().then_some(guard)
+    Ok(Telemetry {
+        log_writer: installed.then_some(guard),
+        traces: provider.filter(|_| installed),
+    })
 }
 
 #[cfg(test)]

@@ -108,12 +108,19 @@ fn print_openapi() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let _log_writer = crate::telemetry::init(&config.log);
+    let telemetry = match crate::telemetry::init(&config.log, &config.traces) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("callrelay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let app = match crate::start(config, crate::Options::default()).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, "callrelay could not start");
             eprintln!("callrelay: {e}");
+            telemetry.close().await;
             return ExitCode::FAILURE;
         }
     };
@@ -121,6 +128,7 @@ async fn serve(config: Config) -> ExitCode {
     tracing::info!("shutting down");
     app.shutdown();
     app.stopped().await;
+    telemetry.close().await;
     ExitCode::SUCCESS
 }
 

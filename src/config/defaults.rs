@@ -311,6 +311,28 @@ fn sections() -> Vec<Section> {
             ],
         },
         Section {
+            name: "traces",
+            array: false,
+            doc: "OpenTelemetry traces over OTLP/HTTP (protobuf): spans for each request, the webhook, the store\nlookup, each delivery and the replica bus's acknowledgement; the trace id in the request's log\nlines. Off unless otlp_endpoint is set. OTEL_EXPORTER_OTLP_HEADERS adds headers (a vendor's API\nkey); OTEL_RESOURCE_ATTRIBUTES adds resource attributes.",
+            keys: vec![
+                key(
+                    "otlp_endpoint",
+                    "The collector's base URL; spans are sent to /v1/traces under it, as with\nOTEL_EXPORTER_OTLP_ENDPOINT. No default: no traces.",
+                    example("\"http://otel-collector.monitoring:4318\""),
+                ),
+                key(
+                    "sample_percent",
+                    "Share of new traces kept (0..=100). A request inside a sampled trace of the caller's is kept\nwhatever this says.",
+                    default(|d| int(d.config.traces.sample_percent)),
+                ),
+                key(
+                    "service_name",
+                    "The service.name resource attribute.",
+                    default(|d| text(d.config.traces.service_name.clone())),
+                ),
+            ],
+        },
+        Section {
             name: "limits",
             array: false,
             doc: "What one client, one identity or the whole replica may use. max_connections + max_sockets is\nthe descriptor budget: the process's nofile limit must exceed it by a few hundred.",

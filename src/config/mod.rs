@@ -29,6 +29,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub websocket: WebSocketConfig,
     pub log: LogConfig,
+    pub traces: TracesConfig,
     pub limits: Limits,
     pub accounts: Vec<AccountConfig>,
     pub admin: AdminConfig,
@@ -93,6 +94,18 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+}
+
+/// OpenTelemetry traces, exported over OTLP/HTTP (protobuf) when an endpoint is set.
+#[derive(Debug, Clone)]
+pub struct TracesConfig {
+    /// The collector's base URL (`http://otel-collector:4318`); spans go to `/v1/traces`
+    /// under it, as with `OTEL_EXPORTER_OTLP_ENDPOINT`. None: no traces, and no cost.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces kept (0..=100); a request that arrives inside a sampled trace is
+    /// kept whatever this says.
+    pub sample_percent: u8,
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +245,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
         level: raw.log.level.unwrap_or_else(|| "info".into()),
     };
+    let traces = validate_traces(raw.traces)?;
 
     let limits = validate_limits(raw.limits, &server)?;
 
@@ -265,6 +279,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         store,
         websocket,
         log,
+        traces,
         limits,
         accounts,
         admin,
@@ -366,7 +381,11 @@ fn validate_server(raw: raw::RawServer) -> Result<ServerConfig, ConfigError> {
     };
     let public_url = match raw.public_url {
         None => None,
-        Some(url) => Some(validate_public_url(&url)?),
+        Some(url) => Some(validate_base_url(
+            "server.public_url",
+            &url,
+            "configure webhook_username/webhook_password instead",
+        )?),
     };
     let trust_forwarded_headers = raw.trust_forwarded_headers.unwrap_or(false);
     if trust_forwarded_headers && public_url.is_some() {
@@ -404,8 +423,44 @@ fn validate_server(raw: raw::RawServer) -> Result<ServerConfig, ConfigError> {
     })
 }
 
-fn validate_public_url(url: &str) -> Result<String, ConfigError> {
-    let bad = |why: &str| ConfigError::invalid("server.public_url", why.to_owned());
+fn validate_traces(raw: raw::RawTraces) -> Result<TracesConfig, ConfigError> {
+    let otlp_endpoint = match raw.otlp_endpoint.filter(|url| !url.trim().is_empty()) {
+        None => None,
+        Some(url) => Some(validate_base_url(
+            "traces.otlp_endpoint",
+            &url,
+            "send them in OTEL_EXPORTER_OTLP_HEADERS instead",
+        )?),
+    };
+    let sample_percent = raw.sample_percent.unwrap_or(100);
+    let sample_percent = u8::try_from(sample_percent)
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| {
+            ConfigError::invalid("traces.sample_percent", "must be between 0 and 100")
+        })?;
+    let service_name = raw.service_name.unwrap_or_else(|| "callrelay".into());
+    if service_name.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "traces.service_name",
+            "must not be empty",
+        ));
+    }
+    Ok(TracesConfig {
+        otlp_endpoint,
+        sample_percent,
+        service_name,
+    })
+}
+
+/// A base URL callrelay appends paths to: http(s), a host, no query, fragment or credentials
+/// (`credentials_instead` says where those go).
+fn validate_base_url(
+    key: &str,
+    url: &str,
+    credentials_instead: &str,
+) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError::invalid(key, why.to_owned());
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
@@ -418,9 +473,9 @@ fn validate_public_url(url: &str) -> Result<String, ConfigError> {
         return Err(bad("has no host"));
     }
     if authority.contains('@') {
-        return Err(bad(
-            "must not carry credentials; configure webhook_username/webhook_password instead",
-        ));
+        return Err(bad(&format!(
+            "must not carry credentials; {credentials_instead}"
+        )));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("must not contain whitespace"));

@@ -17,6 +17,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub traces: RawTraces,
+    #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
     pub accounts: Vec<RawAccount>,
@@ -112,6 +114,15 @@ pub struct RawLimits {
 pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraces {
+    pub otlp_endpoint: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub sample_percent: Option<u64>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -140,6 +140,54 @@ fn public_url_is_checked_and_normalised() {
 }
 
 #[test]
+fn traces_are_off_by_default_and_their_settings_are_checked() {
+    let config = from_toml_str("").unwrap();
+    assert_eq!(config.traces.otlp_endpoint, None);
+    assert_eq!(config.traces.sample_percent, 100);
+    assert_eq!(config.traces.service_name, "callrelay");
+
+    let config = from_toml_str(
+        "[traces]\notlp_endpoint = \"http://collector:4318/\"\nsample_percent = 5\nservice_name = \"relay-eu\"",
+    )
+    .unwrap();
+    assert_eq!(
+        config.traces.otlp_endpoint.as_deref(),
+        Some("http://collector:4318")
+    );
+    assert_eq!(config.traces.sample_percent, 5);
+    assert_eq!(config.traces.service_name, "relay-eu");
+
+    for (toml, key, says) in [
+        (
+            "otlp_endpoint = \"collector:4318\"",
+            "traces.otlp_endpoint",
+            "http",
+        ),
+        (
+            "otlp_endpoint = \"https://key:secret@collector\"",
+            "traces.otlp_endpoint",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        (
+            "sample_percent = 101",
+            "traces.sample_percent",
+            "between 0 and 100",
+        ),
+        ("service_name = \" \"", "traces.service_name", "empty"),
+    ] {
+        let err = from_toml_str(&format!("[traces]\n{toml}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(key), "{toml}: {err}");
+        assert!(err.contains(says), "{toml}: {err}");
+        assert!(
+            !err.contains("secret"),
+            "the URL's credentials are not repeated: {err}"
+        );
+    }
+}
+
+#[test]
 fn accounts_need_a_public_url_unless_forwarded_headers_are_trusted() {
     let bare = format!("[[accounts]]\nsid = \"{SID}\"\nauth_token = \"12345\"\n");
     let err = from_toml_str(&bare).unwrap_err().to_string();

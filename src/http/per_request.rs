@@ -71,10 +71,13 @@ pub async fn layer(
         .filter(|v| acceptable(v))
         .map(str::to_owned)
         .unwrap_or_else(made_up);
-    // The span carries only the id: every field is formatted when the span opens, on every
-    // request, whether or not anything is logged inside it.
-    let span = tracing::info_span!("request", request_id = %id);
     let method = request.method().clone();
+    // The span carries only the id (and, with traces, the trace id): every field is formatted
+    // when the span opens, on every request, whether or not anything is logged inside it.
+    let span = tracing::info_span!("request", request_id = %id, trace_id = tracing::field::Empty);
+    if crate::telemetry::traces::on() {
+        traced(&span, &request);
+    }
     let path = tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().path().to_owned());
     let handled = AssertUnwindSafe(next.run(request).instrument(span.clone())).catch_unwind();
     let mut response = match tokio::time::timeout(limit, handled).await {
@@ -88,6 +91,13 @@ pub async fn layer(
         }
         Err(_) => Problem::request_timeout(limit).into_response(),
     };
+    if crate::telemetry::traces::on() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        span.set_attribute(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        );
+    }
     if let Some(path) = path {
         span.in_scope(|| {
             tracing::debug!(%method, path, status = response.status().as_u16(), "answered");
@@ -97,6 +107,18 @@ pub async fn layer(
         response.headers_mut().insert(HEADER, value);
     }
     response
+}
+
+/// With traces on: the request joins its caller's trace (`traceparent`), is described as the
+/// server side of an HTTP call, and its log lines carry the trace id.
+fn traced(span: &tracing::Span, request: &Request) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    crate::telemetry::traces::continue_trace(span, request.headers());
+    span.set_attribute("http.request.method", request.method().to_string());
+    span.set_attribute("url.path", request.uri().path().to_owned());
+    if let Some(trace_id) = crate::telemetry::traces::sampled_trace_id(span) {
+        span.record("trace_id", trace_id);
+    }
 }
 
 #[cfg(test)]

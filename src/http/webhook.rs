@@ -8,6 +8,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::AppState;
 use super::problem;
@@ -63,7 +64,20 @@ async fn answer(
         authorization: header("authorization"),
         body: &notification.raw,
     };
-    let result = state.relay.notify(notification.clone(), &credentials).await;
+    // Named for traces; a debug span, so the logs show it only at debug.
+    let span = tracing::debug_span!(
+        "webhook",
+        account_sid = %notification.account_sid,
+        identity = %notification.identity,
+        twi_message_id = notification.message_id.as_deref().unwrap_or(""),
+        outcome = tracing::field::Empty,
+    );
+    let result = state
+        .relay
+        .notify(notification.clone(), &credentials)
+        .instrument(span.clone())
+        .await;
+    let _in_span = span.enter();
     match &result {
         Ok(summary) => tracing::info!(
             account = %notification.account_sid,
@@ -89,7 +103,9 @@ async fn answer(
         ),
         Err(_) => {}
     }
-    problem::webhook_answer(result)
+    let (outcome, response) = problem::webhook_answer(result);
+    span.record("outcome", outcome);
+    (outcome, response)
 }
 
 /// The URL Twilio signed: the configured public URL plus the path and query as received.

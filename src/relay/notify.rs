@@ -18,6 +18,7 @@ use std::task::Poll;
 use futures_util::future::join_all;
 use time::OffsetDateTime;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{Relay, Summary, WebhookError};
 use crate::auth::webhook::{self, WebhookCredentials};
@@ -40,9 +41,10 @@ impl Relay {
         webhook::authenticate(settings, credentials)?;
 
         let relay = self.clone();
-        let accepted = self
-            .tasks
-            .spawn(async move { relay.run_accepted(&notification, deadline).await });
+        // The request's span goes with the task: its log lines and spans belong to the request.
+        let accepted = self.tasks.spawn(
+            async move { relay.run_accepted(&notification, deadline).await }.in_current_span(),
+        );
         match accepted.await {
             Ok(answer) => answer,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -71,14 +73,17 @@ impl Relay {
                 owner: &owner,
                 pending_for: self.pending_for(),
             });
-        let lookup =
-            match by_deadline(deadline, self.store.lookup(account, identity, claim, now)).await {
-                Ok(lookup) => lookup,
-                Err(e) => {
-                    self.release_in_background(notification, &owner);
-                    return Err(e.into());
-                }
-            };
+        let lookup = self
+            .store
+            .lookup(account, identity, claim, now)
+            .instrument(tracing::debug_span!("store.lookup"));
+        let lookup = match by_deadline(deadline, lookup).await {
+            Ok(lookup) => lookup,
+            Err(e) => {
+                self.release_in_background(notification, &owner);
+                return Err(e.into());
+            }
+        };
         let targets = lookup.targets;
         if targets.is_empty() {
             return Err(WebhookError::NoBinding);
@@ -135,6 +140,21 @@ impl Relay {
     }
 
     async fn deliver_one(
+        &self,
+        target: &Target,
+        notification: &CallNotification,
+        deadline: Instant,
+    ) -> Outcome {
+        let span = delivery_span(target);
+        let outcome = self
+            .deliver_and_count(target, notification, deadline)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome.label());
+        outcome
+    }
+
+    async fn deliver_and_count(
         &self,
         target: &Target,
         notification: &CallNotification,
@@ -202,6 +222,27 @@ impl Relay {
             (Outcome::Delivered, Target::Socket(_)) => {}
         }
         outcome
+    }
+}
+
+/// One target's delivery, for traces (and the logs at debug): what was tried, never the device
+/// token.
+fn delivery_span(target: &Target) -> tracing::Span {
+    match target {
+        Target::Push(b) => tracing::debug_span!(
+            "deliver",
+            channel = b.channel.as_str(),
+            app = %b.app,
+            binding = %b.id,
+            outcome = tracing::field::Empty,
+        ),
+        Target::Socket(p) => tracing::debug_span!(
+            "deliver",
+            channel = "websocket",
+            conn_id = %p.conn_id,
+            replica = %p.node,
+            outcome = tracing::field::Empty,
+        ),
     }
 }
 

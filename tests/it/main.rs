@@ -26,5 +26,6 @@ mod sentinel;
 mod store;
 mod store_faults;
 mod token_index;
+mod traces;
 mod webhook;
 mod websocket;

@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use queue::{QueueReceiver, queue};
 use registry::Registry;
@@ -304,20 +305,30 @@ impl WebSocketChannel {
             message_id: message_id.map(str::to_owned),
             payload,
         };
-        let (label, outcome) = match self.store.publish(&p.node, message.encode()).await {
-            Ok(0) => (
-                "not_listening",
-                Outcome::Failed(format!("replica {} is not listening", p.node)),
-            ),
-            Ok(_) => match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(handoff)) => (handoff.label(), outcome_of(handoff)),
-                _ => (
-                    "timeout",
-                    Outcome::Failed(format!("replica {} did not acknowledge in time", p.node)),
+        let span = tracing::debug_span!(
+            "bus.acknowledgement",
+            replica = %p.node,
+            request,
+            outcome = tracing::field::Empty
+        );
+        let acknowledged = async {
+            match self.store.publish(&p.node, message.encode()).await {
+                Ok(0) => (
+                    "not_listening",
+                    Outcome::Failed(format!("replica {} is not listening", p.node)),
                 ),
-            },
-            Err(e) => ("error", Outcome::Failed(e.to_string())),
+                Ok(_) => match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(handoff)) => (handoff.label(), outcome_of(handoff)),
+                    _ => (
+                        "timeout",
+                        Outcome::Failed(format!("replica {} did not acknowledge in time", p.node)),
+                    ),
+                },
+                Err(e) => ("error", Outcome::Failed(e.to_string())),
+            }
         };
+        let (label, outcome) = acknowledged.instrument(span.clone()).await;
+        span.record("outcome", label);
         self.metrics
             .bus_acknowledgements
             .get_or_create(&OutcomeLabels { outcome: label })
