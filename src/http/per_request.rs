@@ -117,7 +117,7 @@ fn traced(span: &tracing::Span, request: &Request) {
     span.set_attribute("http.request.method", request.method().to_string());
     span.set_attribute("url.path", request.uri().path().to_owned());
     if let Some(trace_id) = crate::telemetry::traces::sampled_trace_id(span) {
-        span.record("trace_id", trace_id);
+        span.record("trace_id", tracing::field::display(trace_id));
     }
 }
 

@@ -92,10 +92,15 @@ pub(super) fn mark_installed() {
     let _ = ON.set(());
 }
 
+/// How long shutdown waits for the last export: a collector that does not answer must not
+/// hold the process past its termination grace.
+const LAST_EXPORT: Duration = Duration::from_secs(5);
+
 /// Sends what is buffered and stops the exporter; blocks, so it runs off the runtime's
 /// threads (the exports it waits for run on them).
 pub async fn shut_down(provider: SdkTracerProvider) {
-    let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    let done =
+        tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(LAST_EXPORT)).await;
     if let Ok(Err(e)) = done {
         eprintln!("callrelay: traces not all exported at shutdown: {e}");
     }

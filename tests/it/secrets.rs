@@ -515,7 +515,7 @@ async fn each_webhook_refusal_logs_its_reason_without_the_secret() {
             .lines()
             .filter(|line| {
                 serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
-                    v["span"]["request_id"] == case.id
+                    v["request_id"] == case.id
                         && v["level"] == case.level
                         && v["message"] != "answered"
                 })

@@ -205,3 +205,74 @@ async fn without_an_endpoint_nothing_is_traced_and_lines_have_no_trace_id() {
     let logs = app.logs();
     assert!(!logs.contains("trace_id"), "{logs}");
 }
+
+/// A collector that accepts connections and never answers, then one that is gone: webhooks
+/// are answered as ever, the failed exports are logged, and SIGTERM still ends the process
+/// promptly (the last export is given a few seconds, not the collector's silence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_hangs_or_is_gone_costs_spans_not_webhooks() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let gone_url = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    for (collector, what) in [(silent_url, "silent"), (gone_url, "gone")] {
+        let config = TestConfig {
+            extra: format!("[traces]\notlp_endpoint = \"{collector}\"\n"),
+            ..TestConfig::default()
+        };
+        let mut app = ProcessApp::start_with_env(
+            &config,
+            &[
+                // Export every 100 ms, so that exports are under way during the webhooks.
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+                ("RUST_LOG", "info"),
+            ],
+        )
+        .await;
+        let mut socket = WsClient::connect(&app.base, &token("bob"), None)
+            .await
+            .unwrap();
+        let http = reqwest::Client::new();
+        for i in 0..40 {
+            let body = payload(ACCOUNT, "bob");
+            let url = format!("{}{}", app.base, webhook_path(&body));
+            let status = http
+                .post(&url)
+                .header("x-twilio-signature", sign(AUTH_TOKEN, &url))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, StatusCode::OK, "{what} collector, webhook {i}");
+            assert!(socket.next_text(Duration::from_secs(5)).await.is_some());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if what == "gone" {
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    app.logs().contains("BatchSpanProcessor.ExportError")
+                })
+                .await,
+                "a failed export is logged:\n{}",
+                app.logs()
+            );
+        }
+        let stopping = std::time::Instant::now();
+        assert!(app.terminate().success());
+        assert!(
+            stopping.elapsed() < Duration::from_secs(15),
+            "{what} collector: shutdown took {:?}",
+            stopping.elapsed()
+        );
+    }
+    held.abort();
+}
