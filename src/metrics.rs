@@ -20,6 +20,15 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Events received (status callbacks and Event Streams): `source` is `status_callback` or
+/// `event_streams`; `outcome` is `accepted`, `duplicate`, or the refusal's label as for
+/// webhooks (`bad_request`, `challenged`, `forbidden`, `unavailable`, `too_large`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub source: &'static str,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
     pub channel: &'static str,
@@ -115,6 +124,7 @@ pub struct Metrics {
     registry: Registry,
     pub webhooks: Family<OutcomeLabels, Counter>,
     pub webhook_duration: Histogram,
+    pub events: Family<EventLabels, Counter>,
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub delivery_duration: Family<ChannelLabels, Histogram>,
     pub live_sockets: Gauge<i64, AtomicI64>,
@@ -178,6 +188,12 @@ impl Metrics {
             "webhook_duration_seconds",
             "Time from receiving a webhook to answering it",
             webhook_duration.clone(),
+        );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Status callbacks and Event Streams events received, by source and outcome (each event of a batch counts)",
+            events.clone(),
         );
         let deliveries = Family::<DeliveryLabels, Counter>::default();
         registry.register(
@@ -310,6 +326,7 @@ impl Metrics {
             registry: root,
             webhooks,
             webhook_duration,
+            events,
             deliveries,
             delivery_duration,
             live_sockets,

@@ -1,5 +1,7 @@
-//! Authenticating a call-notification webhook: `X-Twilio-Signature` with the `bodySHA256`
-//! scheme, and optional HTTP Basic credentials.
+//! Authenticating Twilio's webhooks: `X-Twilio-Signature` with the `bodySHA256` scheme (JSON
+//! bodies: call notifications, Event Streams) or over the URL and the sorted form parameters
+//! (status callbacks; a `GET`'s parameters are in the URL), and optional HTTP Basic
+//! credentials.
 //!
 //! Basic follows Twilio's handshake: Twilio first sends the request without an
 //! `Authorization` header and adds the credentials from the URL only after a `401` carrying
@@ -20,6 +22,9 @@ pub struct WebhookCredentials<'a> {
     pub signature_settings: Option<&'a str>,
     pub authorization: Option<&'a str>,
     pub body: &'a [u8],
+    /// `Some`: the request is form-encoded and signed over the URL and these parameters (none
+    /// for a `GET`), not with `bodySHA256`.
+    pub params: Option<&'a [(String, String)]>,
 }
 
 /// Why a webhook was refused. Logged; the caller sees `401` with a Basic challenge for
@@ -96,10 +101,20 @@ fn check_signature(
     let header = request
         .signature
         .ok_or(WebhookAuthError::MissingSignature)?;
-    let claimed_hash = body_hash_param(request.url).ok_or(WebhookAuthError::MissingBodyHash)?;
-    if !claimed_hash.eq_ignore_ascii_case(&signature::body_sha256_hex(request.body)) {
-        return Err(WebhookAuthError::BodyHashMismatch);
-    }
+    let params: Vec<(&str, &str)> = match request.params {
+        Some(params) => params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        None => {
+            let claimed_hash =
+                body_hash_param(request.url).ok_or(WebhookAuthError::MissingBodyHash)?;
+            if !claimed_hash.eq_ignore_ascii_case(&signature::body_sha256_hex(request.body)) {
+                return Err(WebhookAuthError::BodyHashMismatch);
+            }
+            Vec::new()
+        }
+    };
     let keys: Vec<(&[u8], SignatureAlgorithm)> = match parse_settings(request.signature_settings)? {
         Some((key_id, alg)) => {
             let secret = account
@@ -119,7 +134,7 @@ fn check_signature(
     let urls = signature::url_variants(request.url);
     for (key, alg) in &keys {
         for url in &urls {
-            if signature::verify(*alg, key, url, &[], header) {
+            if signature::verify(*alg, key, url, &params, header) {
                 return Ok(());
             }
         }
@@ -240,6 +255,68 @@ mod tests {
             signature_settings: None,
             authorization: None,
             body: BODY,
+            params: None,
+        }
+    }
+
+    #[test]
+    fn official_form_vectors_pass_over_the_url_and_the_sorted_parameters() {
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let call = pairs(&[
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+14158675309"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+        ]);
+        let repeated = pairs(&[
+            ("Sid", "CA123"),
+            ("SidAccount", "AC123"),
+            ("Digits", "5678"),
+            ("Digits", "1234"),
+        ]);
+        for (url, params, sig) in [
+            (
+                "https://mycompany.com/myapp.php?foo=1&bar=2",
+                &call,
+                "RSOYDt4T1cUTdK1PDd93/VVr8B8=",
+            ),
+            (
+                "https://mycompany.com:443/myapp.php?foo=1&bar=2",
+                &call,
+                "kvajT1Ptam85bY51eRf/AJRuM3w=",
+            ),
+            (
+                "https://mycompany.com/myapp.php?foo=1&bar=2",
+                &repeated,
+                "IK+Dwps556ElfBT0I3Rgjkr1wJU=",
+            ),
+        ] {
+            let request = WebhookCredentials {
+                params: Some(params),
+                ..creds(url, Some(sig))
+            };
+            assert_eq!(authenticate(&account(), &request), Ok(()), "{url} {sig}");
+            // Another value, or a parameter left out, is another signature.
+            let mut changed = params.clone();
+            changed[0].1.push('0');
+            let request = WebhookCredentials {
+                params: Some(&changed),
+                ..creds(url, Some(sig))
+            };
+            assert!(matches!(
+                authenticate(&account(), &request),
+                Err(WebhookAuthError::BadSignature { .. })
+            ));
+            let request = WebhookCredentials {
+                params: Some(&params[1..]),
+                ..creds(url, Some(sig))
+            };
+            assert!(authenticate(&account(), &request).is_err());
         }
     }
 

@@ -311,6 +311,23 @@ fn sections() -> Vec<Section> {
             ],
         },
         Section {
+            name: "events",
+            array: false,
+            doc: "Twilio's status callbacks and Event Streams: each account's events are kept in a log (a Redis\nstream, or memory) before Twilio is answered, for as long and as many as this says.",
+            keys: vec![
+                key(
+                    "retention_secs",
+                    "How long an event is kept, and how long a repeat of it (same id) is recognised and dropped\n(60..=7776000).",
+                    default(|d| int(d.config.events.max_age.as_secs())),
+                ),
+                key(
+                    "max_per_account",
+                    "The most events one account's log keeps; the oldest go first (100..=100000000).",
+                    default(|d| int(d.config.events.max_events)),
+                ),
+            ],
+        },
+        Section {
             name: "traces",
             array: false,
             doc: "OpenTelemetry traces over OTLP/HTTP (protobuf): spans for each request, the webhook, the store\nlookup, each delivery and the replica bus's acknowledgement; the trace id in the request's log\nlines. Off unless otlp_endpoint is set. OTEL_EXPORTER_OTLP_HEADERS adds headers (a vendor's API\nkey); OTEL_RESOURCE_ATTRIBUTES adds resource attributes.",

@@ -30,6 +30,7 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub log: LogConfig,
     pub traces: TracesConfig,
+    pub events: EventRetention,
     pub limits: Limits,
     pub accounts: Vec<AccountConfig>,
     pub admin: AdminConfig,
@@ -94,6 +95,13 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+}
+
+/// How long, and how many, events each account's log keeps (`[events]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRetention {
+    pub max_age: Duration,
+    pub max_events: u64,
 }
 
 /// OpenTelemetry traces, exported over OTLP/HTTP (protobuf) when an endpoint is set.
@@ -246,6 +254,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         level: raw.log.level.unwrap_or_else(|| "info".into()),
     };
     let traces = validate_traces(raw.traces)?;
+    let events = validate_events(raw.events)?;
 
     let limits = validate_limits(raw.limits, &server)?;
 
@@ -280,6 +289,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         websocket,
         log,
         traces,
+        events,
         limits,
         accounts,
         admin,
@@ -420,6 +430,28 @@ fn validate_server(raw: raw::RawServer) -> Result<ServerConfig, ConfigError> {
             10_000,
             0..=600_000,
         )?,
+    })
+}
+
+/// How long and how many events each account's log keeps (`[events]`).
+fn validate_events(raw: raw::RawEvents) -> Result<EventRetention, ConfigError> {
+    let retention = raw.retention_secs.unwrap_or(3 * 24 * 3600);
+    if !(60..=90 * 24 * 3600).contains(&retention) {
+        return Err(ConfigError::invalid(
+            "events.retention_secs",
+            "must be between 60 and 7776000 (90 days)",
+        ));
+    }
+    let max_events = raw.max_per_account.unwrap_or(100_000);
+    if !(100..=100_000_000).contains(&max_events) {
+        return Err(ConfigError::invalid(
+            "events.max_per_account",
+            "must be between 100 and 100000000",
+        ));
+    }
+    Ok(EventRetention {
+        max_age: Duration::from_secs(retention),
+        max_events,
     })
 }
 

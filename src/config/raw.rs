@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub traces: RawTraces,
     #[serde(default)]
+    pub events: RawEvents,
+    #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
     pub accounts: Vec<RawAccount>,
@@ -114,6 +116,15 @@ pub struct RawLimits {
 pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub retention_secs: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub max_per_account: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

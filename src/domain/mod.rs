@@ -2,6 +2,7 @@
 //! each parsed once at the edge.
 
 mod binding;
+mod event;
 mod ids;
 mod notification;
 mod presence;
@@ -10,6 +11,7 @@ pub use binding::{
     ApnsEnvironment, Binding, BindingRequest, DEFAULT_TTL_SECONDS, InvalidBinding, PushChannel,
     PushType, check_app_name, valid_device_id,
 };
+pub use event::{CloudEvent, Envelope, Family, InvalidEvent, StatusCallback, StatusEvent};
 pub use ids::{AccountSid, ApiKeySid, BindingId, Identity, InvalidId};
 pub use notification::{CallNotification, InvalidNotification};
 pub use presence::SocketPresence;

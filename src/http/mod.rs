@@ -5,6 +5,7 @@
 mod admin;
 mod bindings;
 pub mod descriptors;
+mod events;
 mod extract;
 pub mod openapi;
 mod per_request;
@@ -77,6 +78,17 @@ pub fn public_router(state: AppState) -> Router {
         .route(
             "/v1/twilio/call-notifications",
             post(webhook::call_notification).layer(DefaultBodyLimit::max(webhook::MAX_BODY)),
+        )
+        .route(
+            "/v1/twilio/status-callbacks",
+            post(events::status_callback_post)
+                .get(events::status_callback_get)
+                .layer(DefaultBodyLimit::max(events::MAX_CALLBACK_BODY)),
+        )
+        .route(
+            "/v1/twilio/event-streams",
+            post(events::event_streams)
+                .layer(DefaultBodyLimit::max(events::MAX_EVENT_STREAMS_BODY)),
         )
         .route(
             "/v1/bindings",

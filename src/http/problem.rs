@@ -18,7 +18,7 @@ use super::ws::UpgradeError;
 use crate::auth::AuthError;
 use crate::auth::webhook::WebhookAuthError;
 use crate::channels::websocket::ConnectError;
-use crate::relay::{BindingError, Summary, WebhookError};
+use crate::relay::{BindingError, EventError, Ingested, Summary, WebhookError};
 use crate::telemetry::throttle;
 
 /// The challenge a `401` carries unless the problem names another.
@@ -53,6 +53,7 @@ macro_rules! kinds {
 
 kinds! {
     InvalidNotification => ("invalid-notification", BAD_REQUEST, "Invalid call notification"),
+    InvalidEvent => ("invalid-event", BAD_REQUEST, "Invalid event"),
     PayloadTooLarge => ("payload-too-large", PAYLOAD_TOO_LARGE, "Payload too large"),
     UnknownAccount => ("unknown-account", FORBIDDEN, "Account not configured"),
     WebhookAuthenticationRequired => ("webhook-authentication-required", UNAUTHORIZED, "Webhook authentication required"),
@@ -216,6 +217,29 @@ fn whole_seconds(d: Duration) -> u64 {
 enum WebhookAnswer {
     Problem(Problem),
     Summary(StatusCode, Summary),
+}
+
+/// A status callback's or an Event Streams delivery's answer, and the `outcome` label of
+/// `callrelay_events_total` for a refusal. Refusals of the account or its credentials are
+/// answered (and logged, and rate-limited) exactly as the call-notification webhook's.
+pub fn event_answer(result: Result<Ingested, EventError>) -> (&'static str, Response) {
+    match result {
+        Ok(ingested) => ("accepted", (StatusCode::OK, Json(ingested)).into_response()),
+        Err(EventError::Invalid(e)) => (
+            "bad_request",
+            Problem::new(Kind::InvalidEvent, e.to_string()).into_response(),
+        ),
+        Err(EventError::UnknownAccount(sid)) => {
+            webhook_answer(Err(WebhookError::UnknownAccount(sid)))
+        }
+        Err(EventError::Unauthenticated(why)) => {
+            webhook_answer(Err(WebhookError::Unauthenticated(why)))
+        }
+        Err(EventError::Store(e)) => {
+            tracing::error!(error = %e, "store error while keeping events");
+            ("unavailable", Problem::store_unavailable().into_response())
+        }
+    }
 }
 
 /// The webhook's answer and the `outcome` label of `callrelay_webhooks_total` for it.

@@ -63,6 +63,7 @@ async fn answer(
         signature_settings: header("x-twilio-webhooks-signature-settings"),
         authorization: header("authorization"),
         body: &notification.raw,
+        params: None,
     };
     // Named for traces; a debug span, so the logs show it only at debug.
     let span = tracing::debug_span!(

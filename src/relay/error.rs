@@ -2,7 +2,7 @@
 
 use crate::auth::AuthError;
 use crate::auth::webhook::WebhookAuthError;
-use crate::domain::{AccountSid, InvalidBinding, InvalidNotification};
+use crate::domain::{AccountSid, InvalidBinding, InvalidEvent, InvalidNotification};
 use crate::store::StoreError;
 
 use super::Summary;
@@ -28,6 +28,19 @@ pub enum WebhookError {
     /// `retry_after`. Not a duplicate: nothing says it was delivered.
     #[error("another attempt is still delivering the notification")]
     InProgress { retry_after: std::time::Duration },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a status callback or an Event Streams delivery was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("invalid event: {0}")]
+    Invalid(#[from] InvalidEvent),
+    #[error("account {0} is not configured")]
+    UnknownAccount(AccountSid),
+    #[error("webhook authentication failed: {0}")]
+    Unauthenticated(#[from] WebhookAuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -1,10 +1,12 @@
-//! The relay's domain logic: answering call notifications and managing bindings. Handlers
+//! The relay's domain logic: answering call notifications, managing bindings and keeping
+//! Twilio's other events (`events.rs`). Handlers
 //! parse and authenticate, then call in here; this module talks to the store and the channels
 //! through their traits only.
 
 mod bindings;
 mod dedupe;
 mod error;
+mod events;
 mod notify;
 
 use std::sync::Arc;
@@ -13,7 +15,8 @@ use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
 pub use bindings::{BindingScope, Listing};
-pub use error::{BindingError, WebhookError};
+pub use error::{BindingError, EventError, WebhookError};
+pub use events::Ingested;
 
 use notify::by_deadline;
 

@@ -38,6 +38,7 @@ struct State {
     messages: HashMap<MessageKey, (Marker, Instant)>,
     messages_pruned: Option<Instant>,
     subscribers: HashMap<String, mpsc::Sender<Bytes>>,
+    events: super::memory_events::EventLogs,
 }
 
 #[derive(Clone, Default)]
@@ -406,5 +407,27 @@ impl Store for MemoryStore {
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
         self.lock().subscribers.insert(node.to_owned(), tx);
         Ok(rx)
+    }
+
+    async fn append_event(
+        &self,
+        account: &AccountSid,
+        event_id: &str,
+        envelope: Bytes,
+        retention: super::EventRetention,
+    ) -> Result<super::Appended, StoreError> {
+        Ok(self
+            .lock()
+            .events
+            .append(account, event_id, envelope, retention))
+    }
+
+    async fn read_events(
+        &self,
+        account: &AccountSid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<super::LoggedEvent>, StoreError> {
+        Ok(self.lock().events.read(account, after, limit))
     }
 }

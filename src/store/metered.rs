@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::{
-    Claim, ClaimOwner, ClaimRequest, Lookup, PresenceKey, PutOutcome, Settlement, SocketPresence,
-    Store, StoreError, Targets,
+    Appended, Claim, ClaimOwner, ClaimRequest, EventRetention, LoggedEvent, Lookup, PresenceKey,
+    PutOutcome, Settlement, SocketPresence, Store, StoreError, Targets,
 };
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 use crate::metrics::{Metrics, StoreErrorLabels, StoreLabels};
@@ -45,10 +45,12 @@ pub enum Op {
     SettleMessage,
     Publish,
     Subscribe,
+    AppendEvent,
+    ReadEvents,
 }
 
 impl Op {
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 19] = [
         Op::Ping,
         Op::PutBinding,
         Op::GetBinding,
@@ -66,6 +68,8 @@ impl Op {
         Op::SettleMessage,
         Op::Publish,
         Op::Subscribe,
+        Op::AppendEvent,
+        Op::ReadEvents,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +91,8 @@ impl Op {
             Op::SettleMessage => "settle_message",
             Op::Publish => "publish",
             Op::Subscribe => "subscribe",
+            Op::AppendEvent => "append_event",
+            Op::ReadEvents => "read_events",
         }
     }
 }
@@ -341,5 +347,33 @@ impl Store for MeteredStore {
 
     async fn subscribe(&self, node: &str) -> Result<mpsc::Receiver<Bytes>, StoreError> {
         self.timed(Op::Subscribe, self.inner.subscribe(node)).await
+    }
+
+    async fn append_event(
+        &self,
+        account: &AccountSid,
+        event_id: &str,
+        envelope: Bytes,
+        retention: EventRetention,
+    ) -> Result<Appended, StoreError> {
+        self.timed(
+            Op::AppendEvent,
+            self.inner
+                .append_event(account, event_id, envelope, retention),
+        )
+        .await
+    }
+
+    async fn read_events(
+        &self,
+        account: &AccountSid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        self.timed(
+            Op::ReadEvents,
+            self.inner.read_events(account, after, limit),
+        )
+        .await
     }
 }

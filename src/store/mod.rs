@@ -1,8 +1,10 @@
-//! Where bindings, socket presence, delivered-message markers and the replica bus live. One
+//! Where bindings, socket presence, delivered-message markers, the replica bus and the event
+//! log (Twilio's status callbacks and Event Streams, per account) live. One
 //! trait, two engines: `redis` for production and several replicas, `memory` for a single
 //! process. Both pass the same conformance suite (`tests/it/store.rs`).
 
 pub mod memory;
+mod memory_events;
 pub mod metered;
 pub mod redis;
 
@@ -17,6 +19,26 @@ use tokio::sync::mpsc;
 
 use crate::config::StoreConfig;
 use crate::domain::{AccountSid, Binding, BindingId, Identity, SocketPresence};
+
+/// How long, and how many, events an account's log keeps (`[events]`).
+pub use crate::config::EventRetention;
+
+/// What became of an event appended to the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Kept, at this position.
+    New(String),
+    /// An event with the same id was kept already (within the retention), at this position.
+    Duplicate(String),
+}
+
+/// An event as the log keeps it: its position and its envelope (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    /// Increasing within an account's log (`<milliseconds>-<sequence>`, as Redis streams).
+    pub position: String,
+    pub envelope: Bytes,
+}
 
 /// Everything a webhook can deliver to for one (account, identity).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -281,6 +303,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Messages sent to `node`, for as long as the receiver is kept.
     async fn subscribe(&self, node: &str) -> Result<mpsc::Receiver<Bytes>, StoreError>;
+
+    /// Appends an event to its account's log, unless an event with the same id was appended
+    /// within `retention.max_age`; trims what is past the retention. Answered only once the
+    /// event is stored (with `store.min_replica_acks`, once replicas have it).
+    async fn append_event(
+        &self,
+        account: &AccountSid,
+        event_id: &str,
+        envelope: Bytes,
+        retention: EventRetention,
+    ) -> Result<Appended, StoreError>;
+
+    /// Events of `account` after position `after` (from the oldest kept without it), oldest
+    /// first, at most `limit`.
+    async fn read_events(
+        &self,
+        account: &AccountSid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StoreError>;
 }
 
 /// Opens the configured engine.

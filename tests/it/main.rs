@@ -11,6 +11,7 @@ mod chaos;
 mod claims;
 mod cli;
 mod cluster;
+mod events;
 mod fcm;
 mod limits;
 mod logs;

@@ -112,7 +112,7 @@ proptest! {
         let sig = signature::compute(SignatureAlgorithm::HmacSha1, token.as_bytes(), &url, &[]);
         let creds = |url: &str, body: &[u8], sig: &str| -> bool {
             authenticate(&account(&token), &WebhookCredentials {
-                url, signature: Some(sig), signature_settings: None, authorization: None, body,
+                url, signature: Some(sig), signature_settings: None, authorization: None, body, params: None,
             }).is_ok()
         };
         prop_assert!(creds(&url, &body, &sig));

@@ -1,13 +1,15 @@
-//! The JSON Schemas in `bindings-schema/` and the crate's own binding rules must agree: every
+//! The JSON Schemas in `bindings-schema/` and the crate's own rules must agree: every
 //! example a schema accepts, `BindingRequest::parse` (or `Binding`'s deserializer) accepts too,
-//! and every example a schema refuses, the parser refuses.
+//! and every example a schema refuses, the parser refuses; every event envelope the crate
+//! writes passes the envelope's schema.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use callrelay::domain::{
-    AccountSid, Binding, BindingId, BindingRequest, DEFAULT_TTL_SECONDS, Identity, PushChannel,
+    AccountSid, Binding, BindingId, BindingRequest, CloudEvent, DEFAULT_TTL_SECONDS, Identity,
+    PushChannel, StatusCallback,
 };
 use jsonschema::{Registry, Validator};
 use serde_json::{Value, json};
@@ -19,7 +21,8 @@ const ID_BASE: &str = "https://callrelay.dev/schemas/";
 const REQUEST: &str = "binding-request.schema.json";
 const BINDING: &str = "binding.schema.json";
 const LIST: &str = "binding-list.schema.json";
-const SCHEMAS: [&str; 3] = [REQUEST, BINDING, LIST];
+const EVENT: &str = "event-envelope.schema.json";
+const SCHEMAS: [&str; 4] = [REQUEST, BINDING, LIST, EVENT];
 
 const ACCOUNT: &str = "AC3f9a2b7c1d4e5f60718293a4b5c6d7e8";
 const APNS_TOKEN: &str = "7c4f1e2a9b3d5c6e8f0a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6";
@@ -350,4 +353,74 @@ fn an_apns_token_sent_in_upper_case_is_kept_in_lower_case() {
     assert_eq!(request.address, sent.to_ascii_lowercase());
     let stored = serde_json::to_value(binding_from(request, OffsetDateTime::now_utc())).unwrap();
     assert!(validator(BINDING).is_valid(&stored), "{stored:#}");
+}
+
+#[test]
+fn event_examples_pass_or_fail_the_envelope_schema_as_named() {
+    let validator = validator(EVENT);
+    let mut failures = Vec::new();
+    for (name, bytes) in examples("event/valid") {
+        let errors = schema_errors(&validator, &example_json(&name, &bytes));
+        if !errors.is_empty() {
+            failures.push(format!("{name}: {}", errors.join("; ")));
+        }
+    }
+    for (name, bytes) in examples("event/invalid") {
+        if validator.is_valid(&example_json(&name, &bytes)) {
+            failures.push(format!("{name}: the schema accepts it"));
+        }
+    }
+    assert_no_failures("event examples", failures);
+}
+
+#[test]
+fn envelopes_the_crate_writes_pass_the_envelope_schema() {
+    let validator = validator(EVENT);
+    let now = OffsetDateTime::now_utc();
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let callbacks = [
+        pairs(&[
+            ("AccountSid", ACCOUNT),
+            ("StatusCallbackEvent", "recording-completed"),
+            ("RoomSid", "RM1"),
+            ("RecordingSid", "RT1"),
+            ("SourceSid", "MT1"),
+            ("Timestamp", "2026-12-07T10:00:00Z"),
+            ("Codec", "VP8"),
+        ]),
+        // Nothing but the account; a name repeated; an event callrelay does not know.
+        pairs(&[("AccountSid", ACCOUNT)]),
+        pairs(&[
+            ("AccountSid", ACCOUNT),
+            ("StatusCallbackEvent", "room-renamed"),
+            ("Tag", "a"),
+            ("Tag", "b"),
+        ]),
+    ];
+    let mut failures = Vec::new();
+    for params in callbacks {
+        let callback = StatusCallback::parse(params).unwrap();
+        let envelope: Value = serde_json::from_slice(&callback.envelope(now).to_json()).unwrap();
+        let errors = schema_errors(&validator, &envelope);
+        if !errors.is_empty() {
+            failures.push(format!("{envelope}: {}", errors.join("; ")));
+        }
+    }
+    let batch = format!(
+        r#"[{{"specversion":"1.0","type":"com.twilio.voice.insights.call-summary.partial","source":"/v1/Voice/CA1/Summary","id":"EZ1","time":"2026-12-07T10:00:00Z","data":"{{\"call_sid\":\"CA1\",\"account_sid\":\"{ACCOUNT}\"}}"}},{{"id":"EZ2","type":"x"}}]"#
+    );
+    let account = AccountSid::parse(ACCOUNT).unwrap();
+    for event in CloudEvent::parse_batch(batch.as_bytes()).unwrap() {
+        let envelope: Value =
+            serde_json::from_slice(&event.envelope(&account, now).to_json()).unwrap();
+        let errors = schema_errors(&validator, &envelope);
+        if !errors.is_empty() {
+            failures.push(format!("{envelope}: {}", errors.join("; ")));
+        }
+    }
+    assert_no_failures("envelopes", failures);
 }

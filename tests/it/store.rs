@@ -12,7 +12,9 @@ use callrelay::domain::{
     AccountSid, ApnsEnvironment, Binding, BindingId, Identity, PushChannel, PushType,
 };
 use callrelay::store::memory::MemoryStore;
-use callrelay::store::{Claim, ClaimOwner, ClaimRequest, Settlement, Store};
+use callrelay::store::{
+    Appended, Claim, ClaimOwner, ClaimRequest, EventRetention, Settlement, Store,
+};
 use time::OffsetDateTime;
 
 use crate::helpers::{eventually, redis, topology};
@@ -154,6 +156,7 @@ conformance!(
     outcomes_recorded_in_the_background_are_written_by_flush,
     batches_for_many_identities,
     replica_messages,
+    the_event_log_keeps_order_drops_repeats_and_trims,
 );
 
 async fn put_get_list_delete(store: Arc<dyn Store>) {
@@ -1031,4 +1034,91 @@ async fn replica_messages(store: Arc<dyn Store>) {
             .unwrap(),
         0
     );
+}
+
+async fn the_event_log_keeps_order_drops_repeats_and_trims(store: Arc<dyn Store>) {
+    let account = account();
+    let other = AccountSid::parse("AC00000000000000000000000000000000").unwrap();
+    let long = EventRetention {
+        max_age: Duration::from_secs(600),
+        max_events: 5,
+    };
+    let envelope = |n: usize| Bytes::from(format!("{{\"n\":{n}}}"));
+    let mut positions = Vec::new();
+    for n in 0..8 {
+        let appended = store
+            .append_event(&account, &format!("EZ{n}"), envelope(n), long)
+            .await
+            .unwrap();
+        let Appended::New(position) = appended else {
+            panic!("event {n} is new: {appended:?}");
+        };
+        positions.push(position);
+    }
+    // A repeat of a kept event is recognised, at the original's position, and not kept again.
+    assert_eq!(
+        store
+            .append_event(&account, "EZ7", envelope(99), long)
+            .await
+            .unwrap(),
+        Appended::Duplicate(positions[7].clone())
+    );
+    // The most recent five, in order; the account's log is its own.
+    let kept = store.read_events(&account, None, 100).await.unwrap();
+    let kept_envelopes: Vec<Bytes> = kept.iter().map(|e| e.envelope.clone()).collect();
+    assert_eq!(kept_envelopes, (3..8).map(envelope).collect::<Vec<_>>());
+    assert_eq!(
+        kept.iter().map(|e| e.position.clone()).collect::<Vec<_>>(),
+        positions[3..].to_vec()
+    );
+    assert!(
+        store
+            .read_events(&other, None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Reading on from a position, a page at a time.
+    let after = store
+        .read_events(&account, Some(&positions[4]), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>(),
+        vec![envelope(5), envelope(6)]
+    );
+
+    // By age: an event past the retention goes, and so does the memory of its id.
+    let short = EventRetention {
+        max_age: Duration::from_millis(300),
+        max_events: 100,
+    };
+    let fresh = AccountSid::parse("AC11111111111111111111111111111111").unwrap();
+    assert!(matches!(
+        store
+            .append_event(&fresh, "EZold", envelope(1), short)
+            .await
+            .unwrap(),
+        Appended::New(_)
+    ));
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(matches!(
+        store
+            .append_event(&fresh, "EZnew", envelope(2), short)
+            .await
+            .unwrap(),
+        Appended::New(_)
+    ));
+    let kept = store.read_events(&fresh, None, 100).await.unwrap();
+    assert_eq!(
+        kept.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>(),
+        vec![envelope(2)]
+    );
+    assert!(matches!(
+        store
+            .append_event(&fresh, "EZold", envelope(3), short)
+            .await
+            .unwrap(),
+        Appended::New(_)
+    ));
 }

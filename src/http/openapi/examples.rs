@@ -40,6 +40,70 @@ pub fn notification() -> Value {
     )
 }
 
+pub fn status_callback() -> Value {
+    one(
+        "participantConnected",
+        "A participant joined a Room",
+        json!({
+            "AccountSid": "AC3f9a2b7c1d4e5f60718293a4b5c6d7e8",
+            "RoomName": "consult-42",
+            "RoomSid": "RM1a2b3c4d5e6f708192a3b4c5d6e7f809",
+            "RoomStatus": "in-progress",
+            "RoomType": "group",
+            "StatusCallbackEvent": "participant-connected",
+            "ParticipantSid": "PA9b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e",
+            "ParticipantStatus": "connected",
+            "ParticipantIdentity": "dr-alice",
+            "SequenceNumber": "3",
+            "Timestamp": "2026-12-07T10:00:02.000Z"
+        }),
+    )
+}
+
+pub fn event_streams() -> Value {
+    one(
+        "callSummary",
+        "A Voice Insights call summary (data a JSON document in a string, as Twilio sends it)",
+        json!([{
+            "specversion": "1.0",
+            "type": "com.twilio.voice.insights.call-summary.complete",
+            "source": "/v1/Voice/CA8c4b2e1f9d7a3b5c6e0f1a2b3c4d5e6f/Summary",
+            "id": "EZ0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            "dataschema": "https://events-schemas.twilio.com/VoiceInsights.CallSummary/1",
+            "datacontenttype": "application/json",
+            "time": "2026-12-07T10:05:00.000Z",
+            "data": "{\"call_sid\":\"CA8c4b2e1f9d7a3b5c6e0f1a2b3c4d5e6f\",\"account_sid\":\"AC3f9a2b7c1d4e5f60718293a4b5c6d7e8\",\"call_state\":\"canceled\"}"
+        }]),
+    )
+}
+
+pub fn events_kept() -> Value {
+    let mut both = one(
+        "kept",
+        "The event is kept",
+        json!({"accepted": 1, "duplicates": 0}),
+    );
+    both.as_object_mut().expect("an examples map").extend(
+        one(
+            "repeat",
+            "Twilio sent the same callback again",
+            json!({"accepted": 0, "duplicates": 1}),
+        )
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+    );
+    both
+}
+
+pub fn events_kept_batch() -> Value {
+    one(
+        "batch",
+        "Two events, one of them kept before",
+        json!({"accepted": 1, "duplicates": 1}),
+    )
+}
+
 pub fn delivered() -> Value {
     one(
         "delivered",

@@ -31,6 +31,9 @@ pub fn document() -> Value {
     schemas.insert("Problem".into(), problem_schema());
     schemas.insert("DeliverySummary".into(), summary_schema());
     schemas.insert("CallNotification".into(), notification_schema());
+    schemas.insert("EventsKept".into(), events_kept_schema());
+    schemas.insert("StatusCallback".into(), status_callback_schema());
+    schemas.insert("CloudEvents".into(), cloud_events_schema());
     schemas.insert(
         "Deleted".into(),
         json!({
@@ -60,12 +63,18 @@ pub fn document() -> Value {
         }],
         "tags": [
             {"name": "Twilio webhook", "description": "Called by Twilio for each call to a client identity; signed with the account's Auth Token."},
+            {"name": "Twilio events", "description": "Status callbacks (Video Rooms, Recordings, Compositions, Composition Hooks, Media Processors, Player Streamers) and Event Streams sinks: kept in the account's event log before Twilio is answered."},
             {"name": "Bindings", "description": "An identity's push bindings (APNs, FCM), managed by the app with a Twilio Access Token, or by the app's backend with an admin key."},
             {"name": "WebSocket", "description": "A live binding: the device holds a socket and receives each call notification as a text frame."},
             {"name": "Document", "description": "This OpenAPI document."}
         ],
         "paths": {
             "/v1/twilio/call-notifications": {"post": webhook_operation()},
+            "/v1/twilio/status-callbacks": {
+                "post": status_callback_operation(false),
+                "get": status_callback_operation(true)
+            },
+            "/v1/twilio/event-streams": {"post": event_streams_operation()},
             "/v1/bindings": {
                 "post": create_operation(),
                 "get": list_operation(),
@@ -346,6 +355,114 @@ fn webhook_operation() -> Value {
             "502": summary("No binding accepted the notification.", examples::not_delivered()),
             "503": unavailable
         }
+    })
+}
+
+fn events_kept_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "What became of the events of a request.",
+        "required": ["accepted", "duplicates"],
+        "properties": {
+            "accepted": {"type": "integer", "minimum": 0, "description": "Events kept now."},
+            "duplicates": {"type": "integer", "minimum": 0, "description": "Events kept before (the same id within `events.retention_secs`): acknowledged, not kept twice."}
+        },
+        "additionalProperties": false
+    })
+}
+
+fn status_callback_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "A status callback's parameters. callrelay reads the three below; every parameter, known or not, is kept.",
+        "required": ["AccountSid"],
+        "properties": {
+            "AccountSid": {"type": "string", "pattern": "^AC[0-9a-fA-F]{32}$"},
+            "StatusCallbackEvent": {"type": "string", "description": "The event's name, e.g. `participant-connected`, `composition-available`, `media-processor-ended`; unknown names are kept too."},
+            "Timestamp": {"type": "string", "description": "Twilio's time for the event (UTC, ISO 8601)."}
+        },
+        "additionalProperties": {"type": "string"}
+    })
+}
+
+fn cloud_events_schema() -> Value {
+    json!({
+        "type": "array",
+        "description": "An Event Streams delivery: CloudEvents 1.0, each kept exactly as sent.",
+        "items": {
+            "type": "object",
+            "required": ["id", "type"],
+            "properties": {
+                "specversion": {"type": "string"},
+                "id": {"type": "string", "minLength": 1, "maxLength": 256, "description": "Unique per event (Twilio's EZ… SID): repeats are kept once."},
+                "type": {"type": "string"},
+                "source": {"type": "string"},
+                "time": {"type": "string"},
+                "data": {"description": "Kept as sent: a JSON document in a string, or an object. Its `account_sid` names the account unless the sink URL does."}
+            }
+        }
+    })
+}
+
+fn events_responses(kept: Value, bad_request: &str) -> Value {
+    json!({
+        "200": {"description": "Every event is kept (or was already).", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventsKept"}, "examples": kept}}},
+        "400": problem(bad_request),
+        "401": basic_challenge(),
+        "403": problem("The account is not configured, or the request did not authenticate (wrong HTTP Basic credentials or signature)."),
+        "408": r("RequestTimeout"),
+        "413": r("PayloadTooLarge"),
+        "503": r("StoreUnavailable")
+    })
+}
+
+/// `get`: the parameters are in the query string and the signature covers the URL alone.
+fn status_callback_operation(get: bool) -> Value {
+    let mut operation = json!({
+        "tags": ["Twilio events"],
+        "security": [{"twilioSignature": []}, {"webhookBasic": []}],
+        "responses": events_responses(
+            examples::events_kept(),
+            "No valid AccountSid, or a body that is not form-encoded UTF-8.",
+        )
+    });
+    if get {
+        operation["operationId"] = json!("getStatusCallback");
+        operation["summary"] = json!("A status callback sent with GET");
+        operation["description"] = json!(
+            "As the POST, for resources whose StatusCallbackMethod is GET: the parameters are in the query string, and the signature covers the URL with it."
+        );
+        operation["parameters"] = json!([
+            {"name": "AccountSid", "in": "query", "required": true, "schema": {"type": "string"}},
+            {"name": "StatusCallbackEvent", "in": "query", "schema": {"type": "string"}}
+        ]);
+    } else {
+        operation["operationId"] = json!("postStatusCallback");
+        operation["summary"] = json!("A status callback (Video and Media)");
+        operation["description"] = json!(
+            "Point a Room's, Composition Hook's, Composition's, Media Processor's or Player Streamer's StatusCallback here. The event is kept in the account's log (every parameter, as sent) before the answer. Signed with X-Twilio-Signature over the URL and the form parameters sorted by name (no bodySHA256)."
+        );
+        operation["requestBody"] = json!({"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"$ref": "#/components/schemas/StatusCallback"}, "examples": examples::status_callback()}}});
+    }
+    operation
+}
+
+fn event_streams_operation() -> Value {
+    json!({
+        "operationId": "postEventStreams",
+        "tags": ["Twilio events"],
+        "summary": "An Event Streams webhook sink",
+        "description": "Create an Event Streams webhook sink with this URL (add `?AccountSid=AC…` when the events' data does not name the account). Every CloudEvent of the array is kept in order before the answer; one whose id was kept before is acknowledged, not kept twice. Signed like the call-notification webhook: X-Twilio-Signature over the URL with bodySHA256.",
+        "security": [{"twilioSignature": []}, {"webhookBasic": []}],
+        "parameters": [
+            {"name": "bodySHA256", "in": "query", "required": true, "description": "Lowercase hex SHA-256 of the body, added by Twilio; the signature covers it.", "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}},
+            {"name": "AccountSid", "in": "query", "description": "The account the events belong to, when their data does not say (`data.account_sid`).", "schema": {"type": "string", "pattern": "^AC[0-9a-fA-F]{32}$"}}
+        ],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CloudEvents"}, "examples": examples::event_streams()}}},
+        "responses": events_responses(
+            examples::events_kept_batch(),
+            "Not a JSON array of CloudEvents with id and type, or no account named (neither `AccountSid` in the URL nor `data.account_sid`), or events of several accounts.",
+        )
     })
 }
 

@@ -9,6 +9,8 @@
 //! | `<p>:addr:{AC…:apns:<token>}` | string | `["identity","binding id"]`: who owns the token |
 //! | `<p>:addr:{AC…:apns:<token>}:claims` | hash | owner JSON → claim number: who may hold the token (`index.rs`); `#seq` → the last claim number |
 //! | `<p>:{AC…:bob}:msg:<twi_message_id>` | string | `pending:<owner>` (a claim, expiring) or `delivered` (for the dedupe window) |
+//! | `<p>:{AC…:events}:log` | stream | the account's events (field `e`: the envelope JSON), trimmed by `events.retention_secs` and `events.max_per_account` |
+//! | `<p>:{AC…:events}:id:<event id>` | string | the stream position of an event id seen within the retention (dedupe) |
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica (sharded on a cluster) |
 //! | `<p>:{…}:replicated` | string | written before `WAIT` when `store.min_replica_acks` is set |
 
@@ -51,6 +53,18 @@ impl Keys {
     /// notification, and works unchanged on Redis Cluster.
     pub fn message(&self, account: &AccountSid, identity: &Identity, message_id: &str) -> String {
         format!("{}:{{{account}:{identity}}}:msg:{message_id}", self.prefix)
+    }
+
+    /// An account's event log, under the hash tag `{AC…:events}` with its id markers. An
+    /// identity named `events` shares that tag, and so the slot, but none of its keys
+    /// (`:bindings`, `:sockets`, `:msg:…`) is one of these.
+    pub fn event_log(&self, account: &AccountSid) -> String {
+        format!("{}:{{{account}:events}}:log", self.prefix)
+    }
+
+    /// The marker of an event id seen, beside its account's log.
+    pub fn event_id(&self, account: &AccountSid, event_id: &str) -> String {
+        format!("{}:{{{account}:events}}:id:{event_id}", self.prefix)
     }
 
     pub fn node_channel(&self, node: &str) -> String {

@@ -6,6 +6,7 @@
 
 mod bus;
 mod connect;
+mod events;
 mod index;
 mod keys;
 mod link;
@@ -711,6 +712,26 @@ impl Store for RedisStore {
 
     async fn subscribe(&self, node: &str) -> Result<mpsc::Receiver<Bytes>, StoreError> {
         self.bus.subscribe(self.keys.node_channel(node)).await
+    }
+
+    async fn append_event(
+        &self,
+        account: &AccountSid,
+        event_id: &str,
+        envelope: Bytes,
+        retention: crate::store::EventRetention,
+    ) -> Result<crate::store::Appended, StoreError> {
+        self.append_event_to_log(account, event_id, envelope, retention)
+            .await
+    }
+
+    async fn read_events(
+        &self,
+        account: &AccountSid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::LoggedEvent>, StoreError> {
+        self.read_event_log(account, after, limit).await
     }
 }
 

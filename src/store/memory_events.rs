@@ -1,0 +1,106 @@
+//! The memory engine's event log: per account, events in order with their positions, and the
+//! ids seen within the retention. Positions look like Redis stream ids (`<ms>-<seq>`) and only
+//! grow, whatever the wall clock does.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::{Appended, EventRetention, LoggedEvent};
+use crate::domain::AccountSid;
+
+#[derive(Default)]
+pub struct EventLogs {
+    accounts: HashMap<AccountSid, Log>,
+}
+
+#[derive(Default)]
+struct Log {
+    /// (milliseconds, sequence, envelope), oldest first.
+    events: VecDeque<(u64, u64, Bytes)>,
+    /// Event id → (position, the millisecond it is forgotten).
+    ids: HashMap<String, (String, u64)>,
+    last: (u64, u64),
+}
+
+fn position(ms: u64, seq: u64) -> String {
+    format!("{ms}-{seq}")
+}
+
+/// `<ms>-<seq>` (or a bare `<ms>`, as Redis accepts) as a pair.
+fn parse_position(text: &str) -> Option<(u64, u64)> {
+    match text.split_once('-') {
+        Some((ms, seq)) => Some((ms.parse().ok()?, seq.parse().ok()?)),
+        None => Some((text.parse().ok()?, u64::MAX)),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+impl EventLogs {
+    pub fn append(
+        &mut self,
+        account: &AccountSid,
+        event_id: &str,
+        envelope: Bytes,
+        retention: EventRetention,
+    ) -> Appended {
+        let now = now_ms();
+        let log = self.accounts.entry(account.clone()).or_default();
+        log.ids.retain(|_, (_, until)| *until > now);
+        if let Some((at, _)) = log.ids.get(event_id) {
+            return Appended::Duplicate(at.clone());
+        }
+        let (last_ms, last_seq) = log.last;
+        let next = if now > last_ms {
+            (now, 0)
+        } else {
+            (last_ms, last_seq + 1)
+        };
+        log.last = next;
+        log.events.push_back((next.0, next.1, envelope));
+        let at = position(next.0, next.1);
+        let max_age = retention.max_age.as_millis() as u64;
+        log.ids.insert(
+            event_id.to_owned(),
+            (at.clone(), now.saturating_add(max_age)),
+        );
+        let oldest_kept = now.saturating_sub(max_age);
+        while log.events.len() as u64 > retention.max_events
+            || log
+                .events
+                .front()
+                .is_some_and(|(ms, _, _)| *ms < oldest_kept)
+        {
+            log.events.pop_front();
+        }
+        Appended::New(at)
+    }
+
+    pub fn read(
+        &self,
+        account: &AccountSid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<LoggedEvent> {
+        let Some(log) = self.accounts.get(account) else {
+            return Vec::new();
+        };
+        let after = after.and_then(parse_position);
+        log.events
+            .iter()
+            .filter(|(ms, seq, _)| after.is_none_or(|a| (*ms, *seq) > a))
+            .take(limit)
+            .map(|(ms, seq, envelope)| LoggedEvent {
+                position: position(*ms, *seq),
+                envelope: envelope.clone(),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,102 @@
+//! The event log on Redis: one stream per account (`<p>:{AC…:events}:log`, field `e` holding
+//! the envelope) and, under the same hash tag, a marker per event id seen
+//! (`<p>:{AC…:events}:id:<event id>` → the event's stream position) that lives as long as the
+//! retention. One script appends and trims atomically, so a duplicate is either kept once or
+//! refused, never half-written; on Redis Cluster an account's events live on one shard.
+
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use redis::Script;
+
+use super::{RedisStore, millis};
+use crate::domain::AccountSid;
+use crate::store::{Appended, EventRetention, LoggedEvent, StoreError};
+
+/// KEYS: the stream, the id's marker. ARGV: the envelope, the retention in ms, the most events
+/// kept. Returns `{1, position}` when appended, `{0, position}` for a duplicate.
+///
+/// The stream's own ids are `<ms>-<seq>` from Redis's clock, so trimming by age is `MINID`
+/// from the new id's milliseconds. Both trims are exact, so the retention is what it says.
+static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local seen = redis.call('GET', KEYS[2])
+if seen then return {0, seen} end
+local position = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', 'e', ARGV[1])
+local ms = tonumber(string.match(position, '^(%d+)'))
+redis.call('XTRIM', KEYS[1], 'MINID', ms - tonumber(ARGV[2]))
+redis.call('SET', KEYS[2], position, 'PX', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {1, position}
+",
+    )
+});
+
+/// An `XRANGE` entry: its id and its fields with their values.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+impl RedisStore {
+    pub(super) async fn append_event_to_log(
+        &self,
+        account: &AccountSid,
+        event_id: &str,
+        envelope: Bytes,
+        retention: EventRetention,
+    ) -> Result<Appended, StoreError> {
+        let stream = self.keys.event_log(account);
+        let marker = self.keys.event_id(account, event_id);
+        let mut c = self.conn.clone();
+        let mut invocation = APPEND.prepare_invoke();
+        invocation
+            .key(&stream)
+            .key(&marker)
+            .arg(envelope.as_ref())
+            .arg(millis(retention.max_age).max(1))
+            .arg(retention.max_events);
+        let (appended, position): (i64, String) = self.run(invocation.invoke_async(&mut c)).await?;
+        if appended == 1 {
+            // Twilio is answered only once the event is where a failover cannot lose it.
+            self.replicated(&[&stream]).await?;
+            Ok(Appended::New(position))
+        } else {
+            Ok(Appended::Duplicate(position))
+        }
+    }
+
+    pub(super) async fn read_event_log(
+        &self,
+        account: &AccountSid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        let stream = self.keys.event_log(account);
+        // `(` makes the start exclusive (Redis 6.2+).
+        let start = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        let mut c = self.conn.clone();
+        let entries: Vec<StreamEntry> = self
+            .run(
+                redis::cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut c),
+            )
+            .await?;
+        entries
+            .into_iter()
+            .map(|(position, fields)| {
+                let envelope = fields
+                    .into_iter()
+                    .find(|(name, _)| name == "e")
+                    .map(|(_, value)| Bytes::from(value))
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("event {position} has no envelope"))
+                    })?;
+                Ok(LoggedEvent { position, envelope })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,537 @@
+//! Status callbacks and Event Streams: signed as Twilio signs them, kept in the account's log
+//! before the answer, every parameter and CloudEvent kept as sent; forgeries refused; repeats
+//! kept once.
+
+use std::sync::Arc;
+
+use callrelay::auth::signature::{self, SignatureAlgorithm};
+use callrelay::domain::AccountSid;
+use callrelay::store::Store;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// A callrelay on the shared Redis and the same store opened beside it, to read its log.
+async fn app_and_log() -> (TestApp, Arc<dyn Store>) {
+    let config = TestConfig::redis();
+    let store_config = callrelay::config::from_toml_str(&format!(
+        "[store]\nredis_url = \"{}\"\nkey_prefix = \"{}\"\n",
+        redis::shared().url(),
+        config.prefix
+    ))
+    .unwrap();
+    let store = callrelay::store::open(&store_config.store).await.unwrap();
+    (spawn_with(config).await, store)
+}
+
+async fn logged(store: &Arc<dyn Store>) -> Vec<Value> {
+    store
+        .read_events(&AccountSid::parse(ACCOUNT).unwrap(), None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| serde_json::from_slice(&e.envelope).unwrap())
+        .collect()
+}
+
+fn sign_form(url: &str, params: &[(String, String)]) -> String {
+    let pairs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    signature::compute(
+        SignatureAlgorithm::HmacSha1,
+        AUTH_TOKEN.as_bytes(),
+        url,
+        &pairs,
+    )
+}
+
+fn form(params: &[(String, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish()
+}
+
+/// One callback of each documented event, with the parameters EVENTS.md lists for it.
+fn documented_callbacks() -> Vec<Vec<(String, String)>> {
+    let room = [
+        ("RoomName", "consult-42"),
+        ("RoomSid", "RM0123456789abcdef0123456789abcdef"),
+        ("RoomStatus", "in-progress"),
+        ("RoomType", "group"),
+        ("SequenceNumber", "3"),
+    ];
+    let participant = [
+        ("ParticipantSid", "PA0123456789abcdef0123456789abcdef"),
+        ("ParticipantStatus", "connected"),
+        ("ParticipantIdentity", "dr-alice"),
+    ];
+    let track = [
+        ("TrackSid", "MT0123456789abcdef0123456789abcdef"),
+        ("TrackKind", "video"),
+    ];
+    let recording = [
+        ("RecordingSid", "RT0123456789abcdef0123456789abcdef"),
+        ("SourceSid", "MT0123456789abcdef0123456789abcdef"),
+        (
+            "RecordingUri",
+            "/v1/Recordings/RT0123456789abcdef0123456789abcdef",
+        ),
+        ("Container", "mkv"),
+        ("Codec", "VP8"),
+        ("Type", "video"),
+    ];
+    let composition = [
+        ("CompositionSid", "CJ0123456789abcdef0123456789abcdef"),
+        (
+            "CompositionUri",
+            "/v1/Compositions/CJ0123456789abcdef0123456789abcdef",
+        ),
+        ("RoomSid", "RM0123456789abcdef0123456789abcdef"),
+    ];
+    let hook = [
+        ("HookSid", "HK0123456789abcdef0123456789abcdef"),
+        ("HookFriendlyName", "all-rooms"),
+        ("RoomSid", "RM0123456789abcdef0123456789abcdef"),
+    ];
+    let processor = [
+        ("MediaProcessorSid", "ZX0123456789abcdef0123456789abcdef"),
+        ("Extension", "video-composer-v1"),
+        ("ExtensionContext", r#"{"room":{"name":"consult-42"}}"#),
+    ];
+    let streamer = [
+        ("PlayerStreamerSid", "VJ0123456789abcdef0123456789abcdef"),
+        ("Source", "rtmp://example.com/live"),
+    ];
+    let events: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("room-created", room.to_vec()),
+        (
+            "room-ended",
+            [&room[..], &[("RoomDuration", "1830")]].concat(),
+        ),
+        (
+            "participant-connected",
+            [&room[..], &participant[..]].concat(),
+        ),
+        (
+            "participant-disconnected",
+            [
+                &room[..],
+                &participant[..],
+                &[("ParticipantDuration", "1795")],
+            ]
+            .concat(),
+        ),
+        (
+            "track-added",
+            [&room[..], &participant[..], &track[..]].concat(),
+        ),
+        (
+            "track-removed",
+            [&room[..], &participant[..], &track[..]].concat(),
+        ),
+        (
+            "track-enabled",
+            [&room[..], &participant[..], &track[..]].concat(),
+        ),
+        (
+            "track-disabled",
+            [&room[..], &participant[..], &track[..]].concat(),
+        ),
+        ("recording-started", [&room[..], &recording[..]].concat()),
+        (
+            "recording-completed",
+            [
+                &room[..],
+                &recording[..],
+                &[("Duration", "1790"), ("Size", "1048576")],
+            ]
+            .concat(),
+        ),
+        (
+            "recording-failed",
+            [
+                &room[..],
+                &recording[..],
+                &[("FailedOperation", "RecordingUpload")],
+            ]
+            .concat(),
+        ),
+        (
+            "composition-enqueued",
+            [&composition[..], &hook[..2]].concat(),
+        ),
+        (
+            "composition-hook-failed",
+            [
+                &hook[..],
+                &[("FailedOperation", "X"), ("ErrorMessage", "no room")],
+            ]
+            .concat(),
+        ),
+        ("composition-started", composition.to_vec()),
+        (
+            "composition-available",
+            [
+                &composition[..],
+                &[("MediaUri", "/v1/Compositions/CJ…/Media")],
+            ]
+            .concat(),
+        ),
+        (
+            "composition-progress",
+            [
+                &composition[..],
+                &[("PercentageDone", "40"), ("SecondsRemaining", "12")],
+            ]
+            .concat(),
+        ),
+        (
+            "composition-failed",
+            [&composition[..], &[("ErrorMessage", "codec")]].concat(),
+        ),
+        ("media-processor-started", processor.to_vec()),
+        (
+            "media-processor-ended",
+            [
+                &processor[..],
+                &[("Duration", "60"), ("EndedReason", "ended-via-api")],
+            ]
+            .concat(),
+        ),
+        (
+            "media-processor-failed",
+            [&processor[..], &[("ErrorMessage", "bad extension")]].concat(),
+        ),
+        ("stream-started", streamer.to_vec()),
+        ("stream-ended", streamer.to_vec()),
+        ("player-streamer-failed", streamer.to_vec()),
+        // Not documented (yet): kept and relayed as well.
+        (
+            "room-renamed",
+            [&room[..], &[("NewField", "kept")]].concat(),
+        ),
+    ];
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, params))| {
+            let mut all = vec![
+                ("AccountSid".to_owned(), ACCOUNT.to_owned()),
+                ("StatusCallbackEvent".to_owned(), name.to_owned()),
+                (
+                    "Timestamp".to_owned(),
+                    format!("2026-12-07T10:00:{:02}.000Z", i),
+                ),
+            ];
+            all.extend(
+                params
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            );
+            all
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_documented_status_callback_is_kept_with_every_parameter() {
+    let (app, store) = app_and_log().await;
+    let url = format!("{}/v1/twilio/status-callbacks", app.base);
+    let callbacks = documented_callbacks();
+    for params in &callbacks {
+        let r = answer(
+            app.http
+                .post(&url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-twilio-signature", sign_form(&url, params))
+                .body(form(params))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}: {}", params[1].1, r.text);
+        assert_eq!(r.body, json!({"accepted": 1, "duplicates": 0}));
+    }
+    let kept = logged(&store).await;
+    assert_eq!(kept.len(), callbacks.len());
+    for (envelope, params) in kept.iter().zip(&callbacks) {
+        let name = &params[1].1;
+        assert_eq!(envelope["type"], name.as_str());
+        assert_eq!(envelope["account_sid"], ACCOUNT);
+        assert_eq!(envelope["source"], "status-callback");
+        assert_eq!(envelope["timestamp"], params[2].1.as_str());
+        for (k, v) in params {
+            assert_eq!(envelope["params"][k], v.as_str(), "{name}: {k}");
+        }
+    }
+    let family = |i: usize| kept[i]["family"].as_str().unwrap().to_owned();
+    assert_eq!(family(0), "room");
+    assert_eq!(family(2), "participant");
+    assert_eq!(family(12), "composition-hook");
+    assert_eq!(family(22), "player-streamer");
+    assert_eq!(family(23), "unknown");
+    assert_eq!(
+        kept[2]["resources"]["ParticipantSid"],
+        "PA0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(
+        kept[2]["resources"]["RoomSid"],
+        "RM0123456789abcdef0123456789abcdef"
+    );
+
+    // Twilio delivering a callback again: acknowledged, kept once.
+    let again = &callbacks[0];
+    let r = answer(
+        app.http
+            .post(&url)
+            .header("x-twilio-signature", sign_form(&url, again))
+            .body(form(again))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.body, json!({"accepted": 0, "duplicates": 1}));
+    assert_eq!(logged(&store).await.len(), callbacks.len());
+
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "callrelay_events_total{{source=\"status_callback\",outcome=\"accepted\"}} {}",
+            callbacks.len()
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_get_callback_is_signed_over_its_url_and_forgeries_are_refused() {
+    let (app, store) = app_and_log().await;
+    let params = &documented_callbacks()[2];
+    let url = format!("{}/v1/twilio/status-callbacks?{}", app.base, form(params));
+    let signed = sign_form(&url, &[]);
+    let r = app
+        .http
+        .get(&url)
+        .header("x-twilio-signature", &signed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(logged(&store).await[0]["type"], "participant-connected");
+
+    // The POST form of the same signature is not valid: the parameters were not signed.
+    let post_url = format!("{}/v1/twilio/status-callbacks", app.base);
+    let forgeries = [
+        // Signed for other parameters.
+        (
+            post_url.clone(),
+            sign_form(&post_url, &params[1..]),
+            form(params),
+        ),
+        // No signature at all.
+        (post_url.clone(), String::new(), form(params)),
+        // Another account's token.
+        (
+            post_url.clone(),
+            signature::compute(
+                SignatureAlgorithm::HmacSha1,
+                OTHER_AUTH_TOKEN.as_bytes(),
+                &post_url,
+                &params
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+            ),
+            form(params),
+        ),
+    ];
+    for (url, sig, body) in forgeries {
+        let mut request = app.http.post(&url).body(body);
+        if !sig.is_empty() {
+            request = request.header("x-twilio-signature", sig);
+        }
+        let r = answer(request.send().await.unwrap()).await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert_eq!(
+            r.body["type"],
+            "urn:callrelay:problem:webhook-authentication-failed"
+        );
+    }
+    // A callback for an account this relay does not serve; one without an account.
+    let mut unknown = params.clone();
+    unknown[0].1 = UNCONFIGURED_ACCOUNT.into();
+    let r = answer(
+        app.http
+            .post(&post_url)
+            .header("x-twilio-signature", sign_form(&post_url, &unknown))
+            .body(form(&unknown))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["type"], "urn:callrelay:problem:unknown-account");
+    let r = answer(
+        app.http
+            .post(&post_url)
+            .body(form(&params[1..]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["type"], "urn:callrelay:problem:invalid-event");
+    assert_eq!(logged(&store).await.len(), 1, "nothing refused was kept");
+}
+
+/// Twilio's published Event Streams example (a Voice Insights call summary, `data` a JSON
+/// document in a string), with a second event in the same array.
+fn event_streams_batch() -> String {
+    let data = json!({
+        "call_sid": "CA0123456789abcdef0123456789abcdef",
+        "account_sid": ACCOUNT,
+        "call_type": "client",
+        "call_state": "canceled",
+        "to": {"callee": "client:bob"},
+        "properties": {"disconnected_by": "caller"}
+    })
+    .to_string();
+    json!([
+        {
+            "specversion": "1.0",
+            "type": "com.twilio.voice.insights.call-summary.complete",
+            "source": "/v1/Voice/CA0123456789abcdef0123456789abcdef/Summary",
+            "id": "EZ0123456789abcdef0123456789abcdef",
+            "dataschema": "https://events-schemas.twilio.com/VoiceInsights.CallSummary/1",
+            "datacontenttype": "application/json",
+            "time": "2026-12-07T10:01:00.000Z",
+            "data": data
+        },
+        {
+            "specversion": "1.0",
+            "type": "com.twilio.voice.insights.call-summary.partial",
+            "source": "/v1/Voice/CA0123456789abcdef0123456789abcdef/Summary",
+            "id": "EZfedcba9876543210fedcba9876543210",
+            "time": "2026-12-07T10:00:30.000Z",
+            "data": {"call_sid": "CA0123456789abcdef0123456789abcdef", "account_sid": ACCOUNT}
+        }
+    ])
+    .to_string()
+}
+
+#[tokio::test]
+async fn an_event_streams_batch_is_kept_event_by_event_exactly_as_sent() {
+    let (app, store) = app_and_log().await;
+    let body = event_streams_batch();
+    let url = format!(
+        "{}/v1/twilio/event-streams?bodySHA256={}",
+        app.base,
+        signature::body_sha256_hex(body.as_bytes())
+    );
+    let send = |url: String, body: String, sig: String| {
+        let request = app
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-twilio-signature", sig)
+            .body(body);
+        async move { answer(request.send().await.unwrap()).await }
+    };
+    let r = send(url.clone(), body.clone(), sign(AUTH_TOKEN, &url)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body, json!({"accepted": 2, "duplicates": 0}));
+    // Twilio retrying the batch: nothing kept twice.
+    let r = send(url.clone(), body.clone(), sign(AUTH_TOKEN, &url)).await;
+    assert_eq!(r.body, json!({"accepted": 0, "duplicates": 2}));
+
+    let kept = logged(&store).await;
+    assert_eq!(kept.len(), 2);
+    let sent: Vec<Value> = serde_json::from_str(&body).unwrap();
+    for (envelope, event) in kept.iter().zip(&sent) {
+        assert_eq!(envelope["source"], "event-streams");
+        assert_eq!(envelope["id"], event["id"]);
+        assert_eq!(envelope["type"], event["type"]);
+        assert_eq!(envelope["timestamp"], event["time"]);
+        assert_eq!(&envelope["cloudevent"], event, "the CloudEvent verbatim");
+        assert_eq!(
+            envelope["resources"]["CallSid"],
+            "CA0123456789abcdef0123456789abcdef"
+        );
+    }
+    assert!(
+        kept[0]["cloudevent"]["data"].is_string(),
+        "data stays a string"
+    );
+
+    // A body changed after signing, a signature for another URL, a missing bodySHA256.
+    let changed = body.replace("canceled", "completed");
+    assert_eq!(
+        send(url.clone(), changed, sign(AUTH_TOKEN, &url))
+            .await
+            .status,
+        403
+    );
+    let other_url = url.replace("event-streams", "call-notifications");
+    assert_eq!(
+        send(url.clone(), body.clone(), sign(AUTH_TOKEN, &other_url))
+            .await
+            .status,
+        403
+    );
+    let bare = format!("{}/v1/twilio/event-streams", app.base);
+    assert_eq!(
+        send(bare.clone(), body.clone(), sign(AUTH_TOKEN, &bare))
+            .await
+            .status,
+        403
+    );
+    // Not CloudEvents.
+    let r = send(url.clone(), "{\"id\":1}".into(), sign(AUTH_TOKEN, &url)).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["type"], "urn:callrelay:problem:invalid-event");
+    assert_eq!(logged(&store).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_sink_url_can_name_its_account_when_the_events_do_not() {
+    let (app, store) = app_and_log().await;
+    let body = json!([{"specversion": "1.0", "type": "com.example.other", "source": "/x", "id": "EZ1", "data": {}}])
+        .to_string();
+    let hash = signature::body_sha256_hex(body.as_bytes());
+    let without = format!("{}/v1/twilio/event-streams?bodySHA256={hash}", app.base);
+    let r = answer(
+        app.http
+            .post(&without)
+            .header("x-twilio-signature", sign(AUTH_TOKEN, &without))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.body["detail"].as_str().unwrap().contains("AccountSid"));
+
+    let named = format!(
+        "{}/v1/twilio/event-streams?AccountSid={ACCOUNT}&bodySHA256={hash}",
+        app.base
+    );
+    let r = answer(
+        app.http
+            .post(&named)
+            .header("x-twilio-signature", sign(AUTH_TOKEN, &named))
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(logged(&store).await[0]["type"], "com.example.other");
+}
