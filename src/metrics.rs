@@ -125,6 +125,8 @@ pub struct Metrics {
     pub webhooks: Family<OutcomeLabels, Counter>,
     pub webhook_duration: Histogram,
     pub events: Family<EventLabels, Counter>,
+    /// Open event feeds (`GET /v1/events/ws`).
+    pub event_subscribers: Gauge<i64, AtomicI64>,
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub delivery_duration: Family<ChannelLabels, Histogram>,
     pub live_sockets: Gauge<i64, AtomicI64>,
@@ -194,6 +196,12 @@ impl Metrics {
             "events",
             "Status callbacks and Event Streams events received, by source and outcome (each event of a batch counts)",
             events.clone(),
+        );
+        let event_subscribers = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "event_subscribers",
+            "Open event feeds (GET /v1/events/ws)",
+            event_subscribers.clone(),
         );
         let deliveries = Family::<DeliveryLabels, Counter>::default();
         registry.register(
@@ -327,6 +335,7 @@ impl Metrics {
             webhooks,
             webhook_duration,
             events,
+            event_subscribers,
             deliveries,
             delivery_duration,
             live_sockets,

@@ -106,16 +106,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = signature::url_variants(&url);
+    // The body read as form parameters, as a status callback's would be.
+    let form: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
     let creds = WebhookCredentials {
         url: &url,
         signature: sig,
         signature_settings: settings,
         authorization,
         body,
+        params: None,
+    };
+    let form_creds = WebhookCredentials {
+        params: Some(&form),
+        ..creds
     };
     // The fuzzer cannot compute HMACs with the keys, so a pass would mean the check is broken.
     for basic in [false, true] {
         assert!(authenticate(&account(basic), &creds).is_err());
+        assert!(authenticate(&account(basic), &form_creds).is_err());
     }
 
     // Signed here with the right key over the URL plus the body's hash: accepted, with the
@@ -142,6 +150,7 @@ fuzz_target!(|data: &[u8]| {
             signature_settings: settings,
             authorization: Some(BASIC),
             body,
+            params: None,
         };
         assert_eq!(authenticate(&account(true), &good), Ok(()), "{signed}");
         assert_eq!(authenticate(&account(false), &good), Ok(()), "{signed}");

@@ -105,6 +105,7 @@ pub fn public_router(state: AppState) -> Router {
                 .layer(binding_body_limit),
         )
         .route("/v1/ws", get(ws::connect))
+        .route("/v1/events/ws", get(ws::events))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

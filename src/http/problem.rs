@@ -464,6 +464,11 @@ impl From<UpgradeError> for Problem {
                 ..Problem::new(Kind::WebsocketUpgradeRequired, rejection.body_text())
             },
             UpgradeError::Connect(e) => Problem::from(e),
+            UpgradeError::AdminOnly => Problem::new(
+                Kind::Forbidden,
+                "the event feed is for app backends: present an admin key",
+            ),
+            UpgradeError::Invalid(detail) => Problem::new(Kind::BadRequest, detail),
         }
     }
 }

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use super::{EventError, Relay};
 use crate::auth::webhook::{self, WebhookCredentials};
 use crate::domain::{AccountSid, CloudEvent, InvalidEvent, StatusCallback};
-use crate::store::Appended;
+use crate::store::{Appended, LoggedEvent, StoreError};
 
 /// What became of the events of one request, as its JSON answer says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -96,6 +96,16 @@ impl Relay {
         }
         ingested.log(&account, "event-streams");
         Ok(ingested)
+    }
+
+    /// An account's kept events after `after`, oldest first: what feeds read.
+    pub async fn events_after(
+        &self,
+        account: &AccountSid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        self.store.read_events(account, after, limit).await
     }
 
     fn authenticate_events(

@@ -535,3 +535,160 @@ async fn a_sink_url_can_name_its_account_when_the_events_do_not() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(logged(&store).await[0]["type"], "com.example.other");
 }
+
+mod feed {
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    use super::*;
+
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn open(app: &TestApp, query: &str, credential: &str) -> Result<Socket, u16> {
+        let url = format!(
+            "{}/v1/events/ws?{query}",
+            app.base.replacen("http://", "ws://", 1)
+        );
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {credential}").parse().unwrap(),
+        );
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The next feed frame, as (position, event), answering pings on the way.
+    async fn next(socket: &mut Socket) -> (String, Value) {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
+                .await
+                .expect("a frame within 5 s")
+                .expect("the feed is open")
+                .unwrap();
+            match message {
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    return (
+                        frame["position"].as_str().unwrap().to_owned(),
+                        frame["event"].clone(),
+                    );
+                }
+                Message::Ping(data) => socket.send(Message::Pong(data)).await.unwrap(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    async fn callback(app: &TestApp, params: &[(String, String)]) {
+        let url = format!("{}/v1/twilio/status-callbacks", app.base);
+        let r = app
+            .http
+            .post(&url)
+            .header("x-twilio-signature", sign_form(&url, params))
+            .body(form(params))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_backend_follows_the_log_live_and_resumes_where_it_left_off() {
+        let (app, _store) = app_and_log().await;
+        let callbacks = documented_callbacks();
+        // Kept before anyone listens: the feed starts with them.
+        callback(&app, &callbacks[0]).await;
+        callback(&app, &callbacks[1]).await;
+
+        let query = format!("account_sid={ACCOUNT}&types=room-*,participant-*");
+        let mut socket = open(&app, &query, ADMIN_KEY).await.unwrap();
+        let (_, first) = next(&mut socket).await;
+        let (_, second) = next(&mut socket).await;
+        assert_eq!(first["type"], "room-created");
+        assert_eq!(second["type"], "room-ended");
+        // Kept while it listens: arrives live; a track event is filtered out.
+        callback(&app, &callbacks[4]).await;
+        callback(&app, &callbacks[2]).await;
+        let (seen_up_to, live) = next(&mut socket).await;
+        assert_eq!(live["type"], "participant-connected");
+        socket.close(None).await.unwrap();
+
+        // Away for a while; then back with the last position seen.
+        callback(&app, &callbacks[3]).await;
+        callback(&app, &callbacks[0]).await; // a repeat: kept once, so not sent again
+        callback(&app, &callbacks[23]).await; // room-renamed, unknown to callrelay
+        let mut socket = open(&app, &format!("{query}&after={seen_up_to}"), ADMIN_KEY)
+            .await
+            .unwrap();
+        let (_, missed) = next(&mut socket).await;
+        let (_, unknown) = next(&mut socket).await;
+        assert_eq!(missed["type"], "participant-disconnected");
+        assert_eq!(unknown["type"], "room-renamed");
+        assert_eq!(unknown["params"]["NewField"], "kept");
+        // Nothing else: the repeat was not kept twice.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    match socket.next().await {
+                        Some(Ok(Message::Text(t))) => return t.to_string(),
+                        Some(Ok(_)) => continue,
+                        _ => return String::new(),
+                    }
+                }
+            })
+            .await
+            .is_err(),
+            "no more frames"
+        );
+
+        // A resource filter.
+        let room = "RM0123456789abcdef0123456789abcdef";
+        let mut by_room = open(
+            &app,
+            &format!("account_sid={ACCOUNT}&resource={room}&types=participant-disconnected"),
+            ADMIN_KEY,
+        )
+        .await
+        .unwrap();
+        let (_, event) = next(&mut by_room).await;
+        assert_eq!(event["resources"]["RoomSid"], room);
+        assert_eq!(event["type"], "participant-disconnected");
+    }
+
+    #[tokio::test]
+    async fn only_admin_keys_of_configured_accounts_open_a_feed() {
+        let (app, _store) = app_and_log().await;
+        let query = format!("account_sid={ACCOUNT}");
+        assert_eq!(open(&app, &query, &token("bob")).await.err(), Some(403));
+        assert_eq!(open(&app, &query, "not-a-key").await.err(), Some(401));
+        assert_eq!(
+            open(
+                &app,
+                &format!("account_sid={UNCONFIGURED_ACCOUNT}"),
+                ADMIN_KEY
+            )
+            .await
+            .err(),
+            Some(400)
+        );
+        assert_eq!(open(&app, "", ADMIN_KEY).await.err(), Some(400));
+        assert_eq!(
+            open(&app, &format!("{query}&after=yesterday"), ADMIN_KEY)
+                .await
+                .err(),
+            Some(400)
+        );
+        assert!(open(&app, &query, ADMIN_KEY).await.is_ok());
+    }
+}

@@ -153,6 +153,15 @@ impl WebSocketChannel {
         Ok(())
     }
 
+    /// A slot for a socket that is not a device's (an app backend's event feed), counted
+    /// against `limits.max_sockets` like every other socket, held for as long as it is kept.
+    pub fn slot(&self) -> Result<OwnedSemaphorePermit, ConnectError> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ConnectError::OverCapacity(self.max_sockets))
+    }
+
     /// Registers a new socket and announces it. When the store cannot be reached the socket
     /// is not registered: a socket nobody can find would swallow nothing but also receive
     /// nothing, and the client is better off retrying.

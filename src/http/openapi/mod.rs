@@ -87,6 +87,7 @@ pub fn document() -> Value {
                 "delete": delete_operation()
             },
             "/v1/ws": {"get": websocket_operation()},
+            "/v1/events/ws": {"get": event_feed_operation()},
             "/openapi.json": {"get": {
                 "operationId": "getOpenApi",
                 "tags": ["Document"],
@@ -604,6 +605,30 @@ fn websocket_operation() -> Value {
             "426": problem("The request is not a WebSocket upgrade this server can accept."),
             "429": r("RateLimited"),
             "503": problem("The store cannot be reached, or this replica holds all the sockets it may; retry (another replica).")
+        }
+    })
+}
+
+fn event_feed_operation() -> Value {
+    json!({
+        "operationId": "openEventFeed",
+        "tags": ["Twilio events"],
+        "summary": "Follow an account's events live (app backends)",
+        "description": "A WebSocket on which every event of the account's log that the filter matches arrives as one text frame `{\"position\": \"<ms>-<seq>\", \"event\": <envelope>}` (the envelope: bindings-schema/event-envelope.schema.json), oldest first: first those after `after` (or everything kept, without it), then each new one as it is kept. Reconnect with `after` set to the last position seen to miss nothing kept since; events past `events.retention_secs` are gone. The server pings; a client silent for two ping intervals is dropped; 1001 at shutdown (reconnect, to any replica).",
+        "security": [{"bearer": []}],
+        "parameters": [
+            {"name": "account_sid", "in": "query", "required": true, "description": "The account whose events to follow (configured on this relay).", "schema": {"type": "string", "pattern": "^AC[0-9a-fA-F]{32}$"}, "example": "AC3f9a2b7c1d4e5f60718293a4b5c6d7e8"},
+            {"name": "types", "in": "query", "required": false, "description": "Comma-separated event types to receive; `*` matches any run of characters. All types without it.", "schema": {"type": "string"}, "example": "participant-*,room-ended"},
+            {"name": "resource", "in": "query", "required": false, "description": "Only events that name this resource SID (a room, participant, call…).", "schema": {"type": "string"}, "example": "RM1a2b3c4d5e6f708192a3b4c5d6e7f809"},
+            {"name": "after", "in": "query", "required": false, "description": "The position of the last event received: the feed resumes after it.", "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"}, "example": "1765101602114-0"}
+        ],
+        "responses": {
+            "101": {"description": "Switching protocols: the feed is open."},
+            "400": r("BadRequest"),
+            "401": r("Unauthorized"),
+            "403": problem("An access token instead of an admin key: the feed is for app backends."),
+            "426": problem("The request is not a WebSocket upgrade this server can accept."),
+            "503": problem("This replica holds all the sockets it may (`limits.max_sockets`); retry (another replica).")
         }
     })
 }

@@ -1,7 +1,11 @@
 //! `GET /v1/ws`: authenticate a Twilio Access Token, register the socket as a live binding,
-//! then run the session until either side ends it.
+//! then run the session until either side ends it. `GET /v1/events/ws`: an app backend's live
+//! feed of one account's events (`feed.rs`).
 
+mod feed;
 mod session;
+#[cfg(test)]
+mod test_socket;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -38,6 +42,10 @@ pub enum UpgradeError {
     DeviceId,
     NotAnUpgrade(WebSocketUpgradeRejection),
     Connect(ConnectError),
+    /// The event feed is for app backends: an admin key, not an access token.
+    AdminOnly,
+    /// A feed parameter that cannot be used; the text says which and why.
+    Invalid(String),
 }
 
 pub async fn connect(
@@ -101,6 +109,106 @@ async fn accept(
                 tracing::debug!(conn_id = lease.socket.conn_id, ?end, "socket closed");
                 metrics.live_sockets.dec();
                 drop(lease);
+            })
+        }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct FeedParams {
+    account_sid: Option<String>,
+    /// Comma-separated event types; `*` matches any run of characters.
+    types: Option<String>,
+    resource: Option<String>,
+    /// The position of the last event the subscriber saw.
+    after: Option<String>,
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<FeedParams>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match accept_feed(state, headers, params, upgrade) {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn accept_feed(
+    state: AppState,
+    headers: HeaderMap,
+    params: Result<Query<FeedParams>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, UpgradeError> {
+    let Query(params) = params.map_err(|_| UpgradeError::Query)?;
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state
+        .auth
+        .authorization_header(header)
+        .map_err(UpgradeError::Unauthenticated)?
+    {
+        crate::auth::Caller::Admin { .. } => {}
+        crate::auth::Caller::Client { .. } => return Err(UpgradeError::AdminOnly),
+    }
+    let account = params
+        .account_sid
+        .as_deref()
+        .ok_or_else(|| UpgradeError::Invalid("account_sid is required".into()))
+        .and_then(|sid| {
+            crate::domain::AccountSid::parse(sid)
+                .map_err(|e| UpgradeError::Invalid(format!("account_sid: {e}")))
+        })?;
+    if state.config.account(&account).is_none() {
+        return Err(UpgradeError::Invalid(format!(
+            "account {account} is not configured on this relay"
+        )));
+    }
+    if let Some(after) = &params.after
+        && !feed::valid_position(after)
+    {
+        return Err(UpgradeError::Invalid(
+            "after must be a position as feed frames give it (<milliseconds>-<sequence>)".into(),
+        ));
+    }
+    let filter = feed::Filter {
+        types: params
+            .types
+            .iter()
+            .flat_map(|t| t.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        resource: params.resource.filter(|r| !r.is_empty()),
+    };
+    let upgrade = upgrade.map_err(UpgradeError::NotAnUpgrade)?;
+    let slot = state.sockets.slot().map_err(UpgradeError::Connect)?;
+    let feed = feed::Feed {
+        log: state.relay.clone(),
+        account,
+        filter,
+        after: params.after,
+        ping_interval: state.config.websocket.ping_interval,
+    };
+    let shutdown = state.shutdown.clone();
+    let metrics = state.metrics.clone();
+    let tasks = state.tasks.clone();
+    let max_client_message = state.config.limits.max_client_message_bytes;
+    Ok(upgrade
+        .max_message_size(max_client_message)
+        .max_frame_size(max_client_message)
+        .read_buffer_size(READ_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .on_upgrade(move |socket| {
+            tasks.track_future(async move {
+                metrics.event_subscribers.inc();
+                let end = feed.run(socket, shutdown).await;
+                tracing::debug!(?end, "event feed closed");
+                metrics.event_subscribers.dec();
+                drop(slot);
             })
         }))
 }

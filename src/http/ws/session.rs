@@ -133,7 +133,7 @@ fn text(payload: Bytes) -> Message {
     }
 }
 
-async fn send<S, E>(socket: &mut S, message: Message) -> bool
+pub(super) async fn send<S, E>(socket: &mut S, message: Message) -> bool
 where
     S: Sink<Message, Error = E> + Unpin,
 {
@@ -151,62 +151,11 @@ where
 mod tests {
     use super::*;
     use crate::channels::websocket::queue;
-    use tokio::sync::mpsc as fmpsc;
 
-    /// An in-memory socket: what the session writes goes to `sent`, what the test pushes into
-    /// `incoming` is what the session reads.
-    struct Pair {
-        incoming: fmpsc::UnboundedReceiver<Result<Message, ()>>,
-        sent: fmpsc::UnboundedSender<Message>,
-    }
-
-    impl Stream for Pair {
-        type Item = Result<Message, ()>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            self.incoming.poll_recv(cx)
-        }
-    }
-
-    impl Sink<Message> for Pair {
-        type Error = ();
-        fn poll_ready(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), ()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), ()> {
-            self.sent.send(item).map_err(|_| ())
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), ()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_close(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), ()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
+    use super::super::test_socket::pair;
 
     fn far_future() -> Instant {
         Instant::now() + Duration::from_secs(24 * 3600)
-    }
-
-    fn pair() -> (
-        Pair,
-        fmpsc::UnboundedSender<Result<Message, ()>>,
-        fmpsc::UnboundedReceiver<Message>,
-    ) {
-        let (to_session, incoming) = fmpsc::unbounded_channel();
-        let (sent, from_session) = fmpsc::unbounded_channel();
-        (Pair { incoming, sent }, to_session, from_session)
     }
 
     #[tokio::test]
