@@ -31,6 +31,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Channel(#[from] crate::config::apps::AppErrors),
+    #[error("{0}")]
+    Forwarding(String),
 }
 
 /// Listeners bound by the caller.
@@ -148,6 +150,15 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         tasks.clone(),
         clock,
     ));
+    crate::forward::start(
+        &config,
+        store.clone(),
+        node.clone(),
+        metrics.clone(),
+        &tasks,
+        shutdown.clone(),
+    )
+    .map_err(StartError::Forwarding)?;
     let state = AppState::new(Shared {
         config: config.clone(),
         relay,

@@ -29,6 +29,15 @@ pub struct EventLabels {
     pub outcome: &'static str,
 }
 
+/// Events forwarded to an account's target: `outcome` is `delivered`, `retried` (an attempt
+/// that failed and will be tried again) or `failed` (set aside after the retry budget).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    pub account: String,
+    pub target: String,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
     pub channel: &'static str,
@@ -125,6 +134,7 @@ pub struct Metrics {
     pub webhooks: Family<OutcomeLabels, Counter>,
     pub webhook_duration: Histogram,
     pub events: Family<EventLabels, Counter>,
+    pub event_forwards: Family<ForwardLabels, Counter>,
     /// Open event feeds (`GET /v1/events/ws`).
     pub event_subscribers: Gauge<i64, AtomicI64>,
     pub deliveries: Family<DeliveryLabels, Counter>,
@@ -196,6 +206,12 @@ impl Metrics {
             "events",
             "Status callbacks and Event Streams events received, by source and outcome (each event of a batch counts)",
             events.clone(),
+        );
+        let event_forwards = Family::<ForwardLabels, Counter>::default();
+        registry.register(
+            "event_forwards",
+            "Attempts to forward events to an account's targets, by outcome (delivered, retried, failed: set aside after events.forward_retry_secs)",
+            event_forwards.clone(),
         );
         let event_subscribers = Gauge::<i64, AtomicI64>::default();
         registry.register(
@@ -335,6 +351,7 @@ impl Metrics {
             webhooks,
             webhook_duration,
             events,
+            event_forwards,
             event_subscribers,
             deliveries,
             delivery_duration,

@@ -325,6 +325,16 @@ fn sections() -> Vec<Section> {
                     "The most events one account's log keeps; the oldest go first (100..=100000000).",
                     default(|d| int(d.config.events.max_events)),
                 ),
+                key(
+                    "forward_retry_secs",
+                    "How long after it was kept an event is still retried to a target that does not take it;\nthen it is set aside as failed and the target gets the next one (1..=604800).",
+                    default(|d| int(d.config.forwarding.retry_for.as_secs())),
+                ),
+                key(
+                    "forward_timeout_ms",
+                    "One forwarding attempt's time limit (100..=60000).",
+                    default(|d| millis(d.config.forwarding.attempt_timeout)),
+                ),
             ],
         },
         Section {
@@ -505,6 +515,31 @@ fn sections() -> Vec<Section> {
                     "false only together with Basic credentials.",
                     default(|d| toml::Value::Boolean(d.account.require_signature)),
                 ),
+                Key {
+                    members: &[
+                        (
+                            "name",
+                            "unique within the account: 1 to 64 of A-Z a-z 0-9 . _ -",
+                        ),
+                        ("url", "where the events are POSTed (http or https)"),
+                        (
+                            "types",
+                            "event types forwarded, `*` matching any run of characters; all when left out",
+                        ),
+                        (
+                            "secret",
+                            "the Standard Webhooks signing secret, whsec_ and 24 to 64 bytes in base64 (or secret_file)",
+                        ),
+                        ("secret_file", "a file holding it"),
+                    ],
+                    ..key(
+                        "event_targets",
+                        "HTTP endpoints the account's status callbacks and Event Streams events are forwarded to,\neach as a POST of the event's envelope signed per Standard Webhooks (webhook-id,\nwebhook-timestamp, webhook-signature), in the log's order, retried until it is taken.",
+                        example(
+                            "[{ name = \"billing\", url = \"https://billing.example.com/twilio-events\", types = [\"participant-*\", \"room-ended\"], secret_file = \"/run/secrets/callrelay/billing-webhook-secret\" }]",
+                        ),
+                    )
+                },
             ],
         },
         Section {

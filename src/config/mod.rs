@@ -4,6 +4,7 @@
 pub mod apps;
 mod defaults;
 mod env;
+mod event_targets;
 mod raw;
 mod secret;
 mod store;
@@ -20,6 +21,7 @@ pub use secret::Secret;
 pub use store::{RedisConfig, StoreConfig, TlsFiles, Topology};
 
 use crate::domain::{AccountSid, ApiKeySid};
+pub use event_targets::EventTarget;
 use raw::RawConfig;
 
 /// Everything callrelay needs to run, validated.
@@ -31,6 +33,7 @@ pub struct Config {
     pub log: LogConfig,
     pub traces: TracesConfig,
     pub events: EventRetention,
+    pub forwarding: Forwarding,
     pub limits: Limits,
     pub accounts: Vec<AccountConfig>,
     pub admin: AdminConfig,
@@ -104,6 +107,15 @@ pub struct EventRetention {
     pub max_events: u64,
 }
 
+/// How events are forwarded to `event_targets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarding {
+    /// How long after an event was kept it is still retried; then it is set aside as failed.
+    pub retry_for: Duration,
+    /// One attempt's time limit.
+    pub attempt_timeout: Duration,
+}
+
 /// OpenTelemetry traces, exported over OTLP/HTTP (protobuf) when an endpoint is set.
 #[derive(Debug, Clone)]
 pub struct TracesConfig {
@@ -127,6 +139,8 @@ pub struct AccountConfig {
     pub api_keys: Vec<(ApiKeySid, Secret)>,
     pub webhook_basic_auth: Option<BasicAuth>,
     pub require_signature: bool,
+    /// HTTP endpoints the account's events are forwarded to.
+    pub event_targets: Vec<EventTarget>,
 }
 
 #[derive(Debug, Clone)]
@@ -254,6 +268,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         level: raw.log.level.unwrap_or_else(|| "info".into()),
     };
     let traces = validate_traces(raw.traces)?;
+    let forwarding = validate_forwarding(&raw.events)?;
     let events = validate_events(raw.events)?;
 
     let limits = validate_limits(raw.limits, &server)?;
@@ -290,6 +305,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         log,
         traces,
         events,
+        forwarding,
         limits,
         accounts,
         admin,
@@ -430,6 +446,27 @@ fn validate_server(raw: raw::RawServer) -> Result<ServerConfig, ConfigError> {
             10_000,
             0..=600_000,
         )?,
+    })
+}
+
+fn validate_forwarding(raw: &raw::RawEvents) -> Result<Forwarding, ConfigError> {
+    let retry = raw.forward_retry_secs.unwrap_or(24 * 3600);
+    if !(1..=7 * 24 * 3600).contains(&retry) {
+        return Err(ConfigError::invalid(
+            "events.forward_retry_secs",
+            "must be between 1 and 604800 (7 days)",
+        ));
+    }
+    let timeout = raw.forward_timeout_ms.unwrap_or(10_000);
+    if !(100..=60_000).contains(&timeout) {
+        return Err(ConfigError::invalid(
+            "events.forward_timeout_ms",
+            "must be between 100 and 60000",
+        ));
+    }
+    Ok(Forwarding {
+        retry_for: Duration::from_secs(retry),
+        attempt_timeout: Duration::from_millis(timeout),
     })
 }
 
@@ -594,6 +631,7 @@ fn validate_account(key: &str, raw: raw::RawAccount) -> Result<AccountConfig, Co
             "is false but no webhook_username/webhook_password is set: the webhook would accept anyone",
         ));
     }
+    let event_targets = event_targets::validate(key, raw.event_targets)?;
     Ok(AccountConfig {
         sid,
         auth_tokens,
@@ -601,6 +639,7 @@ fn validate_account(key: &str, raw: raw::RawAccount) -> Result<AccountConfig, Co
         api_keys,
         webhook_basic_auth,
         require_signature,
+        event_targets,
     })
 }
 

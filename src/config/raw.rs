@@ -125,6 +125,10 @@ pub struct RawEvents {
     pub retention_secs: Option<u64>,
     #[serde(default, deserialize_with = "lenient::number")]
     pub max_per_account: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub forward_retry_secs: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub forward_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +157,19 @@ pub struct RawAccount {
     pub webhook_password_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "lenient::boolean")]
     pub require_signature: Option<bool>,
+    #[serde(default)]
+    pub event_targets: Vec<RawEventTarget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventTarget {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub types: Vec<String>,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -244,6 +244,27 @@ impl StatusCallback {
     }
 }
 
+/// Whether an event type matches a subscriber's or a target's pattern: `*` matches any run
+/// of characters (none included); everything else itself.
+pub fn type_matches(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 /// One form parameter's value, or several when the name was repeated.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]

@@ -11,7 +11,9 @@ pub use binding::{
     ApnsEnvironment, Binding, BindingRequest, DEFAULT_TTL_SECONDS, InvalidBinding, PushChannel,
     PushType, check_app_name, valid_device_id,
 };
-pub use event::{CloudEvent, Envelope, Family, InvalidEvent, StatusCallback, StatusEvent};
+pub use event::{
+    CloudEvent, Envelope, Family, InvalidEvent, StatusCallback, StatusEvent, type_matches,
+};
 pub use ids::{AccountSid, ApiKeySid, BindingId, Identity, InvalidId};
 pub use notification::{CallNotification, InvalidNotification};
 pub use presence::SocketPresence;

@@ -430,4 +430,51 @@ impl Store for MemoryStore {
     ) -> Result<Vec<super::LoggedEvent>, StoreError> {
         Ok(self.lock().events.read(account, after, limit))
     }
+
+    async fn hold_forwarder(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(self.lock().events.hold(account, target, node, ttl))
+    }
+
+    async fn release_forwarder(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        node: &str,
+    ) -> Result<(), StoreError> {
+        self.lock().events.release(account, target, node);
+        Ok(())
+    }
+
+    async fn forward_cursor(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().events.cursor(account, target))
+    }
+
+    async fn set_forward_cursor(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<(), StoreError> {
+        self.lock().events.set_cursor(account, target, position);
+        Ok(())
+    }
+
+    async fn note_failed_forward(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<u64, StoreError> {
+        Ok(self.lock().events.note_failed(account, target, position))
+    }
 }

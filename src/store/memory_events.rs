@@ -13,6 +13,16 @@ use crate::domain::AccountSid;
 #[derive(Default)]
 pub struct EventLogs {
     accounts: HashMap<AccountSid, Log>,
+    forwarders: HashMap<(AccountSid, String), Forwarder>,
+}
+
+/// One target's forwarding state.
+#[derive(Default)]
+struct Forwarder {
+    /// The node holding the lease, until when (by this process's clock).
+    lease: Option<(String, std::time::Instant)>,
+    cursor: Option<String>,
+    failed: VecDeque<String>,
 }
 
 #[derive(Default)]
@@ -102,5 +112,51 @@ impl EventLogs {
                 envelope: envelope.clone(),
             })
             .collect()
+    }
+
+    fn forwarder(&mut self, account: &AccountSid, target: &str) -> &mut Forwarder {
+        self.forwarders
+            .entry((account.clone(), target.to_owned()))
+            .or_default()
+    }
+
+    pub fn hold(&mut self, account: &AccountSid, target: &str, node: &str, ttl: Duration) -> bool {
+        let now = std::time::Instant::now();
+        let forwarder = self.forwarder(account, target);
+        match &forwarder.lease {
+            Some((holder, until)) if holder != node && *until > now => false,
+            _ => {
+                forwarder.lease = Some((node.to_owned(), now + ttl));
+                true
+            }
+        }
+    }
+
+    pub fn release(&mut self, account: &AccountSid, target: &str, node: &str) {
+        let forwarder = self.forwarder(account, target);
+        if forwarder
+            .lease
+            .as_ref()
+            .is_some_and(|(holder, _)| holder == node)
+        {
+            forwarder.lease = None;
+        }
+    }
+
+    pub fn cursor(&mut self, account: &AccountSid, target: &str) -> Option<String> {
+        self.forwarder(account, target).cursor.clone()
+    }
+
+    pub fn set_cursor(&mut self, account: &AccountSid, target: &str, position: &str) {
+        self.forwarder(account, target).cursor = Some(position.to_owned());
+    }
+
+    pub fn note_failed(&mut self, account: &AccountSid, target: &str, position: &str) -> u64 {
+        let failed = &mut self.forwarder(account, target).failed;
+        failed.push_back(position.to_owned());
+        while failed.len() as u64 > super::MAX_FAILED_FORWARDS {
+            failed.pop_front();
+        }
+        failed.len() as u64
     }
 }

@@ -47,10 +47,15 @@ pub enum Op {
     Subscribe,
     AppendEvent,
     ReadEvents,
+    HoldForwarder,
+    ReleaseForwarder,
+    ForwardCursor,
+    SetForwardCursor,
+    NoteFailedForward,
 }
 
 impl Op {
-    pub const ALL: [Op; 19] = [
+    pub const ALL: [Op; 24] = [
         Op::Ping,
         Op::PutBinding,
         Op::GetBinding,
@@ -70,6 +75,11 @@ impl Op {
         Op::Subscribe,
         Op::AppendEvent,
         Op::ReadEvents,
+        Op::HoldForwarder,
+        Op::ReleaseForwarder,
+        Op::ForwardCursor,
+        Op::SetForwardCursor,
+        Op::NoteFailedForward,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +103,11 @@ impl Op {
             Op::Subscribe => "subscribe",
             Op::AppendEvent => "append_event",
             Op::ReadEvents => "read_events",
+            Op::HoldForwarder => "hold_forwarder",
+            Op::ReleaseForwarder => "release_forwarder",
+            Op::ForwardCursor => "forward_cursor",
+            Op::SetForwardCursor => "set_forward_cursor",
+            Op::NoteFailedForward => "note_failed_forward",
         }
     }
 }
@@ -373,6 +388,71 @@ impl Store for MeteredStore {
         self.timed(
             Op::ReadEvents,
             self.inner.read_events(account, after, limit),
+        )
+        .await
+    }
+
+    async fn hold_forwarder(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            Op::HoldForwarder,
+            self.inner.hold_forwarder(account, target, node, ttl),
+        )
+        .await
+    }
+
+    async fn release_forwarder(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        node: &str,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            Op::ReleaseForwarder,
+            self.inner.release_forwarder(account, target, node),
+        )
+        .await
+    }
+
+    async fn forward_cursor(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.timed(
+            Op::ForwardCursor,
+            self.inner.forward_cursor(account, target),
+        )
+        .await
+    }
+
+    async fn set_forward_cursor(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            Op::SetForwardCursor,
+            self.inner.set_forward_cursor(account, target, position),
+        )
+        .await
+    }
+
+    async fn note_failed_forward(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<u64, StoreError> {
+        self.timed(
+            Op::NoteFailedForward,
+            self.inner.note_failed_forward(account, target, position),
         )
         .await
     }

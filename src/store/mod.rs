@@ -323,7 +323,52 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<LoggedEvent>, StoreError>;
+
+    /// Takes, or renews, the lease to forward `account`'s events to `target` for `ttl`: true
+    /// when `node` holds it now. One replica at a time forwards to a target, so it receives
+    /// the events in the log's order.
+    async fn hold_forwarder(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease up, if `node` holds it (shutdown: another replica takes over at once).
+    async fn release_forwarder(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        node: &str,
+    ) -> Result<(), StoreError>;
+
+    /// The position of the last event handed to `target` (delivered, or set aside as failed).
+    async fn forward_cursor(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<Option<String>, StoreError>;
+
+    async fn set_forward_cursor(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Notes an event `target` did not take within the retry budget (the most recent
+    /// `MAX_FAILED_FORWARDS` are kept), and returns how many are noted.
+    async fn note_failed_forward(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<u64, StoreError>;
 }
+
+/// Failed forwards noted per target; older ones are forgotten.
+pub const MAX_FAILED_FORWARDS: u64 = 10_000;
 
 /// Opens the configured engine.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {

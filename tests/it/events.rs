@@ -692,3 +692,204 @@ mod feed {
         assert!(open(&app, &query, ADMIN_KEY).await.is_ok());
     }
 }
+
+mod forwarding {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    /// A target that records what reaches it and answers 503 while "down".
+    #[derive(Clone, Default)]
+    struct Target {
+        up: Arc<AtomicBool>,
+        /// Every attempt: (webhook-id, verified, body), in arrival order.
+        attempts: Arc<Mutex<Vec<(String, bool, Value)>>>,
+    }
+
+    /// Verifies as the Standard Webhooks libraries do: HMAC-SHA256 keyed with the secret's
+    /// base64 part over `id.timestamp.body`, against each `v1,` signature given.
+    fn verified(headers: &HeaderMap, body: &[u8]) -> bool {
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let key = STANDARD
+            .decode(SECRET.trim_start_matches("whsec_"))
+            .unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes());
+        mac.update(body);
+        let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+        let fresh = header("webhook-timestamp").parse::<u64>().is_ok_and(|t| {
+            t.abs_diff(time::OffsetDateTime::now_utc().unix_timestamp() as u64) < 300
+        });
+        fresh
+            && header("webhook-signature")
+                .split(' ')
+                .any(|s| s == expected)
+    }
+
+    async fn receive(State(target): State<Target>, headers: HeaderMap, body: Bytes) -> StatusCode {
+        let id = headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let ok = verified(&headers, &body);
+        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        target.attempts.lock().unwrap().push((id, ok, value));
+        if target.up.load(Ordering::SeqCst) {
+            StatusCode::NO_CONTENT
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+
+    impl Target {
+        async fn start() -> (Self, String) {
+            let target = Target::default();
+            let router = axum::Router::new()
+                .route("/events", axum::routing::post(receive))
+                .with_state(target.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/events", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            (target, url)
+        }
+
+        /// Events the target took (answered 2xx to), in order, by type.
+        fn delivered_types(&self) -> Vec<String> {
+            // Only the last attempt of an id can have been answered 2xx, and only while up;
+            // attempts while down were refused. Distinct ids in order of their last attempt.
+            let attempts = self.attempts.lock().unwrap();
+            let mut seen: Vec<(String, String)> = Vec::new();
+            for (id, _, body) in attempts.iter() {
+                seen.retain(|(other, _)| other != id);
+                seen.push((id.clone(), body["type"].as_str().unwrap_or("").to_owned()));
+            }
+            seen.into_iter().map(|(_, t)| t).collect()
+        }
+    }
+
+    fn config_with_target(url: &str, prefix: Option<String>, retry_secs: u64) -> TestConfig {
+        let mut config = TestConfig::redis();
+        if let Some(prefix) = prefix {
+            config.prefix = prefix;
+        }
+        config.extra =
+            format!("[events]\nforward_retry_secs = {retry_secs}\nforward_timeout_ms = 2000\n");
+        config.accounts = Some(format!(
+            "[[accounts]]\nsid = \"{ACCOUNT}\"\nauth_token = \"{AUTH_TOKEN}\"\n\
+             [[accounts.event_targets]]\nname = \"backend\"\nurl = \"{url}\"\n\
+             types = [\"participant-*\", \"room-ended\"]\nsecret = \"{SECRET}\"\n"
+        ));
+        config
+    }
+
+    async fn callback(app: &TestApp, params: &[(String, String)]) {
+        let url = format!("{}/v1/twilio/status-callbacks", app.base);
+        let r = app
+            .http
+            .post(&url)
+            .header("x-twilio-signature", sign_form(&url, params))
+            .body(form(params))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_target_that_was_down_gets_every_event_in_order_even_across_a_restart() {
+        let (target, url) = Target::start().await;
+        let config = config_with_target(&url, None, 600);
+        let prefix = config.prefix.clone();
+        let app = spawn_with(config).await;
+        let callbacks = documented_callbacks();
+        // participant-connected, room-created (not forwarded), participant-disconnected.
+        for i in [2, 0, 3] {
+            callback(&app, &callbacks[i]).await;
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                target.attempts.lock().unwrap().len() >= 2
+            })
+            .await,
+            "attempts reach the target while it is down"
+        );
+        // Restarted mid-backlog: a new process on the same store takes over.
+        app.stop().await;
+        let app = spawn_with(config_with_target(&url, Some(prefix), 600)).await;
+        callback(&app, &callbacks[1]).await; // room-ended
+        target.up.store(true, Ordering::SeqCst);
+        assert!(
+            eventually(Duration::from_secs(15), || async {
+                target.delivered_types().len() == 3
+            })
+            .await,
+            "{:?}",
+            target.delivered_types()
+        );
+        assert_eq!(
+            target.delivered_types(),
+            [
+                "participant-connected",
+                "participant-disconnected",
+                "room-ended"
+            ]
+        );
+        let attempts = target.attempts.lock().unwrap().clone();
+        assert!(
+            attempts.iter().all(|(_, ok, _)| *ok),
+            "every attempt is signed"
+        );
+        // One id per event, the same on every attempt: the first event was tried while down
+        // and taken later under the id it always had.
+        let first_id = &attempts[0].0;
+        assert!(first_id.starts_with("SC"));
+        assert!(attempts.iter().filter(|(id, _, _)| id == first_id).count() >= 2);
+        assert_eq!(attempts[0].2["type"], "participant-connected");
+        let metrics = app.metrics().await;
+        assert!(
+            metrics.contains(&format!(
+                "callrelay_event_forwards_total{{account=\"{ACCOUNT}\",target=\"backend\",outcome=\"delivered\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_past_its_retry_budget_is_set_aside_and_the_next_one_goes_through() {
+        let (target, url) = Target::start().await;
+        let app = spawn_with(config_with_target(&url, None, 1)).await;
+        let callbacks = documented_callbacks();
+        callback(&app, &callbacks[2]).await;
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                app.metrics().await.contains("outcome=\"failed\"} 1")
+            })
+            .await,
+            "set aside after about a second of refusals"
+        );
+        target.up.store(true, Ordering::SeqCst);
+        callback(&app, &callbacks[3]).await;
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                target
+                    .delivered_types()
+                    .last()
+                    .is_some_and(|t| t == "participant-disconnected")
+            })
+            .await
+        );
+    }
+}

@@ -157,6 +157,7 @@ conformance!(
     batches_for_many_identities,
     replica_messages,
     the_event_log_keeps_order_drops_repeats_and_trims,
+    one_replica_at_a_time_forwards_to_a_target,
 );
 
 async fn put_get_list_delete(store: Arc<dyn Store>) {
@@ -1121,4 +1122,95 @@ async fn the_event_log_keeps_order_drops_repeats_and_trims(store: Arc<dyn Store>
             .unwrap(),
         Appended::New(_)
     ));
+}
+
+async fn one_replica_at_a_time_forwards_to_a_target(store: Arc<dyn Store>) {
+    let account = account();
+    let lease = Duration::from_millis(400);
+    assert!(
+        store
+            .hold_forwarder(&account, "billing", "a", lease)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .hold_forwarder(&account, "billing", "b", lease)
+            .await
+            .unwrap()
+    );
+    // Another target is another lease; the holder renews its own.
+    assert!(
+        store
+            .hold_forwarder(&account, "audit", "b", lease)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .hold_forwarder(&account, "billing", "a", lease)
+            .await
+            .unwrap()
+    );
+    // Released by its holder only.
+    store
+        .release_forwarder(&account, "billing", "b")
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .hold_forwarder(&account, "billing", "b", lease)
+            .await
+            .unwrap()
+    );
+    store
+        .release_forwarder(&account, "billing", "a")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .hold_forwarder(&account, "billing", "b", lease)
+            .await
+            .unwrap()
+    );
+    // A holder that stops renewing loses it when the lease lapses.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        store
+            .hold_forwarder(&account, "billing", "a", lease)
+            .await
+            .unwrap()
+    );
+
+    assert_eq!(
+        store.forward_cursor(&account, "billing").await.unwrap(),
+        None
+    );
+    store
+        .set_forward_cursor(&account, "billing", "1765000000000-3")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .forward_cursor(&account, "billing")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1765000000000-3")
+    );
+    assert_eq!(store.forward_cursor(&account, "audit").await.unwrap(), None);
+    assert_eq!(
+        store
+            .note_failed_forward(&account, "billing", "1-0")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .note_failed_forward(&account, "billing", "2-0")
+            .await
+            .unwrap(),
+        2
+    );
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::session::send;
-use crate::domain::AccountSid;
+use crate::domain::{AccountSid, type_matches};
 use crate::relay::Relay;
 use crate::store::{LoggedEvent, StoreError};
 
@@ -79,33 +79,14 @@ impl Filter {
         let Ok(event) = serde_json::from_slice::<Matched>(envelope) else {
             return false;
         };
-        let type_ok = self.types.is_empty() || self.types.iter().any(|p| glob(p, &event.kind));
+        let type_ok =
+            self.types.is_empty() || self.types.iter().any(|p| type_matches(p, &event.kind));
         let resource_ok = self
             .resource
             .as_ref()
             .is_none_or(|sid| event.resources.values().any(|v| v == sid));
         type_ok && resource_ok
     }
-}
-
-/// `*` matches any run of characters (none included); everything else itself.
-fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// A position as the log gives them (`<ms>-<seq>`).
@@ -287,15 +268,19 @@ mod tests {
 
     #[test]
     fn globs_and_filters() {
-        assert!(glob("participant-*", "participant-connected"));
-        assert!(glob("*", ""));
-        assert!(glob(
+        assert!(type_matches("participant-*", "participant-connected"));
+        assert!(type_matches("*", ""));
+        assert!(type_matches(
             "com.twilio.*.complete",
             "com.twilio.voice.insights.call-summary.complete"
         ));
-        assert!(!glob("participant-*", "room-ended"));
-        assert!(!glob("room-ended", "room-ended-x"));
-        assert!(glob("a*b*c", "abc") && glob("a*b*c", "axxbyyc") && !glob("a*b*c", "acb"));
+        assert!(!type_matches("participant-*", "room-ended"));
+        assert!(!type_matches("room-ended", "room-ended-x"));
+        assert!(
+            type_matches("a*b*c", "abc")
+                && type_matches("a*b*c", "axxbyyc")
+                && !type_matches("a*b*c", "acb")
+        );
         let filter = Filter {
             types: vec!["participant-*".into()],
             resource: Some("RM1".into()),

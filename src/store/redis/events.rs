@@ -3,6 +3,11 @@
 //! (`<p>:{AC…:events}:id:<event id>` → the event's stream position) that lives as long as the
 //! retention. One script appends and trims atomically, so a duplicate is either kept once or
 //! refused, never half-written; on Redis Cluster an account's events live on one shard.
+//!
+//! Forwarding to a target keeps, under the same tag, the lease of the replica forwarding
+//! (`…:fwd:<target>:lease` → node id, expiring), the position of the last event handed over
+//! (`…:fwd:<target>:cursor`) and the positions of events set aside as failed
+//! (`…:fwd:<target>:failed`, a list of the most recent).
 
 use std::sync::LazyLock;
 
@@ -29,6 +34,34 @@ redis.call('XTRIM', KEYS[1], 'MINID', ms - tonumber(ARGV[2]))
 redis.call('SET', KEYS[2], position, 'PX', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, position}
+",
+    )
+});
+
+/// KEYS: the lease. ARGV: the node, the lease in ms. 1 when the node holds it now.
+static HOLD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// KEYS: the lease. ARGV: the node. Deletes the lease if the node holds it.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 ",
     )
 });
@@ -98,5 +131,84 @@ impl RedisStore {
                 Ok(LoggedEvent { position, envelope })
             })
             .collect()
+    }
+
+    pub(super) async fn hold_forwarder_lease(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        node: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let lease = self.keys.forwarder(account, target, "lease");
+        let mut c = self.conn.clone();
+        let mut invocation = HOLD.prepare_invoke();
+        invocation.key(&lease).arg(node).arg(millis(ttl).max(1));
+        let held: i64 = self.run(invocation.invoke_async(&mut c)).await?;
+        Ok(held == 1)
+    }
+
+    pub(super) async fn release_forwarder_lease(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        node: &str,
+    ) -> Result<(), StoreError> {
+        let lease = self.keys.forwarder(account, target, "lease");
+        let mut c = self.conn.clone();
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation.key(&lease).arg(node);
+        let _: i64 = self.run(invocation.invoke_async(&mut c)).await?;
+        Ok(())
+    }
+
+    pub(super) async fn get_forward_cursor(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let key = self.keys.forwarder(account, target, "cursor");
+        let mut c = self.conn.clone();
+        self.run(redis::cmd("GET").arg(&key).query_async(&mut c))
+            .await
+    }
+
+    pub(super) async fn put_forward_cursor(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.forwarder(account, target, "cursor");
+        let mut c = self.conn.clone();
+        self.run(
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(position)
+                .query_async(&mut c),
+        )
+        .await
+    }
+
+    pub(super) async fn push_failed_forward(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<u64, StoreError> {
+        let key = self.keys.forwarder(account, target, "failed");
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("RPUSH")
+            .arg(&key)
+            .arg(position)
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(-(crate::store::MAX_FAILED_FORWARDS as i64))
+            .arg(-1)
+            .ignore();
+        let mut c = self.conn.clone();
+        let (count,): (u64,) = self.run(pipe.query_async(&mut c)).await?;
+        Ok(count.min(crate::store::MAX_FAILED_FORWARDS))
     }
 }

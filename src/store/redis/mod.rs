@@ -733,6 +733,51 @@ impl Store for RedisStore {
     ) -> Result<Vec<crate::store::LoggedEvent>, StoreError> {
         self.read_event_log(account, after, limit).await
     }
+
+    async fn hold_forwarder(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.hold_forwarder_lease(account, target, node, ttl).await
+    }
+
+    async fn release_forwarder(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        node: &str,
+    ) -> Result<(), StoreError> {
+        self.release_forwarder_lease(account, target, node).await
+    }
+
+    async fn forward_cursor(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.get_forward_cursor(account, target).await
+    }
+
+    async fn set_forward_cursor(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<(), StoreError> {
+        self.put_forward_cursor(account, target, position).await
+    }
+
+    async fn note_failed_forward(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<u64, StoreError> {
+        self.push_failed_forward(account, target, position).await
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,353 @@
+//! Forwarding events to the HTTP endpoints an account names (`[[accounts.event_targets]]`):
+//! each event of the account's log that the target's types match is POSTed as its envelope,
+//! signed per Standard Webhooks (`sign.rs`), in the log's order, and retried until the target
+//! takes it (any `2xx`) or `events.forward_retry_secs` after it was kept; then it is set aside
+//! as failed (noted in the store, counted) and the target gets the next one.
+//!
+//! One replica at a time forwards to a target: it holds the target's lease in the store and
+//! renews it before each attempt. Its progress is the target's cursor in the store, moved past
+//! an event once the event is delivered or set aside. A replica that dies mid-attempt leaves
+//! the cursor before that event, and whoever takes the lease next (after it lapses, or at once
+//! when a replica shuts down and gives it up) sends that event again: at least once, with the
+//! same `webhook-id`, never out of order. A new target starts at the oldest event the log
+//! keeps.
+
+mod sign;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, EventTarget, Forwarding};
+use crate::domain::{AccountSid, type_matches};
+use crate::metrics::{ForwardLabels, Metrics};
+use crate::store::{LoggedEvent, Store};
+
+/// How long a lease lasts without renewal: a replica that died hands its targets over after
+/// this.
+const LEASE: Duration = Duration::from_secs(15);
+/// How often a replica without the lease asks for it.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
+/// How often an idle forwarder asks the log for new events.
+const POLL: Duration = Duration::from_millis(100);
+const PAGE: usize = 100;
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// Starts one forwarder per configured target, on `tasks`; they stop at `shutdown`, giving
+/// their leases up.
+pub fn start(
+    config: &Config,
+    store: Arc<dyn Store>,
+    node: String,
+    metrics: Arc<Metrics>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let targets: Vec<(AccountSid, EventTarget)> = config
+        .accounts
+        .iter()
+        .flat_map(|a| a.event_targets.iter().map(|t| (a.sid.clone(), t.clone())))
+        .collect();
+    if targets.is_empty() {
+        return Ok(());
+    }
+    crate::channels::push_client::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(config.forwarding.attempt_timeout)
+        .user_agent(concat!("callrelay/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the forwarding HTTP client: {e}"))?;
+    for (account, target) in targets {
+        let forwarder = Forwarder {
+            labels: ForwardLabels {
+                account: account.to_string(),
+                target: target.name.clone(),
+                outcome: "",
+            },
+            key: target.key(),
+            account,
+            target,
+            settings: config.forwarding,
+            store: store.clone(),
+            node: node.clone(),
+            client: client.clone(),
+            metrics: metrics.clone(),
+        };
+        tasks.spawn(forwarder.run(shutdown.clone()));
+    }
+    Ok(())
+}
+
+struct Forwarder {
+    account: AccountSid,
+    target: EventTarget,
+    key: Vec<u8>,
+    settings: Forwarding,
+    store: Arc<dyn Store>,
+    node: String,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    labels: ForwardLabels,
+}
+
+/// Why a forwarder stopped forwarding for now.
+enum Stop {
+    /// Shutdown.
+    Shutdown,
+    /// Another replica holds the lease, or the store did not answer.
+    LostLease,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+impl Forwarder {
+    async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.hold().await {
+                true => match self.forward(&shutdown).await {
+                    Stop::Shutdown => break,
+                    Stop::LostLease => {}
+                },
+                false => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(LEASE_CHECK) => {}
+                    }
+                }
+            }
+        }
+        // Another replica takes over at once instead of when the lease lapses.
+        if let Err(e) = self
+            .store
+            .release_forwarder(&self.account, &self.target.name, &self.node)
+            .await
+        {
+            tracing::debug!(target_name = self.target.name, error = %e, "could not give the forwarding lease up");
+        }
+    }
+
+    async fn hold(&self) -> bool {
+        self.store
+            .hold_forwarder(&self.account, &self.target.name, &self.node, LEASE)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Forwards while this replica holds the lease.
+    async fn forward(&self, shutdown: &CancellationToken) -> Stop {
+        let mut cursor = match self
+            .store
+            .forward_cursor(&self.account, &self.target.name)
+            .await
+        {
+            Ok(cursor) => cursor,
+            Err(_) => return Stop::LostLease,
+        };
+        loop {
+            let page = match self
+                .store
+                .read_events(&self.account, cursor.as_deref(), PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(_) => return Stop::LostLease,
+            };
+            if page.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Stop::Shutdown,
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                if !self.hold().await {
+                    return Stop::LostLease;
+                }
+                continue;
+            }
+            for event in page {
+                if let Some(stop) = self.hand_over(&event, shutdown).await {
+                    return stop;
+                }
+                if self
+                    .store
+                    .set_forward_cursor(&self.account, &self.target.name, &event.position)
+                    .await
+                    .is_err()
+                {
+                    // Sent, but the progress is not recorded: whoever forwards next sends
+                    // it again (the same webhook-id).
+                    return Stop::LostLease;
+                }
+                cursor = Some(event.position);
+            }
+        }
+    }
+
+    /// Delivers one event, retrying, or sets it aside; `Some` when forwarding must stop
+    /// before the event is done with.
+    async fn hand_over(&self, event: &LoggedEvent, shutdown: &CancellationToken) -> Option<Stop> {
+        let Ok(head) = serde_json::from_slice::<Head>(&event.envelope) else {
+            tracing::error!(
+                position = event.position,
+                "an event in the log is not an envelope; skipped"
+            );
+            return None;
+        };
+        if !self.target.types.is_empty()
+            && !self
+                .target
+                .types
+                .iter()
+                .any(|p| type_matches(p, &head.kind))
+        {
+            return None;
+        }
+        let give_up_at = kept_at(&event.position) + self.settings.retry_for;
+        let mut delay = FIRST_RETRY;
+        loop {
+            if !self.hold().await {
+                return Some(Stop::LostLease);
+            }
+            let attempt = self.attempt(&head.id, &event.envelope);
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return Some(Stop::Shutdown),
+                result = attempt => result,
+            };
+            match result {
+                Ok(()) => {
+                    self.count("delivered");
+                    return None;
+                }
+                Err(why) if now() >= give_up_at => {
+                    self.count("failed");
+                    tracing::warn!(
+                        account = %self.account,
+                        target_name = self.target.name,
+                        event = head.id,
+                        reason = why,
+                        "event set aside: the target did not take it within events.forward_retry_secs"
+                    );
+                    if self
+                        .store
+                        .note_failed_forward(&self.account, &self.target.name, &event.position)
+                        .await
+                        .is_err()
+                    {
+                        return Some(Stop::LostLease);
+                    }
+                    return None;
+                }
+                Err(why) => {
+                    self.count("retried");
+                    tracing::debug!(
+                        target_name = self.target.name,
+                        event = head.id,
+                        reason = why,
+                        ?delay,
+                        "forwarding failed; retrying"
+                    );
+                    let pause = jittered(delay).min(give_up_at.saturating_sub(now()));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Some(Stop::Shutdown),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, id: &str, envelope: &bytes::Bytes) -> Result<(), String> {
+        let timestamp = now().as_secs();
+        let signature = sign::sign(&self.key, id, timestamp, envelope);
+        let answer = self
+            .client
+            .post(&self.target.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(envelope.clone())
+            .send()
+            .await
+            .map_err(crate::channels::push_client::describe)?;
+        let status = answer.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the target answered {status}"))
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics
+            .event_forwards
+            .get_or_create(&ForwardLabels {
+                outcome,
+                ..self.labels.clone()
+            })
+            .inc();
+    }
+}
+
+fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// When the log kept an event: its position's milliseconds.
+fn kept_at(position: &str) -> Duration {
+    let ms = position
+        .split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0);
+    Duration::from_millis(ms)
+}
+
+/// Equal jitter: half the delay, plus up to the other half at random, so that targets that
+/// failed together are not retried in lockstep.
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(now().as_nanos());
+    let fraction = (hasher.finish() % 1000) as u32;
+    delay / 2 + delay / 2 * fraction / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_events_age_comes_from_its_position() {
+        assert_eq!(
+            kept_at("1765100000123-4"),
+            Duration::from_millis(1765100000123)
+        );
+        assert_eq!(kept_at("garbage"), Duration::ZERO);
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_the_whole_delay() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(8));
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(8),
+                "{d:?}"
+            );
+        }
+    }
+}
