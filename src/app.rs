@@ -151,7 +151,7 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         clock,
     ));
     crate::forward::start(
-        &config,
+        config.clone(),
         store.clone(),
         node.clone(),
         metrics.clone(),

@@ -29,6 +29,7 @@ enum Scenario {
     CrossReplica,
     SocketsAtRest,
     Push,
+    Events,
 }
 
 #[derive(Parser, Debug)]
@@ -270,6 +271,7 @@ async fn run(args: Args) -> Result<(), Error> {
             Scenario::CrossReplica => scenarios::deliver::run(&mut bench, true).await?,
             Scenario::SocketsAtRest => scenarios::rest::run(&mut bench).await?,
             Scenario::Push => scenarios::push::run(&mut bench).await?,
+            Scenario::Events => scenarios::events::run(&mut bench).await?,
         }
     }
     let table = report::table(&bench.rows);

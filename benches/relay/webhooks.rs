@@ -84,3 +84,45 @@ pub fn batch(
         .map(|i| signed(base, body(&identity(i), run, i as u64)))
         .collect()
 }
+
+pub const CALLBACK_PATH: &str = "/v1/twilio/status-callbacks";
+
+/// A Room's `participant-connected` status callback as Twilio sends it, form-encoded, with
+/// `BenchIndex` = `<run>-<index>` so that a subscriber can tell when it was sent; signed over
+/// the URL and the sorted parameters.
+pub fn callback(base: &str, run: u32, index: u64) -> Webhook {
+    let index_text = format!("{run}-{index}");
+    let timestamp = format!("2026-12-07T10:00:00.{:03}Z", index % 1000);
+    let params = [
+        ("AccountSid", ACCOUNT),
+        ("BenchIndex", index_text.as_str()),
+        ("ParticipantIdentity", "dr-alice"),
+        ("ParticipantSid", "PA0123456789abcdef0123456789abcdef"),
+        ("ParticipantStatus", "connected"),
+        ("RoomName", "consult-42"),
+        ("RoomSid", "RM0123456789abcdef0123456789abcdef"),
+        ("RoomStatus", "in-progress"),
+        ("RoomType", "group"),
+        ("SequenceNumber", "3"),
+        ("StatusCallbackEvent", "participant-connected"),
+        ("Timestamp", timestamp.as_str()),
+    ];
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let signature = signature::compute(
+        SignatureAlgorithm::HmacSha1,
+        AUTH_TOKEN.as_bytes(),
+        &format!("{base}{CALLBACK_PATH}"),
+        &params,
+    );
+    let host = base.trim_start_matches("http://");
+    let headers = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("X-Twilio-Signature", signature.as_str()),
+        ("User-Agent", "TwilioProxy/1.1"),
+    ];
+    Webhook {
+        wire: client::request("POST", CALLBACK_PATH, host, &headers, body.as_bytes()),
+    }
+}

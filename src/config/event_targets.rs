@@ -46,43 +46,59 @@ pub fn validate(key: &str, raw: Vec<RawEventTarget>) -> Result<Vec<EventTarget>,
     let mut targets: Vec<EventTarget> = Vec::new();
     for (i, t) in raw.into_iter().enumerate() {
         let tkey = format!("{key}.event_targets[{i}]");
-        let name = t
-            .name
-            .ok_or_else(|| ConfigError::invalid(format!("{tkey}.name"), "is required"))?;
-        if !valid_name(&name) {
+        let target = validate_one(&tkey, t)?;
+        if targets.iter().any(|other| other.name == target.name) {
             return Err(ConfigError::invalid(
                 format!("{tkey}.name"),
-                "must be 1 to 64 of A-Z a-z 0-9 . _ -",
+                format!("`{}` names two targets of this account", target.name),
             ));
         }
-        if targets.iter().any(|other| other.name == name) {
-            return Err(ConfigError::invalid(
-                format!("{tkey}.name"),
-                format!("`{name}` names two targets of this account"),
-            ));
-        }
-        let url = t
-            .url
-            .ok_or_else(|| ConfigError::invalid(format!("{tkey}.url"), "is required"))?;
-        let url = validate_base_url(
-            &format!("{tkey}.url"),
-            &url,
-            "the target authenticates callrelay by its signature",
-        )?;
-        let secret = secret(&format!("{tkey}.secret"), t.secret, t.secret_file)?
-            .ok_or_else(|| ConfigError::invalid(format!("{tkey}.secret"), "is required"))?;
-        if decode_secret(secret.expose()).is_none() {
-            return Err(ConfigError::invalid(
-                format!("{tkey}.secret"),
-                "must be a Standard Webhooks secret: whsec_ and 24 to 64 bytes in base64",
-            ));
-        }
-        targets.push(EventTarget {
-            name,
-            url,
-            types: t.types.into_iter().filter(|t| !t.is_empty()).collect(),
-            secret,
-        });
+        targets.push(target);
     }
     Ok(targets)
+}
+
+/// One target's settings, each error naming `tkey.<setting>` (the configuration's path, or
+/// the admin API's member).
+pub fn validate_one(tkey: &str, t: RawEventTarget) -> Result<EventTarget, ConfigError> {
+    let name = t
+        .name
+        .ok_or_else(|| ConfigError::invalid(format!("{tkey}.name"), "is required"))?;
+    if !valid_name(&name) {
+        return Err(ConfigError::invalid(
+            format!("{tkey}.name"),
+            "must be 1 to 64 of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    let url = t
+        .url
+        .ok_or_else(|| ConfigError::invalid(format!("{tkey}.url"), "is required"))?;
+    let url = validate_base_url(
+        &format!("{tkey}.url"),
+        &url,
+        "the target authenticates callrelay by its signature",
+    )?;
+    let secret = secret(&format!("{tkey}.secret"), t.secret, t.secret_file)?
+        .ok_or_else(|| ConfigError::invalid(format!("{tkey}.secret"), "is required"))?;
+    if decode_secret(secret.expose()).is_none() {
+        return Err(ConfigError::invalid(
+            format!("{tkey}.secret"),
+            "must be a Standard Webhooks secret: whsec_ and 24 to 64 bytes in base64",
+        ));
+    }
+    Ok(EventTarget {
+        name,
+        url,
+        types: t.types.into_iter().filter(|t| !t.is_empty()).collect(),
+        secret,
+    })
+}
+
+/// A new Standard Webhooks secret: `whsec_` and 32 bytes in base64, from two v4 UUIDs (the
+/// operating system's random source; 244 of the 256 bits are random).
+pub fn new_secret() -> String {
+    let mut bytes = Vec::with_capacity(32);
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    format!("whsec_{}", STANDARD.encode(bytes))
 }

@@ -21,8 +21,9 @@ pub use secret::Secret;
 pub use store::{RedisConfig, StoreConfig, TlsFiles, Topology};
 
 use crate::domain::{AccountSid, ApiKeySid};
-pub use event_targets::EventTarget;
+pub use event_targets::{EventTarget, new_secret, validate_one as validate_event_target};
 use raw::RawConfig;
+pub use raw::RawEventTarget;
 
 /// Everything callrelay needs to run, validated.
 #[derive(Debug, Clone)]

@@ -1,4 +1,5 @@
-//! Forwarding events to the HTTP endpoints an account names (`[[accounts.event_targets]]`):
+//! Forwarding events to the HTTP endpoints an account names (`[[accounts.event_targets]]`, and
+//! those added through the admin API, which every replica looks for every `RECONCILE`):
 //! each event of the account's log that the target's types match is POSTed as its envelope,
 //! signed per Standard Webhooks (`sign.rs`), in the log's order, and retried until the target
 //! takes it (any `2xx`) or `events.forward_retry_secs` after it was kept; then it is set aside
@@ -14,6 +15,7 @@
 
 mod sign;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +23,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, EventTarget, Forwarding};
+use crate::config::{Config, EventTarget, Forwarding, Secret};
 use crate::domain::{AccountSid, type_matches};
 use crate::metrics::{ForwardLabels, Metrics};
 use crate::store::{LoggedEvent, Store};
@@ -37,22 +39,21 @@ const PAGE: usize = 100;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(300);
 
-/// Starts one forwarder per configured target, on `tasks`; they stop at `shutdown`, giving
-/// their leases up.
+/// How often each replica looks for targets added or removed through the admin API.
+const RECONCILE: Duration = Duration::from_secs(2);
+
+/// Starts the forwarders: one per target of the configuration or of the admin API, on
+/// `tasks`; targets the API adds or removes are started or stopped within `RECONCILE`. They
+/// stop at `shutdown`, giving their leases up.
 pub fn start(
-    config: &Config,
+    config: Arc<Config>,
     store: Arc<dyn Store>,
     node: String,
     metrics: Arc<Metrics>,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let targets: Vec<(AccountSid, EventTarget)> = config
-        .accounts
-        .iter()
-        .flat_map(|a| a.event_targets.iter().map(|t| (a.sid.clone(), t.clone())))
-        .collect();
-    if targets.is_empty() {
+    if config.accounts.is_empty() {
         return Ok(());
     }
     crate::channels::push_client::install_crypto_provider();
@@ -62,25 +63,106 @@ pub fn start(
         .user_agent(concat!("callrelay/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot build the forwarding HTTP client: {e}"))?;
-    for (account, target) in targets {
-        let forwarder = Forwarder {
+    let supervisor = Supervisor {
+        config,
+        store,
+        node,
+        metrics,
+        client,
+        tasks: tasks.clone(),
+        running: HashMap::new(),
+    };
+    tasks.spawn(supervisor.run(shutdown));
+    Ok(())
+}
+
+/// Keeps one forwarder running per target there is.
+struct Supervisor {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    node: String,
+    metrics: Arc<Metrics>,
+    client: reqwest::Client,
+    tasks: TaskTracker,
+    /// Per (account, target): what it was started with, and how to stop it.
+    running: HashMap<(AccountSid, String), (String, CancellationToken)>,
+}
+
+impl Supervisor {
+    async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            self.reconcile(&shutdown).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RECONCILE) => {}
+            }
+        }
+    }
+
+    async fn reconcile(&mut self, shutdown: &CancellationToken) {
+        for account in &self.config.accounts {
+            let mut wanted = account.event_targets.clone();
+            let stored = self.store.event_targets(&account.sid).await;
+            let known = stored.is_ok();
+            for t in stored.unwrap_or_default() {
+                if !wanted.iter().any(|w| w.name == t.name) {
+                    wanted.push(EventTarget {
+                        name: t.name,
+                        url: t.url,
+                        types: t.types,
+                        secret: Secret::new(t.secret),
+                    });
+                }
+            }
+            for target in &wanted {
+                let key = (account.sid.clone(), target.name.clone());
+                let fingerprint = format!(
+                    "{}\n{}\n{}",
+                    target.url,
+                    target.types.join(","),
+                    target.secret.expose()
+                );
+                if let Some((running, token)) = self.running.get(&key) {
+                    if *running == fingerprint {
+                        continue;
+                    }
+                    token.cancel();
+                }
+                let token = shutdown.child_token();
+                self.tasks
+                    .spawn(self.forwarder(&account.sid, target).run(token.clone()));
+                self.running.insert(key, (fingerprint, token));
+            }
+            // Only a store that answered says a target is gone.
+            if known {
+                self.running.retain(|(sid, name), (_, token)| {
+                    let keep = *sid != account.sid || wanted.iter().any(|w| w.name == *name);
+                    if !keep {
+                        token.cancel();
+                    }
+                    keep
+                });
+            }
+        }
+    }
+
+    fn forwarder(&self, account: &AccountSid, target: &EventTarget) -> Forwarder {
+        Forwarder {
             labels: ForwardLabels {
                 account: account.to_string(),
                 target: target.name.clone(),
                 outcome: "",
             },
             key: target.key(),
-            account,
-            target,
-            settings: config.forwarding,
-            store: store.clone(),
-            node: node.clone(),
-            client: client.clone(),
-            metrics: metrics.clone(),
-        };
-        tasks.spawn(forwarder.run(shutdown.clone()));
+            account: account.clone(),
+            target: target.clone(),
+            settings: self.config.forwarding,
+            store: self.store.clone(),
+            node: self.node.clone(),
+            client: self.client.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
-    Ok(())
 }
 
 struct Forwarder {

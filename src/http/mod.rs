@@ -12,6 +12,7 @@ mod per_request;
 pub mod problem;
 mod rate_limit;
 pub mod server;
+mod targets;
 mod webhook;
 mod ws;
 
@@ -106,6 +107,13 @@ pub fn public_router(state: AppState) -> Router {
         )
         .route("/v1/ws", get(ws::connect))
         .route("/v1/events/ws", get(ws::events))
+        .route("/v1/events/targets", get(targets::list))
+        .route(
+            "/v1/events/targets/{name}",
+            put(targets::put)
+                .delete(targets::delete)
+                .layer(DefaultBodyLimit::max(16 * 1024)),
+        )
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

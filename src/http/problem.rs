@@ -18,7 +18,7 @@ use super::ws::UpgradeError;
 use crate::auth::AuthError;
 use crate::auth::webhook::WebhookAuthError;
 use crate::channels::websocket::ConnectError;
-use crate::relay::{BindingError, EventError, Ingested, Summary, WebhookError};
+use crate::relay::{BindingError, EventError, Ingested, Summary, TargetError, WebhookError};
 use crate::telemetry::throttle;
 
 /// The challenge a `401` carries unless the problem names another.
@@ -71,6 +71,7 @@ kinds! {
     WebsocketUpgradeRequired => ("websocket-upgrade-required", UPGRADE_REQUIRED, "WebSocket upgrade required"),
     RequestTimeout => ("request-timeout", REQUEST_TIMEOUT, "Request timeout"),
     TooManyBindings => ("too-many-bindings", CONFLICT, "Too many bindings"),
+    TargetConfigured => ("target-configured", CONFLICT, "Target set in the configuration"),
     RateLimited => ("rate-limited", TOO_MANY_REQUESTS, "Too many requests"),
     TooManySockets => ("too-many-sockets", TOO_MANY_REQUESTS, "Too many sockets"),
     OverCapacity => ("over-capacity", SERVICE_UNAVAILABLE, "Over capacity"),
@@ -424,6 +425,29 @@ impl From<BindingError> for Problem {
             BindingError::App(detail) => Problem::new(Kind::AppNotConfigured, detail),
             BindingError::Store(e) => {
                 tracing::error!(error = %e, "store error in the bindings API");
+                Problem::store_unavailable()
+            }
+        }
+    }
+}
+
+impl IntoResponse for TargetError {
+    fn into_response(self) -> Response {
+        Problem::from(self).into_response()
+    }
+}
+
+impl From<TargetError> for Problem {
+    fn from(e: TargetError) -> Self {
+        match e {
+            TargetError::Unauthenticated(why) => Problem::from(BindingError::Unauthenticated(why)),
+            TargetError::AdminOnly => Problem::new(Kind::Forbidden, e.to_string()),
+            TargetError::Invalid(detail) => Problem::new(Kind::BadRequest, detail),
+            TargetError::UnknownAccount(_) => Problem::new(Kind::BadRequest, e.to_string()),
+            TargetError::Configured(_) => Problem::new(Kind::TargetConfigured, e.to_string()),
+            TargetError::NotFound(_) => Problem::new(Kind::NotFound, e.to_string()),
+            TargetError::Store(e) => {
+                tracing::error!(error = %e, "store error in the event targets API");
                 Problem::store_unavailable()
             }
         }

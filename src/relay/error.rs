@@ -45,6 +45,26 @@ pub enum EventError {
     Store(#[from] StoreError),
 }
 
+/// Why a forwarding-target request of the admin API was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("authentication failed: {0}")]
+    Unauthenticated(#[from] AuthError),
+    #[error("forwarding targets are managed with an admin key")]
+    AdminOnly,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("account {0} is not configured on this relay")]
+    UnknownAccount(AccountSid),
+    /// The name belongs to a target of the configuration, which the API does not change.
+    #[error("target `{0}` is configured in the configuration file; change it there")]
+    Configured(String),
+    #[error("no target named `{0}`")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BindingError {
     #[error("{0}")]

@@ -7,6 +7,8 @@
 //! way, Twilio is answered `503` and its retry brings the whole batch again, of which the
 //! events already kept are recognised by their ids.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -63,6 +65,7 @@ impl Relay {
         let mut ingested = Ingested::default();
         ingested.count(&appended);
         ingested.log(&callback.account_sid, &callback.event_name);
+        self.kept.notify_waiters();
         Ok(ingested)
     }
 
@@ -95,6 +98,7 @@ impl Relay {
             ingested.count(&appended);
         }
         ingested.log(&account, "event-streams");
+        self.kept.notify_waiters();
         Ok(ingested)
     }
 
@@ -106,6 +110,11 @@ impl Relay {
         limit: usize,
     ) -> Result<Vec<LoggedEvent>, StoreError> {
         self.store.read_events(account, after, limit).await
+    }
+
+    /// Notified whenever this replica keeps events (of any account).
+    pub fn events_kept(&self) -> Arc<tokio::sync::Notify> {
+        self.kept.clone()
     }
 
     fn authenticate_events(

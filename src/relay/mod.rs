@@ -8,6 +8,7 @@ mod dedupe;
 mod error;
 mod events;
 mod notify;
+mod targets;
 
 use std::sync::Arc;
 
@@ -15,8 +16,9 @@ use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
 pub use bindings::{BindingScope, Listing};
-pub use error::{BindingError, EventError, WebhookError};
+pub use error::{BindingError, EventError, TargetError, WebhookError};
 pub use events::Ingested;
+pub use targets::TargetView;
 
 use notify::by_deadline;
 
@@ -44,6 +46,8 @@ pub struct Relay {
     tasks: TaskTracker,
     /// This replica's wall clock: dates registrations and judges binding expiry.
     clock: Arc<dyn Clock>,
+    /// Woken whenever this replica keeps an event, so its feeds need not wait for their poll.
+    kept: Arc<tokio::sync::Notify>,
 }
 
 impl Relay {
@@ -62,6 +66,7 @@ impl Relay {
             metrics,
             tasks,
             clock,
+            kept: Arc::new(tokio::sync::Notify::new()),
         }
     }
 

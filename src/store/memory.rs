@@ -469,6 +469,30 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn put_event_target(
+        &self,
+        account: &AccountSid,
+        target: &super::StoredTarget,
+    ) -> Result<(), StoreError> {
+        self.lock().events.put_target(account, target);
+        Ok(())
+    }
+
+    async fn remove_event_target(
+        &self,
+        account: &AccountSid,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.lock().events.remove_target(account, name))
+    }
+
+    async fn event_targets(
+        &self,
+        account: &AccountSid,
+    ) -> Result<Vec<super::StoredTarget>, StoreError> {
+        Ok(self.lock().events.targets(account))
+    }
+
     async fn note_failed_forward(
         &self,
         account: &AccountSid,

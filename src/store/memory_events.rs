@@ -14,6 +14,7 @@ use crate::domain::AccountSid;
 pub struct EventLogs {
     accounts: HashMap<AccountSid, Log>,
     forwarders: HashMap<(AccountSid, String), Forwarder>,
+    targets: HashMap<AccountSid, std::collections::BTreeMap<String, super::StoredTarget>>,
 }
 
 /// One target's forwarding state.
@@ -158,5 +159,25 @@ impl EventLogs {
             failed.pop_front();
         }
         failed.len() as u64
+    }
+
+    pub fn put_target(&mut self, account: &AccountSid, target: &super::StoredTarget) {
+        self.targets
+            .entry(account.clone())
+            .or_default()
+            .insert(target.name.clone(), target.clone());
+    }
+
+    pub fn remove_target(&mut self, account: &AccountSid, name: &str) -> bool {
+        self.targets
+            .get_mut(account)
+            .is_some_and(|t| t.remove(name).is_some())
+    }
+
+    pub fn targets(&self, account: &AccountSid) -> Vec<super::StoredTarget> {
+        self.targets
+            .get(account)
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Appended, Claim, ClaimOwner, ClaimRequest, EventRetention, LoggedEvent, Lookup, PresenceKey,
-    PutOutcome, Settlement, SocketPresence, Store, StoreError, Targets,
+    PutOutcome, Settlement, SocketPresence, Store, StoreError, StoredTarget, Targets,
 };
 use crate::domain::{AccountSid, Binding, BindingId, Identity};
 use crate::metrics::{Metrics, StoreErrorLabels, StoreLabels};
@@ -52,10 +52,13 @@ pub enum Op {
     ForwardCursor,
     SetForwardCursor,
     NoteFailedForward,
+    PutEventTarget,
+    RemoveEventTarget,
+    EventTargets,
 }
 
 impl Op {
-    pub const ALL: [Op; 24] = [
+    pub const ALL: [Op; 27] = [
         Op::Ping,
         Op::PutBinding,
         Op::GetBinding,
@@ -80,6 +83,9 @@ impl Op {
         Op::ForwardCursor,
         Op::SetForwardCursor,
         Op::NoteFailedForward,
+        Op::PutEventTarget,
+        Op::RemoveEventTarget,
+        Op::EventTargets,
     ];
 
     pub fn name(self) -> &'static str {
@@ -108,6 +114,9 @@ impl Op {
             Op::ForwardCursor => "forward_cursor",
             Op::SetForwardCursor => "set_forward_cursor",
             Op::NoteFailedForward => "note_failed_forward",
+            Op::PutEventTarget => "put_event_target",
+            Op::RemoveEventTarget => "remove_event_target",
+            Op::EventTargets => "event_targets",
         }
     }
 }
@@ -442,6 +451,35 @@ impl Store for MeteredStore {
             self.inner.set_forward_cursor(account, target, position),
         )
         .await
+    }
+
+    async fn put_event_target(
+        &self,
+        account: &AccountSid,
+        target: &StoredTarget,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            Op::PutEventTarget,
+            self.inner.put_event_target(account, target),
+        )
+        .await
+    }
+
+    async fn remove_event_target(
+        &self,
+        account: &AccountSid,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            Op::RemoveEventTarget,
+            self.inner.remove_event_target(account, name),
+        )
+        .await
+    }
+
+    async fn event_targets(&self, account: &AccountSid) -> Result<Vec<StoredTarget>, StoreError> {
+        self.timed(Op::EventTargets, self.inner.event_targets(account))
+            .await
     }
 
     async fn note_failed_forward(

@@ -357,6 +357,23 @@ pub trait Store: Send + Sync + 'static {
         position: &str,
     ) -> Result<(), StoreError>;
 
+    /// Adds or replaces a forwarding target of `account`.
+    async fn put_event_target(
+        &self,
+        account: &AccountSid,
+        target: &StoredTarget,
+    ) -> Result<(), StoreError>;
+
+    /// Removes one; false when there was none by that name.
+    async fn remove_event_target(
+        &self,
+        account: &AccountSid,
+        name: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// The targets added through the admin API, by name.
+    async fn event_targets(&self, account: &AccountSid) -> Result<Vec<StoredTarget>, StoreError>;
+
     /// Notes an event `target` did not take within the retry budget (the most recent
     /// `MAX_FAILED_FORWARDS` are kept), and returns how many are noted.
     async fn note_failed_forward(
@@ -365,6 +382,17 @@ pub trait Store: Send + Sync + 'static {
         target: &str,
         position: &str,
     ) -> Result<u64, StoreError>;
+}
+
+/// A forwarding target added through the admin API, as the store keeps it (its secret
+/// included: the store is where every replica finds it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredTarget {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub types: Vec<String>,
+    pub secret: String,
 }
 
 /// Failed forwards noted per target; older ones are forgotten.

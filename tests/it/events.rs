@@ -714,16 +714,18 @@ mod forwarding {
     #[derive(Clone, Default)]
     struct Target {
         up: Arc<AtomicBool>,
+        /// The secret it verifies with (`SECRET` unless set).
+        secret: Arc<Mutex<Option<String>>>,
         /// Every attempt: (webhook-id, verified, body), in arrival order.
         attempts: Arc<Mutex<Vec<(String, bool, Value)>>>,
     }
 
     /// Verifies as the Standard Webhooks libraries do: HMAC-SHA256 keyed with the secret's
     /// base64 part over `id.timestamp.body`, against each `v1,` signature given.
-    fn verified(headers: &HeaderMap, body: &[u8]) -> bool {
+    fn verified(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
         let key = STANDARD
-            .decode(SECRET.trim_start_matches("whsec_"))
+            .decode(secret.trim_start_matches("whsec_"))
             .unwrap();
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
         mac.update(format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes());
@@ -744,7 +746,13 @@ mod forwarding {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let ok = verified(&headers, &body);
+        let secret = target
+            .secret
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| SECRET.to_owned());
+        let ok = verified(&secret, &headers, &body);
         let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         target.attempts.lock().unwrap().push((id, ok, value));
         if target.up.load(Ordering::SeqCst) {
@@ -789,6 +797,7 @@ mod forwarding {
             format!("[events]\nforward_retry_secs = {retry_secs}\nforward_timeout_ms = 2000\n");
         config.accounts = Some(format!(
             "[[accounts]]\nsid = \"{ACCOUNT}\"\nauth_token = \"{AUTH_TOKEN}\"\n\
+             api_keys = [{{ sid = \"{API_KEY}\", secret = \"{API_SECRET}\" }}]\n\
              [[accounts.event_targets]]\nname = \"backend\"\nurl = \"{url}\"\n\
              types = [\"participant-*\", \"room-ended\"]\nsecret = \"{SECRET}\"\n"
         ));
@@ -891,5 +900,143 @@ mod forwarding {
             })
             .await
         );
+    }
+
+    /// Targets added and removed at run time through the admin API: listed beside the
+    /// configuration's (secrets never shown but the generated one, once), forwarded to within
+    /// a few seconds, and no longer once removed.
+    #[tokio::test]
+    async fn targets_added_through_the_admin_api_are_forwarded_to_until_removed() {
+        let (target, url) = Target::start().await;
+        target.up.store(true, Ordering::SeqCst);
+        let (configured, configured_url) = Target::start().await;
+        configured.up.store(true, Ordering::SeqCst);
+        let app = spawn_with(config_with_target(&configured_url, None, 600)).await;
+        let api =
+            |path: &str| format!("{}/v1/events/targets{path}?account_sid={ACCOUNT}", app.base);
+        let admin = format!("Bearer {ADMIN_KEY}");
+
+        // Without a secret, one is made and shown once.
+        let r = answer(
+            app.http
+                .put(api("/live"))
+                .header("authorization", &admin)
+                .json(&json!({"url": url, "types": ["room-*"]}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let secret = r.body["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("whsec_"), "{secret}");
+        *target.secret.lock().unwrap() = Some(secret);
+        assert_eq!(r.body["source"], "api");
+
+        let r = answer(
+            app.http
+                .get(api(""))
+                .header("authorization", &admin)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let names: Vec<(&str, &str)> = r.body["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["name"].as_str().unwrap(), t["source"].as_str().unwrap()))
+            .collect();
+        assert_eq!(names, [("backend", "configuration"), ("live", "api")]);
+        assert!(
+            !r.text.contains("whsec_"),
+            "no secret in a listing: {}",
+            r.text
+        );
+
+        // Forwarded to, signed with the secret it was given.
+        let callbacks = documented_callbacks();
+        callback(&app, &callbacks[0]).await; // room-created
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                target.delivered_types() == ["room-created"]
+            })
+            .await,
+            "{:?}",
+            target.delivered_types()
+        );
+        let (_, signed, body) = target.attempts.lock().unwrap()[0].clone();
+        assert_eq!(body["type"], "room-created");
+        assert!(signed, "signed with the secret the API gave");
+
+        // Refusals: the configuration's names, unknown names, other callers, bad settings.
+        let put = |path: &str, body: Value| {
+            app.http
+                .put(api(path))
+                .header("authorization", &admin)
+                .json(&body)
+                .send()
+        };
+        let r = answer(put("/backend", json!({"url": url})).await.unwrap()).await;
+        assert_eq!(r.status, 409);
+        assert_eq!(r.body["type"], "urn:callrelay:problem:target-configured");
+        let r = answer(put("/x", json!({"url": "ftp://nope"})).await.unwrap()).await;
+        assert_eq!(r.status, 400);
+        let r = answer(
+            put("/x", json!({"url": url, "secret": "not-a-secret"}))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 400);
+        assert!(!r.text.contains("not-a-secret"), "{}", r.text);
+        let r = app
+            .http
+            .get(api(""))
+            .header("authorization", format!("Bearer {}", token("bob")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert_eq!(app.http.get(api("")).send().await.unwrap().status(), 401);
+        let r = app
+            .http
+            .delete(api("/backend"))
+            .header("authorization", &admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let r = app
+            .http
+            .delete(api("/nobody"))
+            .header("authorization", &admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+
+        // Removed: nothing more reaches it.
+        let r = app
+            .http
+            .delete(api("/live"))
+            .header("authorization", &admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        callback(&app, &callbacks[1]).await; // room-ended: the configured target takes it
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                configured
+                    .delivered_types()
+                    .contains(&"room-ended".to_owned())
+            })
+            .await
+        );
+        assert_eq!(target.delivered_types(), ["room-created"]);
     }
 }

@@ -1,6 +1,7 @@
 //! One module per scenario of `BENCHMARKS.md`.
 
 pub mod deliver;
+pub mod events;
 pub mod lookup;
 pub mod push;
 pub mod push_channels;

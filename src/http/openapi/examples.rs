@@ -104,6 +104,39 @@ pub fn events_kept_batch() -> Value {
     )
 }
 
+pub fn event_targets() -> Value {
+    one(
+        "twoTargets",
+        "One from the configuration, one added through the API",
+        json!({"targets": [
+            {"name": "billing", "url": "https://billing.example.com/twilio-events", "types": ["participant-*", "room-ended"], "source": "configuration"},
+            {"name": "staging", "url": "https://staging.example.com/twilio-events", "types": [], "source": "api"}
+        ]}),
+    )
+}
+
+pub fn event_target_settings() -> Value {
+    one(
+        "roomsOnly",
+        "Room and participant events, with a secret generated",
+        json!({"url": "https://staging.example.com/twilio-events", "types": ["room-*", "participant-*"]}),
+    )
+}
+
+pub fn event_target_created() -> Value {
+    one(
+        "created",
+        "Added; the generated secret is shown this once",
+        json!({
+            "name": "staging",
+            "url": "https://staging.example.com/twilio-events",
+            "types": ["room-*", "participant-*"],
+            "source": "api",
+            "secret": "whsec_c2VjcmV0LWJ5dGVzLWZvci10aGUtZXhhbXBsZS0wMTIzNDU2Nzg="
+        }),
+    )
+}
+
 pub fn delivered() -> Value {
     one(
         "delivered",

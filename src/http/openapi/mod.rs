@@ -34,6 +34,9 @@ pub fn document() -> Value {
     schemas.insert("EventsKept".into(), events_kept_schema());
     schemas.insert("StatusCallback".into(), status_callback_schema());
     schemas.insert("CloudEvents".into(), cloud_events_schema());
+    let (target, settings) = target_schemas();
+    schemas.insert("EventTarget".into(), target);
+    schemas.insert("EventTargetSettings".into(), settings);
     schemas.insert(
         "Deleted".into(),
         json!({
@@ -88,6 +91,12 @@ pub fn document() -> Value {
             },
             "/v1/ws": {"get": websocket_operation()},
             "/v1/events/ws": {"get": event_feed_operation()},
+            "/v1/events/targets": {"get": list_targets_operation()},
+            "/v1/events/targets/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "description": "The target's name, unique within the account.", "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}, "example": "billing"}],
+                "put": put_target_operation(),
+                "delete": delete_target_operation()
+            },
             "/openapi.json": {"get": {
                 "operationId": "getOpenApi",
                 "tags": ["Document"],
@@ -605,6 +614,89 @@ fn websocket_operation() -> Value {
             "426": problem("The request is not a WebSocket upgrade this server can accept."),
             "429": r("RateLimited"),
             "503": problem("The store cannot be reached, or this replica holds all the sockets it may; retry (another replica).")
+        }
+    })
+}
+
+fn target_schemas() -> (Value, Value) {
+    let types = json!({"type": "array", "items": {"type": "string"}, "description": "Event types forwarded; `*` matches any run of characters. All types when empty."});
+    let target = json!({
+        "type": "object",
+        "description": "A forwarding target: every event of the account whose type matches is POSTed to `url` as its envelope, signed per Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature).",
+        "required": ["name", "url", "types", "source"],
+        "properties": {
+            "name": {"type": "string"},
+            "url": {"type": "string"},
+            "types": types,
+            "source": {"enum": ["configuration", "api"], "description": "Where the target is defined; the API changes only its own."},
+            "secret": {"type": "string", "description": "The signing secret (`whsec_…`), only in the answer that created it, when callrelay generated it."}
+        },
+        "additionalProperties": false
+    });
+    let settings = json!({
+        "type": "object",
+        "required": ["url"],
+        "properties": {
+            "url": {"type": "string", "description": "http or https, without query string or credentials."},
+            "types": types,
+            "secret": {"type": "string", "description": "A Standard Webhooks secret, `whsec_` and 24 to 64 bytes in base64; leave it out to have one generated (returned once)."}
+        },
+        "additionalProperties": false
+    });
+    (target, settings)
+}
+
+fn account_parameter() -> Value {
+    json!({"name": "account_sid", "in": "query", "required": true, "description": "The account (configured on this relay).", "schema": {"type": "string", "pattern": "^AC[0-9a-fA-F]{32}$"}, "example": "AC3f9a2b7c1d4e5f60718293a4b5c6d7e8"})
+}
+
+fn list_targets_operation() -> Value {
+    json!({
+        "operationId": "listEventTargets",
+        "tags": ["Twilio events"],
+        "summary": "An account's forwarding targets (admin keys)",
+        "description": "The targets of the configuration and those added through this API, without their secrets.",
+        "security": bearer(),
+        "parameters": [account_parameter()],
+        "responses": {
+            "200": {"description": "The targets.", "content": {"application/json": {"schema": {"type": "object", "required": ["targets"], "properties": {"targets": {"type": "array", "items": {"$ref": "#/components/schemas/EventTarget"}}}, "additionalProperties": false}, "examples": examples::event_targets()}}},
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"), "429": r("RateLimited"), "503": r("StoreUnavailable")
+        }
+    })
+}
+
+fn put_target_operation() -> Value {
+    json!({
+        "operationId": "putEventTarget",
+        "tags": ["Twilio events"],
+        "summary": "Add or replace a forwarding target (admin keys)",
+        "description": "Every replica starts forwarding to it within a few seconds, from the oldest event the log keeps. Without a secret one is generated and shown in this answer only.",
+        "security": bearer(),
+        "parameters": [account_parameter()],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventTargetSettings"}, "examples": examples::event_target_settings()}}},
+        "responses": {
+            "200": {"description": "The target as kept.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventTarget"}, "examples": examples::event_target_created()}}},
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "409": problem("The configuration file defines a target of this name (`target-configured`): change it there."),
+            "413": r("PayloadTooLarge"), "429": r("RateLimited"), "503": r("StoreUnavailable")
+        }
+    })
+}
+
+fn delete_target_operation() -> Value {
+    json!({
+        "operationId": "deleteEventTarget",
+        "tags": ["Twilio events"],
+        "summary": "Remove a forwarding target (admin keys)",
+        "description": "Every replica stops forwarding to it within a few seconds.",
+        "security": bearer(),
+        "parameters": [account_parameter()],
+        "responses": {
+            "204": {"description": "Removed."},
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "404": problem("No target of this name was added through the API."),
+            "409": problem("The configuration file defines this target (`target-configured`)."),
+            "429": r("RateLimited"), "503": r("StoreUnavailable")
         }
     })
 }

@@ -6,8 +6,9 @@
 //! the retention are gone.
 //!
 //! The log is read, not pushed: the session asks for what follows its position every
-//! `POLL` while idle, so any replica can serve any subscriber and nothing but the store is
-//! shared. Generic over the socket, so it is tested with an in-memory pair.
+//! `POLL` while idle, and at once when this replica keeps an event, so any replica can serve
+//! any subscriber and nothing but the store is shared (an event kept by another replica
+//! arrives within a poll). Generic over the socket, so it is tested with an in-memory pair.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +116,8 @@ pub struct Feed {
     pub filter: Filter,
     pub after: Option<String>,
     pub ping_interval: Duration,
+    /// Woken when this replica keeps an event.
+    pub kept: Arc<tokio::sync::Notify>,
 }
 
 impl Feed {
@@ -153,6 +156,7 @@ impl Feed {
                         return End::WriteFailed;
                     }
                 }
+                _ = self.kept.notified() => next_read = Instant::now(),
                 _ = tokio::time::sleep_until(next_read) => {
                     match self.read_and_send(&mut socket).await {
                         Ok(true) => next_read = Instant::now(),
@@ -317,6 +321,7 @@ mod tests {
             },
             after: Some(first),
             ping_interval: Duration::from_secs(60),
+            kept: Arc::new(tokio::sync::Notify::new()),
         };
         let task = tokio::spawn(feed.run(socket, shutdown.clone()));
         let mut frames = vec![from_feed.recv().await.unwrap()];
@@ -348,6 +353,7 @@ mod tests {
             filter: Filter::default(),
             after: None,
             ping_interval: Duration::from_secs(60),
+            kept: Arc::new(tokio::sync::Notify::new()),
         };
         let _task = tokio::spawn(feed.run(socket, CancellationToken::new()));
         let mut frames = Vec::new();

@@ -192,6 +192,7 @@ fn accept_feed(
         filter,
         after: params.after,
         ping_interval: state.config.websocket.ping_interval,
+        kept: state.relay.events_kept(),
     };
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();

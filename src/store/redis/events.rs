@@ -211,4 +211,55 @@ impl RedisStore {
         let (count,): (u64,) = self.run(pipe.query_async(&mut c)).await?;
         Ok(count.min(crate::store::MAX_FAILED_FORWARDS))
     }
+
+    pub(super) async fn put_target(
+        &self,
+        account: &AccountSid,
+        target: &crate::store::StoredTarget,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.event_targets(account);
+        let json = serde_json::to_string(target).expect("a target serialises");
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .run(
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(&target.name)
+                    .arg(json)
+                    .query_async(&mut c),
+            )
+            .await?;
+        self.replicated(&[&key]).await
+    }
+
+    pub(super) async fn remove_target(
+        &self,
+        account: &AccountSid,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.event_targets(account);
+        let mut c = self.conn.clone();
+        let removed: i64 = self
+            .run(redis::cmd("HDEL").arg(&key).arg(name).query_async(&mut c))
+            .await?;
+        self.replicated(&[&key]).await?;
+        Ok(removed == 1)
+    }
+
+    pub(super) async fn targets_of(
+        &self,
+        account: &AccountSid,
+    ) -> Result<Vec<crate::store::StoredTarget>, StoreError> {
+        let key = self.keys.event_targets(account);
+        let mut c = self.conn.clone();
+        let all: Vec<(String, String)> = self
+            .run(redis::cmd("HGETALL").arg(&key).query_async(&mut c))
+            .await?;
+        all.into_iter()
+            .map(|(name, json)| {
+                serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("event target {name}: {e}")))
+            })
+            .collect()
+    }
 }

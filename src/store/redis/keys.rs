@@ -11,6 +11,7 @@
 //! | `<p>:{AC…:bob}:msg:<twi_message_id>` | string | `pending:<owner>` (a claim, expiring) or `delivered` (for the dedupe window) |
 //! | `<p>:{AC…:events}:log` | stream | the account's events (field `e`: the envelope JSON), trimmed by `events.retention_secs` and `events.max_per_account` |
 //! | `<p>:{AC…:events}:id:<event id>` | string | the stream position of an event id seen within the retention (dedupe) |
+//! | `<p>:{AC…:events}:targets` | hash | forwarding targets added through the admin API: name → JSON (url, types, secret) |
 //! | `<p>:{AC…:events}:fwd:<target>:lease` | string | the node forwarding the account's events to a target (expiring) |
 //! | `<p>:{AC…:events}:fwd:<target>:cursor` | string | the position of the last event handed to the target |
 //! | `<p>:{AC…:events}:fwd:<target>:failed` | list | positions of events the target did not take within the retry budget (the most recent 10,000) |
@@ -68,6 +69,11 @@ impl Keys {
     /// The marker of an event id seen, beside its account's log.
     pub fn event_id(&self, account: &AccountSid, event_id: &str) -> String {
         format!("{}:{{{account}:events}}:id:{event_id}", self.prefix)
+    }
+
+    /// The forwarding targets added through the admin API.
+    pub fn event_targets(&self, account: &AccountSid) -> String {
+        format!("{}:{{{account}:events}}:targets", self.prefix)
     }
 
     /// Forwarding state of one target (`lease`, `cursor`, `failed`), beside the log.

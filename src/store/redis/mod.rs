@@ -770,6 +770,29 @@ impl Store for RedisStore {
         self.put_forward_cursor(account, target, position).await
     }
 
+    async fn put_event_target(
+        &self,
+        account: &AccountSid,
+        target: &crate::store::StoredTarget,
+    ) -> Result<(), StoreError> {
+        self.put_target(account, target).await
+    }
+
+    async fn remove_event_target(
+        &self,
+        account: &AccountSid,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        self.remove_target(account, name).await
+    }
+
+    async fn event_targets(
+        &self,
+        account: &AccountSid,
+    ) -> Result<Vec<crate::store::StoredTarget>, StoreError> {
+        self.targets_of(account).await
+    }
+
     async fn note_failed_forward(
         &self,
         account: &AccountSid,
