@@ -100,9 +100,12 @@ status=0
 echo "== bindings API as an access-token holder (seed $seed, $max_examples examples per operation)"
 "$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
   --include-path-regex '^/v1/bindings' -H "Authorization: Bearer $token" || status=1
-echo "== webhook with HTTP Basic credentials"
+echo "== Twilio's webhooks (call notifications, status callbacks, Event Streams) with HTTP Basic credentials"
 "$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
-  --include-path /v1/twilio/call-notifications --auth "twilio:schemathesis-basic-password" || status=1
+  --include-path-regex '^/v1/twilio/' --auth "twilio:schemathesis-basic-password" || status=1
+echo "== event forwarding targets as an admin"
+"$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
+  --include-path-regex '^/v1/events/targets' -H "Authorization: Bearer schemathesis-admin-key-0123456789" || status=1
 echo "== WebSocket upgrade endpoint and the document itself"
 "$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
   --include-path /v1/ws --include-path /openapi.json -H "Authorization: Bearer $token" || status=1
