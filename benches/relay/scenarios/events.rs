@@ -26,6 +26,8 @@ const SCENARIO: &str = "6. events";
 const CEILING: f64 = 40_000.0;
 const FEED_RATE: f64 = 1000.0;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// Events the forwarding run hands to its target.
+const BACKLOG: u64 = 20_000;
 
 fn callbacks(addr: SocketAddr, run: u32, count: usize) -> Arc<Vec<Webhook>> {
     let base = public_url(addr);
@@ -41,11 +43,13 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
     for _ in 0..b.runs {
         let prefix = b.prefix();
         let relay = Callrelay::start(&b.redis, &prefix, "")?;
-        ingest(b, &relay, &mut samples).await?;
-        let kept = relay_count(&relay);
-        forward(b, &prefix, kept, &mut samples).await?;
+        // The feed first, while the log is empty: a feed without `after` starts with the
+        // whole backlog, which would be measured too.
         subscriber(b, &relay, &mut samples).await?;
+        ingest(b, &relay, &mut samples).await?;
         super::check_quiet(&relay)?;
+        drop(relay);
+        forward(b, &mut samples).await?;
     }
     let throughput = format!("status callbacks kept/s, c={}", b.concurrency);
     b.row(
@@ -93,16 +97,6 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
     Ok(())
 }
 
-/// Callbacks the log holds after the closed loop: those answered `200`.
-fn relay_count(relay: &Callrelay) -> u64 {
-    relay
-        .metrics("callrelay_events_total{source=\"status_callback\",outcome=\"accepted\"}")
-        .first()
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
-}
-
 async fn ingest(b: &mut Bench, relay: &Callrelay, samples: &mut Samples) -> Result<(), Error> {
     let run = b.run_id();
     let count = (CEILING * b.duration.as_secs_f64()).ceil() as usize;
@@ -117,14 +111,20 @@ async fn ingest(b: &mut Bench, relay: &Callrelay, samples: &mut Samples) -> Resu
     Ok(())
 }
 
-/// A second replica on the same log, with a target: a new target starts at the oldest event
-/// kept, so it forwards the whole backlog the closed loop left.
-async fn forward(
-    b: &mut Bench,
-    prefix: &str,
-    backlog: u64,
-    samples: &mut Samples,
-) -> Result<(), Error> {
+/// A backlog of `BACKLOG` callbacks kept by one replica, then a second replica on the same
+/// log with a target: a new target starts at the oldest event kept, so it forwards the whole
+/// backlog, one event at a time.
+async fn forward(b: &mut Bench, samples: &mut Samples) -> Result<(), Error> {
+    let prefix = b.prefix();
+    let backlog = if b.smoke { 500 } else { BACKLOG };
+    let keeper = Callrelay::start(&b.redis, &prefix, "")?;
+    let run = b.run_id();
+    let hooks = callbacks(keeper.addr, run, backlog as usize);
+    load::closed_loop(keeper.addr, hooks, b.concurrency, Duration::from_secs(600))
+        .await
+        .expect_all(200, "the forwarding backlog")?;
+    drop(keeper);
+    let prefix = prefix.as_str();
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let router = axum::Router::new().route(
