@@ -239,6 +239,10 @@ impl Forwarder {
             Err(_) => return Stop::LostLease,
         };
         loop {
+            // What an admin asked to send again goes first.
+            if let Some(stop) = self.replay(shutdown).await {
+                return stop;
+            }
             let page = match self
                 .store
                 .read_events(&self.account, cursor.as_deref(), PAGE)
@@ -258,7 +262,8 @@ impl Forwarder {
                 continue;
             }
             for event in page {
-                if let Some(stop) = self.hand_over(&event, shutdown).await {
+                let give_up_at = kept_at(&event.position) + self.settings.retry_for;
+                if let Some(stop) = self.hand_over(&event, give_up_at, shutdown).await {
                     return stop;
                 }
                 if self
@@ -276,9 +281,53 @@ impl Forwarder {
         }
     }
 
-    /// Delivers one event, retrying, or sets it aside; `Some` when forwarding must stop
-    /// before the event is done with.
-    async fn hand_over(&self, event: &LoggedEvent, shutdown: &CancellationToken) -> Option<Stop> {
+    /// Sends the events set aside that an admin asked to replay, oldest first, each with a
+    /// fresh retry budget; one the log no longer keeps is dropped from the queue.
+    async fn replay(&self, shutdown: &CancellationToken) -> Option<Stop> {
+        loop {
+            let position = match self
+                .store
+                .next_replay(&self.account, &self.target.name)
+                .await
+            {
+                Ok(Some(position)) => position,
+                Ok(None) => return None,
+                Err(_) => return Some(Stop::LostLease),
+            };
+            match self.store.event_at(&self.account, &position).await {
+                Ok(Some(event)) => {
+                    let give_up_at = now() + self.settings.retry_for;
+                    if let Some(stop) = self.hand_over(&event, give_up_at, shutdown).await {
+                        return Some(stop);
+                    }
+                }
+                Ok(None) => tracing::warn!(
+                    account = %self.account,
+                    target_name = self.target.name,
+                    position,
+                    "a replayed event is past the log's retention; dropped"
+                ),
+                Err(_) => return Some(Stop::LostLease),
+            }
+            if self
+                .store
+                .finish_replay(&self.account, &self.target.name, &position)
+                .await
+                .is_err()
+            {
+                return Some(Stop::LostLease);
+            }
+        }
+    }
+
+    /// Delivers one event, retrying until `give_up_at`, or sets it aside; `Some` when
+    /// forwarding must stop before the event is done with.
+    async fn hand_over(
+        &self,
+        event: &LoggedEvent,
+        give_up_at: Duration,
+        shutdown: &CancellationToken,
+    ) -> Option<Stop> {
         let Ok(head) = serde_json::from_slice::<Head>(&event.envelope) else {
             tracing::error!(
                 position = event.position,
@@ -295,7 +344,6 @@ impl Forwarder {
         {
             return None;
         }
-        let give_up_at = kept_at(&event.position) + self.settings.retry_for;
         let mut delay = FIRST_RETRY;
         loop {
             if !self.hold().await {

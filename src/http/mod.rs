@@ -114,6 +114,8 @@ pub fn public_router(state: AppState) -> Router {
                 .delete(targets::delete)
                 .layer(DefaultBodyLimit::max(16 * 1024)),
         )
+        .route("/v1/events/targets/{name}/failed", get(targets::failed))
+        .route("/v1/events/targets/{name}/replay", post(targets::replay))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

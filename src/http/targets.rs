@@ -1,6 +1,8 @@
 //! `/v1/events/targets`: an account's forwarding targets, for app backends (admin keys).
 //! `GET` lists them (the configuration's and the API's), `PUT /{name}` adds or replaces one,
 //! `DELETE /{name}` removes one. Secrets are never shown, except a generated one, once.
+//! `GET /{name}/failed` lists the events set aside after the retry budget, and
+//! `POST /{name}/replay` sends them again.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -87,4 +89,26 @@ pub async fn delete(
     let account = admin_account(&caller, query)?;
     state.relay.remove_target(&account, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn failed(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    query: Result<Query<AccountQuery>, QueryRejection>,
+) -> Result<Response, TargetError> {
+    let account = admin_account(&caller, query)?;
+    let failed = state.relay.failed_forwards(&account, &name).await?;
+    Ok(Json(serde_json::json!({ "failed": failed })).into_response())
+}
+
+pub async fn replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    query: Result<Query<AccountQuery>, QueryRejection>,
+) -> Result<Response, TargetError> {
+    let account = admin_account(&caller, query)?;
+    let queued = state.relay.replay_failed(&account, &name).await?;
+    Ok(Json(serde_json::json!({ "replaying": queued })).into_response())
 }

@@ -125,4 +125,52 @@ impl Relay {
             Err(TargetError::NotFound(name.to_owned()))
         }
     }
+
+    /// Whether `account` has a target by that name, in the configuration or the store.
+    async fn target_exists(&self, account: &AccountSid, name: &str) -> Result<(), TargetError> {
+        self.account_for_targets(account)?;
+        let configured = self
+            .config
+            .account(account)
+            .is_some_and(|a| a.event_targets.iter().any(|t| t.name == name));
+        if configured
+            || self
+                .store
+                .event_targets(account)
+                .await?
+                .iter()
+                .any(|t| t.name == name)
+        {
+            Ok(())
+        } else {
+            Err(TargetError::NotFound(name.to_owned()))
+        }
+    }
+
+    /// The positions of events the target did not take within the retry budget, oldest
+    /// first (the most recent `MAX_FAILED_FORWARDS` are kept).
+    pub async fn failed_forwards(
+        &self,
+        account: &AccountSid,
+        name: &str,
+    ) -> Result<Vec<String>, TargetError> {
+        self.target_exists(account, name).await?;
+        Ok(self
+            .store
+            .failed_forwards(account, name, crate::store::MAX_FAILED_FORWARDS as usize)
+            .await?)
+    }
+
+    /// Queues every event set aside for `name` to be sent again, before its next events;
+    /// returns how many.
+    pub async fn replay_failed(
+        &self,
+        account: &AccountSid,
+        name: &str,
+    ) -> Result<u64, TargetError> {
+        self.target_exists(account, name).await?;
+        let queued = self.store.replay_failed(account, name).await?;
+        tracing::info!(account = %account, target_name = name, queued, "events set aside queued to be sent again");
+        Ok(queued)
+    }
 }

@@ -469,6 +469,45 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn event_at(
+        &self,
+        account: &AccountSid,
+        position: &str,
+    ) -> Result<Option<super::LoggedEvent>, StoreError> {
+        Ok(self.lock().events.event_at(account, position))
+    }
+
+    async fn failed_forwards(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().events.failed(account, target, limit))
+    }
+
+    async fn replay_failed(&self, account: &AccountSid, target: &str) -> Result<u64, StoreError> {
+        Ok(self.lock().events.replay_failed(account, target))
+    }
+
+    async fn next_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().events.next_replay(account, target))
+    }
+
+    async fn finish_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<(), StoreError> {
+        self.lock().events.finish_replay(account, target, position);
+        Ok(())
+    }
+
     async fn put_event_target(
         &self,
         account: &AccountSid,

@@ -24,6 +24,7 @@ struct Forwarder {
     lease: Option<(String, std::time::Instant)>,
     cursor: Option<String>,
     failed: VecDeque<String>,
+    replay: VecDeque<String>,
 }
 
 #[derive(Default)]
@@ -35,7 +36,7 @@ struct Log {
     last: (u64, u64),
 }
 
-fn position(ms: u64, seq: u64) -> String {
+fn position_text(ms: u64, seq: u64) -> String {
     format!("{ms}-{seq}")
 }
 
@@ -76,7 +77,7 @@ impl EventLogs {
         };
         log.last = next;
         log.events.push_back((next.0, next.1, envelope));
-        let at = position(next.0, next.1);
+        let at = position_text(next.0, next.1);
         let max_age = retention.max_age.as_millis() as u64;
         log.ids.insert(
             event_id.to_owned(),
@@ -109,7 +110,7 @@ impl EventLogs {
             .filter(|(ms, seq, _)| after.is_none_or(|a| (*ms, *seq) > a))
             .take(limit)
             .map(|(ms, seq, envelope)| LoggedEvent {
-                position: position(*ms, *seq),
+                position: position_text(*ms, *seq),
                 envelope: envelope.clone(),
             })
             .collect()
@@ -179,5 +180,45 @@ impl EventLogs {
             .get(account)
             .map(|t| t.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    pub fn event_at(&self, account: &AccountSid, position: &str) -> Option<LoggedEvent> {
+        let wanted = parse_position(position)?;
+        let log = self.accounts.get(account)?;
+        log.events
+            .iter()
+            .find(|(ms, seq, _)| (*ms, *seq) == wanted)
+            .map(|(ms, seq, envelope)| LoggedEvent {
+                position: position_text(*ms, *seq),
+                envelope: envelope.clone(),
+            })
+    }
+
+    pub fn failed(&mut self, account: &AccountSid, target: &str, limit: usize) -> Vec<String> {
+        self.forwarder(account, target)
+            .failed
+            .iter()
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    pub fn replay_failed(&mut self, account: &AccountSid, target: &str) -> u64 {
+        let forwarder = self.forwarder(account, target);
+        let moved = forwarder.failed.len() as u64;
+        let failed = std::mem::take(&mut forwarder.failed);
+        forwarder.replay.extend(failed);
+        moved
+    }
+
+    pub fn next_replay(&mut self, account: &AccountSid, target: &str) -> Option<String> {
+        self.forwarder(account, target).replay.front().cloned()
+    }
+
+    pub fn finish_replay(&mut self, account: &AccountSid, target: &str, position: &str) {
+        let replay = &mut self.forwarder(account, target).replay;
+        if replay.front().is_some_and(|p| p == position) {
+            replay.pop_front();
+        }
     }
 }

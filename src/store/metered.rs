@@ -55,10 +55,15 @@ pub enum Op {
     PutEventTarget,
     RemoveEventTarget,
     EventTargets,
+    EventAt,
+    FailedForwards,
+    ReplayFailed,
+    NextReplay,
+    FinishReplay,
 }
 
 impl Op {
-    pub const ALL: [Op; 27] = [
+    pub const ALL: [Op; 32] = [
         Op::Ping,
         Op::PutBinding,
         Op::GetBinding,
@@ -86,6 +91,11 @@ impl Op {
         Op::PutEventTarget,
         Op::RemoveEventTarget,
         Op::EventTargets,
+        Op::EventAt,
+        Op::FailedForwards,
+        Op::ReplayFailed,
+        Op::NextReplay,
+        Op::FinishReplay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -117,6 +127,11 @@ impl Op {
             Op::PutEventTarget => "put_event_target",
             Op::RemoveEventTarget => "remove_event_target",
             Op::EventTargets => "event_targets",
+            Op::EventAt => "event_at",
+            Op::FailedForwards => "failed_forwards",
+            Op::ReplayFailed => "replay_failed",
+            Op::NextReplay => "next_replay",
+            Op::FinishReplay => "finish_replay",
         }
     }
 }
@@ -449,6 +464,55 @@ impl Store for MeteredStore {
         self.timed(
             Op::SetForwardCursor,
             self.inner.set_forward_cursor(account, target, position),
+        )
+        .await
+    }
+
+    async fn event_at(
+        &self,
+        account: &AccountSid,
+        position: &str,
+    ) -> Result<Option<LoggedEvent>, StoreError> {
+        self.timed(Op::EventAt, self.inner.event_at(account, position))
+            .await
+    }
+
+    async fn failed_forwards(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.timed(
+            Op::FailedForwards,
+            self.inner.failed_forwards(account, target, limit),
+        )
+        .await
+    }
+
+    async fn replay_failed(&self, account: &AccountSid, target: &str) -> Result<u64, StoreError> {
+        self.timed(Op::ReplayFailed, self.inner.replay_failed(account, target))
+            .await
+    }
+
+    async fn next_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.timed(Op::NextReplay, self.inner.next_replay(account, target))
+            .await
+    }
+
+    async fn finish_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            Op::FinishReplay,
+            self.inner.finish_replay(account, target, position),
         )
         .await
     }

@@ -357,6 +357,40 @@ pub trait Store: Send + Sync + 'static {
         position: &str,
     ) -> Result<(), StoreError>;
 
+    /// The event at `position` of `account`'s log, if the log still keeps it.
+    async fn event_at(
+        &self,
+        account: &AccountSid,
+        position: &str,
+    ) -> Result<Option<LoggedEvent>, StoreError>;
+
+    /// The positions of events `target` did not take, oldest first, at most `limit`.
+    async fn failed_forwards(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Moves every failed position of `target` to its replay queue (after what is queued
+    /// already); returns how many moved.
+    async fn replay_failed(&self, account: &AccountSid, target: &str) -> Result<u64, StoreError>;
+
+    /// The first position in `target`'s replay queue.
+    async fn next_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Takes `position` off the front of the replay queue, if it is there.
+    async fn finish_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<(), StoreError>;
+
     /// Adds or replaces a forwarding target of `account`.
     async fn put_event_target(
         &self,

@@ -877,7 +877,8 @@ mod forwarding {
     }
 
     #[tokio::test]
-    async fn an_event_past_its_retry_budget_is_set_aside_and_the_next_one_goes_through() {
+    async fn an_event_past_its_retry_budget_is_set_aside_the_next_goes_through_and_a_replay_sends_it()
+     {
         let (target, url) = Target::start().await;
         let app = spawn_with(config_with_target(&url, None, 1)).await;
         let callbacks = documented_callbacks();
@@ -900,6 +901,65 @@ mod forwarding {
             })
             .await
         );
+
+        // The admin lists what was set aside and has it sent again.
+        let api = |path: &str| {
+            format!(
+                "{}/v1/events/targets/backend{path}?account_sid={ACCOUNT}",
+                app.base
+            )
+        };
+        let admin = format!("Bearer {ADMIN_KEY}");
+        let r = answer(
+            app.http
+                .get(api("/failed"))
+                .header("authorization", &admin)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["failed"].as_array().unwrap().len(), 1, "{}", r.text);
+        let r = answer(
+            app.http
+                .post(api("/replay"))
+                .header("authorization", &admin)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.body, json!({"replaying": 1}));
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                target.delivered_types() == ["participant-disconnected", "participant-connected"]
+            })
+            .await,
+            "{:?}",
+            target.delivered_types()
+        );
+        let r = answer(
+            app.http
+                .get(api("/failed"))
+                .header("authorization", &admin)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.body, json!({"failed": []}));
+        let r = app
+            .http
+            .post(format!(
+                "{}/v1/events/targets/nobody/replay?account_sid={ACCOUNT}",
+                app.base
+            ))
+            .header("authorization", &admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
     }
 
     /// Targets added and removed at run time through the admin API: listed beside the

@@ -1213,4 +1213,67 @@ async fn one_replica_at_a_time_forwards_to_a_target(store: Arc<dyn Store>) {
             .unwrap(),
         2
     );
+    assert_eq!(
+        store
+            .failed_forwards(&account, "billing", 10)
+            .await
+            .unwrap(),
+        ["1-0", "2-0"]
+    );
+    // Replayed oldest first; taken off the queue one by one, only from its front.
+    assert_eq!(store.replay_failed(&account, "billing").await.unwrap(), 2);
+    assert!(
+        store
+            .failed_forwards(&account, "billing", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.replay_failed(&account, "billing").await.unwrap(), 0);
+    store
+        .finish_replay(&account, "billing", "2-0")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .next_replay(&account, "billing")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1-0")
+    );
+    store
+        .finish_replay(&account, "billing", "1-0")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .next_replay(&account, "billing")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("2-0")
+    );
+    store
+        .finish_replay(&account, "billing", "2-0")
+        .await
+        .unwrap();
+    assert_eq!(store.next_replay(&account, "billing").await.unwrap(), None);
+
+    // An event by its position, while the log keeps it.
+    let kept = EventRetention {
+        max_age: Duration::from_secs(600),
+        max_events: 10,
+    };
+    let Appended::New(position) = store
+        .append_event(&account, "EZreplay", Bytes::from_static(b"{}"), kept)
+        .await
+        .unwrap()
+    else {
+        panic!("new");
+    };
+    let event = store.event_at(&account, &position).await.unwrap().unwrap();
+    assert_eq!(event.position, position);
+    assert_eq!(event.envelope, Bytes::from_static(b"{}"));
+    assert_eq!(store.event_at(&account, "1-0").await.unwrap(), None);
 }

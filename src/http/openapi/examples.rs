@@ -137,6 +137,22 @@ pub fn event_target_created() -> Value {
     )
 }
 
+pub fn failed_forwards() -> Value {
+    one(
+        "twoSetAside",
+        "Two events the target did not take in time",
+        json!({"failed": ["1796658419594-0", "1796658421120-3"]}),
+    )
+}
+
+pub fn replaying() -> Value {
+    one(
+        "queued",
+        "Both queued to be sent again",
+        json!({"replaying": 2}),
+    )
+}
+
 pub fn delivered() -> Value {
     one(
         "delivered",

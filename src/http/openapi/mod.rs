@@ -93,9 +93,17 @@ pub fn document() -> Value {
             "/v1/events/ws": {"get": event_feed_operation()},
             "/v1/events/targets": {"get": list_targets_operation()},
             "/v1/events/targets/{name}": {
-                "parameters": [{"name": "name", "in": "path", "required": true, "description": "The target's name, unique within the account.", "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}, "example": "billing"}],
+                "parameters": [target_name_parameter()],
                 "put": put_target_operation(),
                 "delete": delete_target_operation()
+            },
+            "/v1/events/targets/{name}/failed": {
+                "parameters": [target_name_parameter()],
+                "get": failed_operation()
+            },
+            "/v1/events/targets/{name}/replay": {
+                "parameters": [target_name_parameter()],
+                "post": replay_operation()
             },
             "/openapi.json": {"get": {
                 "operationId": "getOpenApi",
@@ -644,6 +652,44 @@ fn target_schemas() -> (Value, Value) {
         "additionalProperties": false
     });
     (target, settings)
+}
+
+fn target_name_parameter() -> Value {
+    json!({"name": "name", "in": "path", "required": true, "description": "The target's name, unique within the account.", "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}, "example": "billing"})
+}
+
+fn failed_operation() -> Value {
+    json!({
+        "operationId": "listFailedForwards",
+        "tags": ["Twilio events"],
+        "summary": "Events a target did not take (admin keys)",
+        "description": "The log positions of events set aside after `events.forward_retry_secs`, oldest first (the most recent 10,000). The events stay in the log for its retention.",
+        "security": bearer(),
+        "parameters": [account_parameter()],
+        "responses": {
+            "200": {"description": "The positions.", "content": {"application/json": {"schema": {"type": "object", "required": ["failed"], "properties": {"failed": {"type": "array", "items": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"}}}, "additionalProperties": false}, "examples": examples::failed_forwards()}}},
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "404": problem("The account has no target of this name."),
+            "429": r("RateLimited"), "503": r("StoreUnavailable")
+        }
+    })
+}
+
+fn replay_operation() -> Value {
+    json!({
+        "operationId": "replayFailedForwards",
+        "tags": ["Twilio events"],
+        "summary": "Send a target's set-aside events again (admin keys)",
+        "description": "Queues every event set aside for the target to be sent again, oldest first, before its next events, each with a fresh retry budget; one the log no longer keeps is skipped. Events the target still does not take are set aside again.",
+        "security": bearer(),
+        "parameters": [account_parameter()],
+        "responses": {
+            "200": {"description": "How many were queued.", "content": {"application/json": {"schema": {"type": "object", "required": ["replaying"], "properties": {"replaying": {"type": "integer", "minimum": 0}}, "additionalProperties": false}, "examples": examples::replaying()}}},
+            "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"),
+            "404": problem("The account has no target of this name."),
+            "429": r("RateLimited"), "503": r("StoreUnavailable")
+        }
+    })
 }
 
 fn account_parameter() -> Value {

@@ -66,6 +66,28 @@ return 0
     )
 });
 
+/// KEYS: the failed list, the replay list. Moves every failed position, oldest first, to the
+/// end of the replay list; returns how many.
+static REPLAY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = redis.call('LLEN', KEYS[1])
+for _ = 1, n do redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') end
+return n
+",
+    )
+});
+
+/// KEYS: the replay list. ARGV: a position. Pops it if it is first.
+static POP_IF_FIRST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then return redis.call('LPOP', KEYS[1]) end
+return false
+",
+    )
+});
+
 /// An `XRANGE` entry: its id and its fields with their values.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
@@ -261,5 +283,88 @@ impl RedisStore {
                     .map_err(|e| StoreError::Corrupt(format!("event target {name}: {e}")))
             })
             .collect()
+    }
+
+    pub(super) async fn event_at_position(
+        &self,
+        account: &AccountSid,
+        position: &str,
+    ) -> Result<Option<LoggedEvent>, StoreError> {
+        let stream = self.keys.event_log(account);
+        let mut c = self.conn.clone();
+        let entries: Vec<StreamEntry> = self
+            .run(
+                redis::cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(position)
+                    .arg(position)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(entries.into_iter().next().and_then(|(position, fields)| {
+            fields
+                .into_iter()
+                .find(|(name, _)| name == "e")
+                .map(|(_, value)| LoggedEvent {
+                    position,
+                    envelope: Bytes::from(value),
+                })
+        }))
+    }
+
+    pub(super) async fn failed_positions(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = self.keys.forwarder(account, target, "failed");
+        let mut c = self.conn.clone();
+        self.run(
+            redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(limit.max(1) as i64 - 1)
+                .query_async(&mut c),
+        )
+        .await
+    }
+
+    pub(super) async fn move_failed_to_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<u64, StoreError> {
+        let failed = self.keys.forwarder(account, target, "failed");
+        let replay = self.keys.forwarder(account, target, "replay");
+        let mut c = self.conn.clone();
+        let mut invocation = REPLAY.prepare_invoke();
+        invocation.key(&failed).key(&replay);
+        self.run(invocation.invoke_async(&mut c)).await
+    }
+
+    pub(super) async fn first_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let key = self.keys.forwarder(account, target, "replay");
+        let mut c = self.conn.clone();
+        self.run(redis::cmd("LINDEX").arg(&key).arg(0).query_async(&mut c))
+            .await
+    }
+
+    pub(super) async fn pop_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.forwarder(account, target, "replay");
+        let mut c = self.conn.clone();
+        let mut invocation = POP_IF_FIRST.prepare_invoke();
+        invocation.key(&key).arg(position);
+        let _: Option<String> = self.run(invocation.invoke_async(&mut c)).await?;
+        Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! | `<p>:{AC…:events}:targets` | hash | forwarding targets added through the admin API: name → JSON (url, types, secret) |
 //! | `<p>:{AC…:events}:fwd:<target>:lease` | string | the node forwarding the account's events to a target (expiring) |
 //! | `<p>:{AC…:events}:fwd:<target>:cursor` | string | the position of the last event handed to the target |
+//! | `<p>:{AC…:events}:fwd:<target>:replay` | list | failed positions an admin asked to send again, oldest first |
 //! | `<p>:{AC…:events}:fwd:<target>:failed` | list | positions of events the target did not take within the retry budget (the most recent 10,000) |
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica (sharded on a cluster) |
 //! | `<p>:{…}:replicated` | string | written before `WAIT` when `store.min_replica_acks` is set |
@@ -76,7 +77,7 @@ impl Keys {
         format!("{}:{{{account}:events}}:targets", self.prefix)
     }
 
-    /// Forwarding state of one target (`lease`, `cursor`, `failed`), beside the log.
+    /// Forwarding state of one target (`lease`, `cursor`, `failed`, `replay`), beside the log.
     pub fn forwarder(&self, account: &AccountSid, target: &str, what: &str) -> String {
         format!("{}:{{{account}:events}}:fwd:{target}:{what}", self.prefix)
     }

@@ -770,6 +770,44 @@ impl Store for RedisStore {
         self.put_forward_cursor(account, target, position).await
     }
 
+    async fn event_at(
+        &self,
+        account: &AccountSid,
+        position: &str,
+    ) -> Result<Option<crate::store::LoggedEvent>, StoreError> {
+        self.event_at_position(account, position).await
+    }
+
+    async fn failed_forwards(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.failed_positions(account, target, limit).await
+    }
+
+    async fn replay_failed(&self, account: &AccountSid, target: &str) -> Result<u64, StoreError> {
+        self.move_failed_to_replay(account, target).await
+    }
+
+    async fn next_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.first_replay(account, target).await
+    }
+
+    async fn finish_replay(
+        &self,
+        account: &AccountSid,
+        target: &str,
+        position: &str,
+    ) -> Result<(), StoreError> {
+        self.pop_replay(account, target, position).await
+    }
+
     async fn put_event_target(
         &self,
         account: &AccountSid,
