@@ -1099,4 +1099,58 @@ mod forwarding {
         );
         assert_eq!(target.delivered_types(), ["room-created"]);
     }
+
+    /// A replica killed (SIGKILL) while a target is down leaves its lease to lapse; another
+    /// replica then forwards every event, in order, from where the first one was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_killed_mid_backlog_hands_its_target_over_when_the_lease_lapses() {
+        let (target, url) = Target::start().await;
+        let config = config_with_target(&url, None, 600);
+        let mut first = ProcessApp::start(&config).await;
+        let callbacks = documented_callbacks();
+        let http = reqwest::Client::new();
+        let send = |base: String, params: Vec<(String, String)>| {
+            let http = http.clone();
+            async move {
+                let url = format!("{base}/v1/twilio/status-callbacks");
+                let r = http
+                    .post(&url)
+                    .header("x-twilio-signature", sign_form(&url, &params))
+                    .body(form(&params))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        };
+        for i in [2, 3, 1] {
+            send(first.base.clone(), callbacks[i].clone()).await;
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                !target.attempts.lock().unwrap().is_empty()
+            })
+            .await
+        );
+        first.kill();
+        target.up.store(true, Ordering::SeqCst);
+        let second = ProcessApp::start(&config).await;
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                target.delivered_types().len() == 3
+            })
+            .await,
+            "{:?}",
+            target.delivered_types()
+        );
+        assert_eq!(
+            target.delivered_types(),
+            [
+                "participant-connected",
+                "participant-disconnected",
+                "room-ended"
+            ]
+        );
+        drop(second);
+    }
 }
