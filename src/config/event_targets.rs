@@ -73,7 +73,9 @@ pub fn validate_one(tkey: &str, t: RawEventTarget) -> Result<EventTarget, Config
     let url = t
         .url
         .ok_or_else(|| ConfigError::invalid(format!("{tkey}.url"), "is required"))?;
-    let url = validate_base_url(
+    // Checked like a base URL, but kept as written: a trailing slash can matter to the
+    // target's router (and forwarding follows no redirect).
+    validate_base_url(
         &format!("{tkey}.url"),
         &url,
         "the target authenticates callrelay by its signature",

@@ -49,7 +49,7 @@ pub enum InvalidEvent {
     NotCloudEvents(String),
     #[error("event {index}: {why}")]
     CloudEvent { index: usize, why: String },
-    #[error("the events name more than one account")]
+    #[error("the events name more than one account, or another than the URL's AccountSid")]
     MixedAccounts,
 }
 
@@ -319,8 +319,12 @@ impl CloudEvent {
         let object = value.as_object().ok_or("not a JSON object")?;
         let text = |name: &str| object.get(name).and_then(|v| v.as_str());
         let id = text("id").ok_or("id is required and must be a string")?;
-        if id.is_empty() || id.len() > MAX_EVENT_ID_LEN {
-            return Err(format!("id must be 1 to {MAX_EVENT_ID_LEN} bytes"));
+        // Forwarded as the `webhook-id` header: visible ASCII only.
+        if id.is_empty() || id.len() > MAX_EVENT_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "id must be 1 to {MAX_EVENT_ID_LEN} visible ASCII characters"
+            ));
         }
         let kind = text("type").ok_or("type is required and must be a string")?;
         // `data` as sent: an object, or a JSON document in a string.
@@ -527,6 +531,7 @@ mod tests {
             r#"{"id":"EZ1"}"#,
             r#"[{"type":"t"}]"#,
             r#"[{"id":"","type":"t"}]"#,
+            r#"[{"id":"EZ 1","type":"t"}]"#,
             r#"[1]"#,
         ] {
             assert!(CloudEvent::parse_batch(body.as_bytes()).is_err(), "{body}");

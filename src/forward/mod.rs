@@ -60,6 +60,9 @@ pub fn start(
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(config.forwarding.attempt_timeout)
+        // A redirect would turn the POST into a GET without the event (and carry the
+        // signature elsewhere): a 3xx is a failed attempt, never a delivery.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("callrelay/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot build the forwarding HTTP client: {e}"))?;
@@ -158,7 +161,9 @@ impl Supervisor {
             target: target.clone(),
             settings: self.config.forwarding,
             store: self.store.clone(),
-            node: self.node.clone(),
+            // Each forwarder holds the lease under a name of its own: a forwarder replaced on
+            // this replica (its target changed) cannot renew or give up its successor's lease.
+            node: format!("{}:{}", self.node, uuid::Uuid::new_v4().simple()),
             client: self.client.clone(),
             metrics: self.metrics.clone(),
         }
@@ -198,17 +203,17 @@ impl Forwarder {
             if shutdown.is_cancelled() {
                 break;
             }
-            match self.hold().await {
-                true => match self.forward(&shutdown).await {
+            if self.hold().await {
+                match self.forward(&shutdown).await {
                     Stop::Shutdown => break,
                     Stop::LostLease => {}
-                },
-                false => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(LEASE_CHECK) => {}
-                    }
                 }
+            }
+            // Without the lease, or after the store failed: ask again in a while, never in a
+            // tight loop.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(LEASE_CHECK) => {}
             }
         }
         // Another replica takes over at once instead of when the lease lapses.
@@ -262,15 +267,23 @@ impl Forwarder {
                 continue;
             }
             for event in page {
+                if let Some(stop) = self.replay(shutdown).await {
+                    return stop;
+                }
                 let give_up_at = kept_at(&event.position) + self.settings.retry_for;
                 if let Some(stop) = self.hand_over(&event, give_up_at, shutdown).await {
                     return stop;
                 }
-                if self
+                if !self
                     .store
-                    .set_forward_cursor(&self.account, &self.target.name, &event.position)
+                    .set_forward_cursor(
+                        &self.account,
+                        &self.target.name,
+                        &self.node,
+                        &event.position,
+                    )
                     .await
-                    .is_err()
+                    .unwrap_or(false)
                 {
                     // Sent, but the progress is not recorded: whoever forwards next sends
                     // it again (the same webhook-id).
@@ -349,10 +362,12 @@ impl Forwarder {
             if !self.hold().await {
                 return Some(Stop::LostLease);
             }
-            let attempt = self.attempt(&head.id, &event.envelope);
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => return Some(Stop::Shutdown),
-                result = attempt => result,
+            let result = match self
+                .holding(self.attempt(&head.id, &event.envelope), shutdown)
+                .await
+            {
+                Ok(result) => result,
+                Err(stop) => return Some(stop),
             };
             match result {
                 Ok(()) => {
@@ -388,11 +403,33 @@ impl Forwarder {
                         "forwarding failed; retrying"
                     );
                     let pause = jittered(delay).min(give_up_at.saturating_sub(now()));
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Some(Stop::Shutdown),
-                        _ = tokio::time::sleep(pause) => {}
+                    if let Err(stop) = self.holding(tokio::time::sleep(pause), shutdown).await {
+                        return Some(stop);
                     }
                     delay = (delay * 2).min(MAX_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Runs `work` while renewing the lease every third of it, so that a long attempt or a
+    /// long pause between attempts never lets another replica take the target meanwhile.
+    async fn holding<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+        shutdown: &CancellationToken,
+    ) -> Result<T, Stop> {
+        tokio::pin!(work);
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + LEASE / 3, LEASE / 3);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+                out = &mut work => return Ok(out),
+                _ = renew.tick() => {
+                    if !self.hold().await {
+                        return Err(Stop::LostLease);
+                    }
                 }
             }
         }

@@ -78,7 +78,17 @@ impl Relay {
         credentials: &WebhookCredentials<'_>,
     ) -> Result<Ingested, EventError> {
         let account = match named {
-            Some(account) => account,
+            Some(account) => {
+                // The URL names the account; events that name another are not its.
+                if events
+                    .iter()
+                    .filter_map(|e| e.account_sid.as_ref())
+                    .any(|a| *a != account)
+                {
+                    return Err(InvalidEvent::MixedAccounts.into());
+                }
+                account
+            }
             None => account_of(events)?,
         };
         self.authenticate_events(&account, credentials)?;

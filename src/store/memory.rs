@@ -463,10 +463,13 @@ impl Store for MemoryStore {
         &self,
         account: &AccountSid,
         target: &str,
+        holder: &str,
         position: &str,
-    ) -> Result<(), StoreError> {
-        self.lock().events.set_cursor(account, target, position);
-        Ok(())
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .events
+            .set_cursor(account, target, holder, position))
     }
 
     async fn event_at(

@@ -149,8 +149,23 @@ impl EventLogs {
         self.forwarder(account, target).cursor.clone()
     }
 
-    pub fn set_cursor(&mut self, account: &AccountSid, target: &str, position: &str) {
-        self.forwarder(account, target).cursor = Some(position.to_owned());
+    pub fn set_cursor(
+        &mut self,
+        account: &AccountSid,
+        target: &str,
+        holder: &str,
+        position: &str,
+    ) -> bool {
+        let now = std::time::Instant::now();
+        let forwarder = self.forwarder(account, target);
+        let holds = forwarder
+            .lease
+            .as_ref()
+            .is_some_and(|(h, until)| h == holder && *until > now);
+        if holds {
+            forwarder.cursor = Some(position.to_owned());
+        }
+        holds
     }
 
     pub fn note_failed(&mut self, account: &AccountSid, target: &str, position: &str) -> u64 {
@@ -170,9 +185,14 @@ impl EventLogs {
     }
 
     pub fn remove_target(&mut self, account: &AccountSid, name: &str) -> bool {
-        self.targets
+        let removed = self
+            .targets
             .get_mut(account)
-            .is_some_and(|t| t.remove(name).is_some())
+            .is_some_and(|t| t.remove(name).is_some());
+        if removed {
+            self.forwarders.remove(&(account.clone(), name.to_owned()));
+        }
+        removed
     }
 
     pub fn targets(&self, account: &AccountSid) -> Vec<super::StoredTarget> {

@@ -459,11 +459,13 @@ impl Store for MeteredStore {
         &self,
         account: &AccountSid,
         target: &str,
+        holder: &str,
         position: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.timed(
             Op::SetForwardCursor,
-            self.inner.set_forward_cursor(account, target, position),
+            self.inner
+                .set_forward_cursor(account, target, holder, position),
         )
         .await
     }

@@ -350,12 +350,16 @@ pub trait Store: Send + Sync + 'static {
         target: &str,
     ) -> Result<Option<String>, StoreError>;
 
+    /// Moves the cursor to `position` if `holder` holds the target's lease; false (and
+    /// nothing written) otherwise, so a forwarder that lost its lease cannot move the cursor
+    /// of the one that took over.
     async fn set_forward_cursor(
         &self,
         account: &AccountSid,
         target: &str,
+        holder: &str,
         position: &str,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// The event at `position` of `account`'s log, if the log still keeps it.
     async fn event_at(
@@ -398,7 +402,8 @@ pub trait Store: Send + Sync + 'static {
         target: &StoredTarget,
     ) -> Result<(), StoreError>;
 
-    /// Removes one; false when there was none by that name.
+    /// Removes one, with its forwarding state (cursor, set-aside and replay lists); false
+    /// when there was none by that name.
     async fn remove_event_target(
         &self,
         account: &AccountSid,

@@ -534,6 +534,28 @@ async fn a_sink_url_can_name_its_account_when_the_events_do_not() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(logged(&store).await[0]["type"], "com.example.other");
+
+    // Events that name another account than the URL does are not this account's.
+    let body = json!([{"specversion": "1.0", "type": "x", "source": "/x", "id": "EZ2",
+                       "data": {"account_sid": OTHER_ACCOUNT}}])
+    .to_string();
+    let hash = signature::body_sha256_hex(body.as_bytes());
+    let named = format!(
+        "{}/v1/twilio/event-streams?AccountSid={ACCOUNT}&bodySHA256={hash}",
+        app.base
+    );
+    let r = answer(
+        app.http
+            .post(&named)
+            .header("x-twilio-signature", sign(AUTH_TOKEN, &named))
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(logged(&store).await.len(), 1);
 }
 
 mod feed {
@@ -1152,5 +1174,46 @@ mod forwarding {
             ]
         );
         drop(second);
+    }
+
+    /// A target that answers with a redirect has not taken the event: forwarding follows no
+    /// redirect (it would turn the POST into a GET without the event, and carry the
+    /// signature elsewhere), and retries.
+    #[tokio::test]
+    async fn a_redirect_is_not_a_delivery() {
+        let reached_elsewhere = Arc::new(AtomicBool::new(false));
+        let flag = reached_elsewhere.clone();
+        let router = axum::Router::new()
+            .route(
+                "/events",
+                axum::routing::post(|| async { (StatusCode::FOUND, [("location", "/elsewhere")]) }),
+            )
+            .route(
+                "/elsewhere",
+                axum::routing::any(move || {
+                    let flag = flag.clone();
+                    async move {
+                        flag.store(true, Ordering::SeqCst);
+                        StatusCode::OK
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let app = spawn_with(config_with_target(&url, None, 600)).await;
+        callback(&app, &documented_callbacks()[2]).await;
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                app.metrics().await.contains("outcome=\"retried\"}")
+            })
+            .await
+        );
+        let metrics = app.metrics().await;
+        assert!(
+            !metrics.contains("target=\"backend\",outcome=\"delivered\"}"),
+            "{metrics}"
+        );
+        assert!(!reached_elsewhere.load(Ordering::SeqCst));
     }
 }

@@ -1186,10 +1186,19 @@ async fn one_replica_at_a_time_forwards_to_a_target(store: Arc<dyn Store>) {
         store.forward_cursor(&account, "billing").await.unwrap(),
         None
     );
-    store
-        .set_forward_cursor(&account, "billing", "1765000000000-3")
-        .await
-        .unwrap();
+    // Only the lease's holder moves the cursor.
+    assert!(
+        !store
+            .set_forward_cursor(&account, "billing", "b", "1765000000000-9")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_forward_cursor(&account, "billing", "a", "1765000000000-3")
+            .await
+            .unwrap()
+    );
     assert_eq!(
         store
             .forward_cursor(&account, "billing")

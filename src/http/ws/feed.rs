@@ -92,12 +92,13 @@ impl Filter {
 
 /// A position as the log gives them (`<ms>-<seq>`).
 pub fn valid_position(text: &str) -> bool {
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
     text.split_once('-').is_some_and(|(ms, seq)| {
-        !ms.is_empty()
-            && !seq.is_empty()
-            && ms.len() <= 20
-            && seq.len() <= 20
-            && ms.bytes().chain(seq.bytes()).all(|b| b.is_ascii_digit())
+        digits(ms)
+            && digits(seq)
+            && ms.parse::<u64>().is_ok()
+            // The sequence after it must exist for the next read to start there.
+            && seq.parse::<u64>().is_ok_and(|seq| seq < u64::MAX)
     })
 }
 
@@ -187,7 +188,9 @@ impl Feed {
         };
         let full = page.len() == PAGE;
         for event in page {
-            if self.filter.matches(&event.envelope) && !send(socket, frame(&event)).await {
+            // An entry without an envelope (not callrelay's) is passed over.
+            let wanted = !event.envelope.is_empty() && self.filter.matches(&event.envelope);
+            if wanted && !send(socket, frame(&event)).await {
                 return Err(Failed::Write);
             }
             self.after = Some(event.position);
@@ -302,6 +305,12 @@ mod tests {
         assert!(!valid_position("-1"));
         assert!(!valid_position("1-2-3"));
         assert!(!valid_position("a-1"));
+        assert!(!valid_position("99999999999999999999-0"), "past u64");
+        assert!(
+            !valid_position("1-18446744073709551615"),
+            "no sequence after it"
+        );
+        assert!(valid_position("1-18446744073709551614"));
     }
 
     #[tokio::test]

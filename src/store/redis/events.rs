@@ -56,6 +56,18 @@ return 0
     )
 });
 
+/// KEYS: the lease, the cursor. ARGV: the holder, a position. Moves the cursor only for the
+/// lease's holder; 1 when it did.
+static SET_IF_HOLDER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+",
+    )
+});
+
 /// KEYS: the lease. ARGV: the node. Deletes the lease if the node holds it.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -110,9 +122,10 @@ impl RedisStore {
             .arg(millis(retention.max_age).max(1))
             .arg(retention.max_events);
         let (appended, position): (i64, String) = self.run(invocation.invoke_async(&mut c)).await?;
+        // Twilio is answered only once the event is where a failover cannot lose it; a
+        // repeat too, since the first attempt may have failed at exactly this point.
+        self.replicated(&[&stream]).await?;
         if appended == 1 {
-            // Twilio is answered only once the event is where a failover cannot lose it.
-            self.replicated(&[&stream]).await?;
             Ok(Appended::New(position))
         } else {
             Ok(Appended::Duplicate(position))
@@ -140,19 +153,19 @@ impl RedisStore {
                     .query_async(&mut c),
             )
             .await?;
-        entries
+        // An entry without an envelope (not written by callrelay) is returned empty, so
+        // readers skip it and move past it rather than stop at it.
+        Ok(entries
             .into_iter()
             .map(|(position, fields)| {
                 let envelope = fields
                     .into_iter()
                     .find(|(name, _)| name == "e")
                     .map(|(_, value)| Bytes::from(value))
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("event {position} has no envelope"))
-                    })?;
-                Ok(LoggedEvent { position, envelope })
+                    .unwrap_or_default();
+                LoggedEvent { position, envelope }
             })
-            .collect()
+            .collect())
     }
 
     pub(super) async fn hold_forwarder_lease(
@@ -199,17 +212,20 @@ impl RedisStore {
         &self,
         account: &AccountSid,
         target: &str,
+        holder: &str,
         position: &str,
-    ) -> Result<(), StoreError> {
-        let key = self.keys.forwarder(account, target, "cursor");
+    ) -> Result<bool, StoreError> {
+        let lease = self.keys.forwarder(account, target, "lease");
+        let cursor = self.keys.forwarder(account, target, "cursor");
         let mut c = self.conn.clone();
-        self.run(
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(position)
-                .query_async(&mut c),
-        )
-        .await
+        let mut invocation = SET_IF_HOLDER.prepare_invoke();
+        invocation
+            .key(&lease)
+            .key(&cursor)
+            .arg(holder)
+            .arg(position);
+        let set: i64 = self.run(invocation.invoke_async(&mut c)).await?;
+        Ok(set == 1)
     }
 
     pub(super) async fn push_failed_forward(
@@ -260,10 +276,16 @@ impl RedisStore {
         name: &str,
     ) -> Result<bool, StoreError> {
         let key = self.keys.event_targets(account);
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("HDEL").arg(&key).arg(name);
+        // Its forwarding state goes too: a target added again under this name starts afresh.
+        for what in ["cursor", "failed", "replay", "lease"] {
+            pipe.cmd("DEL")
+                .arg(self.keys.forwarder(account, name, what))
+                .ignore();
+        }
         let mut c = self.conn.clone();
-        let removed: i64 = self
-            .run(redis::cmd("HDEL").arg(&key).arg(name).query_async(&mut c))
-            .await?;
+        let (removed,): (i64,) = self.run(pipe.query_async(&mut c)).await?;
         self.replicated(&[&key]).await?;
         Ok(removed == 1)
     }

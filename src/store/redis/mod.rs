@@ -765,9 +765,11 @@ impl Store for RedisStore {
         &self,
         account: &AccountSid,
         target: &str,
+        holder: &str,
         position: &str,
-    ) -> Result<(), StoreError> {
-        self.put_forward_cursor(account, target, position).await
+    ) -> Result<bool, StoreError> {
+        self.put_forward_cursor(account, target, holder, position)
+            .await
     }
 
     async fn event_at(
