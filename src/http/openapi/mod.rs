@@ -479,7 +479,7 @@ fn event_streams_operation() -> Value {
         "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CloudEvents"}, "examples": examples::event_streams()}}},
         "responses": events_responses(
             examples::events_kept_batch(),
-            "Not a JSON array of CloudEvents with id and type, or no account named (neither `AccountSid` in the URL nor `data.account_sid`), or events of several accounts.",
+            "Not a JSON array of CloudEvents with id and type, or no account named (neither `AccountSid` in the URL nor `data.account_sid`), or events of several accounts (or of another than the URL's `AccountSid`).",
         )
     })
 }
