@@ -47,6 +47,21 @@ pub fn client(tls: &TlsSettings) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
+/// A client for plain HTTP/1.1 or HTTP/2 endpoints that are not push services (event
+/// forwarding targets, an OTLP collector): rustls with the system's roots, each request given
+/// up after `timeout`, and no redirect followed: a redirect would turn a POST into a GET
+/// without its body and carry its headers (signatures) elsewhere, so it counts as a failure.
+pub fn plain_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("callrelay/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
 /// `connections` clients, one HTTP/2 connection each, used in turn: one connection carries
 /// many concurrent streams, but the services cap the streams per connection, so busy apps
 /// open a few.

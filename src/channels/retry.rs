@@ -10,6 +10,19 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use tokio::time::Instant;
 
+/// Equal jitter for schedules of their own (event forwarding): half of `delay` for sure, the
+/// other half at random, so that what failed together is not retried in lockstep.
+pub fn equal_jitter(delay: Duration) -> Duration {
+    let half = delay / 2;
+    let micros = half.as_micros() as u64;
+    let random = RandomState::new().hash_one(());
+    half + Duration::from_micros(if micros == 0 {
+        0
+    } else {
+        random % (micros + 1)
+    })
+}
+
 /// Short exponential backoff (about 25 ms, 50 ms, … at most 1 s, each between half and all of
 /// that, at random) that never sleeps past the deadline.
 #[derive(Debug)]

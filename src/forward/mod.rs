@@ -23,6 +23,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::channels::retry::equal_jitter;
 use crate::config::{Config, EventTarget, Forwarding, Secret};
 use crate::domain::{AccountSid, type_matches};
 use crate::metrics::{ForwardLabels, Metrics};
@@ -56,16 +57,8 @@ pub fn start(
     if config.accounts.is_empty() {
         return Ok(());
     }
-    crate::channels::push_client::install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(config.forwarding.attempt_timeout)
-        // A redirect would turn the POST into a GET without the event (and carry the
-        // signature elsewhere): a 3xx is a failed attempt, never a delivery.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("callrelay/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the forwarding HTTP client: {e}"))?;
+    let client = crate::channels::push_client::plain_client(config.forwarding.attempt_timeout)
+        .map_err(|e| format!("event forwarding: {e}"))?;
     let supervisor = Supervisor {
         config,
         store,
@@ -402,7 +395,7 @@ impl Forwarder {
                         ?delay,
                         "forwarding failed; retrying"
                     );
-                    let pause = jittered(delay).min(give_up_at.saturating_sub(now()));
+                    let pause = equal_jitter(delay).min(give_up_at.saturating_sub(now()));
                     if let Err(stop) = self.holding(tokio::time::sleep(pause), shutdown).await {
                         return Some(stop);
                     }
@@ -484,16 +477,6 @@ fn kept_at(position: &str) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Equal jitter: half the delay, plus up to the other half at random, so that targets that
-/// failed together are not retried in lockstep.
-fn jittered(delay: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(now().as_nanos());
-    let fraction = (hasher.finish() % 1000) as u32;
-    delay / 2 + delay / 2 * fraction / 1000
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,7 +493,7 @@ mod tests {
     #[test]
     fn jitter_stays_within_half_and_the_whole_delay() {
         for _ in 0..100 {
-            let d = jittered(Duration::from_secs(8));
+            let d = equal_jitter(Duration::from_secs(8));
             assert!(
                 d >= Duration::from_secs(4) && d <= Duration::from_secs(8),
                 "{d:?}"

@@ -25,13 +25,8 @@ pub struct RuntimeClient {
 impl RuntimeClient {
     /// A client on the current runtime; each export gives up after `timeout`.
     pub fn new(timeout: Duration) -> Result<Self, String> {
-        crate::channels::push_client::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(timeout)
-            .user_agent(concat!("callrelay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
+        let client = crate::channels::push_client::plain_client(timeout)
+            .map_err(|e| format!("traces: {e}"))?;
         let runtime = Handle::try_current()
             .map_err(|_| "traces need callrelay's runtime to be running".to_owned())?;
         Ok(Self { client, runtime })

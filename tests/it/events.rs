@@ -826,6 +826,16 @@ mod forwarding {
         config
     }
 
+    /// A request with the admin key, without a body.
+    async fn as_admin(app: &TestApp, method: reqwest::Method, url: String) -> reqwest::Response {
+        app.http
+            .request(method, url)
+            .header("authorization", format!("Bearer {ADMIN_KEY}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn callback(app: &TestApp, params: &[(String, String)]) {
         let url = format!("{}/v1/twilio/status-callbacks", app.base);
         let r = app
@@ -931,27 +941,10 @@ mod forwarding {
                 app.base
             )
         };
-        let admin = format!("Bearer {ADMIN_KEY}");
-        let r = answer(
-            app.http
-                .get(api("/failed"))
-                .header("authorization", &admin)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let r = answer(as_admin(&app, reqwest::Method::GET, api("/failed")).await).await;
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(r.body["failed"].as_array().unwrap().len(), 1, "{}", r.text);
-        let r = answer(
-            app.http
-                .post(api("/replay"))
-                .header("authorization", &admin)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let r = answer(as_admin(&app, reqwest::Method::POST, api("/replay")).await).await;
         assert_eq!(r.body, json!({"replaying": 1}));
         assert!(
             eventually(Duration::from_secs(10), || async {
@@ -961,26 +954,17 @@ mod forwarding {
             "{:?}",
             target.delivered_types()
         );
-        let r = answer(
-            app.http
-                .get(api("/failed"))
-                .header("authorization", &admin)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let r = answer(as_admin(&app, reqwest::Method::GET, api("/failed")).await).await;
         assert_eq!(r.body, json!({"failed": []}));
-        let r = app
-            .http
-            .post(format!(
+        let r = as_admin(
+            &app,
+            reqwest::Method::POST,
+            format!(
                 "{}/v1/events/targets/nobody/replay?account_sid={ACCOUNT}",
                 app.base
-            ))
-            .header("authorization", &admin)
-            .send()
-            .await
-            .unwrap();
+            ),
+        )
+        .await;
         assert_eq!(r.status(), 404);
     }
 
@@ -1015,15 +999,7 @@ mod forwarding {
         *target.secret.lock().unwrap() = Some(secret);
         assert_eq!(r.body["source"], "api");
 
-        let r = answer(
-            app.http
-                .get(api(""))
-                .header("authorization", &admin)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let r = answer(as_admin(&app, reqwest::Method::GET, api("")).await).await;
         assert_eq!(r.status, 200);
         let names: Vec<(&str, &str)> = r.body["targets"]
             .as_array()
@@ -1083,31 +1059,13 @@ mod forwarding {
             .unwrap();
         assert_eq!(r.status(), 403);
         assert_eq!(app.http.get(api("")).send().await.unwrap().status(), 401);
-        let r = app
-            .http
-            .delete(api("/backend"))
-            .header("authorization", &admin)
-            .send()
-            .await
-            .unwrap();
+        let r = as_admin(&app, reqwest::Method::DELETE, api("/backend")).await;
         assert_eq!(r.status(), 409);
-        let r = app
-            .http
-            .delete(api("/nobody"))
-            .header("authorization", &admin)
-            .send()
-            .await
-            .unwrap();
+        let r = as_admin(&app, reqwest::Method::DELETE, api("/nobody")).await;
         assert_eq!(r.status(), 404);
 
         // Removed: nothing more reaches it.
-        let r = app
-            .http
-            .delete(api("/live"))
-            .header("authorization", &admin)
-            .send()
-            .await
-            .unwrap();
+        let r = as_admin(&app, reqwest::Method::DELETE, api("/live")).await;
         assert_eq!(r.status(), 204);
         tokio::time::sleep(Duration::from_secs(3)).await;
         callback(&app, &callbacks[1]).await; // room-ended: the configured target takes it

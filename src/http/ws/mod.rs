@@ -92,15 +92,7 @@ async fn accept(
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
     let tasks = state.tasks.clone();
-    // Clients have nothing to say beyond pongs; anything larger than the limit is refused.
-    let max_client_message = state.config.limits.max_client_message_bytes;
-    Ok(upgrade
-        .max_message_size(max_client_message)
-        .max_frame_size(max_client_message)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| {
+    Ok(sized(upgrade, state.config.limits.max_client_message_bytes).on_upgrade(move |socket| {
             // Tracked, so that shutdown waits for the close frame to go out.
             tasks.track_future(async move {
                 metrics.live_sockets.inc();
@@ -111,6 +103,18 @@ async fn accept(
                 drop(lease);
             })
         }))
+}
+
+/// The buffers and limits every socket of the public listener gets: clients have nothing to
+/// say beyond pongs (anything larger than `max_client_message` is refused), and frames are
+/// written at once rather than gathered.
+fn sized(upgrade: WebSocketUpgrade, max_client_message: usize) -> WebSocketUpgrade {
+    upgrade
+        .max_message_size(max_client_message)
+        .max_frame_size(max_client_message)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,13 +201,8 @@ fn accept_feed(
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
     let tasks = state.tasks.clone();
-    let max_client_message = state.config.limits.max_client_message_bytes;
-    Ok(upgrade
-        .max_message_size(max_client_message)
-        .max_frame_size(max_client_message)
-        .read_buffer_size(READ_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| {
+    Ok(
+        sized(upgrade, state.config.limits.max_client_message_bytes).on_upgrade(move |socket| {
             tasks.track_future(async move {
                 metrics.event_subscribers.inc();
                 let end = feed.run(socket, shutdown).await;
@@ -211,5 +210,6 @@ fn accept_feed(
                 metrics.event_subscribers.dec();
                 drop(slot);
             })
-        }))
+        }),
+    )
 }
