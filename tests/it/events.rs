@@ -3,6 +3,7 @@
 //! kept once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use callrelay::auth::signature::{self, SignatureAlgorithm};
 use callrelay::domain::AccountSid;
@@ -388,6 +389,47 @@ async fn a_get_callback_is_signed_over_its_url_and_forgeries_are_refused() {
     assert_eq!(r.status, 400);
     assert_eq!(r.body["type"], "urn:callrelay:problem:invalid-event");
     assert_eq!(logged(&store).await.len(), 1, "nothing refused was kept");
+}
+
+/// Redis gone: a callback is answered `503` (Twilio retries) and nothing claims it was kept;
+/// once Redis is back, the retry is kept, once.
+#[tokio::test]
+async fn with_the_store_gone_a_callback_is_503_and_its_retry_is_kept_once() {
+    let mut redis = crate::helpers::redis::RedisServer::start();
+    let config = TestConfig::with_engine(Engine::RedisAt(redis.url()));
+    let prefix = config.prefix.clone();
+    let app = spawn_with(config).await;
+    let url = format!("{}/v1/twilio/status-callbacks", app.base);
+    let params = &documented_callbacks()[2];
+    let send = || {
+        app.http
+            .post(&url)
+            .header("x-twilio-signature", sign_form(&url, params))
+            .body(form(params))
+            .send()
+    };
+    redis.stop();
+    let r = answer(send().await.unwrap()).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.body["type"], "urn:callrelay:problem:store-unavailable");
+    redis.restart();
+    let mut kept = None;
+    for _ in 0..100 {
+        let r = answer(send().await.unwrap()).await;
+        if r.status == 200 {
+            kept = Some(r.body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(kept, Some(json!({"accepted": 1, "duplicates": 0})));
+    let store_config = callrelay::config::from_toml_str(&format!(
+        "[store]\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+        redis.url()
+    ))
+    .unwrap();
+    let store = callrelay::store::open(&store_config.store).await.unwrap();
+    assert_eq!(logged(&store).await.len(), 1);
 }
 
 /// Twilio's published Event Streams example (a Voice Insights call summary, `data` a JSON
