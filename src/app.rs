@@ -149,7 +149,9 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         metrics.clone(),
         tasks.clone(),
         clock,
+        node.clone(),
     ));
+    let finished_relay = relay.clone();
     crate::forward::start(
         config.clone(),
         store.clone(),
@@ -219,8 +221,10 @@ pub async fn start(config: Config, options: Options) -> Result<App, StartError> 
         tasks.close();
         let drained = async {
             tasks.wait().await;
-            // The last notifications' dedupe outcomes, written in the background.
+            // The last notifications' dedupe outcomes and trace entries, written in the
+            // background.
             finished_store.flush().await;
+            finished_relay.flush_records().await;
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("shutdown grace period over; stopping with work in flight");

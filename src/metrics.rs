@@ -153,6 +153,9 @@ pub struct Metrics {
     /// Dedupe outcomes not recorded because the writer's queue was full (their claims lapse
     /// by themselves).
     pub dedupe_outcomes_dropped: Counter,
+    /// Call-trace entries by outcome: `written`, `dropped` (the writer's queue was full),
+    /// `failed` (the store refused the batch).
+    pub call_trace_entries: Family<OutcomeLabels, Counter>,
     /// Deliveries handed to another replica over the bus, by outcome (`BUS_OUTCOMES`).
     pub bus_acknowledgements: Family<OutcomeLabels, Counter>,
     /// Notifications a socket already had, acknowledged without a second frame (a retry after
@@ -284,6 +287,12 @@ impl Metrics {
             "Dedupe outcomes dropped because the store's write queue was full; each claim lapses by itself after the webhook deadline",
             dedupe_outcomes_dropped.clone(),
         );
+        let call_trace_entries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "call_trace_entries",
+            "Call-trace entries by outcome: written, dropped (the writer's queue was full), failed (the store refused the batch)",
+            call_trace_entries.clone(),
+        );
         let bus_acknowledgements = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "bus_acknowledgements",
@@ -362,6 +371,7 @@ impl Metrics {
             push_auth_tokens,
             apns_certificate_expiry,
             dedupe_outcomes_dropped,
+            call_trace_entries,
             bus_acknowledgements,
             websocket_repeats,
             webhook_deadline,

@@ -55,6 +55,61 @@ impl Outcome {
     }
 }
 
+/// One delivery as the call trace records it: the outcome, how many requests it took and what
+/// the vendor said last. A socket's delivery is one attempt with no vendor answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub attempts: u32,
+    pub vendor: VendorAnswer,
+}
+
+impl Report {
+    /// A delivery without a vendor (a socket, or a push refused before any request).
+    pub fn plain(outcome: Outcome, attempts: u32) -> Self {
+        Self {
+            outcome,
+            attempts,
+            vendor: VendorAnswer::default(),
+        }
+    }
+}
+
+/// What Apple or Google answered to the last request: the HTTP status, their reason or error
+/// code (or `timeout`, `connection_error`), and APNs's `apns-id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VendorAnswer {
+    pub status: Option<u16>,
+    pub reason: Option<String>,
+    pub id: Option<String>,
+}
+
+/// Counts a push's requests and keeps the last answer while its retry loop runs.
+#[derive(Debug, Default)]
+pub(crate) struct Trail {
+    attempts: u32,
+    last: VendorAnswer,
+}
+
+impl Trail {
+    pub(crate) fn answered(&mut self, status: Option<u16>, reason: Option<&str>, id: Option<&str>) {
+        self.attempts += 1;
+        self.last = VendorAnswer {
+            status,
+            reason: reason.map(str::to_owned),
+            id: id.map(str::to_owned),
+        };
+    }
+
+    pub(crate) fn report(self, outcome: Outcome) -> Report {
+        Report {
+            outcome,
+            attempts: self.attempts,
+            vendor: self.last,
+        }
+    }
+}
+
 /// A push app (APNs or FCM, one per configured `[[apps]]` entry): pushes a notification to
 /// one of its bindings. Sockets are the WebSocket channel's, delivered to by its own method.
 #[async_trait]
@@ -65,7 +120,7 @@ pub trait PushApp: Send + Sync + 'static {
         binding: &Binding,
         notification: &CallNotification,
         deadline: Instant,
-    ) -> Outcome;
+    ) -> Report;
 }
 
 /// Every channel this process can deliver through: the WebSocket channel and one push app
@@ -83,16 +138,20 @@ impl Channels {
         target: &Target,
         notification: &CallNotification,
         deadline: Instant,
-    ) -> Outcome {
+    ) -> Report {
         match target {
-            Target::Socket(presence) => {
+            Target::Socket(presence) => Report::plain(
                 self.websocket
                     .deliver(presence, notification, deadline)
-                    .await
-            }
+                    .await,
+                1,
+            ),
             Target::Push(binding) => match self.apps.get(&binding.app) {
                 Some(app) => app.push(binding, notification, deadline).await,
-                None => Outcome::Failed("the binding's app is not configured".into()),
+                None => Report::plain(
+                    Outcome::Failed("the binding's app is not configured".into()),
+                    0,
+                ),
             },
         }
     }

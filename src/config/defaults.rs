@@ -338,6 +338,57 @@ fn sections() -> Vec<Section> {
             ],
         },
         Section {
+            name: "calls",
+            array: false,
+            doc: "The per-call delivery trace (GET /v1/calls): every call notification answered, with each target\ntried and what Apple or Google said, recorded off the answer's path, and the Voice Insights\nsummaries Event Streams brings for the call.",
+            keys: vec![
+                key(
+                    "trace",
+                    "Record the trace (true or false).",
+                    default(|d| toml::Value::Boolean(d.config.calls.trace)),
+                ),
+                key(
+                    "retention_secs",
+                    "How long a call's trace is kept (60..=7776000).",
+                    default(|d| int(d.config.calls.retention.as_secs())),
+                ),
+                key(
+                    "max_per_identity",
+                    "The most calls listed per identity; the oldest go first (1..=1000000).",
+                    default(|d| int(d.config.calls.max_per_identity)),
+                ),
+            ],
+        },
+        Section {
+            name: "rooms",
+            array: false,
+            doc: "The room ledger (GET /v1/rooms): per room and participant, connected time and billable time,\nbuilt from Twilio's room and participant status callbacks.",
+            keys: vec![
+                key(
+                    "ledger",
+                    "Keep the ledger (true or false).",
+                    default(|d| toml::Value::Boolean(d.config.rooms.ledger)),
+                ),
+                key(
+                    "retention_secs",
+                    "How long a room's events are kept for its ledger (3600..=94867200).",
+                    default(|d| int(d.config.rooms.retention.as_secs())),
+                ),
+                key(
+                    "billing",
+                    "How connected time becomes billable time: per_started_minute (each participant's time\nrounded up to whole minutes) or per_second.",
+                    default(|d| {
+                        text(match d.config.rooms.billing {
+                            crate::domain::ledger::BillingRule::PerStartedMinute => {
+                                "per_started_minute"
+                            }
+                            crate::domain::ledger::BillingRule::PerSecond => "per_second",
+                        })
+                    }),
+                ),
+            ],
+        },
+        Section {
             name: "traces",
             array: false,
             doc: "OpenTelemetry traces over OTLP/HTTP (protobuf): spans for each request, the webhook, the store\nlookup, each delivery and the replica bus's acknowledgement; the trace id in the request's log\nlines. Off unless otlp_endpoint is set. OTEL_EXPORTER_OTLP_HEADERS adds headers (a vendor's API\nkey); OTEL_RESOURCE_ATTRIBUTES adds resource attributes.",

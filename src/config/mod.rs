@@ -6,6 +6,7 @@ mod defaults;
 mod env;
 mod event_targets;
 mod raw;
+mod records;
 mod secret;
 mod store;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub use apps::{AppConfig, AppSettings};
 pub use defaults::render as render_defaults;
 pub use raw::lenient;
+pub use records::{CallsConfig, RoomsConfig};
 pub use secret::Secret;
 pub use store::{RedisConfig, StoreConfig, TlsFiles, Topology};
 
@@ -34,6 +36,8 @@ pub struct Config {
     pub log: LogConfig,
     pub traces: TracesConfig,
     pub events: EventRetention,
+    pub calls: CallsConfig,
+    pub rooms: RoomsConfig,
     pub forwarding: Forwarding,
     pub limits: Limits,
     pub accounts: Vec<AccountConfig>,
@@ -271,6 +275,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let traces = validate_traces(raw.traces)?;
     let forwarding = validate_forwarding(&raw.events)?;
     let events = validate_events(raw.events)?;
+    let calls = records::validate_calls(raw.calls)?;
+    let rooms = records::validate_rooms(raw.rooms)?;
 
     let limits = validate_limits(raw.limits, &server)?;
 
@@ -306,6 +312,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         log,
         traces,
         events,
+        calls,
+        rooms,
         forwarding,
         limits,
         accounts,

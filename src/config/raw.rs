@@ -21,6 +21,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub events: RawEvents,
     #[serde(default)]
+    pub calls: RawCalls,
+    #[serde(default)]
+    pub rooms: RawRooms,
+    #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
     pub accounts: Vec<RawAccount>,
@@ -116,6 +120,27 @@ pub struct RawLimits {
 pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCalls {
+    #[serde(default, deserialize_with = "lenient::boolean")]
+    pub trace: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub retention_secs: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub max_per_identity: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRooms {
+    #[serde(default, deserialize_with = "lenient::boolean")]
+    pub ledger: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub retention_secs: Option<u64>,
+    pub billing: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -296,6 +296,9 @@ pub struct CloudEvent {
     /// The account, from `data.account_sid` (`data` may be a JSON document in a string).
     pub account_sid: Option<AccountSid>,
     pub call_sid: Option<String>,
+    /// `data`, read (from its string when it is one): the call trace takes Voice Insights
+    /// summaries from it.
+    pub data: Option<serde_json::Value>,
     pub raw: Box<RawValue>,
 }
 
@@ -347,6 +350,7 @@ impl CloudEvent {
             time: text("time").map(str::to_owned),
             account_sid,
             call_sid,
+            data,
             raw,
         })
     }

@@ -4,8 +4,10 @@
 mod binding;
 mod event;
 mod ids;
+pub mod ledger;
 mod notification;
 mod presence;
+pub mod trace;
 
 pub use binding::{
     ApnsEnvironment, Binding, BindingRequest, DEFAULT_TTL_SECONDS, InvalidBinding, PushChannel,

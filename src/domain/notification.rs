@@ -17,6 +17,11 @@ pub struct CallNotification {
     pub identity: Identity,
     /// `twi_message_id`: the key for dropping Twilio's retries of a delivered notification.
     pub message_id: Option<String>,
+    /// `twi_call_sid`, `twi_from`, `twi_message_type`: what the call trace records. Read,
+    /// never required: Twilio's payload is relayed whatever it holds.
+    pub call_sid: Option<String>,
+    pub from: Option<String>,
+    pub message_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +50,12 @@ struct Wire<'a> {
     twi_to: Option<&'a RawValue>,
     #[serde(borrow)]
     twi_message_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    twi_call_sid: Option<&'a RawValue>,
+    #[serde(borrow)]
+    twi_from: Option<&'a RawValue>,
+    #[serde(borrow)]
+    twi_message_type: Option<&'a RawValue>,
 }
 
 impl CallNotification {
@@ -74,12 +85,20 @@ impl CallNotification {
             },
         };
         Ok(Self {
-            raw,
             account_sid,
             identity,
             message_id,
+            call_sid: string(wire.twi_call_sid),
+            from: string(wire.twi_from).map(|f| short(&f)),
+            message_type: string(wire.twi_message_type).map(|t| short(&t)),
+            raw,
         })
     }
+}
+
+/// What the trace keeps of a free-form member.
+fn short(text: &str) -> String {
+    text.chars().take(128).collect()
 }
 
 fn string(value: Option<&RawValue>) -> Option<String> {

@@ -4,6 +4,7 @@
 
 mod admin;
 mod bindings;
+mod console;
 pub mod descriptors;
 mod events;
 mod extract;
@@ -11,6 +12,7 @@ pub mod openapi;
 mod per_request;
 pub mod problem;
 mod rate_limit;
+mod records;
 pub mod server;
 mod targets;
 mod webhook;
@@ -116,6 +118,10 @@ pub fn public_router(state: AppState) -> Router {
         )
         .route("/v1/events/targets/{name}/failed", get(targets::failed))
         .route("/v1/events/targets/{name}/replay", post(targets::replay))
+        .route("/v1/calls", get(records::calls))
+        .route("/v1/calls/{call_sid}", get(records::call))
+        .route("/v1/rooms", get(records::rooms))
+        .route("/v1/rooms/{room_sid}", get(records::room))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -130,6 +136,19 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
+        // The console and what it reads, for support engineers with an admin key.
+        .route("/console", get(console::page))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
+        .route(
+            "/v1/console/test-notification",
+            post(console::test_notification).layer(DefaultBodyLimit::max(4 * 1024)),
+        )
+        .route("/v1/calls", get(records::calls))
+        .route("/v1/calls/{call_sid}", get(records::call))
+        .route("/v1/rooms", get(records::rooms))
+        .route("/v1/rooms/{room_sid}", get(records::room))
+        .route("/v1/bindings", get(bindings::list))
         .layer(axum::middleware::from_fn_with_state(
             per_request_settings(&state),
             per_request::layer,

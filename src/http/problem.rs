@@ -18,7 +18,9 @@ use super::ws::UpgradeError;
 use crate::auth::AuthError;
 use crate::auth::webhook::WebhookAuthError;
 use crate::channels::websocket::ConnectError;
-use crate::relay::{BindingError, EventError, Ingested, Summary, TargetError, WebhookError};
+use crate::relay::{
+    BindingError, EventError, Ingested, RecordError, Summary, TargetError, WebhookError,
+};
 use crate::telemetry::throttle;
 
 /// The challenge a `401` carries unless the problem names another.
@@ -266,6 +268,23 @@ pub fn webhook_answer(result: Result<Summary, WebhookError>) -> (&'static str, R
     }
 }
 
+/// The status and `outcome` label a webhook's result is answered with, without answering it:
+/// what the call trace records.
+pub fn webhook_status(result: &Result<Summary, WebhookError>) -> (u16, &'static str) {
+    match result {
+        Ok(summary) if summary.duplicate => (200, "duplicate"),
+        Ok(_) => (200, "delivered"),
+        Err(e) => {
+            let (answer, outcome) = e.answer();
+            let status = match answer {
+                WebhookAnswer::Problem(problem) => problem.status,
+                WebhookAnswer::Summary(status, _) => status.as_u16(),
+            };
+            (status, outcome)
+        }
+    }
+}
+
 /// A webhook body the extractor refused, and its `outcome` label.
 pub fn webhook_body_rejected(rejection: BytesRejection, limit: usize) -> (&'static str, Response) {
     let outcome = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -448,6 +467,26 @@ impl From<TargetError> for Problem {
             TargetError::NotFound(_) => Problem::new(Kind::NotFound, e.to_string()),
             TargetError::Store(e) => {
                 tracing::error!(error = %e, "store error in the event targets API");
+                Problem::store_unavailable()
+            }
+        }
+    }
+}
+
+impl IntoResponse for RecordError {
+    fn into_response(self) -> Response {
+        Problem::from(self).into_response()
+    }
+}
+
+impl From<RecordError> for Problem {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::Forbidden(detail) => Problem::new(Kind::Forbidden, detail),
+            RecordError::BadRequest(detail) => Problem::new(Kind::BadRequest, detail),
+            RecordError::NotFound(detail) => Problem::new(Kind::NotFound, detail),
+            RecordError::Store(e) => {
+                tracing::error!(error = %e, "store error reading call traces or room ledgers");
                 Problem::store_unavailable()
             }
         }

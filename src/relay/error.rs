@@ -85,3 +85,16 @@ pub enum BindingError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Why a call trace or a room ledger cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

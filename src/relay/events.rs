@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use super::{EventError, Relay};
 use crate::auth::webhook::{self, WebhookCredentials};
+use crate::domain::trace::InsightsRecord;
 use crate::domain::{AccountSid, CloudEvent, InvalidEvent, StatusCallback};
 use crate::store::{Appended, LoggedEvent, StoreError};
 
@@ -62,6 +63,8 @@ impl Relay {
                 self.config.events,
             )
             .await?;
+        // Also for a repeat: the first attempt may have failed between the two writes.
+        self.keep_room_fact(callback, &envelope.id).await?;
         let mut ingested = Ingested::default();
         ingested.count(&appended);
         ingested.log(&callback.account_sid, &callback.event_name);
@@ -105,6 +108,13 @@ impl Relay {
                     self.config.events,
                 )
                 .await?;
+            if let (Appended::New(_), Some(calls), Some(call_sid)) =
+                (&appended, &self.calls, &event.call_sid)
+                && let Some(summary) =
+                    InsightsRecord::read(&event.kind, &event.id, event.data.as_ref(), received_at)
+            {
+                calls.record_insights(&account, call_sid, summary);
+            }
             ingested.count(&appended);
         }
         ingested.log(&account, "event-streams");

@@ -8,7 +8,10 @@ mod dedupe;
 mod error;
 mod events;
 mod notify;
+mod rooms;
 mod targets;
+mod test_call;
+mod trace;
 
 use std::sync::Arc;
 
@@ -16,9 +19,12 @@ use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
 pub use bindings::{BindingScope, Listing};
-pub use error::{BindingError, EventError, TargetError, WebhookError};
+pub use error::{BindingError, EventError, RecordError, TargetError, WebhookError};
 pub use events::Ingested;
+pub use rooms::{RoomQuery, RoomView};
 pub use targets::TargetView;
+pub use test_call::TestCall;
+pub use trace::{CallRecorder, MAX_CALLS_LISTED};
 
 use notify::by_deadline;
 
@@ -48,6 +54,8 @@ pub struct Relay {
     clock: Arc<dyn Clock>,
     /// Woken whenever this replica keeps an event, so its feeds need not wait for their poll.
     kept: Arc<tokio::sync::Notify>,
+    /// The per-call delivery trace's recorder, when `calls.trace` is on.
+    calls: Option<Arc<CallRecorder>>,
 }
 
 impl Relay {
@@ -58,7 +66,16 @@ impl Relay {
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
         clock: Arc<dyn Clock>,
+        node: String,
     ) -> Self {
+        let calls = config.calls.trace.then(|| {
+            Arc::new(CallRecorder::start(
+                store.clone(),
+                config.calls,
+                node,
+                metrics.clone(),
+            ))
+        });
         Self {
             config,
             store,
@@ -67,6 +84,14 @@ impl Relay {
             tasks,
             clock,
             kept: Arc::new(tokio::sync::Notify::new()),
+            calls,
+        }
+    }
+
+    /// Writes the call-trace entries queued so far (at shutdown, after the last webhooks).
+    pub async fn flush_records(&self) {
+        if let Some(calls) = &self.calls {
+            calls.flush().await;
         }
     }
 

@@ -22,8 +22,9 @@ use tracing::Instrument;
 
 use super::{Relay, Summary, WebhookError};
 use crate::auth::webhook::{self, WebhookCredentials};
-use crate::channels::{Outcome, Target};
+use crate::channels::{Outcome, Report, Target};
 use crate::domain::CallNotification;
+use crate::domain::trace::TargetRecord;
 use crate::metrics::{ChannelLabels, DeliveryLabels};
 use crate::store::{Claim, ClaimOwner, ClaimRequest, StoreError};
 
@@ -43,7 +44,24 @@ impl Relay {
         let relay = self.clone();
         // The request's span goes with the task: its log lines and spans belong to the request.
         let accepted = self.tasks.spawn(
-            async move { relay.run_accepted(&notification, deadline).await }.in_current_span(),
+            async move {
+                let Some(recorder) = relay.calls.clone() else {
+                    return relay.run_accepted(&notification, deadline, None).await;
+                };
+                let mut call = recorder.start_call(&notification);
+                let answer = relay
+                    .run_accepted(
+                        &notification,
+                        deadline,
+                        call.as_mut().map(|c| &mut c.targets),
+                    )
+                    .await;
+                if let Some(call) = call {
+                    recorder.finish_call(call, &notification, &answer);
+                }
+                answer
+            }
+            .in_current_span(),
         );
         match accepted.await {
             Ok(answer) => answer,
@@ -56,10 +74,12 @@ impl Relay {
     }
 
     /// Everything after authentication, on the tracked task.
+    /// `trail`, when the call is traced, receives what each target came to.
     async fn run_accepted(
         &self,
         notification: &CallNotification,
         deadline: Instant,
+        trail: Option<&mut Vec<TargetRecord>>,
     ) -> Result<Summary, WebhookError> {
         let now = self.clock.now();
         let account = &notification.account_sid;
@@ -99,7 +119,7 @@ impl Relay {
 
         let mut all: Vec<Target> = targets.bindings.into_iter().map(Target::Push).collect();
         all.extend(targets.sockets.into_iter().map(Target::Socket));
-        let summary = self.deliver_all(all, notification, deadline).await;
+        let summary = self.deliver_all(all, notification, deadline, trail).await;
 
         if let Some(id) = &notification.message_id {
             // Off the answer's path, which may have used the whole deadline: a retry of this
@@ -121,37 +141,47 @@ impl Relay {
         targets: Vec<Target>,
         notification: &CallNotification,
         deadline: Instant,
+        trail: Option<&mut Vec<TargetRecord>>,
     ) -> Summary {
-        let outcomes = join_all(
+        let reports = join_all(
             targets
                 .iter()
                 .map(|t| self.deliver_one(t, notification, deadline)),
         )
         .await;
         let mut summary = Summary::default();
-        for outcome in outcomes {
-            match outcome {
+        for (report, _) in &reports {
+            match report.outcome {
                 Outcome::Delivered => summary.delivered += 1,
                 Outcome::Dead(_) => summary.removed += 1,
                 Outcome::Failed(_) => summary.failed += 1,
             }
         }
+        if let Some(trail) = trail {
+            trail.extend(
+                targets.iter().zip(reports).map(|(target, (report, took))| {
+                    super::trace::target_record(target, report, took)
+                }),
+            );
+        }
         summary
     }
 
+    /// Delivers to one target; says what came of it and how long it took.
     async fn deliver_one(
         &self,
         target: &Target,
         notification: &CallNotification,
         deadline: Instant,
-    ) -> Outcome {
+    ) -> (Report, std::time::Duration) {
         let span = delivery_span(target);
-        let outcome = self
+        let started = Instant::now();
+        let report = self
             .deliver_and_count(target, notification, deadline)
             .instrument(span.clone())
             .await;
-        span.record("outcome", outcome.label());
-        outcome
+        span.record("outcome", report.outcome.label());
+        (report, started.elapsed())
     }
 
     async fn deliver_and_count(
@@ -159,7 +189,7 @@ impl Relay {
         target: &Target,
         notification: &CallNotification,
         deadline: Instant,
-    ) -> Outcome {
+    ) -> Report {
         let started = Instant::now();
         let channel = target.channel_name();
         let delivery = self.channels.deliver(target, notification, deadline);
@@ -167,14 +197,18 @@ impl Relay {
         // A local socket answers at once; only a delivery that has to wait (a push, the
         // replica bus) arms the deadline's timer.
         let first = std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await;
-        let outcome = match first {
-            Poll::Ready(outcome) => outcome,
+        let report = match first {
+            Poll::Ready(report) => report,
             Poll::Pending => tokio::time::timeout_at(deadline, delivery)
                 .await
                 .unwrap_or_else(|_| {
-                    Outcome::Failed("no answer within the webhook deadline".into())
+                    Report::plain(
+                        Outcome::Failed("no answer within the webhook deadline".into()),
+                        1,
+                    )
                 }),
         };
+        let outcome = &report.outcome;
         self.metrics
             .delivery_duration
             .get_or_create(&ChannelLabels { channel })
@@ -186,7 +220,7 @@ impl Relay {
                 outcome: outcome.label(),
             })
             .inc();
-        match (&outcome, target) {
+        match (outcome, target) {
             (Outcome::Dead(why), Target::Push(b)) => {
                 tracing::info!(binding = %b.id, identity = %b.identity, channel, reason = why, "removing dead binding");
                 if let Err(e) = by_deadline(deadline, self.store.remove_dead_binding(b)).await {
@@ -221,7 +255,7 @@ impl Relay {
             }
             (Outcome::Delivered, Target::Socket(_)) => {}
         }
-        outcome
+        report
     }
 }
 

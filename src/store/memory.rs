@@ -39,6 +39,7 @@ struct State {
     messages_pruned: Option<Instant>,
     subscribers: HashMap<String, mpsc::Sender<Bytes>>,
     events: super::memory_events::EventLogs,
+    records: super::memory_records::Records,
 }
 
 #[derive(Clone, Default)]
@@ -542,5 +543,70 @@ impl Store for MemoryStore {
         position: &str,
     ) -> Result<u64, StoreError> {
         Ok(self.lock().events.note_failed(account, target, position))
+    }
+
+    async fn record_calls(&self, writes: &[super::TraceWrite]) -> Result<(), StoreError> {
+        self.lock()
+            .records
+            .record_calls(writes, OffsetDateTime::now_utc());
+        Ok(())
+    }
+
+    async fn call_entries(
+        &self,
+        account: &AccountSid,
+        call_sid: &str,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        Ok(self
+            .lock()
+            .records
+            .call_entries(account, call_sid, OffsetDateTime::now_utc()))
+    }
+
+    async fn recent_calls(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().records.recent_calls(
+            account,
+            identity,
+            since,
+            limit,
+            OffsetDateTime::now_utc(),
+        ))
+    }
+
+    async fn keep_room_fact(&self, fact: super::RoomFactWrite) -> Result<(), StoreError> {
+        self.lock()
+            .records
+            .keep_room_fact(fact, OffsetDateTime::now_utc());
+        Ok(())
+    }
+
+    async fn room_facts(
+        &self,
+        account: &AccountSid,
+        room_sid: &str,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        Ok(self
+            .lock()
+            .records
+            .room_facts(account, room_sid, OffsetDateTime::now_utc()))
+    }
+
+    async fn rooms_between(
+        &self,
+        account: &AccountSid,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .lock()
+            .records
+            .rooms_between(account, from, to, limit, OffsetDateTime::now_utc()))
     }
 }

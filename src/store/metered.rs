@@ -60,10 +60,16 @@ pub enum Op {
     ReplayFailed,
     NextReplay,
     FinishReplay,
+    RecordCalls,
+    CallEntries,
+    RecentCalls,
+    KeepRoomFact,
+    RoomFacts,
+    RoomsBetween,
 }
 
 impl Op {
-    pub const ALL: [Op; 32] = [
+    pub const ALL: [Op; 38] = [
         Op::Ping,
         Op::PutBinding,
         Op::GetBinding,
@@ -96,6 +102,12 @@ impl Op {
         Op::ReplayFailed,
         Op::NextReplay,
         Op::FinishReplay,
+        Op::RecordCalls,
+        Op::CallEntries,
+        Op::RecentCalls,
+        Op::KeepRoomFact,
+        Op::RoomFacts,
+        Op::RoomsBetween,
     ];
 
     pub fn name(self) -> &'static str {
@@ -132,6 +144,12 @@ impl Op {
             Op::ReplayFailed => "replay_failed",
             Op::NextReplay => "next_replay",
             Op::FinishReplay => "finish_replay",
+            Op::RecordCalls => "record_calls",
+            Op::CallEntries => "call_entries",
+            Op::RecentCalls => "recent_calls",
+            Op::KeepRoomFact => "keep_room_fact",
+            Op::RoomFacts => "room_facts",
+            Op::RoomsBetween => "rooms_between",
         }
     }
 }
@@ -557,6 +575,62 @@ impl Store for MeteredStore {
         self.timed(
             Op::NoteFailedForward,
             self.inner.note_failed_forward(account, target, position),
+        )
+        .await
+    }
+
+    async fn record_calls(&self, writes: &[crate::store::TraceWrite]) -> Result<(), StoreError> {
+        self.timed(Op::RecordCalls, self.inner.record_calls(writes))
+            .await
+    }
+
+    async fn call_entries(
+        &self,
+        account: &AccountSid,
+        call_sid: &str,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        self.timed(Op::CallEntries, self.inner.call_entries(account, call_sid))
+            .await
+    }
+
+    async fn recent_calls(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.timed(
+            Op::RecentCalls,
+            self.inner.recent_calls(account, identity, since, limit),
+        )
+        .await
+    }
+
+    async fn keep_room_fact(&self, fact: crate::store::RoomFactWrite) -> Result<(), StoreError> {
+        self.timed(Op::KeepRoomFact, self.inner.keep_room_fact(fact))
+            .await
+    }
+
+    async fn room_facts(
+        &self,
+        account: &AccountSid,
+        room_sid: &str,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        self.timed(Op::RoomFacts, self.inner.room_facts(account, room_sid))
+            .await
+    }
+
+    async fn rooms_between(
+        &self,
+        account: &AccountSid,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.timed(
+            Op::RoomsBetween,
+            self.inner.rooms_between(account, from, to, limit),
         )
         .await
     }

@@ -5,6 +5,7 @@
 
 pub mod memory;
 mod memory_events;
+mod memory_records;
 pub mod metered;
 pub mod redis;
 
@@ -421,6 +422,77 @@ pub trait Store: Send + Sync + 'static {
         target: &str,
         position: &str,
     ) -> Result<u64, StoreError>;
+
+    /// Records call-trace entries, a batch at a time: each is appended to its call's list
+    /// (the most recent `MAX_TRACE_ENTRIES` kept, for `retention`), and the call is listed
+    /// under its identity when it names one (the most recent `max_per_identity`).
+    async fn record_calls(&self, writes: &[TraceWrite]) -> Result<(), StoreError>;
+
+    /// A call's trace entries, in the order they were recorded.
+    async fn call_entries(
+        &self,
+        account: &AccountSid,
+        call_sid: &str,
+    ) -> Result<Vec<Bytes>, StoreError>;
+
+    /// The calls listed under an identity since `since`, newest first, at most `limit`.
+    async fn recent_calls(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Keeps one of a room's ledger facts under its id (a repeat replaces it with the same),
+    /// and lists the room by its earliest fact's time. Answered once stored (with
+    /// `store.min_replica_acks`, once replicas have it).
+    async fn keep_room_fact(&self, fact: RoomFactWrite) -> Result<(), StoreError>;
+
+    /// Every fact kept for a room, in no particular order.
+    async fn room_facts(
+        &self,
+        account: &AccountSid,
+        room_sid: &str,
+    ) -> Result<Vec<Bytes>, StoreError>;
+
+    /// Rooms whose earliest fact falls in `from..=to`, newest first, at most `limit`.
+    async fn rooms_between(
+        &self,
+        account: &AccountSid,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+}
+
+/// The most entries one call's trace keeps (a call gets a few notifications and summaries;
+/// a runaway retry loop cannot grow it).
+pub const MAX_TRACE_ENTRIES: usize = 64;
+
+/// One call-trace entry to record.
+#[derive(Debug, Clone)]
+pub struct TraceWrite {
+    pub account: AccountSid,
+    pub call_sid: String,
+    /// The identity whose list of calls names this one.
+    pub identity: Option<Identity>,
+    pub at: OffsetDateTime,
+    pub entry: Bytes,
+    pub retention: Duration,
+    pub max_per_identity: u64,
+}
+
+/// One room-ledger fact to keep.
+#[derive(Debug, Clone)]
+pub struct RoomFactWrite {
+    pub account: AccountSid,
+    pub room_sid: String,
+    pub fact_id: String,
+    pub fact: Bytes,
+    /// Twilio's `Timestamp` of the event: the room is listed by its earliest.
+    pub at: OffsetDateTime,
+    pub retention: Duration,
 }
 
 /// A forwarding target added through the admin API, as the store keeps it (its secret

@@ -706,7 +706,7 @@ async fn send_many(
     futures_util::stream::iter(0..count)
         .map(|_| async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            channel.push(target, notification, deadline).await
+            channel.push(target, notification, deadline).await.outcome
         })
         .buffer_unordered(in_flight)
         .collect()

@@ -13,7 +13,8 @@ use callrelay::domain::{
 };
 use callrelay::store::memory::MemoryStore;
 use callrelay::store::{
-    Appended, Claim, ClaimOwner, ClaimRequest, EventRetention, Settlement, Store,
+    Appended, Claim, ClaimOwner, ClaimRequest, EventRetention, MAX_TRACE_ENTRIES, RoomFactWrite,
+    Settlement, Store, TraceWrite,
 };
 use time::OffsetDateTime;
 
@@ -158,6 +159,8 @@ conformance!(
     replica_messages,
     the_event_log_keeps_order_drops_repeats_and_trims,
     one_replica_at_a_time_forwards_to_a_target,
+    call_traces_keep_their_entries_and_list_calls_per_identity,
+    room_facts_are_kept_once_per_id_and_rooms_listed_by_their_earliest_fact,
 );
 
 async fn put_get_list_delete(store: Arc<dyn Store>) {
@@ -1285,4 +1288,138 @@ async fn one_replica_at_a_time_forwards_to_a_target(store: Arc<dyn Store>) {
     assert_eq!(event.position, position);
     assert_eq!(event.envelope, Bytes::from_static(b"{}"));
     assert_eq!(store.event_at(&account, "1-0").await.unwrap(), None);
+}
+
+fn trace_write(call: &str, identity: Option<&str>, at: OffsetDateTime, n: usize) -> TraceWrite {
+    TraceWrite {
+        account: account(),
+        call_sid: call.into(),
+        identity: identity.map(ident),
+        at,
+        entry: Bytes::from(format!("{{\"n\":{n}}}")),
+        retention: Duration::from_secs(3600),
+        max_per_identity: 3,
+    }
+}
+
+async fn call_traces_keep_their_entries_and_list_calls_per_identity(store: Arc<dyn Store>) {
+    let t = now();
+    let s = |secs: i64| t + time::Duration::seconds(secs);
+    // One batch spanning calls, identities (and so, on a cluster, slots).
+    store
+        .record_calls(&[
+            trace_write("CA1", Some("bob"), s(0), 1),
+            trace_write("CA2", Some("bob"), s(1), 1),
+            trace_write("CA1", Some("bob"), s(2), 2),
+            trace_write("CA9", Some("carol"), s(3), 1),
+        ])
+        .await
+        .unwrap();
+    // A summary for CA1, naming no identity, joins its entries.
+    store
+        .record_calls(&[trace_write("CA1", None, s(4), 3)])
+        .await
+        .unwrap();
+    let entries = store.call_entries(&account(), "CA1").await.unwrap();
+    let texts: Vec<&[u8]> = entries.iter().map(|e| e.as_ref()).collect();
+    assert_eq!(texts, vec![&b"{\"n\":1}"[..], b"{\"n\":2}", b"{\"n\":3}"]);
+    assert!(
+        store
+            .call_entries(&account(), "CA404")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Newest first, listed at the first entry, from `since` on.
+    let bob = |since| {
+        let store = store.clone();
+        async move {
+            store
+                .recent_calls(&account(), &ident("bob"), since, 10)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(bob(s(-60)).await, vec!["CA2", "CA1"]);
+    assert_eq!(bob(s(1)).await, vec!["CA2"]);
+    // The identity's list keeps the most recent `max_per_identity` (3).
+    for (i, call) in ["CA3", "CA4", "CA5"].iter().enumerate() {
+        store
+            .record_calls(&[trace_write(call, Some("bob"), s(10 + i as i64), 1)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(bob(s(-60)).await, vec!["CA5", "CA4", "CA3"]);
+    assert_eq!(
+        store
+            .recent_calls(&account(), &ident("carol"), s(-60), 10)
+            .await
+            .unwrap(),
+        vec!["CA9"]
+    );
+    // A call's list keeps the most recent entries only.
+    let many: Vec<TraceWrite> = (0..MAX_TRACE_ENTRIES + 5)
+        .map(|n| trace_write("CA7", None, s(20), n))
+        .collect();
+    store.record_calls(&many).await.unwrap();
+    let kept = store.call_entries(&account(), "CA7").await.unwrap();
+    assert_eq!(kept.len(), MAX_TRACE_ENTRIES);
+    assert_eq!(kept[0].as_ref(), b"{\"n\":5}");
+}
+
+async fn room_facts_are_kept_once_per_id_and_rooms_listed_by_their_earliest_fact(
+    store: Arc<dyn Store>,
+) {
+    let t = now();
+    let s = |secs: i64| t + time::Duration::seconds(secs);
+    let fact = |room: &str, id: &str, at| RoomFactWrite {
+        account: account(),
+        room_sid: room.into(),
+        fact_id: id.into(),
+        fact: Bytes::from(format!("{{\"id\":\"{id}\"}}")),
+        at,
+        retention: Duration::from_secs(3600),
+    };
+    // Out of order, and one fact twice.
+    store
+        .keep_room_fact(fact("RM1", "b", s(-10)))
+        .await
+        .unwrap();
+    store
+        .keep_room_fact(fact("RM1", "a", s(-30)))
+        .await
+        .unwrap();
+    store
+        .keep_room_fact(fact("RM1", "b", s(-10)))
+        .await
+        .unwrap();
+    store
+        .keep_room_fact(fact("RM2", "c", s(-20)))
+        .await
+        .unwrap();
+    let mut facts: Vec<Bytes> = store.room_facts(&account(), "RM1").await.unwrap();
+    facts.sort();
+    assert_eq!(
+        facts,
+        vec![
+            Bytes::from_static(b"{\"id\":\"a\"}"),
+            Bytes::from_static(b"{\"id\":\"b\"}")
+        ]
+    );
+    // RM1 is listed at -30 (its earliest fact), newest first.
+    let between = |from, to| {
+        let store = store.clone();
+        async move { store.rooms_between(&account(), from, to, 10).await.unwrap() }
+    };
+    assert_eq!(between(s(-60), s(0)).await, vec!["RM2", "RM1"]);
+    assert_eq!(between(s(-25), s(0)).await, vec!["RM2"]);
+    assert!(between(s(-5), s(0)).await.is_empty());
+    assert!(
+        store
+            .room_facts(&account(), "RM404")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

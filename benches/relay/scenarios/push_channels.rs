@@ -62,7 +62,7 @@ async fn measure(
         .take_while(|_| std::future::ready(started.elapsed() < duration))
         .map(|_| async {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            channel.push(target, notification, deadline).await
+            channel.push(target, notification, deadline).await.outcome
         })
         .buffer_unordered(IN_FLIGHT)
         .collect()

@@ -94,10 +94,13 @@ async fn send(request: reqwest::RequestBuilder, deadline: Instant) -> Answer {
         Ok(Err(e)) if e.is_timeout() => Answer::Timeout,
         Ok(Err(e)) => Answer::Connection(describe(e)),
         Ok(Ok((status, headers, _))) if status == StatusCode::OK => {
-            if let Some(id) = headers.get("apns-id").and_then(|v| v.to_str().ok()) {
-                tracing::debug!(apns_id = id, "APNs accepted the push");
-            }
-            Answer::Accepted
+            let id = headers
+                .get("apns-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|id| id.len() <= 64)
+                .map(str::to_owned);
+            tracing::debug!(apns_id = id.as_deref(), "APNs accepted the push");
+            Answer::Accepted { id }
         }
         Ok(Ok((status, headers, body))) => Answer::Refused {
             status,

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::push_client::{Pool, TlsSettings};
 use super::retry::Backoff;
-use super::{Outcome, PushApp};
+use super::{Outcome, PushApp, Report, Trail};
 use crate::config::apps::SettingsError;
 use crate::config::apps::apns::{ApnsAuth, ApnsSettings};
 use crate::domain::{ApnsEnvironment, Binding, CallNotification, PushType};
@@ -165,7 +165,7 @@ impl ApnsChannel {
     /// Sends `push` until Apple accepts it, refuses it for good or the deadline comes:
     /// transient failures are retried with backoff, and a refused provider token is renewed
     /// once (if it is old enough for Apple to accept a new one).
-    async fn send(&self, push: Push<'_>, deadline: Instant) -> Outcome {
+    async fn send(&self, push: Push<'_>, deadline: Instant, trail: &mut Trail) -> Outcome {
         let mut backoff = Backoff::new(deadline);
         let mut token_renewed = false;
         let mut token = match self.provider_token() {
@@ -176,8 +176,15 @@ impl ApnsChannel {
             let jwt = token.as_ref().map(ProviderToken::jwt);
             let answer = self.client.send(&push, jwt, deadline).await;
             self.count(answer.label());
+            match &answer {
+                Answer::Accepted { id } => trail.answered(Some(200), None, id.as_deref()),
+                Answer::Refused { status, reason, .. } => {
+                    trail.answered(Some(status.as_u16()), Some(reason), None)
+                }
+                other => trail.answered(None, Some(other.label()), None),
+            }
             let (retry_after, last) = match answer {
-                Answer::Accepted => return Outcome::Delivered,
+                Answer::Accepted { .. } => return Outcome::Delivered,
                 Answer::Timeout => {
                     return self.failed(
                         None,
@@ -267,7 +274,7 @@ impl PushApp for ApnsChannel {
         binding: &Binding,
         notification: &CallNotification,
         deadline: Instant,
-    ) -> Outcome {
+    ) -> Report {
         let push_type = binding.push_type.unwrap_or(PushType::Voip);
         let kind = payload::kind(push_type);
         let body: Bytes = match payload::body(push_type, &notification.raw, &self.alert_template) {
@@ -277,7 +284,7 @@ impl PushApp for ApnsChannel {
                     payload::PayloadError::TooLarge { .. } => "payload_too_large",
                     payload::PayloadError::NotAnObject => "invalid_payload",
                 });
-                return self.failed(None, e.to_string());
+                return Report::plain(self.failed(None, e.to_string()), 0);
             }
         };
         let topic = format!("{}{}", self.topic, kind.topic_suffix);
@@ -295,7 +302,9 @@ impl PushApp for ApnsChannel {
             expiration: &expiration,
             body,
         };
-        self.send(push, deadline).await
+        let mut trail = Trail::default();
+        let outcome = self.send(push, deadline, &mut trail).await;
+        trail.report(outcome)
     }
 }
 

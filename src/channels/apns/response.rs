@@ -8,7 +8,8 @@ use reqwest::StatusCode;
 /// What one request came to.
 #[derive(Debug)]
 pub enum Answer {
-    Accepted,
+    /// Apple took the push; its `apns-id` names it in Apple's own tools.
+    Accepted { id: Option<String> },
     /// Apple (or whatever answered) said no: the status and its reason.
     Refused {
         status: StatusCode,
@@ -25,7 +26,7 @@ impl Answer {
     /// The `result` label of `callrelay_push_results_total`.
     pub fn label(&self) -> &str {
         match self {
-            Answer::Accepted => "success",
+            Answer::Accepted { .. } => "success",
             Answer::Refused { reason, .. } => reason,
             Answer::Timeout => "timeout",
             Answer::Connection(_) => "connection_error",

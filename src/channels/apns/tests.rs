@@ -33,7 +33,9 @@ impl ApnsClient for Arc<Scripted> {
             .lock()
             .unwrap()
             .pop_front()
-            .unwrap_or(Answer::Accepted)
+            .unwrap_or(Answer::Accepted {
+                id: Some("apns-1".into()),
+            })
     }
 }
 
@@ -100,6 +102,7 @@ impl Fixture {
         self.channel
             .push(&binding, &notification, Instant::now() + within)
             .await
+            .outcome
     }
 }
 

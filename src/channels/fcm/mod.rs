@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::push_client::{Pool, TlsSettings};
 use super::retry::Backoff;
-use super::{Outcome, PushApp};
+use super::{Outcome, PushApp, Report, Trail};
 use crate::config::apps::SettingsError;
 use crate::config::apps::fcm::FcmSettings;
 use crate::domain::{Binding, CallNotification};
@@ -84,7 +84,7 @@ impl FcmChannel {
 
     /// Sends `body`, renewing the access token once on `401` and retrying transient failures
     /// until `deadline`.
-    async fn send(&self, body: Bytes, deadline: Instant) -> Outcome {
+    async fn send(&self, body: Bytes, deadline: Instant, trail: &mut Trail) -> Outcome {
         let mut backoff = Backoff::new(deadline);
         let mut renewed = false;
         loop {
@@ -96,8 +96,14 @@ impl FcmChannel {
                     return Outcome::Failed(format!("cannot obtain an access token: {e}"));
                 }
             };
-            let (label, verdict) = match self.client.send(&body, &token, deadline).await {
+            let attempt = self.client.send(&body, &token, deadline).await;
+            let status = match &attempt {
+                Attempt::Answer { status, .. } => Some(status.as_u16()),
+                _ => None,
+            };
+            let (label, verdict) = match attempt {
                 Attempt::Timeout => {
+                    trail.answered(None, Some("timeout"), None);
                     self.count("timeout");
                     return Outcome::Failed(
                         "no answer from FCM within the webhook deadline".into(),
@@ -117,6 +123,8 @@ impl FcmChannel {
                 } => response::classify(status, retry_after, &body),
             };
             self.count(&label);
+            let reason = (!matches!(verdict, Verdict::Delivered)).then_some(label.as_str());
+            trail.answered(status, reason, None);
             match verdict {
                 Verdict::Delivered => return Outcome::Delivered,
                 Verdict::Dead(reason) => return Outcome::Dead(reason),
@@ -166,7 +174,7 @@ impl PushApp for FcmChannel {
         binding: &Binding,
         notification: &CallNotification,
         deadline: Instant,
-    ) -> Outcome {
+    ) -> Report {
         let data = match message::data_map(&notification.raw) {
             Ok(data) => data,
             Err(e) => {
@@ -174,11 +182,13 @@ impl PushApp for FcmChannel {
                     MessageError::TooLarge { .. } => "payload_too_large",
                     MessageError::NotObject(_) => "invalid_payload",
                 });
-                return Outcome::Failed(e.to_string());
+                return Report::plain(Outcome::Failed(e.to_string()), 0);
             }
         };
         let body = message::request_body(&binding.address, &data, &self.ttl);
-        self.send(body, deadline).await
+        let mut trail = Trail::default();
+        let outcome = self.send(body, deadline, &mut trail).await;
+        trail.report(outcome)
     }
 }
 

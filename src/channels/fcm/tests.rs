@@ -95,6 +95,7 @@ async fn push(channel: &FcmChannel, within: Duration) -> Outcome {
     channel
         .push(&binding, &notification, Instant::now() + within)
         .await
+        .outcome
 }
 
 #[tokio::test(start_paused = true)]

@@ -16,6 +16,10 @@
 //! | `<p>:{AC…:events}:fwd:<target>:cursor` | string | the position of the last event handed to the target |
 //! | `<p>:{AC…:events}:fwd:<target>:replay` | list | failed positions an admin asked to send again, oldest first |
 //! | `<p>:{AC…:events}:fwd:<target>:failed` | list | positions of events the target did not take within the retry budget (the most recent 10,000) |
+//! | `<p>:call:{AC…:CA…}` | list | the call's trace entries (JSON), the most recent 64, expiring after `calls.retention_secs` |
+//! | `<p>:{AC…:bob}:calls` | sorted set | call SID → when first recorded (ms): the identity's calls, trimmed by the retention and `calls.max_per_identity` |
+//! | `<p>:room:{AC…:RM…}` | hash | fact id → room-ledger fact (JSON), expiring after `rooms.retention_secs` |
+//! | `<p>:{AC…:rooms}:index` | sorted set | room SID → its earliest fact's `Timestamp` (ms) |
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica (sharded on a cluster) |
 //! | `<p>:{…}:replicated` | string | written before `WAIT` when `store.min_replica_acks` is set |
 
@@ -80,6 +84,27 @@ impl Keys {
     /// Forwarding state of one target (`lease`, `cursor`, `failed`, `replay`), beside the log.
     pub fn forwarder(&self, account: &AccountSid, target: &str, what: &str) -> String {
         format!("{}:{{{account}:events}}:fwd:{target}:{what}", self.prefix)
+    }
+
+    /// A call's trace, under a tag of its own: calls spread over a cluster's slots.
+    pub fn call(&self, account: &AccountSid, call_sid: &str) -> String {
+        format!("{}:call:{{{account}:{call_sid}}}", self.prefix)
+    }
+
+    /// The calls recorded for an identity, beside its bindings.
+    pub fn identity_calls(&self, account: &AccountSid, identity: &Identity) -> String {
+        format!("{}:{{{account}:{identity}}}:calls", self.prefix)
+    }
+
+    /// A room's ledger facts, under a tag of their own.
+    pub fn room(&self, account: &AccountSid, room_sid: &str) -> String {
+        format!("{}:room:{{{account}:{room_sid}}}", self.prefix)
+    }
+
+    /// An account's rooms by their earliest fact. An identity named `rooms` shares the tag but
+    /// none of these keys.
+    pub fn room_index(&self, account: &AccountSid) -> String {
+        format!("{}:{{{account}:rooms}}:index", self.prefix)
     }
 
     pub fn node_channel(&self, node: &str) -> String {

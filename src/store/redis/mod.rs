@@ -13,6 +13,7 @@ mod link;
 mod outbox;
 mod presence;
 mod probe;
+mod records;
 mod scripts;
 mod settle;
 mod slots;
@@ -840,6 +841,51 @@ impl Store for RedisStore {
         position: &str,
     ) -> Result<u64, StoreError> {
         self.push_failed_forward(account, target, position).await
+    }
+
+    async fn record_calls(&self, writes: &[crate::store::TraceWrite]) -> Result<(), StoreError> {
+        self.write_call_records(writes).await
+    }
+
+    async fn call_entries(
+        &self,
+        account: &AccountSid,
+        call_sid: &str,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        self.read_call_entries(account, call_sid).await
+    }
+
+    async fn recent_calls(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read_recent_calls(account, identity, since, limit)
+            .await
+    }
+
+    async fn keep_room_fact(&self, fact: crate::store::RoomFactWrite) -> Result<(), StoreError> {
+        self.write_room_fact(fact).await
+    }
+
+    async fn room_facts(
+        &self,
+        account: &AccountSid,
+        room_sid: &str,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        self.read_room_facts(account, room_sid).await
+    }
+
+    async fn rooms_between(
+        &self,
+        account: &AccountSid,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read_rooms_between(account, from, to, limit).await
     }
 }
 

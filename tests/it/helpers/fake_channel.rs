@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use callrelay::channels::{Outcome, PushApp};
+use callrelay::channels::{Outcome, PushApp, Report};
 use callrelay::domain::{Binding, CallNotification};
 use tokio::time::Instant;
 
@@ -61,7 +61,7 @@ impl PushApp for FakeChannel {
         binding: &Binding,
         notification: &CallNotification,
         _deadline: Instant,
-    ) -> Outcome {
+    ) -> Report {
         self.sent
             .lock()
             .unwrap()
@@ -70,10 +70,9 @@ impl PushApp for FakeChannel {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        self.script
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(Outcome::Delivered)
+        self.script.lock().unwrap().pop_front().map_or_else(
+            || Report::plain(Outcome::Delivered, 1),
+            |o| Report::plain(o, 1),
+        )
     }
 }

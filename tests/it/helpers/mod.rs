@@ -399,6 +399,69 @@ impl TestApp {
         self.webhook_signed_with(body, token).await
     }
 
+    /// Posts a form-encoded status callback signed as Twilio signs it (URL and sorted
+    /// parameters, the main account's Auth Token).
+    pub async fn status_callback(&self, params: &[(String, String)]) -> Answer {
+        let url = self.url("/v1/twilio/status-callbacks");
+        let pairs: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let sig = signature::compute(
+            SignatureAlgorithm::HmacSha1,
+            AUTH_TOKEN.as_bytes(),
+            &url,
+            &pairs,
+        );
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        answer(
+            self.http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-twilio-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Posts an Event Streams batch signed with the main account's Auth Token.
+    pub async fn event_streams(&self, body: String) -> Answer {
+        let url = self.url(&format!(
+            "/v1/twilio/event-streams?bodySHA256={}",
+            signature::body_sha256_hex(body.as_bytes())
+        ));
+        let sig = sign(AUTH_TOKEN, &url);
+        answer(
+            self.http
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-twilio-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// A GET on the admin listener with the admin key.
+    pub async fn admin_get(&self, path: &str) -> Answer {
+        answer(
+            self.http
+                .get(format!("{}{path}", self.admin))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     /// A signed call notification for `identity` of the main account.
     pub async fn notify(&self, identity: &str) -> Answer {
         self.webhook(payload(ACCOUNT, identity)).await

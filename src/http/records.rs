@@ -1,0 +1,206 @@
+//! `/v1/calls` (the per-call delivery trace) and `/v1/rooms` (the room ledger), on both
+//! listeners. A call is read by an admin key (naming `account_sid`) or by an access token for
+//! its own identity's calls; ledgers by admin keys. Rooms are also CSV (`Accept: text/csv`),
+//! one row per participant, for the accounting spreadsheet.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::AppState;
+use crate::auth::Caller;
+use crate::domain::ledger::{self, RoomObject, RoomStatus};
+use crate::domain::{AccountSid, Identity};
+use crate::relay::{RecordError, RoomQuery, RoomView};
+
+/// Calls listed when `limit` is not given.
+const DEFAULT_CALLS: usize = 50;
+/// Rooms listed when `limit` is not given.
+const DEFAULT_ROOMS: usize = 100;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RecordParams {
+    account_sid: Option<String>,
+    identity: Option<String>,
+    since: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+fn params(query: Result<Query<RecordParams>, QueryRejection>) -> Result<RecordParams, RecordError> {
+    query
+        .map(|Query(p)| p)
+        .map_err(|_| RecordError::BadRequest("the query string is malformed".into()))
+}
+
+fn account(params: &RecordParams) -> Result<Option<AccountSid>, RecordError> {
+    params
+        .account_sid
+        .as_deref()
+        .map(|a| {
+            AccountSid::parse(a).map_err(|e| RecordError::BadRequest(format!("account_sid: {e}")))
+        })
+        .transpose()
+}
+
+fn instant(name: &str, text: Option<&str>) -> Result<Option<OffsetDateTime>, RecordError> {
+    text.map(|t| {
+        OffsetDateTime::parse(t, &Rfc3339).map_err(|_| {
+            RecordError::BadRequest(format!(
+                "{name} must be an RFC 3339 time such as 2026-12-01T00:00:00Z"
+            ))
+        })
+    })
+    .transpose()
+}
+
+pub async fn call(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(call_sid): Path<String>,
+    query: Result<Query<RecordParams>, QueryRejection>,
+) -> Result<Response, RecordError> {
+    let params = params(query)?;
+    let trace = state
+        .relay
+        .call_trace(&caller, account(&params)?, &call_sid)
+        .await?;
+    Ok(Json(trace).into_response())
+}
+
+pub async fn calls(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<RecordParams>, QueryRejection>,
+) -> Result<Response, RecordError> {
+    let params = params(query)?;
+    let identity = params
+        .identity
+        .as_deref()
+        .map(|i| Identity::parse(i).map_err(|e| RecordError::BadRequest(format!("identity: {e}"))))
+        .transpose()?;
+    let since = instant("since", params.since.as_deref())?
+        .unwrap_or_else(|| OffsetDateTime::now_utc() - state.config.calls.retention);
+    let calls = state
+        .relay
+        .recent_calls(
+            &caller,
+            account(&params)?,
+            identity,
+            since,
+            params.limit.unwrap_or(DEFAULT_CALLS),
+        )
+        .await?;
+    Ok(Json(serde_json::json!({ "calls": calls })).into_response())
+}
+
+/// Whether the client asked for CSV rather than JSON.
+fn wants_csv(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.split(',').any(|t| t.trim().starts_with("text/csv")))
+}
+
+fn csv(views: &[RoomView], name: &str) -> Response {
+    let mut out = String::from(ledger::csv_header());
+    for view in views {
+        ledger::csv_rows(
+            view.account_sid.as_str(),
+            &view.room_sid,
+            &view.ledger,
+            &mut out,
+        );
+    }
+    let mut response = out.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8; header=present"),
+    );
+    if let Ok(disposition) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.csv\""))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    response
+}
+
+#[derive(Serialize)]
+struct RoomList<'a> {
+    rooms: Vec<RoomObject<'a>>,
+}
+
+fn object(view: &RoomView) -> RoomObject<'_> {
+    RoomObject {
+        account_sid: view.account_sid.as_str(),
+        room_sid: &view.room_sid,
+        ledger: &view.ledger,
+    }
+}
+
+pub async fn room(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(room_sid): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<RecordParams>, QueryRejection>,
+) -> Result<Response, RecordError> {
+    let params = params(query)?;
+    let view = state
+        .relay
+        .room(&caller, account(&params)?, &room_sid)
+        .await?;
+    if wants_csv(&headers) {
+        return Ok(csv(std::slice::from_ref(&view), &view.room_sid));
+    }
+    Ok(Json(object(&view)).into_response())
+}
+
+pub async fn rooms(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    query: Result<Query<RecordParams>, QueryRejection>,
+) -> Result<Response, RecordError> {
+    let params = params(query)?;
+    let status = match params.status.as_deref() {
+        None => None,
+        Some("in-progress") => Some(RoomStatus::InProgress),
+        Some("ended") => Some(RoomStatus::Ended),
+        Some(_) => {
+            return Err(RecordError::BadRequest(
+                "status must be in-progress or ended".into(),
+            ));
+        }
+    };
+    let to = instant("to", params.to.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
+    let from =
+        instant("from", params.from.as_deref())?.unwrap_or_else(|| to - time::Duration::days(31));
+    let views = state
+        .relay
+        .rooms(
+            &caller,
+            account(&params)?,
+            RoomQuery {
+                from,
+                to,
+                status,
+                limit: params.limit.unwrap_or(DEFAULT_ROOMS),
+            },
+        )
+        .await?;
+    if wants_csv(&headers) {
+        return Ok(csv(&views, "rooms"));
+    }
+    Ok(Json(RoomList {
+        rooms: views.iter().map(object).collect(),
+    })
+    .into_response())
+}

@@ -1,0 +1,347 @@
+//! The per-call delivery trace: what each call notification came to, recorded off the
+//! answer's path, and read back by call or by identity.
+//!
+//! The webhook's task fills a `CallInProgress` while it delivers and hands it to the recorder
+//! once it has its answer; the recorder queues the entry and returns. A writer task takes the
+//! queue in batches (everything waiting, up to `MAX_BATCH`) and writes each batch with one
+//! store call, so under load a trace costs a fraction of a round trip per call. The queue is
+//! bounded: when the store is slow or gone, entries are dropped and counted
+//! (`callrelay_call_trace_entries_total{outcome="dropped"}`), never waited for: the trace must
+//! not slow a call down. Shutdown flushes what is queued.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{RecordError, Relay, Summary, WebhookError};
+use crate::auth::Caller;
+use crate::channels::{Outcome, Report, Target};
+use crate::config::CallsConfig;
+use crate::domain::trace::{
+    CallTrace, InsightsRecord, NotificationRecord, TargetRecord, TraceEntry, valid_call_sid,
+};
+use crate::domain::{AccountSid, CallNotification, Identity};
+use crate::metrics::{Metrics, OutcomeLabels};
+use crate::store::{Store, TraceWrite};
+
+/// The most entries one store call writes.
+const MAX_BATCH: usize = 512;
+/// The most entries waiting for the writer (a few MiB at most).
+const QUEUE_CAPACITY: usize = 16_384;
+
+enum Item {
+    Write(TraceWrite),
+    Flush(oneshot::Sender<()>),
+}
+
+pub struct CallRecorder {
+    tx: mpsc::Sender<Item>,
+    config: CallsConfig,
+    node: String,
+    metrics: Arc<Metrics>,
+}
+
+/// What the webhook's task collects while it delivers.
+pub struct CallInProgress {
+    pub targets: Vec<TargetRecord>,
+    call_sid: String,
+    received_at: OffsetDateTime,
+    started: Instant,
+}
+
+impl CallRecorder {
+    /// Starts the writer; it stops once the recorder is dropped and the queue is written.
+    pub fn start(
+        store: Arc<dyn Store>,
+        config: CallsConfig,
+        node: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(write_batches(store, rx, metrics.clone()));
+        Self {
+            tx,
+            config,
+            node,
+            metrics,
+        }
+    }
+
+    /// A notification without a usable `twi_call_sid` is not traced.
+    pub fn start_call(&self, notification: &CallNotification) -> Option<CallInProgress> {
+        let call_sid = notification
+            .call_sid
+            .as_deref()
+            .filter(|s| valid_call_sid(s))?;
+        Some(CallInProgress {
+            targets: Vec::new(),
+            call_sid: call_sid.to_owned(),
+            received_at: OffsetDateTime::now_utc(),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn finish_call(
+        &self,
+        call: CallInProgress,
+        notification: &CallNotification,
+        answer: &Result<Summary, WebhookError>,
+    ) {
+        let took = call.started.elapsed();
+        let (status, outcome) = crate::http::problem::webhook_status(answer);
+        let summary = match answer {
+            Ok(summary)
+            | Err(WebhookError::AllRemoved(summary) | WebhookError::AllFailed(summary)) => *summary,
+            Err(_) => Summary::default(),
+        };
+        let record = NotificationRecord {
+            identity: notification.identity.as_str().to_owned(),
+            message_id: notification.message_id.clone(),
+            message_type: notification.message_type.clone(),
+            from: notification.from.clone(),
+            to: Some(format!("client:{}", notification.identity)),
+            received_at: call.received_at,
+            status,
+            answer: outcome.to_owned(),
+            took_ms: millis(took),
+            delivered: summary.delivered,
+            removed: summary.removed,
+            failed: summary.failed,
+            duplicate: summary.duplicate,
+            replica: self.node.clone(),
+            targets: call.targets,
+        };
+        self.queue(TraceWrite {
+            account: notification.account_sid.clone(),
+            call_sid: call.call_sid,
+            identity: Some(notification.identity.clone()),
+            at: call.received_at,
+            entry: entry_bytes(&TraceEntry::Notification(record)),
+            retention: self.config.retention,
+            max_per_identity: self.config.max_per_identity,
+        });
+    }
+
+    /// Joins a Voice Insights call summary to its call's trace.
+    pub fn record_insights(&self, account: &AccountSid, call_sid: &str, summary: InsightsRecord) {
+        if !valid_call_sid(call_sid) {
+            return;
+        }
+        self.queue(TraceWrite {
+            account: account.clone(),
+            call_sid: call_sid.to_owned(),
+            identity: None,
+            at: summary.received_at,
+            entry: entry_bytes(&TraceEntry::Insights(summary)),
+            retention: self.config.retention,
+            max_per_identity: self.config.max_per_identity,
+        });
+    }
+
+    fn queue(&self, write: TraceWrite) {
+        if self.tx.try_send(Item::Write(write)).is_err() {
+            self.count("dropped", 1);
+        }
+    }
+
+    fn count(&self, outcome: &'static str, n: u64) {
+        count(&self.metrics, outcome, n);
+    }
+
+    /// Waits until what was queued so far is written (or failed).
+    pub async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.tx.send(Item::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+fn count(metrics: &Metrics, outcome: &'static str, n: u64) {
+    metrics
+        .call_trace_entries
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc_by(n);
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+fn entry_bytes(entry: &TraceEntry) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(entry).expect("a trace entry serialises"))
+}
+
+/// One target's line in the trace: what was tried (never the device token) and what came of it.
+pub(super) fn target_record(target: &Target, report: Report, took: Duration) -> TargetRecord {
+    let (channel, app, binding, socket, replica) = match target {
+        Target::Push(b) => (
+            b.channel.as_str(),
+            Some(b.app.clone()),
+            Some(b.id.to_string()),
+            None,
+            None,
+        ),
+        Target::Socket(p) => (
+            "websocket",
+            None,
+            None,
+            Some(p.conn_id.clone()),
+            Some(p.node.clone()),
+        ),
+    };
+    let detail = match &report.outcome {
+        Outcome::Delivered => None,
+        Outcome::Dead(why) | Outcome::Failed(why) => Some(why.clone()),
+    };
+    TargetRecord {
+        channel: channel.to_owned(),
+        app,
+        binding,
+        socket,
+        replica,
+        attempts: report.attempts,
+        outcome: report.outcome.label().to_owned(),
+        status: report.vendor.status,
+        reason: report.vendor.reason,
+        apns_id: report.vendor.id,
+        detail,
+        latency_ms: millis(took),
+    }
+}
+
+async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Item>, metrics: Arc<Metrics>) {
+    let mut batch = Vec::with_capacity(64);
+    let mut flushes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Item::Write(w) => batch.push(w),
+                Item::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            match store.record_calls(&batch).await {
+                Ok(()) => count(&metrics, "written", n),
+                Err(e) => {
+                    count(&metrics, "failed", n);
+                    tracing::warn!(error = %e, entries = n, "could not record call-trace entries");
+                }
+            }
+            batch.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// The most calls one listing returns.
+pub const MAX_CALLS_LISTED: usize = 200;
+
+impl Relay {
+    /// The (account, identity) a caller may read calls of: an access token its own; an admin
+    /// key any configured account's, naming it.
+    fn call_scope(
+        &self,
+        caller: &Caller,
+        account: Option<AccountSid>,
+    ) -> Result<(AccountSid, Option<Identity>), RecordError> {
+        match caller {
+            Caller::Client {
+                account_sid,
+                identity,
+            } => {
+                if account.as_ref().is_some_and(|a| a != account_sid) {
+                    return Err(RecordError::Forbidden(
+                        "the access token belongs to another account".into(),
+                    ));
+                }
+                Ok((account_sid.clone(), Some(identity.clone())))
+            }
+            Caller::Admin { .. } => {
+                let account = account.ok_or_else(|| {
+                    RecordError::BadRequest("account_sid is required with an admin key".into())
+                })?;
+                if self.config.account(&account).is_none() {
+                    return Err(RecordError::Forbidden(format!(
+                        "account {account} is not configured on this relay"
+                    )));
+                }
+                Ok((account, None))
+            }
+        }
+    }
+
+    /// One call's trace. An access token reads only calls to its own identity.
+    pub async fn call_trace(
+        &self,
+        caller: &Caller,
+        account: Option<AccountSid>,
+        call_sid: &str,
+    ) -> Result<CallTrace, RecordError> {
+        let (account, own) = self.call_scope(caller, account)?;
+        let unknown = || RecordError::NotFound(format!("no trace of call {call_sid}"));
+        if !valid_call_sid(call_sid) {
+            return Err(RecordError::BadRequest(
+                "the call SID must be CA followed by letters and digits".into(),
+            ));
+        }
+        let entries = self.store.call_entries(&account, call_sid).await?;
+        if entries.is_empty() {
+            return Err(unknown());
+        }
+        let trace = CallTrace::assemble(account.as_str(), call_sid, &entries);
+        match own {
+            // Someone else's call is as unknown to a token holder as a call never made.
+            Some(own) if trace.identity.as_deref() != Some(own.as_str()) => Err(unknown()),
+            _ => Ok(trace),
+        }
+    }
+
+    /// An identity's calls since `since`, newest first.
+    pub async fn recent_calls(
+        &self,
+        caller: &Caller,
+        account: Option<AccountSid>,
+        identity: Option<Identity>,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<CallTrace>, RecordError> {
+        let (account, own) = self.call_scope(caller, account)?;
+        let identity = match (own, identity) {
+            (Some(own), Some(named)) if own != named => {
+                return Err(RecordError::Forbidden(
+                    "an access token may only read its own identity's calls".into(),
+                ));
+            }
+            (Some(own), _) => own,
+            (None, Some(named)) => named,
+            (None, None) => {
+                return Err(RecordError::BadRequest(
+                    "identity is required with an admin key".into(),
+                ));
+            }
+        };
+        let calls = self
+            .store
+            .recent_calls(&account, &identity, since, limit.clamp(1, MAX_CALLS_LISTED))
+            .await?;
+        let mut traces = Vec::with_capacity(calls.len());
+        for call in calls {
+            let entries = self.store.call_entries(&account, &call).await?;
+            if !entries.is_empty() {
+                traces.push(CallTrace::assemble(account.as_str(), &call, &entries));
+            }
+        }
+        Ok(traces)
+    }
+}

@@ -1,0 +1,150 @@
+//! The memory engine's call traces and room facts: what the Redis engine keeps in
+//! `…:call:{…}` lists, `…:calls` and `…:rooms` sorted sets and `…:room:{…}` hashes, with the
+//! same limits. Retention is judged against the wall clock when written and read.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+use super::{MAX_TRACE_ENTRIES, RoomFactWrite, TraceWrite};
+use crate::domain::{AccountSid, Identity};
+
+#[derive(Default)]
+pub struct Records {
+    /// (account, call) → its entries with when each lapses.
+    calls: HashMap<(AccountSid, String), (VecDeque<Bytes>, OffsetDateTime)>,
+    /// (account, identity) → call → (first recorded, lapses).
+    by_identity: HashMap<(AccountSid, Identity), HashMap<String, (OffsetDateTime, OffsetDateTime)>>,
+    /// (account, room) → fact id → fact, with when the room lapses.
+    rooms: HashMap<(AccountSid, String), (HashMap<String, Bytes>, OffsetDateTime)>,
+    /// account → room → (earliest fact, lapses).
+    room_index: HashMap<AccountSid, HashMap<String, (OffsetDateTime, OffsetDateTime)>>,
+}
+
+impl Records {
+    pub fn record_calls(&mut self, writes: &[TraceWrite], now: OffsetDateTime) {
+        for w in writes {
+            let lapses = now + w.retention;
+            let (entries, until) = self
+                .calls
+                .entry((w.account.clone(), w.call_sid.clone()))
+                .or_insert_with(|| (VecDeque::new(), lapses));
+            entries.push_back(w.entry.clone());
+            while entries.len() > MAX_TRACE_ENTRIES {
+                entries.pop_front();
+            }
+            *until = lapses;
+            if let Some(identity) = &w.identity {
+                let listed = self
+                    .by_identity
+                    .entry((w.account.clone(), identity.clone()))
+                    .or_default();
+                listed
+                    .entry(w.call_sid.clone())
+                    .and_modify(|(_, until)| *until = lapses)
+                    .or_insert((w.at, lapses));
+                listed.retain(|_, (at, _)| *at >= now - w.retention);
+                let keep = usize::try_from(w.max_per_identity).unwrap_or(usize::MAX);
+                if listed.len() > keep {
+                    let mut by_age: Vec<(OffsetDateTime, String)> =
+                        listed.iter().map(|(c, (at, _))| (*at, c.clone())).collect();
+                    by_age.sort();
+                    for (_, call) in by_age.into_iter().take(listed.len() - keep) {
+                        listed.remove(&call);
+                    }
+                }
+            }
+        }
+        self.calls.retain(|_, (_, until)| *until > now);
+    }
+
+    pub fn call_entries(
+        &self,
+        account: &AccountSid,
+        call: &str,
+        now: OffsetDateTime,
+    ) -> Vec<Bytes> {
+        self.calls
+            .get(&(account.clone(), call.to_owned()))
+            .filter(|(_, until)| *until > now)
+            .map(|(entries, _)| entries.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn recent_calls(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        since: OffsetDateTime,
+        limit: usize,
+        now: OffsetDateTime,
+    ) -> Vec<String> {
+        let Some(listed) = self.by_identity.get(&(account.clone(), identity.clone())) else {
+            return Vec::new();
+        };
+        let mut calls: Vec<(OffsetDateTime, &String)> = listed
+            .iter()
+            .filter(|(_, (at, until))| *at >= since && *until > now)
+            .map(|(call, (at, _))| (*at, call))
+            .collect();
+        calls.sort_by(|a, b| b.cmp(a));
+        calls
+            .into_iter()
+            .take(limit)
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    pub fn keep_room_fact(&mut self, w: RoomFactWrite, now: OffsetDateTime) {
+        let lapses = now + w.retention;
+        let (facts, until) = self
+            .rooms
+            .entry((w.account.clone(), w.room_sid.clone()))
+            .or_insert_with(|| (HashMap::new(), lapses));
+        facts.insert(w.fact_id, w.fact);
+        *until = lapses;
+        let index = self.room_index.entry(w.account).or_default();
+        index
+            .entry(w.room_sid)
+            .and_modify(|(at, until)| {
+                *at = (*at).min(w.at);
+                *until = lapses;
+            })
+            .or_insert((w.at, lapses));
+        index.retain(|_, (_, until)| *until > now);
+        self.rooms.retain(|_, (_, until)| *until > now);
+    }
+
+    pub fn room_facts(&self, account: &AccountSid, room: &str, now: OffsetDateTime) -> Vec<Bytes> {
+        self.rooms
+            .get(&(account.clone(), room.to_owned()))
+            .filter(|(_, until)| *until > now)
+            .map(|(facts, _)| facts.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn rooms_between(
+        &self,
+        account: &AccountSid,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: usize,
+        now: OffsetDateTime,
+    ) -> Vec<String> {
+        let Some(index) = self.room_index.get(account) else {
+            return Vec::new();
+        };
+        let mut rooms: Vec<(OffsetDateTime, &String)> = index
+            .iter()
+            .filter(|(_, (at, until))| *at >= from && *at <= to && *until > now)
+            .map(|(room, (at, _))| (*at, room))
+            .collect();
+        rooms.sort_by(|a, b| b.cmp(a));
+        rooms
+            .into_iter()
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,170 @@
+//! Call traces and room-ledger facts on Redis (the rows `…:call:{…}`, `…:calls`,
+//! `…:room:{…}` and `…:rooms}:index` of `keys.rs`).
+//!
+//! Trace entries arrive in batches from the relay's writer, off every answer's path: one
+//! pipeline per batch, which the link splits per slot on a cluster. Every key written is given
+//! the retention as its expiry, and every list and index is trimmed as it grows, so Redis holds
+//! at most what the retention and the caps say.
+//!
+//! A room fact is kept before Twilio is answered (the ledger must not lose an acknowledged
+//! callback): a repeat of an event writes the same field with the same value.
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+use super::{RedisStore, millis};
+use crate::domain::{AccountSid, Identity};
+use crate::store::{MAX_TRACE_ENTRIES, RoomFactWrite, StoreError, TraceWrite};
+
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+impl RedisStore {
+    pub(super) async fn write_call_records(&self, writes: &[TraceWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let keep = -(MAX_TRACE_ENTRIES as i64);
+        let mut pipe = redis::pipe();
+        for w in writes {
+            let ttl = millis(w.retention);
+            let call = self.keys.call(&w.account, &w.call_sid);
+            pipe.rpush(&call, w.entry.as_ref()).ignore();
+            pipe.ltrim(&call, keep as isize, -1).ignore();
+            pipe.pexpire(&call, ttl as i64).ignore();
+            if let Some(identity) = &w.identity {
+                let index = self.keys.identity_calls(&w.account, identity);
+                let at = unix_ms(w.at);
+                // NX: a call is listed at its first notification.
+                pipe.cmd("ZADD")
+                    .arg(&index)
+                    .arg("NX")
+                    .arg(at)
+                    .arg(&w.call_sid)
+                    .ignore();
+                pipe.cmd("ZREMRANGEBYSCORE")
+                    .arg(&index)
+                    .arg("-inf")
+                    .arg(format!("({}", at.saturating_sub(ttl as i64)))
+                    .ignore();
+                let beyond = i64::try_from(w.max_per_identity).unwrap_or(i64::MAX);
+                pipe.cmd("ZREMRANGEBYRANK")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(-beyond.saturating_add(1))
+                    .ignore();
+                pipe.pexpire(&index, ttl as i64).ignore();
+            }
+        }
+        let mut c = self.conn.clone();
+        self.run(pipe.query_async::<()>(&mut c)).await
+    }
+
+    pub(super) async fn read_call_entries(
+        &self,
+        account: &AccountSid,
+        call_sid: &str,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.keys.call(account, call_sid);
+        let entries: Vec<Vec<u8>> = self
+            .run(
+                redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(entries.into_iter().map(Bytes::from).collect())
+    }
+
+    pub(super) async fn read_recent_calls(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.keys.identity_calls(account, identity);
+        self.run(
+            redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg("+inf")
+                .arg(unix_ms(since))
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut c),
+        )
+        .await
+    }
+
+    pub(super) async fn write_room_fact(&self, w: RoomFactWrite) -> Result<(), StoreError> {
+        let ttl = millis(w.retention) as i64;
+        let room = self.keys.room(&w.account, &w.room_sid);
+        let index = self.keys.room_index(&w.account);
+        let at = unix_ms(w.at);
+        let now = unix_ms(OffsetDateTime::now_utc());
+        let mut pipe = redis::pipe();
+        pipe.hset(&room, &w.fact_id, w.fact.as_ref()).ignore();
+        pipe.pexpire(&room, ttl).ignore();
+        // LT: the room stays listed at its earliest fact, whatever order facts arrive in.
+        pipe.cmd("ZADD")
+            .arg(&index)
+            .arg("LT")
+            .arg(at)
+            .arg(&w.room_sid)
+            .ignore();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(format!("({}", now.saturating_sub(ttl)))
+            .ignore();
+        pipe.pexpire(&index, ttl).ignore();
+        let mut c = self.conn.clone();
+        self.run(pipe.query_async::<()>(&mut c)).await?;
+        self.replicated(&[&room, &index]).await
+    }
+
+    pub(super) async fn read_room_facts(
+        &self,
+        account: &AccountSid,
+        room_sid: &str,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.keys.room(account, room_sid);
+        let facts: Vec<Vec<u8>> = self
+            .run(redis::cmd("HVALS").arg(&key).query_async(&mut c))
+            .await?;
+        Ok(facts.into_iter().map(Bytes::from).collect())
+    }
+
+    pub(super) async fn read_rooms_between(
+        &self,
+        account: &AccountSid,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.keys.room_index(account);
+        self.run(
+            redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(unix_ms(to))
+                .arg(unix_ms(from))
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut c),
+        )
+        .await
+    }
+}
