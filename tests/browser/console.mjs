@@ -1,6 +1,6 @@
 // Drives callrelay's /console in headless Chromium and prints ONE JSON line describing what the
-// page shows. Used by the Rust integration test; runnable by hand against a live callrelay or
-// against fake-server.mjs.
+// page shows. Used by the Rust integration test (tests/it/console.rs); runnable by hand against
+// a live callrelay.
 //
 //   node tests/browser/console.mjs
 //

@@ -12,12 +12,13 @@ use crate::helpers::*;
 
 const TOPIC: &str = "com.example.voice";
 
-struct Setup {
-    app: TestApp,
-    apns: MockApns,
+pub(crate) struct Setup {
+    pub app: TestApp,
+    pub apns: MockApns,
 }
 
-async fn start(config: TestConfig) -> Setup {
+/// callrelay with the token-auth APNs app `ios` on the APNs mock.
+pub(crate) async fn start(config: TestConfig) -> Setup {
     let key = TeamKey::generate("TEAM123456", "KEY1234567");
     let apns = MockApns::token_auth(&[&key]).await;
     let extra = format!(
@@ -29,14 +30,14 @@ async fn start(config: TestConfig) -> Setup {
     Setup { app, apns }
 }
 
-fn call_sid(body: &[u8]) -> String {
+pub(crate) fn call_sid(body: &[u8]) -> String {
     let v: Value = serde_json::from_slice(body).unwrap();
     v["twi_call_sid"].as_str().unwrap().to_owned()
 }
 
 /// The call's trace once it holds `notifications` notifications (it is written off the
 /// answer's path, a moment after the answer).
-async fn trace(app: &TestApp, call: &str, notifications: usize) -> Value {
+pub(crate) async fn trace(app: &TestApp, call: &str, notifications: usize) -> Value {
     let path = format!("/v1/calls/{call}?account_sid={ACCOUNT}");
     let started = std::time::Instant::now();
     loop {

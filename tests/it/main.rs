@@ -12,6 +12,7 @@ mod chaos;
 mod claims;
 mod cli;
 mod cluster;
+mod console;
 mod events;
 mod fcm;
 mod limits;

@@ -8,7 +8,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::helpers::*;
 
-const ROOM: &str = "RM0123456789abcdef0123456789abcdef";
+pub(crate) const ROOM: &str = "RM0123456789abcdef0123456789abcdef";
 const ROOM_2: &str = "RMfedcba9876543210fedcba9876543210";
 
 /// An instant `secs` after a base two hours ago, as Twilio writes it.
@@ -18,7 +18,7 @@ fn at(base: OffsetDateTime, secs: i64) -> String {
         .unwrap()
 }
 
-fn base() -> OffsetDateTime {
+pub(crate) fn base() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc() - time::Duration::hours(2);
     now.replace_nanosecond(0).unwrap()
 }
@@ -84,7 +84,7 @@ fn participant(
 
 /// A 5-minute consult: Alice waits 10 s for Bob, both stay 5 minutes, the room ends 5 minutes
 /// after they leave (Twilio's empty-room timeout).
-fn consult(room: &str, t: OffsetDateTime) -> Vec<Vec<(String, String)>> {
+pub(crate) fn consult(room: &str, t: OffsetDateTime) -> Vec<Vec<(String, String)>> {
     vec![
         callback(room, "room-created", at(t, 0), &[]),
         participant(
@@ -123,7 +123,7 @@ fn consult(room: &str, t: OffsetDateTime) -> Vec<Vec<(String, String)>> {
     ]
 }
 
-async fn post_all(app: &TestApp, callbacks: &[Vec<(String, String)>]) {
+pub(crate) async fn post_all(app: &TestApp, callbacks: &[Vec<(String, String)>]) {
     for params in callbacks {
         let r = app.status_callback(params).await;
         assert_eq!(r.status, 200, "{}", r.text);
