@@ -243,3 +243,113 @@ pub fn openapi_document() -> Value {
         json!({"openapi": "3.1.0", "info": {"title": "callrelay"}}),
     )
 }
+
+fn traced_call() -> Value {
+    json!({
+        "account_sid": "AC3f9a2b7c1d4e5f60718293a4b5c6d7e8",
+        "call_sid": "CA8c4b2e1f9d7a3b5c6e0f1a2b3c4d5e6f",
+        "identity": "alice",
+        "from": "client:bob",
+        "to": "client:alice",
+        "notifications": [{
+            "identity": "alice",
+            "message_id": "RM5f2e8b1c9d4a7e3f6b0c1d2e3f4a5b6c",
+            "message_type": "twilio.voice.call",
+            "from": "client:bob",
+            "to": "client:alice",
+            "received_at": "2026-12-07T17:08:02.870858942Z",
+            "status": 200,
+            "answer": "delivered",
+            "took_ms": 41.7,
+            "delivered": 2,
+            "removed": 0,
+            "failed": 1,
+            "duplicate": false,
+            "replica": "441382a1f79040b2a40cb64d7561a088",
+            "targets": [
+                {"channel": "apns", "app": "ios-voip", "binding": "iphone-15", "socket": null, "replica": null,
+                 "attempts": 1, "outcome": "delivered", "status": 200, "reason": null,
+                 "apns_id": "D5B07107-5292-4480-943D-E3617D05A613", "detail": null, "latency_ms": 38.9},
+                {"channel": "fcm", "app": "android", "binding": "pixel-8", "socket": null, "replica": null,
+                 "attempts": 3, "outcome": "failed", "status": 503, "reason": "UNAVAILABLE", "apns_id": null,
+                 "detail": "FCM answered 503 UNAVAILABLE; no time left to retry", "latency_ms": 40.2},
+                {"channel": "websocket", "app": null, "binding": null,
+                 "socket": "5434b35add4a433b9f8a77ba83134ed1", "replica": "441382a1f79040b2a40cb64d7561a088",
+                 "attempts": 1, "outcome": "delivered", "status": null, "reason": null, "apns_id": null,
+                 "detail": null, "latency_ms": 0.1}
+            ]
+        }],
+        "insights": [{
+            "type": "com.twilio.voice.insights.call-summary.complete",
+            "event_id": "EZ0123456789abcdef0123456789abcdef",
+            "received_at": "2026-12-07T17:09:51.102Z",
+            "call_state": "completed",
+            "duration": 94,
+            "connect_duration": 88,
+            "disconnected_by": "callee",
+            "processing_state": "complete",
+            "start_time": "2026-12-07T17:08:02Z",
+            "end_time": "2026-12-07T17:09:36Z",
+            "callee": "client:alice"
+        }]
+    })
+}
+
+pub fn call_trace() -> Value {
+    one(
+        "deliveredTwice",
+        "Rang Alice's iPhone and browser; her Android phone's FCM was unavailable",
+        traced_call(),
+    )
+}
+
+pub fn call_list() -> Value {
+    one(
+        "oneCall",
+        "Alice's calls since yesterday",
+        json!({"calls": [traced_call()]}),
+    )
+}
+
+fn ledger() -> Value {
+    json!({
+        "account_sid": "AC3f9a2b7c1d4e5f60718293a4b5c6d7e8",
+        "room_sid": "RM1a2b3c4d5e6f708192a3b4c5d6e7f809",
+        "room_name": "consult-42",
+        "status": "ended",
+        "created_at": "2026-12-07T15:00:00Z",
+        "ended_at": "2026-12-07T15:10:30Z",
+        "room_duration": 630,
+        "session": {"started_at": "2026-12-07T15:00:20Z", "ended_at": "2026-12-07T15:05:20Z", "seconds": 300},
+        "participants": [
+            {"participant_sid": "PA0123456789abcdef0123456789abcdef", "identity": "dr-jones",
+             "connected_at": "2026-12-07T15:00:10Z", "disconnected_at": "2026-12-07T15:05:20Z",
+             "closed_by": "participant-disconnected", "participant_duration": 310,
+             "connected_seconds": 310, "billable_seconds": 360},
+            {"participant_sid": "PAfedcba9876543210fedcba9876543210", "identity": "patient-7",
+             "connected_at": "2026-12-07T15:00:20Z", "disconnected_at": "2026-12-07T15:10:30Z",
+             "closed_by": "room-ended", "participant_duration": null,
+             "connected_seconds": 610, "billable_seconds": 660}
+        ],
+        "billing": {"rule": "per_started_minute", "billable_seconds": 1020, "billable_minutes": 17.0},
+        "events": 5
+    })
+}
+
+pub fn room() -> Value {
+    one(
+        "consult",
+        "A consult; the patient's disconnect never arrived and room-ended closed it",
+        ledger(),
+    )
+}
+
+pub fn room_list() -> Value {
+    one("december", "Rooms of December", json!({"rooms": [ledger()]}))
+}
+
+/// The same consult as CSV.
+pub fn room_csv() -> &'static str {
+    "account_sid,room_sid,room_name,status,created_at,ended_at,session_seconds,participant_sid,identity,connected_at,disconnected_at,closed_by,connected_seconds,billable_seconds,rule\r\n\
+AC3f9a2b7c1d4e5f60718293a4b5c6d7e8,RM1a2b3c4d5e6f708192a3b4c5d6e7f809,consult-42,ended,2026-12-07T15:00:00Z,2026-12-07T15:10:30Z,300,PA0123456789abcdef0123456789abcdef,dr-jones,2026-12-07T15:00:10Z,2026-12-07T15:05:20Z,participant-disconnected,310,360,per_started_minute\r\n"
+}

@@ -5,6 +5,7 @@
 //! (`cargo run -q -- openapi > openapi.json` regenerates it).
 
 mod examples;
+mod records;
 
 use serde_json::{Map, Value, json};
 
@@ -37,6 +38,7 @@ pub fn document() -> Value {
     let (target, settings) = target_schemas();
     schemas.insert("EventTarget".into(), target);
     schemas.insert("EventTargetSettings".into(), settings);
+    records::schemas(&mut schemas);
     schemas.insert(
         "Deleted".into(),
         json!({
@@ -69,6 +71,8 @@ pub fn document() -> Value {
             {"name": "Twilio events", "description": "Status callbacks (Video Rooms, Recordings, Compositions, Composition Hooks, Media Processors, Player Streamers) and Event Streams sinks: kept in the account's event log before Twilio is answered."},
             {"name": "Bindings", "description": "An identity's push bindings (APNs, FCM), managed by the app with a Twilio Access Token, or by the app's backend with an admin key."},
             {"name": "WebSocket", "description": "A live binding: the device holds a socket and receives each call notification as a text frame."},
+            {"name": "Call trace", "description": "What happened to each call notification: read by the app's backend with an admin key, or by a client for its own identity's calls."},
+            {"name": "Room ledger", "description": "Per room and participant, connected and billable time, built from Twilio's room status callbacks (admin keys)."},
             {"name": "Document", "description": "This OpenAPI document."}
         ],
         "paths": {
@@ -138,6 +142,7 @@ pub fn document() -> Value {
             }
         }
     });
+    records::paths(doc["paths"].as_object_mut().expect("paths"));
     // The listener refuses an oversize request head before any route sees it.
     for item in doc["paths"].as_object_mut().expect("paths").values_mut() {
         for (method, operation) in item.as_object_mut().expect("a path item").iter_mut() {
@@ -268,7 +273,7 @@ fn parameters() -> Value {
     })
 }
 
-fn problem(description: &str) -> Value {
+pub(super) fn problem(description: &str) -> Value {
     json!({
         "description": description,
         "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -301,7 +306,7 @@ fn responses() -> Value {
     })
 }
 
-fn r(name: &str) -> Value {
+pub(super) fn r(name: &str) -> Value {
     json!({"$ref": format!("#/components/responses/{name}")})
 }
 
@@ -497,7 +502,7 @@ fn basic_challenge() -> Value {
     response
 }
 
-fn bearer() -> Value {
+pub(super) fn bearer() -> Value {
     json!([{"bearer": []}])
 }
 
@@ -692,7 +697,7 @@ fn replay_operation() -> Value {
     })
 }
 
-fn account_parameter() -> Value {
+pub(super) fn account_parameter() -> Value {
     json!({"name": "account_sid", "in": "query", "required": true, "description": "The account (configured on this relay).", "schema": {"type": "string", "pattern": "^AC[0-9a-fA-F]{32}$"}, "example": "AC3f9a2b7c1d4e5f60718293a4b5c6d7e8"})
 }
 
