@@ -30,6 +30,7 @@ enum Scenario {
     SocketsAtRest,
     Push,
     Events,
+    Trace,
 }
 
 #[derive(Parser, Debug)]
@@ -272,6 +273,7 @@ async fn run(args: Args) -> Result<(), Error> {
             Scenario::SocketsAtRest => scenarios::rest::run(&mut bench).await?,
             Scenario::Push => scenarios::push::run(&mut bench).await?,
             Scenario::Events => scenarios::events::run(&mut bench).await?,
+            Scenario::Trace => scenarios::trace::run(&mut bench).await?,
         }
     }
     let table = report::table(&bench.rows);

@@ -32,20 +32,23 @@ pub fn parse_message_id(frame: &[u8]) -> Option<(u32, u64)> {
 }
 
 /// The body Twilio sends for a call to `client:<identity>`; about 700 bytes, most of it the
-/// bridge token, as in real notifications.
+/// bridge token, as in real notifications. Each is a call of its own: its `twi_call_sid`, like
+/// its message id, is unique to the run and the index, so the call trace records a new call
+/// for every webhook, as it would in production.
 pub fn body(identity: &str, run: u32, index: u64) -> Vec<u8> {
     let id = message_id(run, index);
     let bridge_token = "eyJ6aXAiOiJERUYiLCJraWQiOiJKd2VTM0JpZi1QcmN1Q0VfS3FDY1ROdDVONEUiLCJjdHkiOiJ0d2lsaW8tcGdrO3Y9MSIsImFsZyI6IkVDREgtRVMrQTI1NktXIn0.nGFm3yn0m-7iyZ6QIaSc3A7C2l95jxrQ5B8HqMw1Z9q5vB6Tq3bE_W7oxk2cPzEvbmL3wdVb9IfKa7nYtfbRZzA.5eGc8x0aCRd4GShm.bmv7nSe2TfWr8MCiTq2hN5XQqYlpvRB3ghAXUMfZuzVEt1w9fLz9qVUS0nW3PMBlwNO9nyZfRxHyRtK8mOzJ2Yk1QRc4aaZlI8pOF0x3TDk7xHK4Dj8";
     format!(
         concat!(
             r#"{{"twi_account_sid":"{account}","twi_bridge_token":"{bridge}","#,
-            r#""twi_call_sid":"CA{call:032x}","twi_from":"client:alice","#,
+            r#""twi_call_sid":"CA{run:08x}{index:024x}","twi_from":"client:alice","#,
             r#""twi_message_id":"{id}","twi_message_type":"twilio.voice.call","#,
             r#""twi_params":"reason=benchmark&ring=1","twi_to":"client:{identity}"}}"#
         ),
         account = ACCOUNT,
         bridge = bridge_token,
-        call = index,
+        run = run,
+        index = index,
         id = id,
         identity = identity,
     )

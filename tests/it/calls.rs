@@ -311,3 +311,46 @@ async fn with_the_trace_off_nothing_is_recorded() {
             .contains("callrelay_call_trace_entries_total{outcome=\"written\"}")
     );
 }
+
+#[tokio::test]
+async fn with_redis_gone_webhooks_never_wait_for_the_trace_and_tracing_resumes_when_it_returns() {
+    let mut redis = crate::helpers::redis::RedisServer::start();
+    let app = spawn_with(TestConfig::with_engine(Engine::RedisAt(redis.url()))).await;
+    let mut ws = app.connect_ws("bob").await;
+    let body = payload(ACCOUNT, "bob");
+    assert_eq!(app.webhook(body.clone()).await.status, 200);
+    assert!(ws.next_text(Duration::from_secs(2)).await.is_some());
+    trace(&app, &call_sid(&body), 1).await;
+
+    redis.stop();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        assert_eq!(app.notify("bob").await.status, 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Those answers' entries could not be written: counted, and nothing waited for them.
+    let failed = eventually(Duration::from_secs(5), || async {
+        app.metrics()
+            .await
+            .contains("callrelay_call_trace_entries_total{outcome=\"failed\"}")
+    })
+    .await;
+    assert!(failed, "{}", app.metrics().await);
+
+    redis.restart();
+    let body = payload(ACCOUNT, "bob");
+    let call = call_sid(&body);
+    let delivered = eventually(Duration::from_secs(10), || {
+        let body = body.clone();
+        let app = &app;
+        async move { app.webhook(body).await.status == 200 }
+    })
+    .await;
+    assert!(delivered);
+    let t = trace(&app, &call, 1).await;
+    assert_eq!(t["notifications"][0]["status"], 200);
+}

@@ -93,7 +93,10 @@ async fn the_console_shows_a_calls_trace_an_identity_and_a_room_in_chromium() {
         .unwrap()["apns_id"]
         .clone();
     assert_eq!(apns["apns_id"], recorded_apns);
-    let socket = targets.iter().find(|t| t["channel"] == "websocket").unwrap();
+    let socket = targets
+        .iter()
+        .find(|t| t["channel"] == "websocket")
+        .unwrap();
     assert_eq!(socket["outcome"], "delivered");
     assert_eq!(socket["replica"], s.app.node().as_str());
 
@@ -101,7 +104,10 @@ async fn the_console_shows_a_calls_trace_an_identity_and_a_room_in_chromium() {
     assert_eq!(shown["identity_bindings"], 1);
     assert_eq!(shown["identity_sockets"], 1);
     assert!(shown["identity_calls"].as_u64().unwrap() >= 1);
-    assert_eq!(shown["bindings"][0]["token"], format!("{}…", &APNS_TOKEN[..8]));
+    assert_eq!(
+        shown["bindings"][0]["token"],
+        format!("{}…", &APNS_TOKEN[..8])
+    );
 
     // The test notification rang Bob's phone and socket.
     assert_eq!(shown["test_notification"]["status"], 200, "{shown}");

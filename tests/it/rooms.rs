@@ -2,6 +2,8 @@
 //! their order and repeats, a disconnect that never arrives closed by `room-ended`, a restart
 //! in between on Redis, listings by time and status, CSV for the spreadsheet, admin keys only.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -310,4 +312,29 @@ async fn rooms_are_listed_by_time_and_status_for_admins_only_and_billed_per_seco
         ))
         .await;
     assert_eq!(unknown.status, 404);
+}
+
+#[tokio::test]
+async fn a_callback_refused_while_redis_is_gone_is_in_the_ledger_once_twilio_retries_it() {
+    let mut redis = crate::helpers::redis::RedisServer::start();
+    let app = spawn_with(TestConfig::with_engine(Engine::RedisAt(redis.url()))).await;
+    let t = base();
+    let callbacks = consult(ROOM, t);
+    post_all(&app, &callbacks[..5]).await;
+    redis.stop();
+    let refused = app.status_callback(&callbacks[5]).await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    redis.restart();
+    // Twilio retries the callback it was refused.
+    let kept = eventually(Duration::from_secs(10), || {
+        let app = &app;
+        let params = callbacks[5].clone();
+        async move { app.status_callback(&params).await.status == 200 }
+    })
+    .await;
+    assert!(kept);
+    let l = ledger(&app, ROOM).await;
+    assert_eq!(l["status"], "ended");
+    assert_eq!(l["events"], 6);
+    assert_eq!(l["billing"]["billable_seconds"], 720);
 }

@@ -5,13 +5,15 @@
 //! B and the webhooks go to replica A, so every delivery crosses the replica bus.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{CpuMeter, check_quiet, webhooks_for};
+use super::{CpuMeter, check_quiet, public_url, webhooks_for};
 use crate::fleet::{Fleet, Frame};
 use crate::load::{self, Schedule, Tally};
 use crate::procs::{Backend, Callrelay, Error};
 use crate::report::{Better, Latency, Samples};
+use crate::webhooks;
 use crate::{Bench, CLUSTER};
 
 const CALLRELAY_CEILING: f64 = 40_000.0;
@@ -55,8 +57,9 @@ fn end_to_end(frames: &[Frame], schedule: &Schedule) -> Latency {
     )
 }
 
-/// The replicas of one deployment and the sockets its holder keeps.
-struct Deployment {
+/// The replicas of one deployment and the sockets its holder keeps. The call-trace scenario
+/// (`trace.rs`) runs two of them side by side, differing only in their configuration.
+pub(super) struct Deployment {
     holder: Callrelay,
     front: Option<Callrelay>,
     fleet: Fleet,
@@ -64,15 +67,17 @@ struct Deployment {
 }
 
 impl Deployment {
-    async fn start(
+    /// `config` is appended to each replica's configuration (`""`: the defaults).
+    pub(super) async fn start(
         prefix: String,
         store: &dyn Backend,
         cross: bool,
         identities: &[String],
+        config: &str,
     ) -> Result<Self, Error> {
-        let holder = Callrelay::start(store, &prefix, "")?;
+        let holder = Callrelay::start(store, &prefix, config)?;
         let front = if cross {
-            Some(Callrelay::start(store, &prefix, "")?)
+            Some(Callrelay::start(store, &prefix, config)?)
         } else {
             None
         };
@@ -90,6 +95,11 @@ impl Deployment {
         self.front.as_ref().unwrap_or(&self.holder).addr
     }
 
+    /// The replica webhooks go to.
+    pub(super) fn front(&self) -> &Callrelay {
+        self.front.as_ref().unwrap_or(&self.holder)
+    }
+
     fn replicas(&self) -> Vec<u32> {
         [Some(&self.holder), self.front.as_ref()]
             .into_iter()
@@ -98,34 +108,52 @@ impl Deployment {
             .collect()
     }
 
-    async fn warm_up(
+    /// Sends up to `count` webhooks at concurrency `b.concurrency`, for at most `within`, and
+    /// checks that each was answered `200` and reached its socket once.
+    pub(super) async fn send(
+        &mut self,
+        b: &mut Bench,
+        count: usize,
+        within: Duration,
+        what: &str,
+        user: impl Fn(usize) -> String,
+    ) -> Result<Tally, Error> {
+        let run = b.run_id();
+        let target = self.target();
+        let hooks = Arc::new(webhooks::batch(&public_url(target), run, count, user));
+        let t = load::closed_loop(target, hooks, b.concurrency, within).await;
+        t.expect_all(200, what)?;
+        frames_for(&mut self.fleet, run, &t, what).await?;
+        Ok(t)
+    }
+
+    pub(super) async fn warm_up(
         &mut self,
         b: &mut Bench,
         user: impl Fn(usize) -> String,
     ) -> Result<(), Error> {
-        let run = b.run_id();
-        let warm = webhooks_for(self.target(), run, 2000.0, 1.0, user);
-        let t = load::closed_loop(self.target(), warm, b.concurrency, Duration::from_secs(1)).await;
-        t.expect_all(200, "delivery warm-up")?;
-        frames_for(&mut self.fleet, run, &t, "delivery warm-up").await?;
+        self.send(b, 2000, Duration::from_secs(1), "delivery warm-up", user)
+            .await?;
         Ok(())
     }
 
-    /// One closed-loop run; its figures under `name` (`callrelay`, `cluster callrelay`).
-    async fn closed_loop(
+    /// One closed-loop run; its figures under `name` (`callrelay`, `cluster callrelay`):
+    /// requests/s, CPU per webhook (`<name> cpu`, `<name> redis cpu`) and the answers'
+    /// latency (`<name> p50` …). Returns the number of webhooks answered.
+    pub(super) async fn closed_loop(
         &mut self,
         b: &mut Bench,
         name: &str,
         user: impl Fn(usize) -> String,
         samples: &mut Samples,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let run = b.run_id();
         let target = self.target();
         let seconds = b.duration.as_secs_f64();
         let hooks = webhooks_for(target, run, CALLRELAY_CEILING, seconds, user);
         let cpu = CpuMeter::start(&self.replicas());
         let redis_cpu = CpuMeter::start(&self.redis_pids);
-        let t = load::closed_loop(target, hooks, b.concurrency, b.duration).await;
+        let mut t = load::closed_loop(target, hooks, b.concurrency, b.duration).await;
         let what = format!("delivery, {name}");
         t.expect_all(200, &what)?;
         samples.add(&format!("{name} cpu"), cpu.micros_per(t.answered()));
@@ -135,10 +163,40 @@ impl Deployment {
         );
         frames_for(&mut self.fleet, run, &t, &what).await?;
         samples.add(name, t.per_second());
-        Ok(())
+        samples.add_latency(name, Latency::of(std::mem::take(&mut t.latencies_ns)));
+        Ok(t.answered())
     }
 
-    async fn finish(self) -> Result<(), Error> {
+    /// One open-loop run at `rate`: end-to-end latency (`<name> e2e <rate>` …) and the
+    /// answers' (`<name> answer <rate>` …). Returns the number of webhooks answered.
+    pub(super) async fn open_loop(
+        &mut self,
+        b: &mut Bench,
+        name: &str,
+        rate: f64,
+        user: impl Fn(usize) -> String,
+        samples: &mut Samples,
+    ) -> Result<u64, Error> {
+        let run = b.run_id();
+        let target = self.target();
+        let hooks = webhooks_for(target, run, rate, b.duration.as_secs_f64(), user);
+        let (t, schedule) = load::open_loop(target, hooks, rate, OPEN_LOOP_CONNECTIONS).await;
+        let what = format!("delivery at {rate}/s, {name}");
+        t.expect_all(200, &what)?;
+        let frames = frames_for(&mut self.fleet, run, &t, &what).await?;
+        samples.add_latency(
+            &format!("{name} e2e {rate}"),
+            end_to_end(&frames, &schedule),
+        );
+        let answered = t.answered();
+        samples.add_latency(
+            &format!("{name} answer {rate}"),
+            Latency::of(t.latencies_ns),
+        );
+        Ok(answered)
+    }
+
+    pub(super) async fn finish(self) -> Result<(), Error> {
         self.fleet.check()?;
         self.fleet.close().await;
         check_quiet(&self.holder)?;
@@ -151,10 +209,10 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
     let identities: Vec<String> = (0..n).map(|i| format!("user{i}")).collect();
     let user = move |i: usize| format!("user{}", i % n);
     let (prefix, cluster_prefix) = (b.prefix(), b.prefix());
-    let mut on_redis = Deployment::start(prefix, &b.redis, cross, &identities).await?;
+    let mut on_redis = Deployment::start(prefix, &b.redis, cross, &identities, "").await?;
     let mut on_cluster = match &b.cluster {
         Some(cluster) => {
-            Some(Deployment::start(cluster_prefix, cluster, cross, &identities).await?)
+            Some(Deployment::start(cluster_prefix, cluster, cross, &identities, "").await?)
         }
         None => None,
     };
@@ -186,15 +244,11 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
             samples.add("baseline", t.per_second());
         }
         for rate in b.rates.clone() {
-            let run = b.run_id();
-            let hooks = webhooks_for(target, run, rate, seconds, user);
-            let (t, schedule) = load::open_loop(target, hooks, rate, OPEN_LOOP_CONNECTIONS).await;
-            t.expect_all(200, &format!("delivery at {rate}/s"))?;
-            let what = format!("delivery at {rate}/s");
-            let frames = frames_for(&mut on_redis.fleet, run, &t, &what).await?;
-            samples.add_latency(&format!("e2e {rate}"), end_to_end(&frames, &schedule));
-            samples.add_latency(&format!("answer {rate}"), Latency::of(t.latencies_ns));
+            on_redis
+                .open_loop(b, "callrelay", rate, user, &mut samples)
+                .await?;
             if let Some(addr) = b.baseline.as_ref().map(|x| x.addr) {
+                let run = b.run_id();
                 let hooks = webhooks_for(target, run, rate, seconds, user);
                 let (t, _) = load::open_loop(addr, hooks, rate, OPEN_LOOP_CONNECTIONS).await;
                 t.expect_all(200, &format!("baseline at {rate}/s"))?;
@@ -214,7 +268,7 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
     super::closed_loop_rows(b, scenario, &samples);
     for rate in b.rates.clone() {
         for p in ["p50", "p99", "p99.9"] {
-            let name = format!("e2e {rate} {p}");
+            let name = format!("callrelay e2e {rate} {p}");
             b.row(
                 scenario,
                 &format!("end-to-end {p} at {rate}/s"),
@@ -225,7 +279,7 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
             );
         }
         let (mine, theirs) = (
-            format!("answer {rate} p99"),
+            format!("callrelay answer {rate} p99"),
             format!("baseline answer {rate} p99"),
         );
         b.row(

@@ -345,7 +345,11 @@ pub fn room() -> Value {
 }
 
 pub fn room_list() -> Value {
-    one("december", "Rooms of December", json!({"rooms": [ledger()]}))
+    one(
+        "december",
+        "Rooms of December",
+        json!({"rooms": [ledger()]}),
+    )
 }
 
 /// The same consult as CSV.

@@ -148,7 +148,8 @@ fn room_sid_parameter() -> Value {
 fn optional_account() -> Value {
     let mut p = account_parameter();
     p["required"] = json!(false);
-    p["description"] = json!("The account; required with an admin key, implied by an access token.");
+    p["description"] =
+        json!("The account; required with an admin key, implied by an access token.");
     p
 }
 
