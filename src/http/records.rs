@@ -16,7 +16,7 @@ use super::AppState;
 use crate::auth::Caller;
 use crate::domain::ledger::{self, RoomObject, RoomStatus};
 use crate::domain::{AccountSid, Identity};
-use crate::relay::{RecordError, RoomQuery, RoomView};
+use crate::relay::{MAX_CALLS_LISTED, MAX_ROOMS_LISTED, RecordError, RoomQuery, RoomView};
 
 /// Calls listed when `limit` is not given.
 const DEFAULT_CALLS: usize = 50;
@@ -48,6 +48,17 @@ fn account(params: &RecordParams) -> Result<Option<AccountSid>, RecordError> {
             AccountSid::parse(a).map_err(|e| RecordError::BadRequest(format!("account_sid: {e}")))
         })
         .transpose()
+}
+
+/// `limit`, when given, within `1..=max`.
+fn limit(params: &RecordParams, default: usize, max: usize) -> Result<usize, RecordError> {
+    match params.limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(RecordError::BadRequest(format!(
+            "limit must be between 1 and {max}"
+        ))),
+    }
 }
 
 fn instant(name: &str, text: Option<&str>) -> Result<Option<OffsetDateTime>, RecordError> {
@@ -95,7 +106,7 @@ pub async fn calls(
             account(&params)?,
             identity,
             since,
-            params.limit.unwrap_or(DEFAULT_CALLS),
+            limit(&params, DEFAULT_CALLS, MAX_CALLS_LISTED)?,
         )
         .await?;
     Ok(Json(serde_json::json!({ "calls": calls })).into_response())
@@ -192,7 +203,7 @@ pub async fn rooms(
                 from,
                 to,
                 status,
-                limit: params.limit.unwrap_or(DEFAULT_ROOMS),
+                limit: limit(&params, DEFAULT_ROOMS, MAX_ROOMS_LISTED)?,
             },
         )
         .await?;

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 pub use bindings::{BindingScope, Listing};
 pub use error::{BindingError, EventError, RecordError, TargetError, WebhookError};
 pub use events::Ingested;
-pub use rooms::{RoomQuery, RoomView};
+pub use rooms::{MAX_ROOMS_LISTED, RoomQuery, RoomView};
 pub use targets::TargetView;
 pub use test_call::TestCall;
 pub use trace::{CallRecorder, MAX_CALLS_LISTED};

@@ -106,6 +106,11 @@ echo "== Twilio's webhooks (call notifications, status callbacks, Event Streams)
 echo "== event forwarding targets as an admin"
 "$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
   --include-path-regex '^/v1/events/targets' -H "Authorization: Bearer schemathesis-admin-key-0123456789" || status=1
+echo "== call traces and room ledgers as an admin, then call traces as an access-token holder"
+"$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
+  --include-path-regex '^/v1/(calls|rooms)' -H "Authorization: Bearer schemathesis-admin-key-0123456789" || status=1
+"$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
+  --include-path-regex '^/v1/calls' -H "Authorization: Bearer $token" || status=1
 echo "== WebSocket upgrade endpoint and the document itself"
 "$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$base/openapi.json" "${common[@]}" \
   --include-path /v1/ws --include-path /openapi.json -H "Authorization: Bearer $token" || status=1
