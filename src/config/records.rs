@@ -10,7 +10,7 @@ use crate::domain::ledger::BillingRule;
 /// The per-call delivery trace (`[calls]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallsConfig {
-    /// Off: nothing is recorded and the trace endpoints answer `404`.
+    /// Off: nothing new is recorded (traces kept already stay readable until they expire).
     pub trace: bool,
     pub retention: Duration,
     /// The most calls one identity's index keeps (the oldest go first).
@@ -20,6 +20,7 @@ pub struct CallsConfig {
 /// The room ledger (`[rooms]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomsConfig {
+    /// Off: no new facts are kept (ledgers kept already stay readable until they expire).
     pub ledger: bool,
     pub retention: Duration,
     pub billing: BillingRule,

@@ -482,8 +482,9 @@ fn session(participants: &[Participant], latest: OffsetDateTime) -> Option<Sessi
 
 /// The CSV's header line, `\r\n` included.
 pub fn csv_header() -> &'static str {
-    "account_sid,room_sid,room_name,status,created_at,ended_at,session_seconds,participant_sid,\
-     identity,connected_at,disconnected_at,closed_by,connected_seconds,billable_seconds,rule\r\n"
+    "account_sid,room_sid,room_name,status,created_at,ended_at,room_duration,session_seconds,\
+     participant_sid,identity,connected_at,disconnected_at,closed_by,participant_duration,\
+     connected_seconds,billable_seconds,rule\r\n"
 }
 
 /// Appends the ledger's CSV lines: one per participant, or one with empty participant columns
@@ -496,6 +497,10 @@ pub fn csv_rows(account_sid: &str, room_sid: &str, ledger: &Ledger, out: &mut St
         ledger.status.as_str().to_owned(),
         csv_time(ledger.created_at),
         csv_time(ledger.ended_at),
+        ledger
+            .room_duration
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
         ledger
             .session
             .as_ref()
@@ -516,6 +521,9 @@ pub fn csv_rows(account_sid: &str, room_sid: &str, ledger: &Ledger, out: &mut St
                 .map(ClosedBy::as_str)
                 .unwrap_or_default()
                 .to_owned(),
+            p.participant_duration
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
             p.connected_seconds.to_string(),
             p.billable_seconds.to_string(),
         ];
@@ -523,7 +531,7 @@ pub fn csv_rows(account_sid: &str, room_sid: &str, ledger: &Ledger, out: &mut St
     }
 }
 
-fn csv_line(out: &mut String, room: &[String; 7], participant: &[String; 7], rule: &str) {
+fn csv_line(out: &mut String, room: &[String; 8], participant: &[String; 8], rule: &str) {
     for field in room.iter().chain(participant) {
         csv_field(out, field);
         out.push(',');
@@ -983,15 +991,15 @@ mod tests {
         csv_rows("AC1", "RM1", &ledger, &mut out);
         assert_eq!(
             out,
-            "account_sid,room_sid,room_name,status,created_at,ended_at,session_seconds,\
-             participant_sid,identity,connected_at,disconnected_at,closed_by,connected_seconds,\
-             billable_seconds,rule\r\n\
-             AC1,RM1,\"consult, \"\"42\"\"\",ended,2026-12-07T17:00:00Z,2026-12-07T17:10:40Z,300,\
+            "account_sid,room_sid,room_name,status,created_at,ended_at,room_duration,\
+             session_seconds,participant_sid,identity,connected_at,disconnected_at,closed_by,\
+             participant_duration,connected_seconds,billable_seconds,rule\r\n\
+             AC1,RM1,\"consult, \"\"42\"\"\",ended,2026-12-07T17:00:00Z,2026-12-07T17:10:40Z,640,300,\
              PA1,\"'=HYPERLINK(\"\"x\"\")\",2026-12-07T17:00:05Z,2026-12-07T17:05:40Z,\
-             participant-disconnected,335,360,per_started_minute\r\n\
-             AC1,RM1,\"consult, \"\"42\"\"\",ended,2026-12-07T17:00:00Z,2026-12-07T17:10:40Z,300,\
+             participant-disconnected,335,335,360,per_started_minute\r\n\
+             AC1,RM1,\"consult, \"\"42\"\"\",ended,2026-12-07T17:00:00Z,2026-12-07T17:10:40Z,640,300,\
              PA2,bob,2026-12-07T17:00:35Z,2026-12-07T17:05:35Z,\
-             participant-disconnected,300,300,per_started_minute\r\n"
+             participant-disconnected,300,300,300,per_started_minute\r\n"
         );
 
         let mut out = String::new();
@@ -1003,7 +1011,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "AC1,RM1,consult-42,in-progress,2026-12-07T17:00:00Z,,,,,,,,,,per_second\r\n"
+            "AC1,RM1,consult-42,in-progress,2026-12-07T17:00:00Z,,,,,,,,,,,,per_second\r\n"
         );
 
         for (field, written) in [

@@ -19,3 +19,9 @@ pub use event::{
 pub use ids::{AccountSid, ApiKeySid, BindingId, Identity, InvalidId};
 pub use notification::{CallNotification, InvalidNotification};
 pub use presence::SocketPresence;
+
+/// What is kept of a free-form string from Twilio's payloads and events (a caller id, an
+/// event type): at most 128 characters.
+pub(crate) fn clipped(text: &str) -> String {
+    text.chars().take(128).collect()
+}

@@ -89,16 +89,11 @@ impl CallNotification {
             identity,
             message_id,
             call_sid: string(wire.twi_call_sid),
-            from: string(wire.twi_from).map(|f| short(&f)),
-            message_type: string(wire.twi_message_type).map(|t| short(&t)),
+            from: string(wire.twi_from).map(|f| super::clipped(&f)),
+            message_type: string(wire.twi_message_type).map(|t| super::clipped(&t)),
             raw,
         })
     }
-}
-
-/// What the trace keeps of a free-form member.
-fn short(text: &str) -> String {
-    text.chars().take(128).collect()
 }
 
 fn string(value: Option<&RawValue>) -> Option<String> {

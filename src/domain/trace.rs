@@ -7,6 +7,8 @@
 //! sockets by connection id, never by device token.
 
 use serde::{Deserialize, Serialize};
+
+use super::clipped as short;
 use time::OffsetDateTime;
 
 /// The longest call SID kept: Twilio's are `CA` + 32 hex digits.
@@ -14,7 +16,7 @@ const MAX_CALL_SID_LEN: usize = 64;
 
 /// Whether `sid` can name a call in the trace: `CA`, then letters and digits.
 pub fn valid_call_sid(sid: &str) -> bool {
-    sid.len() <= MAX_CALL_SID_LEN
+    (3..=MAX_CALL_SID_LEN).contains(&sid.len())
         && sid.starts_with("CA")
         && sid.bytes().all(|b| b.is_ascii_alphanumeric())
 }
@@ -47,8 +49,9 @@ pub struct NotificationRecord {
     pub failed: usize,
     /// A retry of a notification already delivered: nothing was sent again.
     pub duplicate: bool,
-    /// The replica that answered.
-    pub replica: String,
+    /// The replica that answered (not shown to access-token holders).
+    #[serde(default)]
+    pub replica: Option<String>,
     pub targets: Vec<TargetRecord>,
 }
 
@@ -127,11 +130,6 @@ impl InsightsRecord {
     }
 }
 
-/// Strings from Twilio's events are kept to a sane length in the trace.
-fn short(text: &str) -> String {
-    text.chars().take(128).collect()
-}
-
 /// A call's trace as the API shows it: the call, then its notifications and summaries in the
 /// order they were recorded.
 #[derive(Debug, Clone, Serialize)]
@@ -178,6 +176,24 @@ impl CallTrace {
         trace
     }
 
+    /// The trace as a client sees it: only the notifications to its own identity (`None` when
+    /// there are none), without callrelay's internal words (error details, replica ids).
+    pub fn for_client(mut self, identity: &str) -> Option<Self> {
+        self.notifications.retain(|n| n.identity == identity);
+        if self.notifications.is_empty() {
+            return None;
+        }
+        for n in &mut self.notifications {
+            n.replica = None;
+            for t in &mut n.targets {
+                t.detail = None;
+                t.replica = None;
+            }
+        }
+        self.identity = Some(identity.to_owned());
+        Some(self)
+    }
+
     /// When the call was first heard of.
     pub fn first_seen(&self) -> Option<OffsetDateTime> {
         let n = self.notifications.first().map(|n| n.received_at);
@@ -206,7 +222,7 @@ mod tests {
             removed: 0,
             failed: 0,
             duplicate: false,
-            replica: "r1".into(),
+            replica: Some("r1".into()),
             targets: vec![],
         }
     }
@@ -257,10 +273,45 @@ mod tests {
     }
 
     #[test]
+    fn a_client_sees_only_its_own_notifications_without_internal_details() {
+        let mut mine = record("alice", 10);
+        mine.targets.push(TargetRecord {
+            channel: "fcm".into(),
+            app: Some("android".into()),
+            binding: Some("b1".into()),
+            socket: None,
+            replica: None,
+            attempts: 2,
+            outcome: "failed".into(),
+            status: Some(503),
+            reason: Some("UNAVAILABLE".into()),
+            apns_id: None,
+            detail: Some("cannot reach FCM: connection refused".into()),
+            latency_ms: 3.0,
+        });
+        let other = record("bob", 20);
+        let entries = vec![
+            json(&TraceEntry::Notification(mine)),
+            json(&TraceEntry::Notification(other)),
+        ];
+        let trace = CallTrace::assemble("AC1", "CA1", &entries);
+        let seen = trace.clone().for_client("alice").unwrap();
+        assert_eq!(seen.notifications.len(), 1);
+        assert_eq!(seen.notifications[0].replica, None);
+        assert_eq!(seen.notifications[0].targets[0].detail, None);
+        assert_eq!(
+            seen.notifications[0].targets[0].reason.as_deref(),
+            Some("UNAVAILABLE")
+        );
+        assert!(trace.for_client("carol").is_none());
+    }
+
+    #[test]
     fn call_sids_are_checked_before_they_name_a_key() {
         assert!(valid_call_sid("CA0123456789abcdef0123456789abcdef"));
         assert!(!valid_call_sid("CA1:}{x"));
         assert!(!valid_call_sid("RM0123"));
+        assert!(!valid_call_sid("CA"));
         assert!(!valid_call_sid(&format!("CA{}", "a".repeat(80))));
     }
 }

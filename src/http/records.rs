@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -32,6 +32,7 @@ pub struct RecordParams {
     to: Option<String>,
     status: Option<String>,
     limit: Option<usize>,
+    offset: Option<usize>,
 }
 
 fn params(query: Result<Query<RecordParams>, QueryRejection>) -> Result<RecordParams, RecordError> {
@@ -146,6 +147,21 @@ fn csv(views: &[RoomView], name: &str) -> Response {
 #[derive(Serialize)]
 struct RoomList<'a> {
     rooms: Vec<RoomObject<'a>>,
+    /// Where the next page starts; null on the last page.
+    next_offset: Option<usize>,
+}
+
+/// This request's path and query with `offset` set to `next`.
+fn next_page(uri: &Uri, next: usize) -> String {
+    let kept = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k != "offset")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect::<Vec<_>>();
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(kept)
+        .append_pair("offset", &next.to_string())
+        .finish();
+    format!("{}?{query}", uri.path())
 }
 
 fn object(view: &RoomView) -> RoomObject<'_> {
@@ -177,6 +193,7 @@ pub async fn room(
 pub async fn rooms(
     State(state): State<AppState>,
     caller: Caller,
+    uri: Uri,
     headers: HeaderMap,
     query: Result<Query<RecordParams>, QueryRejection>,
 ) -> Result<Response, RecordError> {
@@ -194,7 +211,7 @@ pub async fn rooms(
     let to = instant("to", params.to.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
     let from =
         instant("from", params.from.as_deref())?.unwrap_or_else(|| to - time::Duration::days(31));
-    let views = state
+    let page = state
         .relay
         .rooms(
             &caller,
@@ -204,14 +221,25 @@ pub async fn rooms(
                 to,
                 status,
                 limit: limit(&params, DEFAULT_ROOMS, MAX_ROOMS_LISTED)?,
+                offset: params.offset.unwrap_or(0),
             },
         )
         .await?;
-    if wants_csv(&headers) {
-        return Ok(csv(&views, "rooms"));
+    let mut response = if wants_csv(&headers) {
+        csv(&page.rooms, "rooms")
+    } else {
+        Json(RoomList {
+            rooms: page.rooms.iter().map(object).collect(),
+            next_offset: page.next_offset,
+        })
+        .into_response()
+    };
+    // The next page, as a link for CSV clients (and JSON ones that prefer headers).
+    if let Some(next) = page.next_offset
+        && let Ok(link) =
+            HeaderValue::from_str(&format!("<{}>; rel=\"next\"", next_page(&uri, next)))
+    {
+        response.headers_mut().insert(header::LINK, link);
     }
-    Ok(Json(RoomList {
-        rooms: views.iter().map(object).collect(),
-    })
-    .into_response())
+    Ok(response)
 }

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 pub use bindings::{BindingScope, Listing};
 pub use error::{BindingError, EventError, RecordError, TargetError, WebhookError};
 pub use events::Ingested;
-pub use rooms::{MAX_ROOMS_LISTED, RoomQuery, RoomView};
+pub use rooms::{MAX_ROOMS_LISTED, RoomPage, RoomQuery, RoomView};
 pub use targets::TargetView;
 pub use test_call::TestCall;
 pub use trace::{CallRecorder, MAX_CALLS_LISTED};
@@ -31,6 +31,7 @@ use notify::by_deadline;
 use crate::channels::Channels;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::AccountSid;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -97,5 +98,18 @@ impl Relay {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The account an admin request names, once it is one this relay serves.
+    fn admin_account(&self, account: Option<AccountSid>) -> Result<AccountSid, RecordError> {
+        let account = account.ok_or_else(|| {
+            RecordError::BadRequest("account_sid is required with an admin key".into())
+        })?;
+        if self.config.account(&account).is_none() {
+            return Err(RecordError::Forbidden(format!(
+                "account {account} is not configured on this relay"
+            )));
+        }
+        Ok(account)
     }
 }

@@ -302,4 +302,13 @@ impl Summary {
             ..Self::default()
         }
     }
+
+    /// The counts a webhook's result carries (none for a refusal before delivery).
+    pub fn of(result: &Result<Summary, WebhookError>) -> Self {
+        match result {
+            Ok(summary)
+            | Err(WebhookError::AllRemoved(summary) | WebhookError::AllFailed(summary)) => *summary,
+            Err(_) => Summary::default(),
+        }
+    }
 }

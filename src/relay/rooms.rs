@@ -13,6 +13,12 @@ use crate::store::{RoomFactWrite, StoreError};
 
 /// The most rooms one listing returns.
 pub const MAX_ROOMS_LISTED: usize = 1_000;
+/// Rooms read from the index at a time, and ledgers computed at once.
+const SCAN_PAGE: usize = 100;
+const READ_AT_ONCE: usize = 16;
+/// The most rooms one listing looks at when filtering by status; the page then ends early and
+/// says where to go on.
+const MAX_SCANNED: usize = 10_000;
 
 /// What `GET /v1/rooms` asks for.
 #[derive(Debug, Clone)]
@@ -21,6 +27,15 @@ pub struct RoomQuery {
     pub to: OffsetDateTime,
     pub status: Option<RoomStatus>,
     pub limit: usize,
+    /// Rooms of the range to skip (the previous page's `next_offset`).
+    pub offset: usize,
+}
+
+/// One page of rooms and where the next one starts (none: this was the last).
+#[derive(Debug, Clone)]
+pub struct RoomPage {
+    pub rooms: Vec<RoomView>,
+    pub next_offset: Option<usize>,
 }
 
 /// A room's ledger and the room it is about.
@@ -33,7 +48,9 @@ pub struct RoomView {
 
 /// Whether `sid` can name a room: `RM`, then letters and digits.
 fn valid_room_sid(sid: &str) -> bool {
-    sid.len() <= 64 && sid.starts_with("RM") && sid.bytes().all(|b| b.is_ascii_alphanumeric())
+    (3..=64).contains(&sid.len())
+        && sid.starts_with("RM")
+        && sid.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 impl Relay {
@@ -59,7 +76,8 @@ impl Relay {
             return Ok(());
         };
         let Some(fact) = RoomFact::from_params(&callback.params, id.to_owned()) else {
-            tracing::debug!(event = %callback.event_name, "room callback without a usable Timestamp: not in the ledger");
+            // Kept in the event log all the same; the ledger cannot place it in time.
+            tracing::warn!(event = %callback.event_name, room = room_sid, "room callback without an RFC 3339 Timestamp: left out of the room's ledger");
             return Ok(());
         };
         let at = fact.timestamp;
@@ -86,15 +104,7 @@ impl Relay {
                 "room ledgers are read with an admin key".into(),
             ));
         }
-        let account = account.ok_or_else(|| {
-            RecordError::BadRequest("account_sid is required with an admin key".into())
-        })?;
-        if self.config.account(&account).is_none() {
-            return Err(RecordError::Forbidden(format!(
-                "account {account} is not configured on this relay"
-            )));
-        }
-        Ok(account)
+        self.admin_account(account)
     }
 
     /// A room's ledger, from every fact kept for it.
@@ -115,41 +125,60 @@ impl Relay {
             .ok_or_else(|| RecordError::NotFound(format!("no events of room {room_sid}")))
     }
 
-    /// The rooms first heard of between `from` and `to`, newest first.
+    /// The rooms first heard of between `from` and `to`, newest first, a page at a time.
     pub async fn rooms(
         &self,
         caller: &Caller,
         account: Option<AccountSid>,
         query: RoomQuery,
-    ) -> Result<Vec<RoomView>, RecordError> {
+    ) -> Result<RoomPage, RecordError> {
         let account = self.room_account(caller, account)?;
         if query.from > query.to {
             return Err(RecordError::BadRequest("from is after to".into()));
         }
         let limit = query.limit.clamp(1, MAX_ROOMS_LISTED);
-        // The status is known only once a ledger is computed: read more rooms than asked for
-        // when filtering by it.
-        let candidates = if query.status.is_some() {
-            MAX_ROOMS_LISTED * 10
-        } else {
-            limit
+        let mut page = RoomPage {
+            rooms: Vec::new(),
+            next_offset: None,
         };
-        let rooms = self
-            .store
-            .rooms_between(&account, query.from, query.to, candidates)
-            .await?;
-        let mut views = Vec::new();
-        for room in rooms {
-            if views.len() == limit {
-                break;
+        let mut offset = query.offset;
+        let mut scanned = 0;
+        loop {
+            let sids = self
+                .store
+                .rooms_between(&account, query.from, query.to, offset, SCAN_PAGE)
+                .await?;
+            let read = sids.len();
+            let mut views = Vec::with_capacity(read);
+            for chunk in sids.chunks(READ_AT_ONCE) {
+                views.extend(
+                    futures_util::future::join_all(
+                        chunk.iter().map(|sid| self.room_view(&account, sid)),
+                    )
+                    .await,
+                );
             }
-            if let Some(view) = self.room_view(&account, &room).await?
-                && query.status.is_none_or(|s| s == view.ledger.status)
-            {
-                views.push(view);
+            for (i, view) in views.into_iter().enumerate() {
+                if let Some(view) = view?
+                    && query.status.is_none_or(|s| s == view.ledger.status)
+                {
+                    page.rooms.push(view);
+                    if page.rooms.len() == limit {
+                        page.next_offset = Some(offset + i + 1);
+                        return Ok(page);
+                    }
+                }
+            }
+            offset += read;
+            scanned += read;
+            if read < SCAN_PAGE {
+                return Ok(page);
+            }
+            if scanned >= MAX_SCANNED {
+                page.next_offset = Some(offset);
+                return Ok(page);
             }
         }
-        Ok(views)
     }
 
     async fn room_view(

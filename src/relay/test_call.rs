@@ -38,12 +38,11 @@ impl Relay {
                 "test notifications are sent with an admin key".into(),
             ));
         }
-        let account = account.ok_or_else(|| {
-            RecordError::BadRequest("account_sid is required with an admin key".into())
-        })?;
-        let settings = self.config.account(&account).ok_or_else(|| {
-            RecordError::Forbidden(format!("account {account} is not configured on this relay"))
-        })?;
+        let account = self.admin_account(account)?;
+        let settings = self
+            .config
+            .account(&account)
+            .expect("admin_account checked it is configured");
         let token = settings.auth_tokens.first().ok_or_else(|| {
             RecordError::BadRequest(format!(
                 "account {account} has no auth_token to sign a test notification with"

@@ -111,7 +111,7 @@ impl CallRecorder {
             removed: summary.removed,
             failed: summary.failed,
             duplicate: summary.duplicate,
-            replica: self.node.clone(),
+            replica: Some(self.node.clone()),
             targets: call.targets,
         };
         self.queue(TraceWrite {
@@ -267,17 +267,7 @@ impl Relay {
                 }
                 Ok((account_sid.clone(), Some(identity.clone())))
             }
-            Caller::Admin { .. } => {
-                let account = account.ok_or_else(|| {
-                    RecordError::BadRequest("account_sid is required with an admin key".into())
-                })?;
-                if self.config.account(&account).is_none() {
-                    return Err(RecordError::Forbidden(format!(
-                        "account {account} is not configured on this relay"
-                    )));
-                }
-                Ok((account, None))
-            }
+            Caller::Admin { .. } => Ok((self.admin_account(account)?, None)),
         }
     }
 
@@ -302,8 +292,8 @@ impl Relay {
         let trace = CallTrace::assemble(account.as_str(), call_sid, &entries);
         match own {
             // Someone else's call is as unknown to a token holder as a call never made.
-            Some(own) if trace.identity.as_deref() != Some(own.as_str()) => Err(unknown()),
-            _ => Ok(trace),
+            Some(own) => trace.for_client(own.as_str()).ok_or_else(unknown),
+            None => Ok(trace),
         }
     }
 
@@ -317,6 +307,7 @@ impl Relay {
         limit: usize,
     ) -> Result<Vec<CallTrace>, RecordError> {
         let (account, own) = self.call_scope(caller, account)?;
+        let client = own.is_some();
         let identity = match (own, identity) {
             (Some(own), Some(named)) if own != named => {
                 return Err(RecordError::Forbidden(
@@ -338,9 +329,13 @@ impl Relay {
         let mut traces = Vec::with_capacity(calls.len());
         for call in calls {
             let entries = self.store.call_entries(&account, &call).await?;
-            if !entries.is_empty() {
-                traces.push(CallTrace::assemble(account.as_str(), &call, &entries));
-            }
+            let trace = CallTrace::assemble(account.as_str(), &call, &entries);
+            let trace = if client {
+                trace.for_client(identity.as_str())
+            } else {
+                Some(trace)
+            };
+            traces.extend(trace.filter(|t| !t.notifications.is_empty() || !t.insights.is_empty()));
         }
         Ok(traces)
     }

@@ -602,11 +602,16 @@ impl Store for MemoryStore {
         account: &AccountSid,
         from: OffsetDateTime,
         to: OffsetDateTime,
+        offset: usize,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .lock()
-            .records
-            .rooms_between(account, from, to, limit, OffsetDateTime::now_utc()))
+        Ok(self.lock().records.rooms_between(
+            account,
+            from,
+            to,
+            offset,
+            limit,
+            OffsetDateTime::now_utc(),
+        ))
     }
 }

@@ -1,6 +1,7 @@
 //! The memory engine's call traces and room facts: what the Redis engine keeps in
 //! `…:call:{…}` lists, `…:calls` and `…:rooms` sorted sets and `…:room:{…}` hashes, with the
-//! same limits. Retention is judged against the wall clock when written and read.
+//! same limits. Retention is judged against the wall clock when read; what lapsed is pruned
+//! at most once a second (the engine's one lock is the webhooks' too), emptied entries with it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -20,6 +21,7 @@ pub struct Records {
     rooms: HashMap<(AccountSid, String), (HashMap<String, Bytes>, OffsetDateTime)>,
     /// account → room → (earliest fact, lapses).
     room_index: HashMap<AccountSid, HashMap<String, (OffsetDateTime, OffsetDateTime)>>,
+    pruned: Option<OffsetDateTime>,
 }
 
 impl Records {
@@ -44,19 +46,42 @@ impl Records {
                     .entry(w.call_sid.clone())
                     .and_modify(|(_, until)| *until = lapses)
                     .or_insert((w.at, lapses));
-                listed.retain(|_, (at, _)| *at >= now - w.retention);
                 let keep = usize::try_from(w.max_per_identity).unwrap_or(usize::MAX);
-                if listed.len() > keep {
-                    let mut by_age: Vec<(OffsetDateTime, String)> =
-                        listed.iter().map(|(c, (at, _))| (*at, c.clone())).collect();
-                    by_age.sort();
-                    for (_, call) in by_age.into_iter().take(listed.len() - keep) {
-                        listed.remove(&call);
-                    }
+                // One in, one out once full: a scan of the list, no sort.
+                while listed.len() > keep {
+                    let oldest = listed
+                        .iter()
+                        .min_by_key(|(call, (at, _))| (*at, (*call).clone()))
+                        .map(|(call, _)| call.clone());
+                    match oldest {
+                        Some(call) => listed.remove(&call),
+                        None => break,
+                    };
                 }
             }
         }
+        self.prune(now);
+    }
+
+    /// Forgets what lapsed, at most once a second.
+    fn prune(&mut self, now: OffsetDateTime) {
+        if self
+            .pruned
+            .is_some_and(|last| now - last < time::Duration::SECOND)
+        {
+            return;
+        }
+        self.pruned = Some(now);
         self.calls.retain(|_, (_, until)| *until > now);
+        self.by_identity.retain(|_, listed| {
+            listed.retain(|_, (_, until)| *until > now);
+            !listed.is_empty()
+        });
+        self.rooms.retain(|_, (_, until)| *until > now);
+        self.room_index.retain(|_, rooms| {
+            rooms.retain(|_, (_, until)| *until > now);
+            !rooms.is_empty()
+        });
     }
 
     pub fn call_entries(
@@ -112,8 +137,7 @@ impl Records {
                 *until = lapses;
             })
             .or_insert((w.at, lapses));
-        index.retain(|_, (_, until)| *until > now);
-        self.rooms.retain(|_, (_, until)| *until > now);
+        self.prune(now);
     }
 
     pub fn room_facts(&self, account: &AccountSid, room: &str, now: OffsetDateTime) -> Vec<Bytes> {
@@ -129,6 +153,7 @@ impl Records {
         account: &AccountSid,
         from: OffsetDateTime,
         to: OffsetDateTime,
+        offset: usize,
         limit: usize,
         now: OffsetDateTime,
     ) -> Vec<String> {
@@ -143,6 +168,7 @@ impl Records {
         rooms.sort_by(|a, b| b.cmp(a));
         rooms
             .into_iter()
+            .skip(offset)
             .take(limit)
             .map(|(_, r)| r.clone())
             .collect()

@@ -626,11 +626,12 @@ impl Store for MeteredStore {
         account: &AccountSid,
         from: OffsetDateTime,
         to: OffsetDateTime,
+        offset: usize,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         self.timed(
             Op::RoomsBetween,
-            self.inner.rooms_between(account, from, to, limit),
+            self.inner.rooms_between(account, from, to, offset, limit),
         )
         .await
     }

@@ -456,12 +456,14 @@ pub trait Store: Send + Sync + 'static {
         room_sid: &str,
     ) -> Result<Vec<Bytes>, StoreError>;
 
-    /// Rooms whose earliest fact falls in `from..=to`, newest first, at most `limit`.
+    /// Rooms whose earliest fact falls in `from..=to`, newest first: `limit` of them after the
+    /// first `offset`.
     async fn rooms_between(
         &self,
         account: &AccountSid,
         from: OffsetDateTime,
         to: OffsetDateTime,
+        offset: usize,
         limit: usize,
     ) -> Result<Vec<String>, StoreError>;
 }

@@ -185,6 +185,16 @@ async fn an_access_token_reads_its_own_calls_and_no_one_elses() {
     let own = get(format!("/v1/calls/{bob_call}")).await;
     assert_eq!(own.status, 200, "{}", own.text);
     assert_eq!(own.body["identity"], "bob");
+    // Without callrelay's internal words: which replica, and why a target failed.
+    assert_eq!(own.body["notifications"][0]["replica"], Value::Null);
+    assert_eq!(
+        own.body["notifications"][0]["targets"][0]["replica"],
+        Value::Null
+    );
+    assert_eq!(
+        own.body["notifications"][0]["targets"][0]["outcome"],
+        "delivered"
+    );
     // Carol's call is as unknown to Bob as a call never made.
     let other = get(format!("/v1/calls/{carol_call}")).await;
     assert_eq!(other.status, 404, "{}", other.text);
@@ -192,6 +202,7 @@ async fn an_access_token_reads_its_own_calls_and_no_one_elses() {
     assert_eq!(listed.body["calls"][0]["call_sid"], bob_call.as_str());
     assert_eq!(listed.body["calls"].as_array().unwrap().len(), 1);
     assert_eq!(get("/v1/calls?identity=carol".into()).await.status, 403);
+    assert_eq!(get("/v1/calls?limit=0".into()).await.status, 400);
     // Admin keys name the account; a malformed SID or time is a clear 400.
     let admin = |path: String| {
         let app = &app;

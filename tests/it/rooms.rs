@@ -273,6 +273,20 @@ async fn rooms_are_listed_by_time_and_status_for_admins_only_and_billed_per_seco
         ended.body["rooms"][0]["billing"],
         json!({"rule": "per_second", "billable_seconds": 620, "billable_minutes": 620.0 / 60.0})
     );
+    // A page at a time: the first page says where the next starts, the last says nothing.
+    let first = list("&limit=1".into()).await;
+    assert_eq!(first.body["rooms"][0]["room_sid"], ROOM_2);
+    assert_eq!(first.body["next_offset"], 1);
+    let link = first.headers["link"].to_str().unwrap();
+    assert!(
+        link.contains("offset=1") && link.contains("limit=1"),
+        "{link}"
+    );
+    let second = list("&limit=1&offset=1".into()).await;
+    assert_eq!(second.body["rooms"][0]["room_sid"], ROOM);
+    let last = list("&limit=1&offset=2".into()).await;
+    assert_eq!(last.body, json!({"rooms": [], "next_offset": null}));
+    assert!(last.headers.get("link").is_none());
     let window = list(format!("&from={}&to={}", at(t, -60), at(t, 60))).await;
     assert_eq!(window.body["rooms"].as_array().unwrap().len(), 1);
     assert_eq!(list("&status=open".into()).await.status, 400);

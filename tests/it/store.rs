@@ -1410,11 +1410,24 @@ async fn room_facts_are_kept_once_per_id_and_rooms_listed_by_their_earliest_fact
     // RM1 is listed at -30 (its earliest fact), newest first.
     let between = |from, to| {
         let store = store.clone();
-        async move { store.rooms_between(&account(), from, to, 10).await.unwrap() }
+        async move {
+            store
+                .rooms_between(&account(), from, to, 0, 10)
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(between(s(-60), s(0)).await, vec!["RM2", "RM1"]);
     assert_eq!(between(s(-25), s(0)).await, vec!["RM2"]);
     assert!(between(s(-5), s(0)).await.is_empty());
+    // Pages: the second room alone after skipping the first.
+    assert_eq!(
+        store
+            .rooms_between(&account(), s(-60), s(0), 1, 10)
+            .await
+            .unwrap(),
+        vec!["RM1"]
+    );
     assert!(
         store
             .room_facts(&account(), "RM404")

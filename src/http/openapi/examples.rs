@@ -347,13 +347,13 @@ pub fn room() -> Value {
 pub fn room_list() -> Value {
     one(
         "december",
-        "Rooms of December",
-        json!({"rooms": [ledger()]}),
+        "Rooms of December, the last page",
+        json!({"rooms": [ledger()], "next_offset": null}),
     )
 }
 
 /// The same consult as CSV.
 pub fn room_csv() -> &'static str {
-    "account_sid,room_sid,room_name,status,created_at,ended_at,session_seconds,participant_sid,identity,connected_at,disconnected_at,closed_by,connected_seconds,billable_seconds,rule\r\n\
-AC3f9a2b7c1d4e5f60718293a4b5c6d7e8,RM1a2b3c4d5e6f708192a3b4c5d6e7f809,consult-42,ended,2026-12-07T15:00:00Z,2026-12-07T15:10:30Z,300,PA0123456789abcdef0123456789abcdef,dr-jones,2026-12-07T15:00:10Z,2026-12-07T15:05:20Z,participant-disconnected,310,360,per_started_minute\r\n"
+    "account_sid,room_sid,room_name,status,created_at,ended_at,room_duration,session_seconds,participant_sid,identity,connected_at,disconnected_at,closed_by,participant_duration,connected_seconds,billable_seconds,rule\r\n\
+AC3f9a2b7c1d4e5f60718293a4b5c6d7e8,RM1a2b3c4d5e6f708192a3b4c5d6e7f809,consult-42,ended,2026-12-07T15:00:00Z,2026-12-07T15:10:30Z,630,300,PA0123456789abcdef0123456789abcdef,dr-jones,2026-12-07T15:00:10Z,2026-12-07T15:05:20Z,participant-disconnected,310,310,360,per_started_minute\r\n"
 }

@@ -28,7 +28,7 @@ pub fn schemas(out: &mut Map<String, Value>) {
                 "status": {"type": ["integer", "null"], "description": "The HTTP status Apple or Google answered last."},
                 "reason": {"type": ["string", "null"], "description": "Apple's reason or Google's error code (or `timeout`, `connection_error`)."},
                 "apns_id": {"type": ["string", "null"], "description": "The `apns-id` Apple gave the push."},
-                "detail": {"type": ["string", "null"], "description": "callrelay's words when the target was not delivered to."},
+                "detail": {"type": ["string", "null"], "description": "callrelay's words when the target was not delivered to (null for access-token holders, as `replica` is)."},
                 "latency_ms": {"type": "number", "minimum": 0}
             },
             "additionalProperties": false
@@ -39,7 +39,7 @@ pub fn schemas(out: &mut Map<String, Value>) {
         json!({
             "type": "object",
             "description": "One call notification Twilio sent for the call and what it was answered.",
-            "required": ["identity", "received_at", "status", "answer", "took_ms", "delivered", "removed", "failed", "duplicate", "replica", "targets"],
+            "required": ["identity", "received_at", "status", "answer", "took_ms", "delivered", "removed", "failed", "duplicate", "targets"],
             "properties": {
                 "identity": {"type": "string"},
                 "message_id": nullable("string"), "message_type": nullable("string"),
@@ -52,7 +52,7 @@ pub fn schemas(out: &mut Map<String, Value>) {
                 "removed": {"type": "integer", "minimum": 0},
                 "failed": {"type": "integer", "minimum": 0},
                 "duplicate": {"type": "boolean", "description": "A retry of a notification already delivered (same `twi_message_id`): nothing was sent again."},
-                "replica": {"type": "string", "description": "The replica that answered."},
+                "replica": {"type": ["string", "null"], "description": "The replica that answered (null for access-token holders)."},
                 "targets": {"type": "array", "items": {"$ref": "#/components/schemas/TraceTarget"}}
             },
             "additionalProperties": false
@@ -200,18 +200,19 @@ pub fn paths(out: &mut Map<String, Value>) {
         "operationId": "listRooms",
         "tags": ["Room ledger"],
         "summary": "Rooms and their ledgers (admin keys)",
-        "description": "The rooms whose earliest event falls between `from` and `to` (the last 31 days without them), newest first, each with its ledger; as CSV with `Accept: text/csv` (one row per participant).",
+        "description": "The rooms whose earliest event falls between `from` and `to` (the last 31 days without them), newest first, each with its ledger, a page at a time; as CSV with `Accept: text/csv` (one row per participant). Billable time follows `rooms.billing` as configured when the ledger is read.",
         "security": bearer(),
         "parameters": [
             account_parameter(),
             time_parameter("from", "The earliest room listed (by its first event)."),
             time_parameter("to", "The latest room listed (by its first event); now without it."),
             {"name": "status", "in": "query", "required": false, "schema": {"enum": ["in-progress", "ended"]}},
-            {"name": "limit", "in": "query", "required": false, "description": "At most this many rooms (1 to 1000).", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
+            {"name": "limit", "in": "query", "required": false, "description": "At most this many rooms (1 to 1000).", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+            {"name": "offset", "in": "query", "required": false, "description": "Where this page starts: the previous page's `next_offset`.", "schema": {"type": "integer", "minimum": 0, "default": 0}}
         ],
         "responses": {
-            "200": {"description": "The rooms.", "content": {
-                "application/json": {"schema": {"type": "object", "required": ["rooms"], "properties": {"rooms": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}}, "additionalProperties": false}, "examples": examples::room_list()},
+            "200": {"description": "The rooms. When more follow, `next_offset` (and a `Link` header with `rel=\"next\"`, for CSV) says where the next page starts.", "headers": {"Link": {"description": "The next page, when there is one.", "schema": {"type": "string"}}}, "content": {
+                "application/json": {"schema": {"type": "object", "required": ["rooms", "next_offset"], "properties": {"rooms": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}, "next_offset": {"type": ["integer", "null"], "minimum": 0}}, "additionalProperties": false}, "examples": examples::room_list()},
                 "text/csv": csv_content()["text/csv"]
             }},
             "400": r("BadRequest"), "401": r("Unauthorized"), "403": r("Forbidden"), "429": r("RateLimited"), "503": r("StoreUnavailable")

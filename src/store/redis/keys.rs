@@ -153,6 +153,20 @@ mod tests {
             token(keys.address(&a, PushChannel::Apns, "ab12")),
             token(keys.claims(&a, PushChannel::Apns, "ab12"))
         );
+        // A call's trace and a room's facts have tags of their own (calls and rooms spread
+        // over the slots); an identity's list of calls sits beside its bindings.
+        assert_eq!(
+            tag(&keys.identity_calls(&a, &bob)),
+            tag(&keys.bindings(&a, &bob))
+        );
+        assert_eq!(
+            keys.call(&a, "CA1"),
+            "callrelay:call:{AC0123456789abcdef0123456789abcdef:CA1}"
+        );
+        assert_eq!(
+            keys.room(&a, "RM1"),
+            "callrelay:room:{AC0123456789abcdef0123456789abcdef:RM1}"
+        );
         assert_eq!(
             keys.claims(&a, PushChannel::Apns, "ab12"),
             "callrelay:addr:{AC0123456789abcdef0123456789abcdef:apns:ab12}:claims"

@@ -883,9 +883,11 @@ impl Store for RedisStore {
         account: &AccountSid,
         from: OffsetDateTime,
         to: OffsetDateTime,
+        offset: usize,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        self.read_rooms_between(account, from, to, limit).await
+        self.read_rooms_between(account, from, to, offset, limit)
+            .await
     }
 }
 

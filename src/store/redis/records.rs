@@ -149,6 +149,7 @@ impl RedisStore {
         account: &AccountSid,
         from: OffsetDateTime,
         to: OffsetDateTime,
+        offset: usize,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         let mut c = self.conn.clone();
@@ -161,7 +162,7 @@ impl RedisStore {
                 .arg("BYSCORE")
                 .arg("REV")
                 .arg("LIMIT")
-                .arg(0)
+                .arg(offset)
                 .arg(limit)
                 .query_async(&mut c),
         )
