@@ -68,6 +68,51 @@ impl AccountSid {
     }
 }
 
+/// A resource SID callrelay keeps records under: `prefix`, then 1 to 62 letters and digits.
+/// Twilio's are 32 hexadecimal digits; any letters and digits are taken, so that a SID of
+/// another shape still reads, and nothing else is, since it names a Redis key.
+fn is_resource_sid(value: &str, prefix: &str) -> bool {
+    (3..=64).contains(&value.len())
+        && value.starts_with(prefix)
+        && value.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+macro_rules! resource_sid {
+    ($name:ident, $prefix:literal, $what:literal) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+        string_newtype!($name);
+
+        impl $name {
+            pub fn parse(value: &str) -> Result<Self, InvalidId> {
+                if is_resource_sid(value, $prefix) {
+                    Ok(Self(value.to_owned()))
+                } else {
+                    Err(InvalidId(
+                        concat!(
+                            "a ",
+                            $what,
+                            " SID is `",
+                            $prefix,
+                            "` followed by letters and digits"
+                        )
+                        .into(),
+                    ))
+                }
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+resource_sid!(CallSid, "CA", "call");
+resource_sid!(RoomSid, "RM", "room");
+
 /// A Twilio API key SID: `SK` followed by 32 hexadecimal digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ApiKeySid(String);
@@ -144,6 +189,22 @@ impl BindingId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_and_room_sids_are_checked_before_they_name_a_key() {
+        assert!(CallSid::parse("CA0123456789abcdef0123456789abcdef").is_ok());
+        assert!(RoomSid::parse("RM0123456789abcdef0123456789abcdef").is_ok());
+        for bad in [
+            "CA",
+            "CA1:}{x",
+            "RM0123",
+            "",
+            &format!("CA{}", "a".repeat(80)),
+        ] {
+            assert!(CallSid::parse(bad).is_err(), "{bad}");
+        }
+        assert!(RoomSid::parse("CA0123").is_err());
+    }
 
     #[test]
     fn account_sid_accepts_only_ac_and_32_hex_digits() {

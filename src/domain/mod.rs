@@ -16,7 +16,7 @@ pub use binding::{
 pub use event::{
     CloudEvent, Envelope, Family, InvalidEvent, StatusCallback, StatusEvent, type_matches,
 };
-pub use ids::{AccountSid, ApiKeySid, BindingId, Identity, InvalidId};
+pub use ids::{AccountSid, ApiKeySid, BindingId, CallSid, Identity, InvalidId, RoomSid};
 pub use notification::{CallNotification, InvalidNotification};
 pub use presence::SocketPresence;
 

@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use super::AppState;
 use crate::auth::Caller;
 use crate::domain::ledger::{self, RoomObject, RoomStatus};
-use crate::domain::{AccountSid, Identity};
+use crate::domain::{AccountSid, CallSid, Identity, RoomSid};
 use crate::relay::{MAX_CALLS_LISTED, MAX_ROOMS_LISTED, RecordError, RoomQuery, RoomView};
 
 /// Calls listed when `limit` is not given.
@@ -80,6 +80,7 @@ pub async fn call(
     query: Result<Query<RecordParams>, QueryRejection>,
 ) -> Result<Response, RecordError> {
     let params = params(query)?;
+    let call_sid = CallSid::parse(&call_sid).map_err(|e| RecordError::BadRequest(e.to_string()))?;
     let trace = state
         .relay
         .call_trace(&caller, account(&params)?, &call_sid)
@@ -126,7 +127,7 @@ fn csv(views: &[RoomView], name: &str) -> Response {
     for view in views {
         ledger::csv_rows(
             view.account_sid.as_str(),
-            &view.room_sid,
+            view.room_sid.as_str(),
             &view.ledger,
             &mut out,
         );
@@ -167,7 +168,7 @@ fn next_page(uri: &Uri, next: usize) -> String {
 fn object(view: &RoomView) -> RoomObject<'_> {
     RoomObject {
         account_sid: view.account_sid.as_str(),
-        room_sid: &view.room_sid,
+        room_sid: view.room_sid.as_str(),
         ledger: &view.ledger,
     }
 }
@@ -180,12 +181,13 @@ pub async fn room(
     query: Result<Query<RecordParams>, QueryRejection>,
 ) -> Result<Response, RecordError> {
     let params = params(query)?;
+    let room_sid = RoomSid::parse(&room_sid).map_err(|e| RecordError::BadRequest(e.to_string()))?;
     let view = state
         .relay
         .room(&caller, account(&params)?, &room_sid)
         .await?;
     if wants_csv(&headers) {
-        return Ok(csv(std::slice::from_ref(&view), &view.room_sid));
+        return Ok(csv(std::slice::from_ref(&view), view.room_sid.as_str()));
     }
     Ok(Json(object(&view)).into_response())
 }

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use super::{RecordError, Relay};
 use crate::auth::Caller;
 use crate::domain::ledger::{self, Ledger, RoomFact, RoomStatus};
-use crate::domain::{AccountSid, Family, StatusCallback};
+use crate::domain::{AccountSid, Family, RoomSid, StatusCallback};
 use crate::store::{RoomFactWrite, StoreError};
 
 /// The most rooms one listing returns.
@@ -42,15 +42,8 @@ pub struct RoomPage {
 #[derive(Debug, Clone)]
 pub struct RoomView {
     pub account_sid: AccountSid,
-    pub room_sid: String,
+    pub room_sid: RoomSid,
     pub ledger: Ledger,
-}
-
-/// Whether `sid` can name a room: `RM`, then letters and digits.
-fn valid_room_sid(sid: &str) -> bool {
-    (3..=64).contains(&sid.len())
-        && sid.starts_with("RM")
-        && sid.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 impl Relay {
@@ -70,14 +63,13 @@ impl Relay {
             .params
             .iter()
             .find(|(k, _)| k == "RoomSid")
-            .map(|(_, v)| v.as_str())
-            .filter(|sid| valid_room_sid(sid))
+            .and_then(|(_, v)| RoomSid::parse(v).ok())
         else {
             return Ok(());
         };
         let Some(fact) = RoomFact::from_params(&callback.params, id.to_owned()) else {
             // Kept in the event log all the same; the ledger cannot place it in time.
-            tracing::warn!(event = %callback.event_name, room = room_sid, "room callback without an RFC 3339 Timestamp: left out of the room's ledger");
+            tracing::warn!(event = %callback.event_name, room = %room_sid, "room callback without an RFC 3339 Timestamp: left out of the room's ledger");
             return Ok(());
         };
         let at = fact.timestamp;
@@ -85,7 +77,7 @@ impl Relay {
         self.store
             .keep_room_fact(RoomFactWrite {
                 account: callback.account_sid.clone(),
-                room_sid: room_sid.to_owned(),
+                room_sid: room_sid.clone(),
                 fact_id: id.to_owned(),
                 fact: bytes.into(),
                 at,
@@ -112,14 +104,9 @@ impl Relay {
         &self,
         caller: &Caller,
         account: Option<AccountSid>,
-        room_sid: &str,
+        room_sid: &RoomSid,
     ) -> Result<RoomView, RecordError> {
         let account = self.room_account(caller, account)?;
-        if !valid_room_sid(room_sid) {
-            return Err(RecordError::BadRequest(
-                "the room SID must be RM followed by letters and digits".into(),
-            ));
-        }
         self.room_view(&account, room_sid)
             .await?
             .ok_or_else(|| RecordError::NotFound(format!("no events of room {room_sid}")))
@@ -184,7 +171,7 @@ impl Relay {
     async fn room_view(
         &self,
         account: &AccountSid,
-        room_sid: &str,
+        room_sid: &RoomSid,
     ) -> Result<Option<RoomView>, StoreError> {
         let stored = self.store.room_facts(account, room_sid).await?;
         if stored.is_empty() {
@@ -195,14 +182,14 @@ impl Relay {
             .filter_map(|bytes| match serde_json::from_slice(bytes) {
                 Ok(fact) => Some(fact),
                 Err(e) => {
-                    tracing::warn!(room = room_sid, error = %e, "passing over an unreadable room fact");
+                    tracing::warn!(room = %room_sid, error = %e, "passing over an unreadable room fact");
                     None
                 }
             })
             .collect();
         Ok(Some(RoomView {
             account_sid: account.clone(),
-            room_sid: room_sid.to_owned(),
+            room_sid: room_sid.clone(),
             ledger: ledger::ledger(&facts, self.config.rooms.billing),
         }))
     }

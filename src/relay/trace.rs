@@ -21,9 +21,9 @@ use crate::auth::Caller;
 use crate::channels::{Outcome, Report, Target};
 use crate::config::CallsConfig;
 use crate::domain::trace::{
-    CallTrace, InsightsRecord, NotificationRecord, TargetRecord, TraceEntry, valid_call_sid,
+    CallTrace, InsightsRecord, NotificationRecord, TargetRecord, TraceEntry,
 };
-use crate::domain::{AccountSid, CallNotification, Identity};
+use crate::domain::{AccountSid, CallNotification, CallSid, Identity};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::store::{Store, TraceWrite};
 
@@ -47,7 +47,7 @@ pub struct CallRecorder {
 /// What the webhook's task collects while it delivers.
 pub struct CallInProgress {
     pub targets: Vec<TargetRecord>,
-    call_sid: String,
+    call_sid: CallSid,
     received_at: OffsetDateTime,
     started: Instant,
 }
@@ -72,13 +72,10 @@ impl CallRecorder {
 
     /// A notification without a usable `twi_call_sid` is not traced.
     pub fn start_call(&self, notification: &CallNotification) -> Option<CallInProgress> {
-        let call_sid = notification
-            .call_sid
-            .as_deref()
-            .filter(|s| valid_call_sid(s))?;
+        let call_sid = CallSid::parse(notification.call_sid.as_deref()?).ok()?;
         Some(CallInProgress {
             targets: Vec::new(),
-            call_sid: call_sid.to_owned(),
+            call_sid,
             received_at: OffsetDateTime::now_utc(),
             started: Instant::now(),
         })
@@ -127,12 +124,12 @@ impl CallRecorder {
 
     /// Joins a Voice Insights call summary to its call's trace.
     pub fn record_insights(&self, account: &AccountSid, call_sid: &str, summary: InsightsRecord) {
-        if !valid_call_sid(call_sid) {
+        let Ok(call_sid) = CallSid::parse(call_sid) else {
             return;
-        }
+        };
         self.queue(TraceWrite {
             account: account.clone(),
-            call_sid: call_sid.to_owned(),
+            call_sid,
             identity: None,
             at: summary.received_at,
             entry: entry_bytes(&TraceEntry::Insights(summary)),
@@ -276,20 +273,15 @@ impl Relay {
         &self,
         caller: &Caller,
         account: Option<AccountSid>,
-        call_sid: &str,
+        call_sid: &CallSid,
     ) -> Result<CallTrace, RecordError> {
         let (account, own) = self.call_scope(caller, account)?;
         let unknown = || RecordError::NotFound(format!("no trace of call {call_sid}"));
-        if !valid_call_sid(call_sid) {
-            return Err(RecordError::BadRequest(
-                "the call SID must be CA followed by letters and digits".into(),
-            ));
-        }
         let entries = self.store.call_entries(&account, call_sid).await?;
         if entries.is_empty() {
             return Err(unknown());
         }
-        let trace = CallTrace::assemble(account.as_str(), call_sid, &entries);
+        let trace = CallTrace::assemble(account.as_str(), call_sid.as_str(), &entries);
         match own {
             // Someone else's call is as unknown to a token holder as a call never made.
             Some(own) => trace.for_client(own.as_str()).ok_or_else(unknown),
@@ -327,9 +319,21 @@ impl Relay {
             .recent_calls(&account, &identity, since, limit.clamp(1, MAX_CALLS_LISTED))
             .await?;
         let mut traces = Vec::with_capacity(calls.len());
-        for call in calls {
-            let entries = self.store.call_entries(&account, &call).await?;
-            let trace = CallTrace::assemble(account.as_str(), &call, &entries);
+        // Each call's trace is a key of its own: read them sixteen at a time.
+        let mut read = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(16) {
+            read.extend(
+                futures_util::future::join_all(
+                    chunk
+                        .iter()
+                        .map(|call| self.store.call_entries(&account, call)),
+                )
+                .await,
+            );
+        }
+        for (call, entries) in calls.iter().zip(read) {
+            let entries = entries?;
+            let trace = CallTrace::assemble(account.as_str(), call.as_str(), &entries);
             let trace = if client {
                 trace.for_client(identity.as_str())
             } else {

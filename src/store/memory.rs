@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::{
     Claim, ClaimOwner, PutOutcome, Settlement, SocketPresence, Store, StoreError, Targets,
 };
-use crate::domain::{AccountSid, Binding, BindingId, Identity, PushChannel};
+use crate::domain::{AccountSid, Binding, BindingId, CallSid, Identity, PushChannel, RoomSid};
 
 type IdentityKey = (AccountSid, Identity);
 type MessageKey = (AccountSid, Identity, String);
@@ -555,7 +555,7 @@ impl Store for MemoryStore {
     async fn call_entries(
         &self,
         account: &AccountSid,
-        call_sid: &str,
+        call_sid: &CallSid,
     ) -> Result<Vec<Bytes>, StoreError> {
         Ok(self
             .lock()
@@ -569,7 +569,7 @@ impl Store for MemoryStore {
         identity: &Identity,
         since: OffsetDateTime,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CallSid>, StoreError> {
         Ok(self.lock().records.recent_calls(
             account,
             identity,
@@ -589,7 +589,7 @@ impl Store for MemoryStore {
     async fn room_facts(
         &self,
         account: &AccountSid,
-        room_sid: &str,
+        room_sid: &RoomSid,
     ) -> Result<Vec<Bytes>, StoreError> {
         Ok(self
             .lock()
@@ -604,7 +604,7 @@ impl Store for MemoryStore {
         to: OffsetDateTime,
         offset: usize,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<RoomSid>, StoreError> {
         Ok(self.lock().records.rooms_between(
             account,
             from,

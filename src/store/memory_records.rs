@@ -9,18 +9,19 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 
 use super::{MAX_TRACE_ENTRIES, RoomFactWrite, TraceWrite};
-use crate::domain::{AccountSid, Identity};
+use crate::domain::{AccountSid, CallSid, Identity, RoomSid};
 
 #[derive(Default)]
 pub struct Records {
     /// (account, call) → its entries with when each lapses.
-    calls: HashMap<(AccountSid, String), (VecDeque<Bytes>, OffsetDateTime)>,
+    calls: HashMap<(AccountSid, CallSid), (VecDeque<Bytes>, OffsetDateTime)>,
     /// (account, identity) → call → (first recorded, lapses).
-    by_identity: HashMap<(AccountSid, Identity), HashMap<String, (OffsetDateTime, OffsetDateTime)>>,
+    by_identity:
+        HashMap<(AccountSid, Identity), HashMap<CallSid, (OffsetDateTime, OffsetDateTime)>>,
     /// (account, room) → fact id → fact, with when the room lapses.
-    rooms: HashMap<(AccountSid, String), (HashMap<String, Bytes>, OffsetDateTime)>,
+    rooms: HashMap<(AccountSid, RoomSid), (HashMap<String, Bytes>, OffsetDateTime)>,
     /// account → room → (earliest fact, lapses).
-    room_index: HashMap<AccountSid, HashMap<String, (OffsetDateTime, OffsetDateTime)>>,
+    room_index: HashMap<AccountSid, HashMap<RoomSid, (OffsetDateTime, OffsetDateTime)>>,
     pruned: Option<OffsetDateTime>,
 }
 
@@ -87,11 +88,11 @@ impl Records {
     pub fn call_entries(
         &self,
         account: &AccountSid,
-        call: &str,
+        call: &CallSid,
         now: OffsetDateTime,
     ) -> Vec<Bytes> {
         self.calls
-            .get(&(account.clone(), call.to_owned()))
+            .get(&(account.clone(), call.clone()))
             .filter(|(_, until)| *until > now)
             .map(|(entries, _)| entries.iter().cloned().collect())
             .unwrap_or_default()
@@ -104,11 +105,11 @@ impl Records {
         since: OffsetDateTime,
         limit: usize,
         now: OffsetDateTime,
-    ) -> Vec<String> {
+    ) -> Vec<CallSid> {
         let Some(listed) = self.by_identity.get(&(account.clone(), identity.clone())) else {
             return Vec::new();
         };
-        let mut calls: Vec<(OffsetDateTime, &String)> = listed
+        let mut calls: Vec<(OffsetDateTime, &CallSid)> = listed
             .iter()
             .filter(|(_, (at, until))| *at >= since && *until > now)
             .map(|(call, (at, _))| (*at, call))
@@ -140,9 +141,14 @@ impl Records {
         self.prune(now);
     }
 
-    pub fn room_facts(&self, account: &AccountSid, room: &str, now: OffsetDateTime) -> Vec<Bytes> {
+    pub fn room_facts(
+        &self,
+        account: &AccountSid,
+        room: &RoomSid,
+        now: OffsetDateTime,
+    ) -> Vec<Bytes> {
         self.rooms
-            .get(&(account.clone(), room.to_owned()))
+            .get(&(account.clone(), room.clone()))
             .filter(|(_, until)| *until > now)
             .map(|(facts, _)| facts.values().cloned().collect())
             .unwrap_or_default()
@@ -156,11 +162,11 @@ impl Records {
         offset: usize,
         limit: usize,
         now: OffsetDateTime,
-    ) -> Vec<String> {
+    ) -> Vec<RoomSid> {
         let Some(index) = self.room_index.get(account) else {
             return Vec::new();
         };
-        let mut rooms: Vec<(OffsetDateTime, &String)> = index
+        let mut rooms: Vec<(OffsetDateTime, &RoomSid)> = index
             .iter()
             .filter(|(_, (at, until))| *at >= from && *at <= to && *until > now)
             .map(|(room, (at, _))| (*at, room))

@@ -22,7 +22,7 @@ use super::{
     Appended, Claim, ClaimOwner, ClaimRequest, EventRetention, LoggedEvent, Lookup, PresenceKey,
     PutOutcome, Settlement, SocketPresence, Store, StoreError, StoredTarget, Targets,
 };
-use crate::domain::{AccountSid, Binding, BindingId, Identity};
+use crate::domain::{AccountSid, Binding, BindingId, CallSid, Identity, RoomSid};
 use crate::metrics::{Metrics, StoreErrorLabels, StoreLabels};
 
 /// The `operation` label: each `Store` method that talks to the store.
@@ -587,7 +587,7 @@ impl Store for MeteredStore {
     async fn call_entries(
         &self,
         account: &AccountSid,
-        call_sid: &str,
+        call_sid: &CallSid,
     ) -> Result<Vec<Bytes>, StoreError> {
         self.timed(Op::CallEntries, self.inner.call_entries(account, call_sid))
             .await
@@ -599,7 +599,7 @@ impl Store for MeteredStore {
         identity: &Identity,
         since: OffsetDateTime,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CallSid>, StoreError> {
         self.timed(
             Op::RecentCalls,
             self.inner.recent_calls(account, identity, since, limit),
@@ -615,7 +615,7 @@ impl Store for MeteredStore {
     async fn room_facts(
         &self,
         account: &AccountSid,
-        room_sid: &str,
+        room_sid: &RoomSid,
     ) -> Result<Vec<Bytes>, StoreError> {
         self.timed(Op::RoomFacts, self.inner.room_facts(account, room_sid))
             .await
@@ -628,7 +628,7 @@ impl Store for MeteredStore {
         to: OffsetDateTime,
         offset: usize,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<RoomSid>, StoreError> {
         self.timed(
             Op::RoomsBetween,
             self.inner.rooms_between(account, from, to, offset, limit),

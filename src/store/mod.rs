@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::config::StoreConfig;
-use crate::domain::{AccountSid, Binding, BindingId, Identity, SocketPresence};
+use crate::domain::{AccountSid, Binding, BindingId, CallSid, Identity, RoomSid, SocketPresence};
 
 /// How long, and how many, events an account's log keeps (`[events]`).
 pub use crate::config::EventRetention;
@@ -432,7 +432,7 @@ pub trait Store: Send + Sync + 'static {
     async fn call_entries(
         &self,
         account: &AccountSid,
-        call_sid: &str,
+        call_sid: &CallSid,
     ) -> Result<Vec<Bytes>, StoreError>;
 
     /// The calls listed under an identity since `since`, newest first, at most `limit`.
@@ -442,7 +442,7 @@ pub trait Store: Send + Sync + 'static {
         identity: &Identity,
         since: OffsetDateTime,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError>;
+    ) -> Result<Vec<CallSid>, StoreError>;
 
     /// Keeps one of a room's ledger facts under its id (a repeat replaces it with the same),
     /// and lists the room by its earliest fact's time. Answered once stored (with
@@ -453,7 +453,7 @@ pub trait Store: Send + Sync + 'static {
     async fn room_facts(
         &self,
         account: &AccountSid,
-        room_sid: &str,
+        room_sid: &RoomSid,
     ) -> Result<Vec<Bytes>, StoreError>;
 
     /// Rooms whose earliest fact falls in `from..=to`, newest first: `limit` of them after the
@@ -465,7 +465,7 @@ pub trait Store: Send + Sync + 'static {
         to: OffsetDateTime,
         offset: usize,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError>;
+    ) -> Result<Vec<RoomSid>, StoreError>;
 }
 
 /// The most entries one call's trace keeps (a call gets a few notifications and summaries;
@@ -476,7 +476,7 @@ pub const MAX_TRACE_ENTRIES: usize = 64;
 #[derive(Debug, Clone)]
 pub struct TraceWrite {
     pub account: AccountSid,
-    pub call_sid: String,
+    pub call_sid: CallSid,
     /// The identity whose list of calls names this one.
     pub identity: Option<Identity>,
     pub at: OffsetDateTime,
@@ -489,7 +489,7 @@ pub struct TraceWrite {
 #[derive(Debug, Clone)]
 pub struct RoomFactWrite {
     pub account: AccountSid,
-    pub room_sid: String,
+    pub room_sid: RoomSid,
     pub fact_id: String,
     pub fact: Bytes,
     /// Twilio's `Timestamp` of the event: the room is listed by its earliest.

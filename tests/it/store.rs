@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use callrelay::domain::SocketPresence;
 use callrelay::domain::{
-    AccountSid, ApnsEnvironment, Binding, BindingId, Identity, PushChannel, PushType,
+    AccountSid, ApnsEnvironment, Binding, BindingId, CallSid, Identity, PushChannel, PushType,
+    RoomSid,
 };
 use callrelay::store::memory::MemoryStore;
 use callrelay::store::{
@@ -1293,7 +1294,7 @@ async fn one_replica_at_a_time_forwards_to_a_target(store: Arc<dyn Store>) {
 fn trace_write(call: &str, identity: Option<&str>, at: OffsetDateTime, n: usize) -> TraceWrite {
     TraceWrite {
         account: account(),
-        call_sid: call.into(),
+        call_sid: CallSid::parse(call).unwrap(),
         identity: identity.map(ident),
         at,
         entry: Bytes::from(format!("{{\"n\":{n}}}")),
@@ -1320,12 +1321,15 @@ async fn call_traces_keep_their_entries_and_list_calls_per_identity(store: Arc<d
         .record_calls(&[trace_write("CA1", None, s(4), 3)])
         .await
         .unwrap();
-    let entries = store.call_entries(&account(), "CA1").await.unwrap();
+    let entries = store
+        .call_entries(&account(), &CallSid::parse("CA1").unwrap())
+        .await
+        .unwrap();
     let texts: Vec<&[u8]> = entries.iter().map(|e| e.as_ref()).collect();
     assert_eq!(texts, vec![&b"{\"n\":1}"[..], b"{\"n\":2}", b"{\"n\":3}"]);
     assert!(
         store
-            .call_entries(&account(), "CA404")
+            .call_entries(&account(), &CallSid::parse("CA404").unwrap())
             .await
             .unwrap()
             .is_empty()
@@ -1363,7 +1367,10 @@ async fn call_traces_keep_their_entries_and_list_calls_per_identity(store: Arc<d
         .map(|n| trace_write("CA7", None, s(20), n))
         .collect();
     store.record_calls(&many).await.unwrap();
-    let kept = store.call_entries(&account(), "CA7").await.unwrap();
+    let kept = store
+        .call_entries(&account(), &CallSid::parse("CA7").unwrap())
+        .await
+        .unwrap();
     assert_eq!(kept.len(), MAX_TRACE_ENTRIES);
     assert_eq!(kept[0].as_ref(), b"{\"n\":5}");
 }
@@ -1375,7 +1382,7 @@ async fn room_facts_are_kept_once_per_id_and_rooms_listed_by_their_earliest_fact
     let s = |secs: i64| t + time::Duration::seconds(secs);
     let fact = |room: &str, id: &str, at| RoomFactWrite {
         account: account(),
-        room_sid: room.into(),
+        room_sid: RoomSid::parse(room).unwrap(),
         fact_id: id.into(),
         fact: Bytes::from(format!("{{\"id\":\"{id}\"}}")),
         at,
@@ -1398,7 +1405,10 @@ async fn room_facts_are_kept_once_per_id_and_rooms_listed_by_their_earliest_fact
         .keep_room_fact(fact("RM2", "c", s(-20)))
         .await
         .unwrap();
-    let mut facts: Vec<Bytes> = store.room_facts(&account(), "RM1").await.unwrap();
+    let mut facts: Vec<Bytes> = store
+        .room_facts(&account(), &RoomSid::parse("RM1").unwrap())
+        .await
+        .unwrap();
     facts.sort();
     assert_eq!(
         facts,
@@ -1430,7 +1440,7 @@ async fn room_facts_are_kept_once_per_id_and_rooms_listed_by_their_earliest_fact
     );
     assert!(
         store
-            .room_facts(&account(), "RM404")
+            .room_facts(&account(), &RoomSid::parse("RM404").unwrap())
             .await
             .unwrap()
             .is_empty()

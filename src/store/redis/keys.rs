@@ -23,7 +23,7 @@
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica (sharded on a cluster) |
 //! | `<p>:{…}:replicated` | string | written before `WAIT` when `store.min_replica_acks` is set |
 
-use crate::domain::{AccountSid, Identity, PushChannel};
+use crate::domain::{AccountSid, CallSid, Identity, PushChannel, RoomSid};
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -87,7 +87,7 @@ impl Keys {
     }
 
     /// A call's trace, under a tag of its own: calls spread over a cluster's slots.
-    pub fn call(&self, account: &AccountSid, call_sid: &str) -> String {
+    pub fn call(&self, account: &AccountSid, call_sid: &CallSid) -> String {
         format!("{}:call:{{{account}:{call_sid}}}", self.prefix)
     }
 
@@ -97,7 +97,7 @@ impl Keys {
     }
 
     /// A room's ledger facts, under a tag of their own.
-    pub fn room(&self, account: &AccountSid, room_sid: &str) -> String {
+    pub fn room(&self, account: &AccountSid, room_sid: &RoomSid) -> String {
         format!("{}:room:{{{account}:{room_sid}}}", self.prefix)
     }
 
@@ -160,11 +160,11 @@ mod tests {
             tag(&keys.bindings(&a, &bob))
         );
         assert_eq!(
-            keys.call(&a, "CA1"),
+            keys.call(&a, &CallSid::parse("CA1").unwrap()),
             "callrelay:call:{AC0123456789abcdef0123456789abcdef:CA1}"
         );
         assert_eq!(
-            keys.room(&a, "RM1"),
+            keys.room(&a, &RoomSid::parse("RM1").unwrap()),
             "callrelay:room:{AC0123456789abcdef0123456789abcdef:RM1}"
         );
         assert_eq!(

@@ -35,7 +35,7 @@ use super::{
     Store, StoreError, Targets,
 };
 use crate::config::RedisConfig;
-use crate::domain::{AccountSid, Binding, BindingId, Identity};
+use crate::domain::{AccountSid, Binding, BindingId, CallSid, Identity, RoomSid};
 pub use keys::Keys;
 use link::Link;
 pub use probe::{ServerReport, probe};
@@ -850,7 +850,7 @@ impl Store for RedisStore {
     async fn call_entries(
         &self,
         account: &AccountSid,
-        call_sid: &str,
+        call_sid: &CallSid,
     ) -> Result<Vec<Bytes>, StoreError> {
         self.read_call_entries(account, call_sid).await
     }
@@ -861,7 +861,7 @@ impl Store for RedisStore {
         identity: &Identity,
         since: OffsetDateTime,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CallSid>, StoreError> {
         self.read_recent_calls(account, identity, since, limit)
             .await
     }
@@ -873,7 +873,7 @@ impl Store for RedisStore {
     async fn room_facts(
         &self,
         account: &AccountSid,
-        room_sid: &str,
+        room_sid: &RoomSid,
     ) -> Result<Vec<Bytes>, StoreError> {
         self.read_room_facts(account, room_sid).await
     }
@@ -885,7 +885,7 @@ impl Store for RedisStore {
         to: OffsetDateTime,
         offset: usize,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<RoomSid>, StoreError> {
         self.read_rooms_between(account, from, to, offset, limit)
             .await
     }

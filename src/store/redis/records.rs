@@ -13,7 +13,7 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 
 use super::{RedisStore, millis};
-use crate::domain::{AccountSid, Identity};
+use crate::domain::{AccountSid, CallSid, Identity, RoomSid};
 use crate::store::{MAX_TRACE_ENTRIES, RoomFactWrite, StoreError, TraceWrite};
 
 fn unix_ms(t: OffsetDateTime) -> i64 {
@@ -41,7 +41,7 @@ impl RedisStore {
                     .arg(&index)
                     .arg("NX")
                     .arg(at)
-                    .arg(&w.call_sid)
+                    .arg(w.call_sid.as_str())
                     .ignore();
                 pipe.cmd("ZREMRANGEBYSCORE")
                     .arg(&index)
@@ -64,7 +64,7 @@ impl RedisStore {
     pub(super) async fn read_call_entries(
         &self,
         account: &AccountSid,
-        call_sid: &str,
+        call_sid: &CallSid,
     ) -> Result<Vec<Bytes>, StoreError> {
         let mut c = self.conn.clone();
         let key = self.keys.call(account, call_sid);
@@ -86,22 +86,27 @@ impl RedisStore {
         identity: &Identity,
         since: OffsetDateTime,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CallSid>, StoreError> {
         let mut c = self.conn.clone();
         let key = self.keys.identity_calls(account, identity);
-        self.run(
-            redis::cmd("ZRANGE")
-                .arg(&key)
-                .arg("+inf")
-                .arg(unix_ms(since))
-                .arg("BYSCORE")
-                .arg("REV")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut c),
-        )
-        .await
+        let calls: Vec<String> = self
+            .run(
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg("+inf")
+                    .arg(unix_ms(since))
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(calls
+            .iter()
+            .filter_map(|s| CallSid::parse(s).ok())
+            .collect())
     }
 
     pub(super) async fn write_room_fact(&self, w: RoomFactWrite) -> Result<(), StoreError> {
@@ -118,7 +123,7 @@ impl RedisStore {
             .arg(&index)
             .arg("LT")
             .arg(at)
-            .arg(&w.room_sid)
+            .arg(w.room_sid.as_str())
             .ignore();
         pipe.cmd("ZREMRANGEBYSCORE")
             .arg(&index)
@@ -134,7 +139,7 @@ impl RedisStore {
     pub(super) async fn read_room_facts(
         &self,
         account: &AccountSid,
-        room_sid: &str,
+        room_sid: &RoomSid,
     ) -> Result<Vec<Bytes>, StoreError> {
         let mut c = self.conn.clone();
         let key = self.keys.room(account, room_sid);
@@ -151,21 +156,26 @@ impl RedisStore {
         to: OffsetDateTime,
         offset: usize,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<RoomSid>, StoreError> {
         let mut c = self.conn.clone();
         let key = self.keys.room_index(account);
-        self.run(
-            redis::cmd("ZRANGE")
-                .arg(&key)
-                .arg(unix_ms(to))
-                .arg(unix_ms(from))
-                .arg("BYSCORE")
-                .arg("REV")
-                .arg("LIMIT")
-                .arg(offset)
-                .arg(limit)
-                .query_async(&mut c),
-        )
-        .await
+        let rooms: Vec<String> = self
+            .run(
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(unix_ms(to))
+                    .arg(unix_ms(from))
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(offset)
+                    .arg(limit)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(rooms
+            .iter()
+            .filter_map(|s| RoomSid::parse(s).ok())
+            .collect())
     }
 }
