@@ -114,7 +114,6 @@ impl RedisStore {
         let room = self.keys.room(&w.account, &w.room_sid);
         let index = self.keys.room_index(&w.account);
         let at = unix_ms(w.at);
-        let now = unix_ms(OffsetDateTime::now_utc());
         let mut pipe = redis::pipe();
         pipe.hset(&room, &w.fact_id, w.fact.as_ref()).ignore();
         pipe.pexpire(&room, ttl).ignore();
@@ -125,10 +124,12 @@ impl RedisStore {
             .arg(at)
             .arg(w.room_sid.as_str())
             .ignore();
+        // Rooms past the retention, judged by Twilio's clock (the facts' `Timestamp`), which
+        // every replica agrees on, rather than by this replica's.
         pipe.cmd("ZREMRANGEBYSCORE")
             .arg(&index)
             .arg("-inf")
-            .arg(format!("({}", now.saturating_sub(ttl)))
+            .arg(format!("({}", at.saturating_sub(ttl)))
             .ignore();
         pipe.pexpire(&index, ttl).ignore();
         let mut c = self.conn.clone();
