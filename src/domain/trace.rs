@@ -23,9 +23,13 @@ pub enum TraceEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NotificationRecord {
     pub identity: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
@@ -40,7 +44,7 @@ pub struct NotificationRecord {
     /// A retry of a notification already delivered: nothing was sent again.
     pub duplicate: bool,
     /// The replica that answered (not shown to access-token holders).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
     pub targets: Vec<TargetRecord>,
 }
@@ -50,19 +54,27 @@ pub struct NotificationRecord {
 pub struct TargetRecord {
     pub channel: String,
     /// A push binding's app and id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<String>,
     /// A socket's connection id and the replica holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
     pub attempts: u32,
     /// `delivered`, `removed` (the address is dead and the binding or socket went) or `failed`.
     pub outcome: String,
     /// What Apple or Google answered last: HTTP status, their reason or error code, `apns-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apns_id: Option<String>,
     /// callrelay's own words when the target was not delivered to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub latency_ms: f64,
 }
@@ -76,14 +88,22 @@ pub struct InsightsRecord {
     pub event_id: String,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_duration: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnected_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processing_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<String>,
     /// `to.callee`, e.g. `client:alice`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callee: Option<String>,
 }
 
@@ -126,8 +146,11 @@ impl InsightsRecord {
 pub struct CallTrace {
     pub account_sid: String,
     pub call_sid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     pub notifications: Vec<NotificationRecord>,
     pub insights: Vec<InsightsRecord>,

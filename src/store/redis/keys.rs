@@ -17,7 +17,7 @@
 //! | `<p>:{AC…:events}:fwd:<target>:replay` | list | failed positions an admin asked to send again, oldest first |
 //! | `<p>:{AC…:events}:fwd:<target>:failed` | list | positions of events the target did not take within the retry budget (the most recent 10,000) |
 //! | `<p>:call:{AC…:CA…}` | list | the call's trace entries (JSON), the most recent 64, expiring after `calls.retention_secs` |
-//! | `<p>:{AC…:bob}:calls` | sorted set | call SID → when first recorded (ms): the identity's calls, trimmed by the retention and `calls.max_per_identity` |
+//! | `<p>:{AC…:bob}:calls` | list | `<ms>:<call SID>` per notification recorded: the identity's calls, the most recent `calls.max_per_identity` entries, expiring after the retention |
 //! | `<p>:room:{AC…:RM…}` | hash | fact id → room-ledger fact (JSON), expiring after `rooms.retention_secs` |
 //! | `<p>:{AC…:rooms}:index` | sorted set | room SID → its earliest fact's `Timestamp` (ms) |
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica (sharded on a cluster) |

@@ -20,6 +20,35 @@ fn unix_ms(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
+/// From an identity's list of `<ms>:<call SID>` entries: each call at its earliest entry,
+/// those from `since` on, newest first, at most `limit`.
+fn newest_calls(listed: &[String], since: i64, limit: usize) -> Vec<CallSid> {
+    let mut first: std::collections::HashMap<CallSid, i64> = std::collections::HashMap::new();
+    for entry in listed {
+        let Some((ms, call)) = entry.split_once(':') else {
+            continue;
+        };
+        let (Ok(ms), Ok(call)) = (ms.parse::<i64>(), CallSid::parse(call)) else {
+            continue;
+        };
+        first
+            .entry(call)
+            .and_modify(|at| *at = (*at).min(ms))
+            .or_insert(ms);
+    }
+    let mut calls: Vec<(i64, CallSid)> = first
+        .into_iter()
+        .filter(|(_, at)| *at >= since)
+        .map(|(call, at)| (at, call))
+        .collect();
+    calls.sort_by(|a, b| b.cmp(a));
+    calls
+        .into_iter()
+        .take(limit)
+        .map(|(_, call)| call)
+        .collect()
+}
+
 impl RedisStore {
     pub(super) async fn write_call_records(&self, writes: &[TraceWrite]) -> Result<(), StoreError> {
         if writes.is_empty() {
@@ -34,26 +63,14 @@ impl RedisStore {
             pipe.ltrim(&call, keep as isize, -1).ignore();
             pipe.pexpire(&call, ttl as i64).ignore();
             if let Some(identity) = &w.identity {
+                // The identity's calls as a list of `<ms>:<call SID>`, one per notification:
+                // three O(1) commands (a sorted set cost twice as much per call, measured).
+                // Readers take each call's earliest entry; the trim bounds the list.
                 let index = self.keys.identity_calls(&w.account, identity);
-                let at = unix_ms(w.at);
-                // NX: a call is listed at its first notification.
-                pipe.cmd("ZADD")
-                    .arg(&index)
-                    .arg("NX")
-                    .arg(at)
-                    .arg(w.call_sid.as_str())
+                let cap = isize::try_from(w.max_per_identity).unwrap_or(isize::MAX);
+                pipe.rpush(&index, format!("{}:{}", unix_ms(w.at), w.call_sid))
                     .ignore();
-                pipe.cmd("ZREMRANGEBYSCORE")
-                    .arg(&index)
-                    .arg("-inf")
-                    .arg(format!("({}", at.saturating_sub(ttl as i64)))
-                    .ignore();
-                let beyond = i64::try_from(w.max_per_identity).unwrap_or(i64::MAX);
-                pipe.cmd("ZREMRANGEBYRANK")
-                    .arg(&index)
-                    .arg(0)
-                    .arg(-beyond.saturating_add(1))
-                    .ignore();
+                pipe.ltrim(&index, -cap, -1).ignore();
                 pipe.pexpire(&index, ttl as i64).ignore();
             }
         }
@@ -89,24 +106,16 @@ impl RedisStore {
     ) -> Result<Vec<CallSid>, StoreError> {
         let mut c = self.conn.clone();
         let key = self.keys.identity_calls(account, identity);
-        let calls: Vec<String> = self
+        let listed: Vec<String> = self
             .run(
-                redis::cmd("ZRANGE")
+                redis::cmd("LRANGE")
                     .arg(&key)
-                    .arg("+inf")
-                    .arg(unix_ms(since))
-                    .arg("BYSCORE")
-                    .arg("REV")
-                    .arg("LIMIT")
                     .arg(0)
-                    .arg(limit)
+                    .arg(-1)
                     .query_async(&mut c),
             )
             .await?;
-        Ok(calls
-            .iter()
-            .filter_map(|s| CallSid::parse(s).ok())
-            .collect())
+        Ok(newest_calls(&listed, unix_ms(since), limit))
     }
 
     pub(super) async fn write_room_fact(&self, w: RoomFactWrite) -> Result<(), StoreError> {
@@ -178,5 +187,21 @@ impl RedisStore {
             .iter()
             .filter_map(|s| RoomSid::parse(s).ok())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identitys_calls_are_listed_at_their_earliest_entry_newest_first() {
+        let listed: Vec<String> = ["10:CA1", "20:CA2", "30:CA1", "bad", "40:CA}{", "50:CA3"]
+            .map(String::from)
+            .to_vec();
+        let names = |calls: Vec<CallSid>| calls.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(newest_calls(&listed, 0, 10)), ["CA3", "CA2", "CA1"]);
+        assert_eq!(names(newest_calls(&listed, 15, 10)), ["CA3", "CA2"]);
+        assert_eq!(names(newest_calls(&listed, 0, 1)), ["CA3"]);
     }
 }
