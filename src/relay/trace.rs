@@ -3,8 +3,9 @@
 //!
 //! The webhook's task fills a `CallInProgress` while it delivers and hands it to the recorder
 //! once it has its answer; the recorder queues the entry and returns. A writer task takes the
-//! queue in batches (everything waiting, up to `MAX_BATCH`) and writes each batch with one
-//! store call, so under load a trace costs a fraction of a round trip per call. The queue is
+//! queue in batches (what arrives within `LINGER` of the first entry, up to `MAX_BATCH`) and
+//! writes each batch with one store call, so under load a trace costs a small fraction of a
+//! round trip per call. The queue is
 //! bounded: when the store is slow or gone, entries are dropped and counted
 //! (`callrelay_call_trace_entries_total{outcome="dropped"}`), never waited for: the trace must
 //! not slow a call down. Shutdown flushes what is queued.
@@ -29,6 +30,10 @@ use crate::store::{Store, TraceWrite};
 
 /// The most entries one store call writes.
 const MAX_BATCH: usize = 512;
+/// How long the writer gathers entries after the first before writing them: nobody waits for
+/// a trace, and one write for many entries spends one round trip's system calls (callrelay's
+/// and Redis's) on all of them instead of on a few.
+const LINGER: Duration = Duration::from_millis(5);
 /// The most entries waiting for the writer (a few MiB at most).
 const QUEUE_CAPACITY: usize = 16_384;
 
@@ -214,6 +219,9 @@ async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Item>, metr
     let mut batch = Vec::with_capacity(64);
     let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {
+        if matches!(first, Item::Write(_)) {
+            tokio::time::sleep(LINGER).await;
+        }
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
