@@ -354,7 +354,7 @@ fn sections() -> Vec<Section> {
                 ),
                 key(
                     "max_per_identity",
-                    "The most calls listed per identity; the oldest go first (1..=1000000).",
+                    "The most notifications an identity's list of calls keeps (a call retried takes one line per\nnotification); the oldest go first (1..=1000000).",
                     default(|d| int(d.config.calls.max_per_identity)),
                 ),
             ],

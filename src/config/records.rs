@@ -13,7 +13,7 @@ pub struct CallsConfig {
     /// Off: nothing new is recorded (traces kept already stay readable until they expire).
     pub trace: bool,
     pub retention: Duration,
-    /// The most calls one identity's index keeps (the oldest go first).
+    /// The most notifications one identity's list of calls keeps (the oldest go first).
     pub max_per_identity: u64,
 }
 

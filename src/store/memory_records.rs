@@ -8,16 +8,18 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use time::OffsetDateTime;
 
-use super::{MAX_TRACE_ENTRIES, RoomFactWrite, TraceWrite};
+use super::{MAX_TRACE_ENTRIES, RoomFactWrite, TraceWrite, newest_calls, unix_ms};
 use crate::domain::{AccountSid, CallSid, Identity, RoomSid};
+
+/// An identity's calls: one (recorded ms, call) per notification, oldest first, as Redis's
+/// list; and when the list lapses.
+type CallList = (VecDeque<(i64, CallSid)>, OffsetDateTime);
 
 #[derive(Default)]
 pub struct Records {
     /// (account, call) → its entries with when each lapses.
     calls: HashMap<(AccountSid, CallSid), (VecDeque<Bytes>, OffsetDateTime)>,
-    /// (account, identity) → call → (first recorded, lapses).
-    by_identity:
-        HashMap<(AccountSid, Identity), HashMap<CallSid, (OffsetDateTime, OffsetDateTime)>>,
+    by_identity: HashMap<(AccountSid, Identity), CallList>,
     /// (account, room) → fact id → fact, with when the room lapses.
     rooms: HashMap<(AccountSid, RoomSid), (HashMap<String, Bytes>, OffsetDateTime)>,
     /// account → room → (earliest fact, lapses).
@@ -39,26 +41,16 @@ impl Records {
             }
             *until = lapses;
             if let Some(identity) = &w.identity {
-                let listed = self
+                let (listed, until) = self
                     .by_identity
                     .entry((w.account.clone(), identity.clone()))
-                    .or_default();
-                listed
-                    .entry(w.call_sid.clone())
-                    .and_modify(|(_, until)| *until = lapses)
-                    .or_insert((w.at, lapses));
+                    .or_insert_with(|| (VecDeque::new(), lapses));
+                listed.push_back((unix_ms(w.at), w.call_sid.clone()));
                 let keep = usize::try_from(w.max_per_identity).unwrap_or(usize::MAX);
-                // One in, one out once full: a scan of the list, no sort.
                 while listed.len() > keep {
-                    let oldest = listed
-                        .iter()
-                        .min_by_key(|(call, (at, _))| (*at, (*call).clone()))
-                        .map(|(call, _)| call.clone());
-                    match oldest {
-                        Some(call) => listed.remove(&call),
-                        None => break,
-                    };
+                    listed.pop_front();
                 }
+                *until = lapses;
             }
         }
         self.prune(now);
@@ -74,10 +66,7 @@ impl Records {
         }
         self.pruned = Some(now);
         self.calls.retain(|_, (_, until)| *until > now);
-        self.by_identity.retain(|_, listed| {
-            listed.retain(|_, (_, until)| *until > now);
-            !listed.is_empty()
-        });
+        self.by_identity.retain(|_, (_, until)| *until > now);
         self.rooms.retain(|_, (_, until)| *until > now);
         self.room_index.retain(|_, rooms| {
             rooms.retain(|_, (_, until)| *until > now);
@@ -106,20 +95,14 @@ impl Records {
         limit: usize,
         now: OffsetDateTime,
     ) -> Vec<CallSid> {
-        let Some(listed) = self.by_identity.get(&(account.clone(), identity.clone())) else {
-            return Vec::new();
-        };
-        let mut calls: Vec<(OffsetDateTime, &CallSid)> = listed
-            .iter()
-            .filter(|(_, (at, until))| *at >= since && *until > now)
-            .map(|(call, (at, _))| (*at, call))
-            .collect();
-        calls.sort_by(|a, b| b.cmp(a));
-        calls
-            .into_iter()
-            .take(limit)
-            .map(|(_, c)| c.clone())
-            .collect()
+        match self.by_identity.get(&(account.clone(), identity.clone())) {
+            Some((listed, until)) if *until > now => newest_calls(
+                listed.iter().map(|(ms, call)| (*ms, call.clone())),
+                unix_ms(since),
+                limit,
+            ),
+            _ => Vec::new(),
+        }
     }
 
     pub fn keep_room_fact(&mut self, w: RoomFactWrite, now: OffsetDateTime) {

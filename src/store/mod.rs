@@ -472,6 +472,55 @@ pub trait Store: Send + Sync + 'static {
 /// a runaway retry loop cannot grow it).
 pub const MAX_TRACE_ENTRIES: usize = 64;
 
+/// Unix milliseconds, as the stores index records by.
+pub(crate) fn unix_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// From an identity's list of (recorded ms, call) entries, one per notification: each call at
+/// its earliest entry, those from `since` on, newest first, at most `limit`. Both engines list
+/// an identity's calls this way.
+pub(crate) fn newest_calls(
+    entries: impl Iterator<Item = (i64, CallSid)>,
+    since: i64,
+    limit: usize,
+) -> Vec<CallSid> {
+    let mut first: std::collections::HashMap<CallSid, i64> = std::collections::HashMap::new();
+    for (ms, call) in entries {
+        first
+            .entry(call)
+            .and_modify(|at| *at = (*at).min(ms))
+            .or_insert(ms);
+    }
+    let mut calls: Vec<(i64, CallSid)> = first
+        .into_iter()
+        .filter(|(_, at)| *at >= since)
+        .map(|(call, at)| (at, call))
+        .collect();
+    calls.sort_by(|a, b| b.cmp(a));
+    calls
+        .into_iter()
+        .take(limit)
+        .map(|(_, call)| call)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identitys_calls_are_listed_at_their_earliest_entry_newest_first() {
+        let call = |s: &str| CallSid::parse(s).unwrap();
+        let listed = [(10, "CA1"), (20, "CA2"), (30, "CA1"), (50, "CA3")];
+        let newest =
+            |since, limit| newest_calls(listed.iter().map(|(ms, c)| (*ms, call(c))), since, limit);
+        assert_eq!(newest(0, 10), [call("CA3"), call("CA2"), call("CA1")]);
+        assert_eq!(newest(15, 10), [call("CA3"), call("CA2")]);
+        assert_eq!(newest(0, 1), [call("CA3")]);
+    }
+}
+
 /// One call-trace entry to record.
 #[derive(Debug, Clone)]
 pub struct TraceWrite {

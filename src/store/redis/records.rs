@@ -14,40 +14,9 @@ use time::OffsetDateTime;
 
 use super::{RedisStore, millis};
 use crate::domain::{AccountSid, CallSid, Identity, RoomSid};
-use crate::store::{MAX_TRACE_ENTRIES, RoomFactWrite, StoreError, TraceWrite};
-
-fn unix_ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-/// From an identity's list of `<ms>:<call SID>` entries: each call at its earliest entry,
-/// those from `since` on, newest first, at most `limit`.
-fn newest_calls(listed: &[String], since: i64, limit: usize) -> Vec<CallSid> {
-    let mut first: std::collections::HashMap<CallSid, i64> = std::collections::HashMap::new();
-    for entry in listed {
-        let Some((ms, call)) = entry.split_once(':') else {
-            continue;
-        };
-        let (Ok(ms), Ok(call)) = (ms.parse::<i64>(), CallSid::parse(call)) else {
-            continue;
-        };
-        first
-            .entry(call)
-            .and_modify(|at| *at = (*at).min(ms))
-            .or_insert(ms);
-    }
-    let mut calls: Vec<(i64, CallSid)> = first
-        .into_iter()
-        .filter(|(_, at)| *at >= since)
-        .map(|(call, at)| (at, call))
-        .collect();
-    calls.sort_by(|a, b| b.cmp(a));
-    calls
-        .into_iter()
-        .take(limit)
-        .map(|(_, call)| call)
-        .collect()
-}
+use crate::store::{
+    MAX_TRACE_ENTRIES, RoomFactWrite, StoreError, TraceWrite, newest_calls, unix_ms,
+};
 
 impl RedisStore {
     pub(super) async fn write_call_records(&self, writes: &[TraceWrite]) -> Result<(), StoreError> {
@@ -115,7 +84,12 @@ impl RedisStore {
                     .query_async(&mut c),
             )
             .await?;
-        Ok(newest_calls(&listed, unix_ms(since), limit))
+        // `<ms>:<call SID>` entries; an unreadable one is passed over.
+        let entries = listed.iter().filter_map(|entry| {
+            let (ms, call) = entry.split_once(':')?;
+            Some((ms.parse::<i64>().ok()?, CallSid::parse(call).ok()?))
+        });
+        Ok(newest_calls(entries, unix_ms(since), limit))
     }
 
     pub(super) async fn write_room_fact(&self, w: RoomFactWrite) -> Result<(), StoreError> {
@@ -187,21 +161,5 @@ impl RedisStore {
             .iter()
             .filter_map(|s| RoomSid::parse(s).ok())
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_identitys_calls_are_listed_at_their_earliest_entry_newest_first() {
-        let listed: Vec<String> = ["10:CA1", "20:CA2", "30:CA1", "bad", "40:CA}{", "50:CA3"]
-            .map(String::from)
-            .to_vec();
-        let names = |calls: Vec<CallSid>| calls.iter().map(|c| c.to_string()).collect::<Vec<_>>();
-        assert_eq!(names(newest_calls(&listed, 0, 10)), ["CA3", "CA2", "CA1"]);
-        assert_eq!(names(newest_calls(&listed, 15, 10)), ["CA3", "CA2"]);
-        assert_eq!(names(newest_calls(&listed, 0, 1)), ["CA3"]);
     }
 }
