@@ -239,20 +239,9 @@ fn documented_callbacks() -> Vec<Vec<(String, String)>> {
 #[tokio::test]
 async fn every_documented_status_callback_is_kept_with_every_parameter() {
     let (app, store) = app_and_log().await;
-    let url = format!("{}/v1/twilio/status-callbacks", app.base);
     let callbacks = documented_callbacks();
     for params in &callbacks {
-        let r = answer(
-            app.http
-                .post(&url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("x-twilio-signature", sign_form(&url, params))
-                .body(form(params))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let r = app.status_callback(params).await;
         assert_eq!(r.status, 200, "{}: {}", params[1].1, r.text);
         assert_eq!(r.body, json!({"accepted": 1, "duplicates": 0}));
     }
@@ -284,17 +273,7 @@ async fn every_documented_status_callback_is_kept_with_every_parameter() {
     );
 
     // Twilio delivering a callback again: acknowledged, kept once.
-    let again = &callbacks[0];
-    let r = answer(
-        app.http
-            .post(&url)
-            .header("x-twilio-signature", sign_form(&url, again))
-            .body(form(again))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = app.status_callback(&callbacks[0]).await;
     assert_eq!(r.body, json!({"accepted": 0, "duplicates": 1}));
     assert_eq!(logged(&store).await.len(), callbacks.len());
 
@@ -399,23 +378,15 @@ async fn with_the_store_gone_a_callback_is_503_and_its_retry_is_kept_once() {
     let config = TestConfig::with_engine(Engine::RedisAt(redis.url()));
     let prefix = config.prefix.clone();
     let app = spawn_with(config).await;
-    let url = format!("{}/v1/twilio/status-callbacks", app.base);
     let params = &documented_callbacks()[2];
-    let send = || {
-        app.http
-            .post(&url)
-            .header("x-twilio-signature", sign_form(&url, params))
-            .body(form(params))
-            .send()
-    };
     redis.stop();
-    let r = answer(send().await.unwrap()).await;
+    let r = app.status_callback(params).await;
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.body["type"], "urn:callrelay:problem:store-unavailable");
     redis.restart();
     let mut kept = None;
     for _ in 0..100 {
-        let r = answer(send().await.unwrap()).await;
+        let r = app.status_callback(params).await;
         if r.status == 200 {
             kept = Some(r.body);
             break;
@@ -655,16 +626,8 @@ mod feed {
     }
 
     async fn callback(app: &TestApp, params: &[(String, String)]) {
-        let url = format!("{}/v1/twilio/status-callbacks", app.base);
-        let r = app
-            .http
-            .post(&url)
-            .header("x-twilio-signature", sign_form(&url, params))
-            .body(form(params))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let r = app.status_callback(params).await;
+        assert_eq!(r.status, 200, "{}", r.text);
     }
 
     #[tokio::test]
@@ -879,16 +842,8 @@ mod forwarding {
     }
 
     async fn callback(app: &TestApp, params: &[(String, String)]) {
-        let url = format!("{}/v1/twilio/status-callbacks", app.base);
-        let r = app
-            .http
-            .post(&url)
-            .header("x-twilio-signature", sign_form(&url, params))
-            .body(form(params))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let r = app.status_callback(params).await;
+        assert_eq!(r.status, 200, "{}", r.text);
     }
 
     #[tokio::test]
