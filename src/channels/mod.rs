@@ -43,6 +43,9 @@ pub enum Outcome {
     Dead(String),
     /// Not delivered, for a reason that may pass; the binding stays.
     Failed(String),
+    /// Not sent, by a rule (a notification that is not a call kept off VoIP pushes, a
+    /// device that gets the call another way); the reason says which.
+    Skipped(String),
 }
 
 impl Outcome {
@@ -51,6 +54,7 @@ impl Outcome {
             Outcome::Delivered => "delivered",
             Outcome::Dead(_) => "removed",
             Outcome::Failed(_) => "failed",
+            Outcome::Skipped(_) => "skipped",
         }
     }
 }

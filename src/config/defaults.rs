@@ -690,6 +690,16 @@ fn sections() -> Vec<Section> {
                     default(|_| text("Incoming call from {from}")),
                 ),
                 key(
+                    "non_call_push",
+                    "What a notification other than twilio.voice.call (e.g. twilio.voice.cancel) becomes:\nskip, background or alert; never a VoIP push (docs/apns.md).",
+                    default(|_| text("skip")),
+                ),
+                key(
+                    "non_call_alert_template",
+                    "The alert text when non_call_push = \"alert\"; {from} is the caller.",
+                    default(|_| text("Missed call from {from}")),
+                ),
+                key(
                     "connections",
                     "HTTP/2 connections per environment, used in turn (1..=16).",
                     default(|_| int(1)),

@@ -58,7 +58,18 @@ struct Wire<'a> {
     twi_message_type: Option<&'a RawValue>,
 }
 
+/// The only `twi_message_type` that announces an incoming call.
+pub const CALL_MESSAGE_TYPE: &str = "twilio.voice.call";
+
 impl CallNotification {
+    /// Whether this announces an incoming call (`twi_message_type` = `twilio.voice.call`).
+    /// Anything else (Twilio has sent `twilio.voice.cancel`; a payload without a type) is
+    /// relayed where it is safe, never as an APNs VoIP push, which iOS makes the app report
+    /// to CallKit as a new call.
+    pub fn is_call(&self) -> bool {
+        self.message_type.as_deref() == Some(CALL_MESSAGE_TYPE)
+    }
+
     pub fn parse(raw: Bytes) -> Result<Self, InvalidNotification> {
         // WebSocket text frames must be UTF-8; check the whole body, not only the members read.
         std::str::from_utf8(&raw).map_err(|_| InvalidNotification::NotUtf8)?;

@@ -41,8 +41,15 @@ pub struct Summary {
     pub delivered: usize,
     pub failed: usize,
     pub removed: usize,
+    /// Targets not sent to by a rule (docs: "Ringing right"); absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped: usize,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 pub struct Relay {

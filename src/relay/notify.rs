@@ -127,7 +127,9 @@ impl Relay {
             self.settle(notification, id, &owner, summary.delivered > 0);
         }
 
-        if summary.delivered > 0 {
+        // Targets skipped by a rule were not failures: the notification went where the rules
+        // say it goes, even when that was nowhere.
+        if summary.delivered > 0 || (summary.skipped > 0 && summary.failed == 0) {
             Ok(summary)
         } else if summary.failed == 0 {
             Err(WebhookError::AllRemoved(summary))
@@ -155,6 +157,7 @@ impl Relay {
                 Outcome::Delivered => summary.delivered += 1,
                 Outcome::Dead(_) => summary.removed += 1,
                 Outcome::Failed(_) => summary.failed += 1,
+                Outcome::Skipped(_) => summary.skipped += 1,
             }
         }
         if let Some(trail) = trail {
@@ -241,6 +244,9 @@ impl Relay {
             }
             (Outcome::Failed(why), _) => {
                 tracing::warn!(channel, reason = why, "delivery failed");
+            }
+            (Outcome::Skipped(why), _) => {
+                tracing::debug!(channel, reason = why, "not sent");
             }
             (Outcome::Delivered, Target::Push(b)) => {
                 // Each successful push extends the binding's life, as Twilio's own do; off the

@@ -35,13 +35,13 @@ fn path_str(p: &Path) -> String {
     toml_str(p.to_str().unwrap())
 }
 
-struct Setup {
-    app: TestApp,
-    apns: MockApns,
+pub(crate) struct Setup {
+    pub app: TestApp,
+    pub apns: MockApns,
 }
 
 /// callrelay with one token-auth APNs app `ios`, `extra` added to its table.
-async fn start(extra: &str) -> Setup {
+pub(crate) async fn start(extra: &str) -> Setup {
     start_with(extra, TestConfig::default()).await
 }
 

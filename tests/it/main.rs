@@ -23,6 +23,7 @@ mod openapi;
 mod properties;
 mod redis_tls;
 mod replicas;
+mod ringing;
 mod rooms;
 mod schema;
 mod secrets;

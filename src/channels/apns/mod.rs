@@ -28,7 +28,7 @@ use super::push_client::{Pool, TlsSettings};
 use super::retry::Backoff;
 use super::{Outcome, PushApp, Report, Trail};
 use crate::config::apps::SettingsError;
-use crate::config::apps::apns::{ApnsAuth, ApnsSettings};
+use crate::config::apps::apns::{ApnsAuth, ApnsSettings, NonCallPush};
 use crate::domain::{ApnsEnvironment, Binding, CallNotification, PushType};
 use crate::metrics::{AppLabels, Metrics};
 use client::{ApnsClient, Endpoint, HttpClient, Push};
@@ -49,6 +49,8 @@ pub struct ApnsChannel {
     client: Box<dyn ApnsClient>,
     ringing_window: Duration,
     alert_template: String,
+    non_call_push: NonCallPush,
+    non_call_alert_template: String,
     metrics: Arc<Metrics>,
     now: UnixClock,
 }
@@ -110,6 +112,8 @@ impl ApnsChannel {
             client: Box::new(client),
             ringing_window: settings.ringing_window,
             alert_template: settings.alert_template.clone(),
+            non_call_push: settings.non_call_push,
+            non_call_alert_template: settings.non_call_alert_template.clone(),
             metrics,
             now: Arc::new(unix_now),
         })
@@ -275,9 +279,28 @@ impl PushApp for ApnsChannel {
         notification: &CallNotification,
         deadline: Instant,
     ) -> Report {
-        let push_type = binding.push_type.unwrap_or(PushType::Voip);
+        let (push_type, template) = if notification.is_call() {
+            (
+                binding.push_type.unwrap_or(PushType::Voip),
+                &self.alert_template,
+            )
+        } else {
+            match self.non_call_push {
+                NonCallPush::Skip => {
+                    self.count("skipped_not_a_call");
+                    return Report::plain(
+                        Outcome::Skipped(
+                            "not a call (twi_message_type is not twilio.voice.call); non_call_push = \"skip\"".into(),
+                        ),
+                        0,
+                    );
+                }
+                NonCallPush::Background => (PushType::Background, &self.non_call_alert_template),
+                NonCallPush::Alert => (PushType::Alert, &self.non_call_alert_template),
+            }
+        };
         let kind = payload::kind(push_type);
-        let body: Bytes = match payload::body(push_type, &notification.raw, &self.alert_template) {
+        let body: Bytes = match payload::body(push_type, &notification.raw, template) {
             Ok(body) => body,
             Err(e) => {
                 self.count(match e {

@@ -17,6 +17,22 @@ pub const DEFAULT_PRODUCTION_URL: &str = "https://api.push.apple.com";
 pub const DEFAULT_SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
 pub const DEFAULT_RINGING_WINDOW_SECS: u64 = 30;
 pub const DEFAULT_ALERT_TEMPLATE: &str = "Incoming call from {from}";
+pub const DEFAULT_NON_CALL_ALERT_TEMPLATE: &str = "Missed call from {from}";
+
+/// What an APNs app sends for a notification whose `twi_message_type` is not
+/// `twilio.voice.call` (Twilio has sent `twilio.voice.cancel`): never a VoIP push, because iOS
+/// requires every VoIP push to be reported to CallKit as a new call, and an app that does not
+/// stops receiving VoIP pushes or is terminated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonCallPush {
+    /// Not sent over APNs (the default); WebSockets and FCM still get it.
+    Skip,
+    /// A background push (`content-available`), for an app that wakes to update its state.
+    Background,
+    /// An alert push with `non_call_alert_template` as its text.
+    Alert,
+}
 pub const DEFAULT_CONNECTIONS: u64 = 1;
 pub const MAX_CONNECTIONS: u64 = 16;
 pub const MAX_RINGING_WINDOW_SECS: u64 = 300;
@@ -49,6 +65,8 @@ struct Raw {
     #[serde(default, deserialize_with = "lenient::number")]
     ringing_window_secs: Option<u64>,
     alert_template: Option<String>,
+    non_call_push: Option<NonCallPush>,
+    non_call_alert_template: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     connections: Option<u64>,
 }
@@ -66,6 +84,8 @@ pub struct ApnsSettings {
     pub extra_ca: Vec<reqwest::Certificate>,
     pub ringing_window: Duration,
     pub alert_template: String,
+    pub non_call_push: NonCallPush,
+    pub non_call_alert_template: String,
     pub connections: usize,
     tls_setting: &'static str,
 }
@@ -105,6 +125,8 @@ struct Validated {
     pub ca_file: Option<PathBuf>,
     pub ringing_window: Duration,
     pub alert_template: String,
+    pub non_call_push: NonCallPush,
+    pub non_call_alert_template: String,
     pub connections: usize,
 }
 
@@ -187,6 +209,8 @@ impl Validated {
             extra_ca,
             ringing_window: self.ringing_window,
             alert_template: self.alert_template,
+            non_call_push: self.non_call_push,
+            non_call_alert_template: self.non_call_alert_template,
             connections: self.connections,
             tls_setting,
         })
@@ -236,15 +260,12 @@ fn validate(raw: Raw) -> Result<Validated, SettingsError> {
             format!("{window} is out of range (1..={MAX_RINGING_WINDOW_SECS} seconds)"),
         ));
     }
-    let alert_template = raw
-        .alert_template
-        .unwrap_or_else(|| DEFAULT_ALERT_TEMPLATE.to_owned());
-    if alert_template.trim().is_empty() || alert_template.len() > MAX_ALERT_TEMPLATE_LEN {
-        return Err(SettingsError::new(
-            "alert_template",
-            format!("must be 1 to {MAX_ALERT_TEMPLATE_LEN} bytes of text"),
-        ));
-    }
+    let alert_template = template(raw.alert_template, DEFAULT_ALERT_TEMPLATE, "alert_template")?;
+    let non_call_alert_template = template(
+        raw.non_call_alert_template,
+        DEFAULT_NON_CALL_ALERT_TEMPLATE,
+        "non_call_alert_template",
+    )?;
     let connections = check_connections(
         raw.connections.unwrap_or(DEFAULT_CONNECTIONS),
         MAX_CONNECTIONS,
@@ -257,8 +278,26 @@ fn validate(raw: Raw) -> Result<Validated, SettingsError> {
         ca_file: raw.ca_file,
         ringing_window: Duration::from_secs(window),
         alert_template,
+        non_call_push: raw.non_call_push.unwrap_or(NonCallPush::Skip),
+        non_call_alert_template,
         connections,
     })
+}
+
+/// An alert text: given or the default, 1 to `MAX_ALERT_TEMPLATE_LEN` bytes.
+fn template(
+    given: Option<String>,
+    default: &str,
+    setting: &'static str,
+) -> Result<String, SettingsError> {
+    let template = given.unwrap_or_else(|| default.to_owned());
+    if template.trim().is_empty() || template.len() > MAX_ALERT_TEMPLATE_LEN {
+        return Err(SettingsError::new(
+            setting,
+            format!("must be 1 to {MAX_ALERT_TEMPLATE_LEN} bytes of text"),
+        ));
+    }
+    Ok(template)
 }
 
 /// Bundle IDs are letters, digits, `-` and `.`. The `.voip` suffix is callrelay's to add: a

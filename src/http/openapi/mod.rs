@@ -225,6 +225,7 @@ fn summary_schema() -> Value {
             "delivered": {"type": "integer", "minimum": 0, "description": "Bindings that accepted it."},
             "failed": {"type": "integer", "minimum": 0, "description": "Bindings that did not, for a reason that may pass; they are kept."},
             "removed": {"type": "integer", "minimum": 0, "description": "Bindings found dead and removed."},
+            "skipped": {"type": "integer", "minimum": 1, "description": "Targets not sent to by a ringing rule (README, \"Ringing right\"): an APNs binding for a notification that is not a call, an older binding of a device, a push a socket's acknowledgement made unneeded. Absent when none."},
             "duplicate": {"type": "boolean", "const": true, "description": "Present when this twi_message_id was already delivered: nothing was sent again."}
         },
         "additionalProperties": false
