@@ -691,7 +691,7 @@ fn sections() -> Vec<Section> {
                 ),
                 key(
                     "non_call_push",
-                    "What a notification other than twilio.voice.call (e.g. twilio.voice.cancel) becomes:\nskip, background or alert; never a VoIP push (docs/apns.md).",
+                    "What a notification other than twilio.voice.call (e.g. twilio.voice.cancel) becomes for\nbindings with push_type alert or background: skip, background or alert. PushKit (voip)\nbindings never get one (docs/apns.md).",
                     default(|_| text("skip")),
                 ),
                 key(

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::apns::{KEY_ID, TEAM, TOPIC, start};
 use crate::helpers::*;
+use callrelay::domain::PushChannel;
 use callrelay_testkit::apns::{MockApns, TeamKey};
 use callrelay_testkit::fcm::MockFcm;
 
@@ -42,7 +43,11 @@ async fn only_a_call_goes_out_as_a_voip_push_and_other_types_reach_sockets_and_f
             "{kind}"
         );
         let frame = socket.next_text(Duration::from_secs(5)).await.unwrap();
-        assert_eq!(frame.as_bytes(), &body[..], "{kind}: the socket gets Twilio's bytes");
+        assert_eq!(
+            frame.as_bytes(),
+            &body[..],
+            "{kind}: the socket gets Twilio's bytes"
+        );
         let last = fcm.messages().pop().unwrap();
         assert_eq!(last["data"]["twi_message_type"], kind);
     }
@@ -82,14 +87,34 @@ async fn a_payload_without_a_type_is_not_a_voip_push() {
     assert!(s.apns.requests().is_empty());
 }
 
+/// Registers Bob's regular (not PushKit) APNs token for `push_type` pushes, and his PushKit
+/// token beside it.
+async fn regular_and_voip(app: &TestApp, push_type: &str) {
+    app.register(
+        "bob",
+        PushChannel::Apns,
+        APNS_TOKEN_2,
+        json!({"push_type": push_type}),
+    )
+    .await;
+    app.register_apns("bob", APNS_TOKEN).await;
+}
+
 #[tokio::test]
-async fn an_app_may_send_other_types_as_background_or_alert_pushes_never_voip() {
+async fn an_app_may_send_other_types_to_regular_tokens_as_background_or_alert_pushes_never_voip() {
     let s = start(r#"non_call_push = "background""#).await;
-    s.app.register_apns("bob", APNS_TOKEN).await;
+    regular_and_voip(&s.app, "background").await;
     let cancel = of_type(&payload(ACCOUNT, "bob"), "twilio.voice.cancel");
     let r = s.app.webhook(cancel.clone()).await;
-    assert_eq!(r.body, json!({"delivered": 1, "failed": 0, "removed": 0}));
+    // The PushKit token is skipped even so: it takes VoIP pushes only, and Apple would
+    // answer DeviceTokenNotForTopic (and the binding would go) to anything else.
+    assert_eq!(
+        r.body,
+        json!({"delivered": 1, "failed": 0, "removed": 0, "skipped": 1})
+    );
     let pushes = s.apns.requests();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].device_token, APNS_TOKEN_2);
     assert_eq!(pushes[0].header("apns-push-type"), "background");
     assert_eq!(pushes[0].header("apns-topic"), TOPIC, "not the .voip topic");
     assert_eq!(pushes[0].header("apns-priority"), "5");
@@ -102,11 +127,21 @@ async fn an_app_may_send_other_types_as_background_or_alert_pushes_never_voip() 
 non_call_alert_template = "{from} hung up""#,
     )
     .await;
-    s.app.register_apns("bob", APNS_TOKEN).await;
+    regular_and_voip(&s.app, "alert").await;
     assert_eq!(s.app.webhook(cancel).await.status, StatusCode::OK);
     let pushes = s.apns.requests();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].device_token, APNS_TOKEN_2);
     assert_eq!(pushes[0].header("apns-push-type"), "alert");
     assert_eq!(pushes[0].header("apns-topic"), TOPIC);
     let sent: Value = serde_json::from_slice(&pushes[0].body).unwrap();
     assert_eq!(sent["aps"]["alert"]["body"], "alice hung up");
+
+    // By default a regular token is skipped too.
+    let s = start("").await;
+    regular_and_voip(&s.app, "alert").await;
+    let cancel = of_type(&payload(ACCOUNT, "bob"), "twilio.voice.cancel");
+    let r = s.app.webhook(cancel).await;
+    assert_eq!(r.body["skipped"], 2);
+    assert!(s.apns.requests().is_empty());
 }

@@ -119,6 +119,13 @@ impl ApnsChannel {
         })
     }
 
+    /// Not sent: the notification is not a call (`twi_message_type` other than
+    /// `twilio.voice.call`) and `why` says which rule keeps it off this binding.
+    fn skip(&self, why: &str) -> Report {
+        self.count("skipped_not_a_call");
+        Report::plain(Outcome::Skipped(format!("not a call; {why}")), 0)
+    }
+
     fn count(&self, result: &str) {
         super::count_push(&self.metrics, &self.app, "apns", result);
     }
@@ -279,24 +286,22 @@ impl PushApp for ApnsChannel {
         notification: &CallNotification,
         deadline: Instant,
     ) -> Report {
+        let binding_type = binding.push_type.unwrap_or(PushType::Voip);
         let (push_type, template) = if notification.is_call() {
-            (
-                binding.push_type.unwrap_or(PushType::Voip),
-                &self.alert_template,
-            )
+            (binding_type, &self.alert_template)
         } else {
-            match self.non_call_push {
-                NonCallPush::Skip => {
-                    self.count("skipped_not_a_call");
-                    return Report::plain(
-                        Outcome::Skipped(
-                            "not a call (twi_message_type is not twilio.voice.call); non_call_push = \"skip\"".into(),
-                        ),
-                        0,
-                    );
+            match (binding_type, self.non_call_push) {
+                // A PushKit token takes VoIP pushes only (Apple answers DeviceTokenNotForTopic
+                // to any other, which would remove the binding), and a VoIP push must be
+                // reported to CallKit as a new call: nothing can go to it but calls.
+                (PushType::Voip, _) => {
+                    return self.skip("the binding takes VoIP pushes, which are for calls only");
                 }
-                NonCallPush::Background => (PushType::Background, &self.non_call_alert_template),
-                NonCallPush::Alert => (PushType::Alert, &self.non_call_alert_template),
+                (_, NonCallPush::Skip) => return self.skip("non_call_push = \"skip\""),
+                (_, NonCallPush::Background) => {
+                    (PushType::Background, &self.non_call_alert_template)
+                }
+                (_, NonCallPush::Alert) => (PushType::Alert, &self.non_call_alert_template),
             }
         };
         let kind = payload::kind(push_type);
