@@ -161,6 +161,14 @@ pub struct Metrics {
     /// Notifications a socket already had, acknowledged without a second frame (a retry after
     /// a lost acknowledgement).
     pub websocket_repeats: Counter,
+    /// Acknowledgements from sockets opened with `ack=1`, by outcome: `acknowledged`,
+    /// `repeated` (acknowledged already), `unknown` (no such notification sent recently),
+    /// `invalid` (not an acknowledgement).
+    pub websocket_acks: Family<OutcomeLabels, Counter>,
+    /// Frames dropped because they waited past the ringing window: never delivered late.
+    pub websocket_late_frames: Counter,
+    /// Notifications replayed to clients that reconnected with `replay_since`.
+    pub websocket_replayed: Counter,
     /// `server.webhook_deadline_ms`, in seconds, for alerts on latency near it.
     pub webhook_deadline: Gauge<f64, AtomicU64>,
     /// `limits.max_connections` and `limits.max_sockets`, beside the gauges they cap.
@@ -305,6 +313,24 @@ impl Metrics {
             "Notifications handed to a socket that already had them (same twi_message_id), acknowledged without a second frame",
             websocket_repeats.clone(),
         );
+        let websocket_acks = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "websocket_acks",
+            "Acknowledgements from sockets opened with ack=1, by outcome: acknowledged, repeated, unknown, invalid",
+            websocket_acks.clone(),
+        );
+        let websocket_late_frames = Counter::default();
+        registry.register(
+            "websocket_late_frames",
+            "Frames dropped because they waited past websocket.ringing_window_secs: never delivered late",
+            websocket_late_frames.clone(),
+        );
+        let websocket_replayed = Counter::default();
+        registry.register(
+            "websocket_replayed",
+            "Call notifications replayed to clients that reconnected with replay_since",
+            websocket_replayed.clone(),
+        );
         let webhook_deadline = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "webhook_deadline_seconds",
@@ -374,6 +400,9 @@ impl Metrics {
             call_trace_entries,
             bus_acknowledgements,
             websocket_repeats,
+            websocket_acks,
+            websocket_late_frames,
+            websocket_replayed,
             webhook_deadline,
             http_connections_limit,
             websocket_connections_limit,

@@ -286,6 +286,16 @@ fn sections() -> Vec<Section> {
                     "How long a socket counts as reachable without its replica renewing it (every third of this):\na replica that dies stops receiving deliveries within it (300..=600000).",
                     default(|d| millis(d.config.websocket.presence_ttl)),
                 ),
+                key(
+                    "ringing_window_secs",
+                    "How long a call notification is worth ringing (1..=300): a frame that waited longer inside\ncallrelay is dropped, never delivered late, and a client reconnecting with replay_since gets\nwhat arrived within it.",
+                    default(|d| int(d.config.websocket.ringing_window.as_secs() as usize)),
+                ),
+                key(
+                    "replay",
+                    "Keep each identity's call notifications for the ringing window (in the store), so a client\nthat reconnects with replay_since receives the calls it missed.",
+                    default(|d| toml::Value::Boolean(d.config.websocket.replay)),
+                ),
             ],
         },
         Section {

@@ -67,6 +67,12 @@ pub struct WebSocketConfig {
     pub ping_interval: Duration,
     pub queue_capacity: usize,
     pub presence_ttl: Duration,
+    /// How long a call notification is worth ringing: a frame that waited longer is dropped,
+    /// and a reconnecting client is replayed what arrived within it.
+    pub ringing_window: Duration,
+    /// Whether call notifications are kept for the ringing window, for clients that
+    /// reconnect with `replay_since`.
+    pub replay: bool,
 }
 
 /// Abuse limits: what one client, one identity or the whole replica may use.
@@ -252,6 +258,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             15_000,
             300..=600_000,
         )?,
+        ringing_window: Duration::from_secs(match raw.websocket.ringing_window_secs {
+            None => 30,
+            Some(secs @ 1..=300) => secs,
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    "websocket.ringing_window_secs",
+                    "must be between 1 and 300",
+                ));
+            }
+        }),
+        replay: raw.websocket.replay.unwrap_or(true),
     };
     if !(1..=4096).contains(&websocket.queue_capacity) {
         return Err(ConfigError::invalid(

@@ -88,6 +88,10 @@ pub struct RawWebSocket {
     pub queue_capacity: Option<u64>,
     #[serde(default, deserialize_with = "lenient::number")]
     pub presence_ttl_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub ringing_window_secs: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::boolean")]
+    pub replay: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

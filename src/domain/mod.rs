@@ -7,6 +7,7 @@ mod ids;
 pub mod ledger;
 mod notification;
 mod presence;
+pub mod ringing;
 pub mod trace;
 
 pub use binding::{

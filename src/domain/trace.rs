@@ -17,6 +17,24 @@ use time::OffsetDateTime;
 pub enum TraceEntry {
     Notification(NotificationRecord),
     Insights(InsightsRecord),
+    Ack(AckRecord),
+}
+
+/// A client's acknowledgement of a notification it received over a socket opened with
+/// `ack=1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AckRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    pub identity: String,
+    pub socket: String,
+    /// The replica holding the socket (not shown to access-token holders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub acknowledged_at: OffsetDateTime,
+    /// From the hand-off to the socket to the acknowledgement.
+    pub after_ms: f64,
 }
 
 /// One call notification Twilio sent, and the answer it got.
@@ -154,6 +172,9 @@ pub struct CallTrace {
     pub to: Option<String>,
     pub notifications: Vec<NotificationRecord>,
     pub insights: Vec<InsightsRecord>,
+    /// Acknowledgements from clients' sockets; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub acks: Vec<AckRecord>,
 }
 
 impl CallTrace {
@@ -168,16 +189,19 @@ impl CallTrace {
             to: None,
             notifications: Vec::new(),
             insights: Vec::new(),
+            acks: Vec::new(),
         };
         for entry in entries {
             match serde_json::from_slice::<TraceEntry>(entry) {
                 Ok(TraceEntry::Notification(n)) => trace.notifications.push(n),
                 Ok(TraceEntry::Insights(i)) => trace.insights.push(i),
+                Ok(TraceEntry::Ack(a)) => trace.acks.push(a),
                 Err(e) => tracing::debug!(error = %e, "passing over a trace entry"),
             }
         }
         trace.notifications.sort_by_key(|n| n.received_at);
         trace.insights.sort_by_key(|i| i.received_at);
+        trace.acks.sort_by_key(|a| a.acknowledged_at);
         if let Some(first) = trace.notifications.first() {
             trace.identity = Some(first.identity.clone());
             trace.from.clone_from(&first.from);
@@ -195,6 +219,10 @@ impl CallTrace {
         self.notifications.retain(|n| n.identity == identity);
         if self.notifications.is_empty() {
             return None;
+        }
+        self.acks.retain(|a| a.identity == identity);
+        for a in &mut self.acks {
+            a.replica = None;
         }
         for n in &mut self.notifications {
             n.replica = None;

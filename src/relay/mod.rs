@@ -62,7 +62,8 @@ pub struct Relay {
     clock: Arc<dyn Clock>,
     /// Woken whenever this replica keeps an event, so its feeds need not wait for their poll.
     kept: Arc<tokio::sync::Notify>,
-    /// The per-call delivery trace's recorder, when `calls.trace` is on.
+    /// The per-call delivery trace's recorder, which also keeps notifications for replay:
+    /// present when `calls.trace` or `websocket.replay` is on.
     calls: Option<Arc<CallRecorder>>,
 }
 
@@ -76,10 +77,15 @@ impl Relay {
         clock: Arc<dyn Clock>,
         node: String,
     ) -> Self {
-        let calls = config.calls.trace.then(|| {
+        let ringing = config
+            .websocket
+            .replay
+            .then_some(config.websocket.ringing_window);
+        let calls = (config.calls.trace || ringing.is_some()).then(|| {
             Arc::new(CallRecorder::start(
                 store.clone(),
                 config.calls,
+                ringing,
                 node,
                 metrics.clone(),
             ))
@@ -94,6 +100,29 @@ impl Relay {
             kept: Arc::new(tokio::sync::Notify::new()),
             calls,
         }
+    }
+
+    /// A client acknowledged `message_id` on `socket`: recorded in the call's trace.
+    pub fn socket_acknowledged(
+        &self,
+        socket: &crate::channels::websocket::LocalSocket,
+        message_id: &str,
+        call_sid: &str,
+        after: std::time::Duration,
+        node: &str,
+    ) {
+        let Some(recorder) = &self.calls else {
+            return;
+        };
+        let ack = crate::domain::trace::AckRecord {
+            message_id: Some(message_id.to_owned()),
+            identity: socket.identity.to_string(),
+            socket: socket.conn_id.clone(),
+            replica: Some(node.to_owned()),
+            acknowledged_at: time::OffsetDateTime::now_utc(),
+            after_ms: trace::millis(after),
+        };
+        recorder.record_ack(&socket.account_sid, call_sid, ack);
     }
 
     /// Writes the call-trace entries queued so far (at shutdown, after the last webhooks).

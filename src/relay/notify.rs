@@ -48,6 +48,7 @@ impl Relay {
                 let Some(recorder) = relay.calls.clone() else {
                     return relay.run_accepted(&notification, deadline, None).await;
                 };
+                recorder.keep_ringing(&notification);
                 let mut call = recorder.start_call(&notification);
                 let answer = relay
                     .run_accepted(

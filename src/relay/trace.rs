@@ -22,11 +22,11 @@ use crate::auth::Caller;
 use crate::channels::{Outcome, Report, Target};
 use crate::config::CallsConfig;
 use crate::domain::trace::{
-    CallTrace, InsightsRecord, NotificationRecord, TargetRecord, TraceEntry,
+    AckRecord, CallTrace, InsightsRecord, NotificationRecord, TargetRecord, TraceEntry,
 };
 use crate::domain::{AccountSid, CallNotification, CallSid, Identity};
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::store::{Store, TraceWrite};
+use crate::store::{RingingWrite, Store, TraceWrite};
 
 /// The most entries one store call writes.
 const MAX_BATCH: usize = 512;
@@ -39,12 +39,17 @@ const QUEUE_CAPACITY: usize = 16_384;
 
 enum Item {
     Write(TraceWrite),
+    /// A copy kept for replay to reconnecting clients (`domain::ringing`), written by the
+    /// same writer: nobody waits for it either.
+    Ring(RingingWrite),
     Flush(oneshot::Sender<()>),
 }
 
 pub struct CallRecorder {
     tx: mpsc::Sender<Item>,
     config: CallsConfig,
+    /// The ringing window when notifications are kept for replay (`websocket.replay`).
+    ringing: Option<Duration>,
     node: String,
     metrics: Arc<Metrics>,
 }
@@ -62,6 +67,7 @@ impl CallRecorder {
     pub fn start(
         store: Arc<dyn Store>,
         config: CallsConfig,
+        ringing: Option<Duration>,
         node: String,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -70,13 +76,39 @@ impl CallRecorder {
         Self {
             tx,
             config,
+            ringing,
             node,
             metrics,
         }
     }
 
-    /// A notification without a usable `twi_call_sid` is not traced.
+    /// Keeps a copy of `notification` for its identity's reconnecting clients, when replay
+    /// is on.
+    pub fn keep_ringing(&self, notification: &CallNotification) {
+        let Some(window) = self.ringing else {
+            return;
+        };
+        let entry = crate::domain::ringing::entry(
+            crate::store::unix_ms(OffsetDateTime::now_utc()),
+            &notification.raw,
+        );
+        let write = RingingWrite {
+            account: notification.account_sid.clone(),
+            identity: notification.identity.clone(),
+            entry,
+            window,
+        };
+        if self.tx.try_send(Item::Ring(write)).is_err() {
+            tracing::warn!("the record queue is full; a call notification is not kept for replay");
+        }
+    }
+
+    /// A notification without a usable `twi_call_sid` is not traced, nor any when the trace
+    /// is off.
     pub fn start_call(&self, notification: &CallNotification) -> Option<CallInProgress> {
+        if !self.config.trace {
+            return None;
+        }
         let call_sid = CallSid::parse(notification.call_sid.as_deref()?).ok()?;
         Some(CallInProgress {
             targets: Vec::new(),
@@ -129,6 +161,9 @@ impl CallRecorder {
 
     /// Joins a Voice Insights call summary to its call's trace.
     pub fn record_insights(&self, account: &AccountSid, call_sid: &str, summary: InsightsRecord) {
+        if !self.config.trace {
+            return;
+        }
         let Ok(call_sid) = CallSid::parse(call_sid) else {
             return;
         };
@@ -138,6 +173,25 @@ impl CallRecorder {
             identity: None,
             at: summary.received_at,
             entry: entry_bytes(&TraceEntry::Insights(summary)),
+            retention: self.config.retention,
+            max_per_identity: self.config.max_per_identity,
+        });
+    }
+
+    /// Records a client's acknowledgement in its call's trace.
+    pub fn record_ack(&self, account: &AccountSid, call_sid: &str, ack: AckRecord) {
+        let Ok(call_sid) = CallSid::parse(call_sid) else {
+            return;
+        };
+        if !self.config.trace {
+            return;
+        }
+        self.queue(TraceWrite {
+            account: account.clone(),
+            call_sid,
+            identity: None,
+            at: ack.acknowledged_at,
+            entry: entry_bytes(&TraceEntry::Ack(ack)),
             retention: self.config.retention,
             max_per_identity: self.config.max_per_identity,
         });
@@ -169,7 +223,7 @@ fn count(metrics: &Metrics, outcome: &'static str, n: u64) {
         .inc_by(n);
 }
 
-fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
@@ -217,18 +271,20 @@ pub(super) fn target_record(target: &Target, report: Report, took: Duration) -> 
 
 async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Item>, metrics: Arc<Metrics>) {
     let mut batch = Vec::with_capacity(64);
+    let mut rings = Vec::new();
     let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {
-        if matches!(first, Item::Write(_)) {
+        if !matches!(first, Item::Flush(_)) {
             tokio::time::sleep(LINGER).await;
         }
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
                 Item::Write(w) => batch.push(w),
+                Item::Ring(r) => rings.push(r),
                 Item::Flush(done) => flushes.push(done),
             }
-            if batch.len() < MAX_BATCH {
+            if batch.len() + rings.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
@@ -242,6 +298,12 @@ async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Item>, metr
                 }
             }
             batch.clear();
+        }
+        if !rings.is_empty() {
+            if let Err(e) = store.keep_ringing(&rings).await {
+                tracing::warn!(error = %e, notifications = rings.len(), "could not keep call notifications for replay");
+            }
+            rings.clear();
         }
         for done in flushes.drain(..) {
             let _ = done.send(());

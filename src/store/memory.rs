@@ -552,6 +552,24 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn keep_ringing(&self, writes: &[super::RingingWrite]) -> Result<(), StoreError> {
+        self.lock()
+            .records
+            .keep_ringing(writes, OffsetDateTime::now_utc());
+        Ok(())
+    }
+
+    async fn ringing(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        Ok(self
+            .lock()
+            .records
+            .ringing(account, identity, OffsetDateTime::now_utc()))
+    }
+
     async fn call_entries(
         &self,
         account: &AccountSid,

@@ -8,7 +8,9 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use time::OffsetDateTime;
 
-use super::{MAX_TRACE_ENTRIES, RoomFactWrite, TraceWrite, newest_calls, unix_ms};
+use super::{
+    MAX_RINGING, MAX_TRACE_ENTRIES, RingingWrite, RoomFactWrite, TraceWrite, newest_calls, unix_ms,
+};
 use crate::domain::{AccountSid, CallSid, Identity, RoomSid};
 
 /// An identity's calls: one (recorded ms, call) per notification, oldest first, as Redis's
@@ -20,6 +22,8 @@ pub struct Records {
     /// (account, call) → its entries with when each lapses.
     calls: HashMap<(AccountSid, CallSid), (VecDeque<Bytes>, OffsetDateTime)>,
     by_identity: HashMap<(AccountSid, Identity), CallList>,
+    /// (account, identity) → copies of its recent notifications, with when the list lapses.
+    ringing: HashMap<(AccountSid, Identity), (VecDeque<Bytes>, OffsetDateTime)>,
     /// (account, room) → fact id → fact, with when the room lapses.
     rooms: HashMap<(AccountSid, RoomSid), (HashMap<String, Bytes>, OffsetDateTime)>,
     /// account → room → (earliest fact, lapses).
@@ -56,6 +60,34 @@ impl Records {
         self.prune(now);
     }
 
+    pub fn keep_ringing(&mut self, writes: &[RingingWrite], now: OffsetDateTime) {
+        for w in writes {
+            let lapses = now + w.window;
+            let (kept, until) = self
+                .ringing
+                .entry((w.account.clone(), w.identity.clone()))
+                .or_insert_with(|| (VecDeque::new(), lapses));
+            kept.push_back(w.entry.clone());
+            while kept.len() > MAX_RINGING {
+                kept.pop_front();
+            }
+            *until = lapses;
+        }
+        self.prune(now);
+    }
+
+    pub fn ringing(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        now: OffsetDateTime,
+    ) -> Vec<Bytes> {
+        match self.ringing.get(&(account.clone(), identity.clone())) {
+            Some((kept, until)) if *until > now => kept.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Forgets what lapsed, at most once a second.
     fn prune(&mut self, now: OffsetDateTime) {
         if self
@@ -67,6 +99,7 @@ impl Records {
         self.pruned = Some(now);
         self.calls.retain(|_, (_, until)| *until > now);
         self.by_identity.retain(|_, (_, until)| *until > now);
+        self.ringing.retain(|_, (_, until)| *until > now);
         self.rooms.retain(|_, (_, until)| *until > now);
         self.room_index.retain(|_, rooms| {
             rooms.retain(|_, (_, until)| *until > now);

@@ -61,6 +61,8 @@ pub enum Op {
     NextReplay,
     FinishReplay,
     RecordCalls,
+    KeepRinging,
+    Ringing,
     CallEntries,
     RecentCalls,
     KeepRoomFact,
@@ -69,7 +71,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 38] = [
+    pub const ALL: [Op; 40] = [
         Op::Ping,
         Op::PutBinding,
         Op::GetBinding,
@@ -103,6 +105,8 @@ impl Op {
         Op::NextReplay,
         Op::FinishReplay,
         Op::RecordCalls,
+        Op::KeepRinging,
+        Op::Ringing,
         Op::CallEntries,
         Op::RecentCalls,
         Op::KeepRoomFact,
@@ -145,6 +149,8 @@ impl Op {
             Op::NextReplay => "next_replay",
             Op::FinishReplay => "finish_replay",
             Op::RecordCalls => "record_calls",
+            Op::KeepRinging => "keep_ringing",
+            Op::Ringing => "ringing",
             Op::CallEntries => "call_entries",
             Op::RecentCalls => "recent_calls",
             Op::KeepRoomFact => "keep_room_fact",
@@ -581,6 +587,20 @@ impl Store for MeteredStore {
 
     async fn record_calls(&self, writes: &[crate::store::TraceWrite]) -> Result<(), StoreError> {
         self.timed(Op::RecordCalls, self.inner.record_calls(writes))
+            .await
+    }
+
+    async fn keep_ringing(&self, writes: &[crate::store::RingingWrite]) -> Result<(), StoreError> {
+        self.timed(Op::KeepRinging, self.inner.keep_ringing(writes))
+            .await
+    }
+
+    async fn ringing(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        self.timed(Op::Ringing, self.inner.ringing(account, identity))
             .await
     }
 

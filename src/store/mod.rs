@@ -428,6 +428,19 @@ pub trait Store: Send + Sync + 'static {
     /// under its identity when it names one (the most recent `max_per_identity`).
     async fn record_calls(&self, writes: &[TraceWrite]) -> Result<(), StoreError>;
 
+    /// Keeps copies of call notifications for their identity's reconnecting clients, a batch
+    /// at a time: each appended to the identity's list (the most recent `MAX_RINGING` kept),
+    /// the list expiring `window` after its last copy.
+    async fn keep_ringing(&self, writes: &[RingingWrite]) -> Result<(), StoreError>;
+
+    /// The copies kept for an identity, oldest first, as `keep_ringing` encoded them
+    /// (`RingingWrite::entry`); some may be older than the window.
+    async fn ringing(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> Result<Vec<Bytes>, StoreError>;
+
     /// A call's trace entries, in the order they were recorded.
     async fn call_entries(
         &self,
@@ -532,6 +545,20 @@ pub struct TraceWrite {
     pub entry: Bytes,
     pub retention: Duration,
     pub max_per_identity: u64,
+}
+
+/// The most call notifications kept per identity for replay: far more calls than one
+/// identity receives within a ringing window.
+pub const MAX_RINGING: usize = 32;
+
+/// A call notification kept for replay to its identity's reconnecting clients.
+#[derive(Debug, Clone)]
+pub struct RingingWrite {
+    pub account: AccountSid,
+    pub identity: Identity,
+    /// `<received ms>\n<Twilio's bytes>` (`crate::domain::ringing`).
+    pub entry: Bytes,
+    pub window: Duration,
 }
 
 /// One room-ledger fact to keep.

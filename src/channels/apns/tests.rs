@@ -10,7 +10,7 @@ use super::*;
 use crate::domain::PushChannel;
 
 const NOTIFICATION: &[u8] =
-    br#"{"twi_account_sid":"AC0123456789abcdef0123456789abcdef","twi_to":"client:bob"}"#;
+    br#"{"twi_account_sid":"AC0123456789abcdef0123456789abcdef","twi_to":"client:bob","twi_message_type":"twilio.voice.call"}"#;
 
 const T0: u64 = 1_700_000_000;
 const MINUTE: u64 = 60;
@@ -85,6 +85,8 @@ impl Fixture {
             client: Box::new(apns.clone()),
             ringing_window: Duration::from_secs(30),
             alert_template: "Incoming call from {from}".into(),
+            non_call_push: crate::config::apps::apns::NonCallPush::Skip,
+            non_call_alert_template: "Missed call from {from}".into(),
             metrics: Arc::new(Metrics::new()),
             now: Arc::new(move || now.load(Ordering::Relaxed)),
         };

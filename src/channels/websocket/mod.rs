@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use queue::{QueueReceiver, queue};
+pub use queue::{Frame, QueueReceiver, queue};
 use registry::Registry;
-pub use registry::{Handoff, LocalSocket};
+pub use registry::{Ack, Handoff, LocalSocket};
 use wire::WireMessage;
 
 use super::Outcome;
@@ -170,6 +170,7 @@ impl WebSocketChannel {
         account_sid: AccountSid,
         identity: Identity,
         device_id: Option<String>,
+        takes_acks: bool,
     ) -> Result<(SocketLease, QueueReceiver), ConnectError> {
         // Taken before anything else and held by the lease: concurrent connects cannot pass
         // the cap together, as a count checked before a store round trip would let them.
@@ -195,6 +196,7 @@ impl WebSocketChannel {
             identity,
             device_id,
             self.clock.now(),
+            takes_acks,
             self.config.queue_capacity,
         );
         // Registered locally first, so a webhook that sees the presence finds the queue.
@@ -343,6 +345,23 @@ impl WebSocketChannel {
             .get_or_create(&OutcomeLabels { outcome: label })
             .inc();
         outcome
+    }
+
+    /// Queues call notifications the client missed (`domain::ringing`) to a socket of this
+    /// replica, oldest first; one it already has (delivered live meanwhile) is not sent
+    /// again. Returns how many were queued.
+    pub fn replay(&self, conn_id: &str, payloads: Vec<Bytes>) -> usize {
+        let mut queued = 0;
+        for payload in payloads {
+            let message_id = CallNotification::parse(payload.clone())
+                .ok()
+                .and_then(|n| n.message_id);
+            if self.hand_off(conn_id, payload, message_id.as_deref()) == Handoff::Queued {
+                queued += 1;
+            }
+        }
+        self.metrics.websocket_replayed.inc_by(queued as u64);
+        queued
     }
 
     /// Hands `payload` to a socket of this replica, counting repeats.

@@ -10,9 +10,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A payload waiting in a socket's queue, and since when: a call notification that waited
+/// past its ringing window is dropped rather than written late.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub payload: Bytes,
+    pub queued_at: Instant,
+}
 
 struct State {
-    items: VecDeque<Bytes>,
+    items: VecDeque<Frame>,
     senders: usize,
     receiver_alive: bool,
 }
@@ -66,7 +75,10 @@ impl QueueSender {
             if state.items.len() >= self.0.capacity {
                 return Err(TrySendError::Full);
             }
-            state.items.push_back(payload);
+            state.items.push_back(Frame {
+                payload,
+                queued_at: Instant::now(),
+            });
         }
         self.0.ready.notify_one();
         Ok(())
@@ -104,7 +116,7 @@ pub struct QueueReceiver(Arc<Shared>);
 impl QueueReceiver {
     /// The next payload; `None` once every sender is gone and the queue is empty.
     /// Cancel-safe: a payload is only taken by a call that returns it.
-    pub async fn recv(&mut self) -> Option<Bytes> {
+    pub async fn recv(&mut self) -> Option<Frame> {
         loop {
             {
                 let mut state = self.0.lock();
@@ -119,7 +131,7 @@ impl QueueReceiver {
         }
     }
 
-    pub fn try_recv(&mut self) -> Option<Bytes> {
+    pub fn try_recv(&mut self) -> Option<Frame> {
         self.0.lock().items.pop_front()
     }
 
@@ -154,11 +166,20 @@ mod tests {
             tx.try_send(Bytes::from_static(b"3")),
             Err(TrySendError::Full)
         );
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
+        assert_eq!(
+            rx.try_recv().map(|f| f.payload),
+            Some(Bytes::from_static(b"1"))
+        );
         assert_eq!(tx.try_send(Bytes::from_static(b"4")), Ok(()));
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"2")));
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"4")));
-        assert_eq!(rx.try_recv(), None);
+        assert_eq!(
+            rx.try_recv().map(|f| f.payload),
+            Some(Bytes::from_static(b"2"))
+        );
+        assert_eq!(
+            rx.try_recv().map(|f| f.payload),
+            Some(Bytes::from_static(b"4"))
+        );
+        assert_eq!(rx.try_recv().map(|f| f.payload), None);
     }
 
     #[test]
@@ -170,8 +191,11 @@ mod tests {
             tx.try_send(Bytes::from_static(b"2")),
             Err(TrySendError::Closed)
         );
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
-        assert_eq!(rx.try_recv(), None);
+        assert_eq!(
+            rx.try_recv().map(|f| f.payload),
+            Some(Bytes::from_static(b"1"))
+        );
+        assert_eq!(rx.try_recv().map(|f| f.payload), None);
     }
 
     #[test]
@@ -186,8 +210,8 @@ mod tests {
         let (tx, mut rx) = queue(4);
         let other = tx.clone();
         let waiting = tokio::spawn(async move {
-            let first = rx.recv().await;
-            let end = rx.recv().await;
+            let first = rx.recv().await.map(|f| f.payload);
+            let end = rx.recv().await.map(|f| f.payload);
             (first, end)
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -208,6 +232,9 @@ mod tests {
         let gave_up = tokio::time::timeout(Duration::from_millis(10), rx.recv()).await;
         assert!(gave_up.is_err());
         tx.try_send(Bytes::from_static(b"kept")).unwrap();
-        assert_eq!(rx.recv().await, Some(Bytes::from_static(b"kept")));
+        assert_eq!(
+            rx.recv().await.map(|f| f.payload),
+            Some(Bytes::from_static(b"kept"))
+        );
     }
 }

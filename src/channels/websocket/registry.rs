@@ -11,8 +11,11 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use time::OffsetDateTime;
+use tokio::time::Instant;
 
 use super::queue::{self, QueueReceiver, QueueSender, TrySendError};
 use crate::domain::{AccountSid, Identity};
@@ -26,6 +29,8 @@ pub struct LocalSocket {
     pub identity: Identity,
     pub device_id: Option<String>,
     pub connected_at: OffsetDateTime,
+    /// Opened with `ack=1`: the client acknowledges what it receives.
+    pub takes_acks: bool,
     queue: QueueSender,
     /// Allocated on the first notification with a message id: an idle socket carries only
     /// the empty slot.
@@ -36,20 +41,35 @@ pub struct LocalSocket {
 /// a handful covers every retry of the calls a device receives meanwhile.
 const REMEMBERED: usize = 8;
 
-/// The last `REMEMBERED` message ids queued to a socket, as 64-bit hashes in a ring.
+/// The last `REMEMBERED` message ids queued to a socket, as 64-bit hashes in a ring, with
+/// what an acknowledgement needs: when each was queued, its call, whether it was acknowledged.
 #[derive(Default)]
 struct RecentIds {
-    ids: [u64; REMEMBERED],
+    sent: [Sent; REMEMBERED],
     next: usize,
+}
+
+#[derive(Default)]
+struct Sent {
+    id: u64,
+    queued_at: Option<Instant>,
+    /// `twi_call_sid`, read only for sockets that take acknowledgements (for the trace).
+    call_sid: Option<Box<str>>,
+    acknowledged: bool,
 }
 
 impl RecentIds {
     fn contains(&self, id: u64) -> bool {
-        self.ids.contains(&id)
+        self.sent.iter().any(|s| s.id == id)
     }
 
-    fn insert(&mut self, id: u64) {
-        self.ids[self.next] = id;
+    fn insert(&mut self, id: u64, call_sid: Option<Box<str>>) {
+        self.sent[self.next] = Sent {
+            id,
+            queued_at: Some(Instant::now()),
+            call_sid,
+            acknowledged: false,
+        };
         self.next = (self.next + 1) % REMEMBERED;
     }
 }
@@ -57,6 +77,32 @@ impl RecentIds {
 impl std::fmt::Debug for RecentIds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecentIds").finish_non_exhaustive()
+    }
+}
+
+/// What a client's acknowledgement came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// The first for a notification this socket was sent within the ringing window: `after`
+    /// it was queued; its call, when the payload named one.
+    Acknowledged {
+        call_sid: Option<String>,
+        after: Duration,
+    },
+    /// That notification was acknowledged already.
+    Repeated,
+    /// Not a notification this socket was sent recently.
+    Unknown,
+}
+
+impl Ack {
+    /// Its `outcome` label in `callrelay_websocket_acks_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Ack::Acknowledged { .. } => "acknowledged",
+            Ack::Repeated => "repeated",
+            Ack::Unknown => "unknown",
+        }
     }
 }
 
@@ -81,6 +127,32 @@ pub enum Handoff {
 }
 
 impl LocalSocket {
+    /// The client acknowledges `message_id`: judged against what was queued to it within
+    /// `window`.
+    pub fn acknowledge(&self, message_id: &str, window: Duration) -> Ack {
+        let id = id_hash(message_id);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sent) = recent
+            .as_mut()
+            .and_then(|r| r.sent.iter_mut().find(|s| s.id == id))
+        else {
+            return Ack::Unknown;
+        };
+        let Some(after) = sent.queued_at.map(|at| at.elapsed()) else {
+            return Ack::Unknown;
+        };
+        if after > window {
+            return Ack::Unknown;
+        }
+        if std::mem::replace(&mut sent.acknowledged, true) {
+            return Ack::Repeated;
+        }
+        Ack::Acknowledged {
+            call_sid: sent.call_sid.as_deref().map(str::to_owned),
+            after,
+        }
+    }
+
     fn send(&self, payload: Bytes) -> Handoff {
         match self.queue.try_send(payload) {
             Ok(()) => Handoff::Queued,
@@ -102,6 +174,17 @@ impl Handoff {
     }
 }
 
+/// A payload's `twi_call_sid`, for the trace of its acknowledgement.
+fn call_sid(payload: &[u8]) -> Option<Box<str>> {
+    #[derive(serde::Deserialize)]
+    struct Call<'a> {
+        #[serde(borrow)]
+        twi_call_sid: Option<std::borrow::Cow<'a, str>>,
+    }
+    let call: Call<'_> = serde_json::from_slice(payload).ok()?;
+    call.twi_call_sid.map(|s| s.into_owned().into_boxed_str())
+}
+
 #[derive(Default)]
 pub struct Registry {
     sockets: Mutex<HashMap<String, Arc<LocalSocket>>>,
@@ -119,6 +202,7 @@ impl Registry {
         identity: Identity,
         device_id: Option<String>,
         connected_at: OffsetDateTime,
+        takes_acks: bool,
         capacity: usize,
     ) -> (Arc<LocalSocket>, QueueReceiver) {
         let (queue, rx) = queue::queue(capacity);
@@ -128,6 +212,7 @@ impl Registry {
             identity,
             device_id,
             connected_at,
+            takes_acks,
             queue,
             recent: Mutex::new(None),
         });
@@ -159,9 +244,10 @@ impl Registry {
             );
             return Handoff::Repeat;
         }
+        let call_sid = socket.takes_acks.then(|| call_sid(&payload)).flatten();
         let handoff = socket.send(payload);
         if handoff == Handoff::Queued {
-            recent.get_or_insert_with(Box::default).insert(id);
+            recent.get_or_insert_with(Box::default).insert(id, call_sid);
         }
         handoff
     }
@@ -190,7 +276,7 @@ mod tests {
     fn queues_until_full_then_reports_full() {
         let r = Registry::default();
         let (a, i) = ids();
-        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 2);
+        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, false, 2);
         assert_eq!(
             r.hand_off(&s.conn_id, Bytes::from_static(b"1"), None),
             Handoff::Queued
@@ -203,7 +289,10 @@ mod tests {
             r.hand_off(&s.conn_id, Bytes::from_static(b"3"), None),
             Handoff::Full
         );
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
+        assert_eq!(
+            rx.try_recv().map(|f| f.payload),
+            Some(Bytes::from_static(b"1"))
+        );
         assert_eq!(
             r.hand_off(&s.conn_id, Bytes::from_static(b"4"), None),
             Handoff::Queued
@@ -214,7 +303,7 @@ mod tests {
     fn closed_or_unknown_sockets_are_gone() {
         let r = Registry::default();
         let (a, i) = ids();
-        let (s, rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 2);
+        let (s, rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, false, 2);
         assert_eq!(r.hand_off("nope", Bytes::new(), None), Handoff::Gone);
         drop(rx);
         assert_eq!(r.hand_off(&s.conn_id, Bytes::new(), None), Handoff::Gone);
@@ -226,24 +315,33 @@ mod tests {
     fn a_notification_already_queued_is_acknowledged_without_sending_it_again() {
         let r = Registry::default();
         let (a, i) = ids();
-        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 4);
+        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, false, 4);
         assert!(s.recent.lock().unwrap().is_none(), "nothing allocated yet");
         let call = |n: &'static [u8], id| r.hand_off(&s.conn_id, Bytes::from_static(n), id);
         assert_eq!(call(b"1", Some("RM1")), Handoff::Queued);
         assert_eq!(call(b"1 again", Some("RM1")), Handoff::Repeat);
         assert_eq!(call(b"2", Some("RM2")), Handoff::Queued);
         assert_eq!(call(b"no id", None), Handoff::Queued);
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"2")));
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"no id")));
-        assert_eq!(rx.try_recv(), None);
+        assert_eq!(
+            rx.try_recv().map(|f| f.payload),
+            Some(Bytes::from_static(b"1"))
+        );
+        assert_eq!(
+            rx.try_recv().map(|f| f.payload),
+            Some(Bytes::from_static(b"2"))
+        );
+        assert_eq!(
+            rx.try_recv().map(|f| f.payload),
+            Some(Bytes::from_static(b"no id"))
+        );
+        assert_eq!(rx.try_recv().map(|f| f.payload), None);
     }
 
     #[test]
     fn a_hand_off_refused_as_full_is_not_remembered() {
         let r = Registry::default();
         let (a, i) = ids();
-        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 1);
+        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, false, 1);
         assert_eq!(
             r.hand_off(&s.conn_id, Bytes::from_static(b"1"), Some("RM1")),
             Handoff::Queued
@@ -252,20 +350,26 @@ mod tests {
             r.hand_off(&s.conn_id, Bytes::from_static(b"2"), Some("RM2")),
             Handoff::Full
         );
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"1")));
+        assert_eq!(
+            rx.try_recv().map(|f| f.payload),
+            Some(Bytes::from_static(b"1"))
+        );
         // The retry of the refused one goes through.
         assert_eq!(
             r.hand_off(&s.conn_id, Bytes::from_static(b"2"), Some("RM2")),
             Handoff::Queued
         );
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"2")));
+        assert_eq!(
+            rx.try_recv().map(|f| f.payload),
+            Some(Bytes::from_static(b"2"))
+        );
     }
 
     #[test]
     fn only_the_last_few_ids_are_remembered() {
         let r = Registry::default();
         let (a, i) = ids();
-        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, 64);
+        let (s, mut rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, false, 64);
         let ids: Vec<String> = (0..=REMEMBERED).map(|n| format!("RM{n}")).collect();
         for id in &ids {
             assert_eq!(
@@ -287,10 +391,38 @@ mod tests {
             Handoff::Repeat
         );
         let mut got = Vec::new();
-        while let Some(b) = rx.try_recv() {
+        while let Some(b) = rx.try_recv().map(|f| f.payload) {
             got.push(b);
         }
         assert_eq!(got.len(), REMEMBERED + 2);
         assert_eq!(got.last(), Some(&Bytes::from_static(b"first")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_acknowledgement_names_its_call_once_and_only_within_the_window() {
+        let r = Registry::default();
+        let (a, i) = ids();
+        let (s, _rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, true, 4);
+        let window = Duration::from_secs(30);
+        let payload = Bytes::from_static(br#"{"twi_call_sid":"CA1","twi_message_id":"RM1"}"#);
+        assert_eq!(
+            r.hand_off(&s.conn_id, payload, Some("RM1")),
+            Handoff::Queued
+        );
+        assert_eq!(s.acknowledge("RM2", window), Ack::Unknown);
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert_eq!(
+            s.acknowledge("RM1", window),
+            Ack::Acknowledged {
+                call_sid: Some("CA1".into()),
+                after: Duration::from_millis(40)
+            }
+        );
+        assert_eq!(s.acknowledge("RM1", window), Ack::Repeated);
+
+        let late = Bytes::from_static(br#"{"twi_call_sid":"CA2"}"#);
+        assert_eq!(r.hand_off(&s.conn_id, late, Some("RM3")), Handoff::Queued);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(s.acknowledge("RM3", window), Ack::Unknown);
     }
 }

@@ -119,7 +119,7 @@ mod tests {
             let identity = Identity::parse(&format!("user{i}")).unwrap();
             leases.push(
                 channel
-                    .connect(account.clone(), identity, None)
+                    .connect(account.clone(), identity, None, false)
                     .await
                     .unwrap(),
             );

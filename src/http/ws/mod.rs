@@ -2,6 +2,7 @@
 //! then run the session until either side ends it. `GET /v1/events/ws`: an app backend's live
 //! feed of one account's events (`feed.rs`).
 
+mod ack;
 mod feed;
 mod session;
 #[cfg(test)]
@@ -17,7 +18,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use crate::auth::AuthError;
-use crate::channels::websocket::ConnectError;
+use crate::channels::websocket::{ConnectError, LocalSocket};
 use crate::domain::valid_device_id;
 
 /// tungstenite zero-fills its whole read buffer before the first read, so every idle socket
@@ -31,6 +32,11 @@ const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 pub struct WsParams {
     access_token: Option<String>,
     device_id: Option<String>,
+    /// `1`: the client acknowledges what it receives.
+    ack: Option<String>,
+    /// Unix milliseconds: replay the call notifications received since, within the ringing
+    /// window.
+    replay_since: Option<String>,
 }
 
 /// Why an upgrade was refused; `http::problem` answers each.
@@ -79,16 +85,47 @@ async fn accept(
     {
         return Err(UpgradeError::DeviceId);
     }
+    let takes_acks = match params.ack.as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(_) => return Err(UpgradeError::Invalid("ack must be 1 or 0".into())),
+    };
+    let replay_since = params
+        .replay_since
+        .as_deref()
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| UpgradeError::Invalid("replay_since must be Unix milliseconds".into()))
+        })
+        .transpose()?;
     let upgrade = upgrade.map_err(UpgradeError::NotAnUpgrade)?;
     let (lease, queue) = state
         .sockets
-        .connect(verified.account_sid, verified.identity, params.device_id)
+        .connect(
+            verified.account_sid,
+            verified.identity,
+            params.device_id,
+            takes_acks,
+        )
         .await
         .map_err(UpgradeError::Connect)?;
+    if let Some(since) = replay_since {
+        replay_missed(&state, &lease.socket, since).await;
+    }
 
     // The socket lives as long as its token is accepted, then closes with 4001.
-    let expires = tokio::time::Instant::now() + verified.valid_for;
-    let ping_interval = state.config.websocket.ping_interval;
+    let settings = session::Settings {
+        ping_interval: state.config.websocket.ping_interval,
+        expires: tokio::time::Instant::now() + verified.valid_for,
+        ringing_window: state.config.websocket.ringing_window,
+    };
+    let events = ack::SocketEvents {
+        socket: lease.socket.clone(),
+        relay: state.relay.clone(),
+        metrics: state.metrics.clone(),
+        ringing_window: settings.ringing_window,
+        node: state.sockets.node().to_owned(),
+    };
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
     let tasks = state.tasks.clone();
@@ -97,12 +134,44 @@ async fn accept(
             tasks.track_future(async move {
                 metrics.live_sockets.inc();
                 tracing::debug!(conn_id = lease.socket.conn_id, identity = %lease.socket.identity, "socket open");
-                let end = session::run(socket, queue, ping_interval, expires, shutdown).await;
+                let end = session::run(socket, queue, settings, &events, shutdown).await;
                 tracing::debug!(conn_id = lease.socket.conn_id, ?end, "socket closed");
                 metrics.live_sockets.dec();
                 drop(lease);
             })
         }))
+}
+
+/// Queues to a newly registered socket the call notifications its identity received since
+/// `since` (Unix ms) and within the ringing window. Registered first, so nothing arriving
+/// meanwhile is missed; what was also delivered live is not sent twice (same message id).
+/// When the store cannot say, the socket opens without the replay (and the log says so).
+async fn replay_missed(state: &AppState, socket: &LocalSocket, since: i64) {
+    if !state.config.websocket.replay {
+        return;
+    }
+    let kept = match state
+        .store
+        .ringing(&socket.account_sid, &socket.identity)
+        .await
+    {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::warn!(conn_id = socket.conn_id, error = %e, "could not read the call notifications to replay");
+            return;
+        }
+    };
+    let now = crate::store::unix_ms(time::OffsetDateTime::now_utc());
+    let missed =
+        crate::domain::ringing::missed(&kept, since, now, state.config.websocket.ringing_window);
+    if !missed.is_empty() {
+        let queued = state.sockets.replay(&socket.conn_id, missed);
+        tracing::debug!(
+            conn_id = socket.conn_id,
+            queued,
+            "replayed missed call notifications"
+        );
+    }
 }
 
 /// The buffers and limits every socket of the public listener gets: clients have nothing to

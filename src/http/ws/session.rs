@@ -1,7 +1,8 @@
-//! One WebSocket connection's life after the upgrade: write what the relay queues for it,
-//! ping, notice a peer that went quiet, and say goodbye at shutdown or when the access token
-//! it was opened with expires. Generic over the socket, so it can be tested with an in-memory
-//! pair.
+//! One WebSocket connection's life after the upgrade: write what the relay queues for it
+//! (never a frame that waited past the ringing window: a late ring is worse than none), hand
+//! what the client says to a listener (acknowledgements), ping, notice a peer that went
+//! quiet, and say goodbye at shutdown or when the access token it was opened with expires.
+//! Generic over the socket, so it can be tested with an in-memory pair.
 //!
 //! Close codes callrelay sends (README, "WebSocket"): `1001` going away (shutdown: reconnect,
 //! to another replica), `4001` access token expired (reconnect with a fresh token).
@@ -16,7 +17,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::channels::websocket::QueueReceiver;
+use crate::channels::websocket::{Frame, QueueReceiver};
 
 /// A write that takes longer than this means the peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,18 +40,40 @@ pub enum End {
     Unregistered,
 }
 
-/// Runs the session until either side ends it; `expires` is when the access token the socket
-/// was opened with stops being accepted.
+/// How a session runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub ping_interval: Duration,
+    /// When the access token the socket was opened with stops being accepted.
+    pub expires: Instant,
+    /// A frame that waited longer than this in the queue is dropped, never written late.
+    pub ringing_window: Duration,
+}
+
+/// What a session tells its socket's owner as it runs.
+pub trait Listener {
+    /// A queued frame was dropped: it waited past the ringing window.
+    fn late(&self);
+    /// The client sent a text frame (an acknowledgement, when the socket takes them).
+    fn text(&self, text: &str);
+}
+
+/// Runs the session until either side ends it.
 pub async fn run<S, E>(
     mut socket: S,
     mut queue: QueueReceiver,
-    ping_interval: Duration,
-    expires: Instant,
+    settings: Settings,
+    listener: &impl Listener,
     shutdown: CancellationToken,
 ) -> End
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
 {
+    let Settings {
+        ping_interval,
+        expires,
+        ringing_window,
+    } = settings;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
@@ -64,18 +87,20 @@ where
         tokio::select! {
             biased;
             _ = &mut cancelled => {
-                return goodbye(&mut socket, &mut queue, GOING_AWAY, "callrelay is shutting down")
+                let bye = Goodbye { code: GOING_AWAY, reason: "callrelay is shutting down", ringing_window };
+                return bye.say(&mut socket, &mut queue, listener)
                     .await
                     .unwrap_or(End::ShuttingDown);
             }
             _ = &mut expired => {
-                return goodbye(&mut socket, &mut queue, TOKEN_EXPIRED, "access token expired")
+                let bye = Goodbye { code: TOKEN_EXPIRED, reason: "access token expired", ringing_window };
+                return bye.say(&mut socket, &mut queue, listener)
                     .await
                     .unwrap_or(End::TokenExpired);
             }
             item = queue.recv() => match item {
-                Some(payload) => {
-                    if !send(&mut socket, text(payload)).await {
+                Some(frame) => {
+                    if !write(&mut socket, frame, ringing_window, listener).await {
                         return End::WriteFailed;
                     }
                 }
@@ -84,7 +109,12 @@ where
             incoming = socket.next() => match incoming {
                 Some(Ok(Message::Close(_))) | None => return End::ClientClosed,
                 // Any frame (pong, or whatever the client sends) proves it is alive.
-                Some(Ok(_)) => last_heard = Instant::now(),
+                Some(Ok(message)) => {
+                    last_heard = Instant::now();
+                    if let Message::Text(t) = &message {
+                        listener.text(t.as_str());
+                    }
+                }
                 Some(Err(_)) => return End::ReadFailed,
             },
             _ = ping.tick() => {
@@ -99,30 +129,56 @@ where
     }
 }
 
-/// Ends the session from this side: no more payloads are accepted, those already handed to
-/// the socket (counted as delivered) still go out, then the close frame. `Some` when a write
-/// failed on the way.
-async fn goodbye<S, E>(
+/// Writes a queued frame, unless it waited past the ringing window (then it is dropped and
+/// the listener told). `false` when the write failed.
+async fn write<S, E>(
     socket: &mut S,
-    queue: &mut QueueReceiver,
-    code: u16,
-    reason: &'static str,
-) -> Option<End>
+    frame: Frame,
+    ringing_window: Duration,
+    listener: &impl Listener,
+) -> bool
 where
     S: Sink<Message, Error = E> + Unpin,
 {
-    queue.close();
-    while let Some(payload) = queue.try_recv() {
-        if !send(socket, text(payload)).await {
-            return Some(End::WriteFailed);
-        }
+    if frame.queued_at.elapsed() > ringing_window {
+        listener.late();
+        return true;
     }
-    let close = Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    }));
-    send(socket, close).await;
-    None
+    send(socket, text(frame.payload)).await
+}
+
+/// Ending the session from this side.
+struct Goodbye {
+    code: u16,
+    reason: &'static str,
+    ringing_window: Duration,
+}
+
+impl Goodbye {
+    /// No more payloads are accepted, those already handed to the socket (counted as
+    /// delivered) still go out, then the close frame. `Some` when a write failed on the way.
+    async fn say<S, E>(
+        self,
+        socket: &mut S,
+        queue: &mut QueueReceiver,
+        listener: &impl Listener,
+    ) -> Option<End>
+    where
+        S: Sink<Message, Error = E> + Unpin,
+    {
+        queue.close();
+        while let Some(frame) = queue.try_recv() {
+            if !write(socket, frame, self.ringing_window, listener).await {
+                return Some(End::WriteFailed);
+            }
+        }
+        let close = Message::Close(Some(CloseFrame {
+            code: self.code,
+            reason: Utf8Bytes::from_static(self.reason),
+        }));
+        send(socket, close).await;
+        None
+    }
 }
 
 fn text(payload: Bytes) -> Message {
@@ -158,18 +214,52 @@ mod tests {
         Instant::now() + Duration::from_secs(24 * 3600)
     }
 
+    fn settings(ping_every_secs: u64, expires: Instant) -> Settings {
+        Settings {
+            ping_interval: Duration::from_secs(ping_every_secs),
+            expires,
+            ringing_window: Duration::from_secs(30),
+        }
+    }
+
+    /// Remembers what the session told it.
+    #[derive(Default)]
+    struct Heard {
+        late: std::sync::atomic::AtomicUsize,
+        texts: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Listener for Heard {
+        fn late(&self) {
+            self.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn text(&self, text: &str) {
+            self.texts.lock().unwrap().push(text.to_owned());
+        }
+    }
+
+    /// Runs a session on a task of its own, with a listener the test can look at.
+    fn spawn_run(
+        socket: super::super::test_socket::Pair,
+        rx: QueueReceiver,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> (tokio::task::JoinHandle<End>, std::sync::Arc<Heard>) {
+        let heard = std::sync::Arc::new(Heard::default());
+        let listener = heard.clone();
+        let task =
+            tokio::spawn(
+                async move { run(socket, rx, settings, listener.as_ref(), shutdown).await },
+            );
+        (task, heard)
+    }
+
     #[tokio::test]
     async fn queued_payloads_go_out_as_text_frames_in_order() {
         let (socket, to_session, mut from_session) = pair();
         let (tx, rx) = queue(4);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            socket,
-            rx,
-            Duration::from_secs(60),
-            far_future(),
-            shutdown.clone(),
-        ));
+        let (task, _heard) = spawn_run(socket, rx, settings(60, far_future()), shutdown.clone());
         tx.try_send(Bytes::from_static(b"{\"a\":1}")).unwrap();
         tx.try_send(Bytes::from_static(b"{\"b\":2}")).unwrap();
         assert_eq!(
@@ -188,13 +278,12 @@ mod tests {
     async fn a_silent_peer_is_dropped_after_two_intervals() {
         let (socket, _to_session, mut from_session) = pair();
         let (_tx, rx) = queue(4);
-        let task = tokio::spawn(run(
+        let (task, _heard) = spawn_run(
             socket,
             rx,
-            Duration::from_secs(10),
-            far_future(),
+            settings(10, far_future()),
             CancellationToken::new(),
-        ));
+        );
         assert!(matches!(from_session.recv().await, Some(Message::Ping(_))));
         assert_eq!(task.await.unwrap(), End::Unresponsive);
     }
@@ -204,13 +293,7 @@ mod tests {
         let (socket, to_session, mut from_session) = pair();
         let (_tx, rx) = queue(4);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            socket,
-            rx,
-            Duration::from_secs(10),
-            far_future(),
-            shutdown.clone(),
-        ));
+        let (task, _heard) = spawn_run(socket, rx, settings(10, far_future()), shutdown.clone());
         for _ in 0..5 {
             assert!(matches!(from_session.recv().await, Some(Message::Ping(_))));
             to_session.send(Ok(Message::Pong(Bytes::new()))).unwrap();
@@ -228,7 +311,14 @@ mod tests {
         let shutdown = CancellationToken::new();
         shutdown.cancel();
         assert_eq!(
-            run(socket, rx, Duration::from_secs(60), far_future(), shutdown).await,
+            run(
+                socket,
+                rx,
+                settings(60, far_future()),
+                &Heard::default(),
+                shutdown
+            )
+            .await,
             End::ShuttingDown
         );
         assert_eq!(
@@ -246,13 +336,7 @@ mod tests {
         let (socket, to_session, mut from_session) = pair();
         let (tx, rx) = queue(4);
         let expires = Instant::now() + Duration::from_secs(90);
-        let task = tokio::spawn(run(
-            socket,
-            rx,
-            Duration::from_secs(20),
-            expires,
-            CancellationToken::new(),
-        ));
+        let (task, _heard) = spawn_run(socket, rx, settings(20, expires), CancellationToken::new());
         // At the very moment the token expires, a webhook hands over one more payload.
         let late = tokio::spawn(async move {
             tokio::time::sleep_until(expires).await;
@@ -284,5 +368,34 @@ mod tests {
         let (accepted, tx) = late.await.unwrap();
         assert_eq!(texts.len(), usize::from(accepted));
         assert!(tx.try_send(Bytes::new()).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_waited_past_the_ringing_window_is_dropped_not_written_late() {
+        let (socket, to_session, mut from_session) = pair();
+        let (tx, rx) = queue(4);
+        tx.try_send(Bytes::from_static(b"{\"stale\":1}")).unwrap();
+        // The socket's writer was held up (a slow peer) past the window.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        tx.try_send(Bytes::from_static(b"{\"fresh\":1}")).unwrap();
+        let (task, heard) = spawn_run(
+            socket,
+            rx,
+            settings(3600, far_future()),
+            CancellationToken::new(),
+        );
+        assert_eq!(
+            from_session.recv().await,
+            Some(Message::Text(Utf8Bytes::from_static("{\"fresh\":1}")))
+        );
+        assert_eq!(heard.late.load(std::sync::atomic::Ordering::Relaxed), 1);
+        to_session
+            .send(Ok(Message::Text(Utf8Bytes::from_static(
+                "{\"type\":\"ack\"}",
+            ))))
+            .unwrap();
+        to_session.send(Ok(Message::Close(None))).unwrap();
+        assert_eq!(task.await.unwrap(), End::ClientClosed);
+        assert_eq!(*heard.texts.lock().unwrap(), ["{\"type\":\"ack\"}"]);
     }
 }

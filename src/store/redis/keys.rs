@@ -18,6 +18,7 @@
 //! | `<p>:{AC…:events}:fwd:<target>:failed` | list | positions of events the target did not take within the retry budget (the most recent 10,000) |
 //! | `<p>:call:{AC…:CA…}` | list | the call's trace entries (JSON), the most recent 64, expiring after `calls.retention_secs` |
 //! | `<p>:{AC…:bob}:calls` | list | `<ms>:<call SID>` per notification recorded: the identity's calls, the most recent `calls.max_per_identity` entries, expiring after the retention |
+//! | `<p>:{AC…:bob}:ringing` | list | `<ms>\n<payload>` per call notification for the identity: the most recent 32, expiring `websocket.ringing_window_secs` after the last; replayed to clients reconnecting with `replay_since` |
 //! | `<p>:room:{AC…:RM…}` | hash | fact id → room-ledger fact (JSON), expiring after `rooms.retention_secs` |
 //! | `<p>:{AC…:rooms}:index` | sorted set | room SID → its earliest fact's `Timestamp` (ms) |
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica (sharded on a cluster) |
@@ -96,6 +97,11 @@ impl Keys {
         format!("{}:{{{account}:{identity}}}:calls", self.prefix)
     }
 
+    /// Copies of an identity's recent call notifications, for replay, beside its bindings.
+    pub fn ringing(&self, account: &AccountSid, identity: &Identity) -> String {
+        format!("{}:{{{account}:{identity}}}:ringing", self.prefix)
+    }
+
     /// A room's ledger facts, under a tag of their own.
     pub fn room(&self, account: &AccountSid, room_sid: &RoomSid) -> String {
         format!("{}:room:{{{account}:{room_sid}}}", self.prefix)
@@ -159,6 +165,7 @@ mod tests {
             tag(&keys.identity_calls(&a, &bob)),
             tag(&keys.bindings(&a, &bob))
         );
+        assert_eq!(tag(&keys.ringing(&a, &bob)), tag(&keys.bindings(&a, &bob)));
         assert_eq!(
             keys.call(&a, &CallSid::parse("CA1").unwrap()),
             "callrelay:call:{AC0123456789abcdef0123456789abcdef:CA1}"

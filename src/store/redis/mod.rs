@@ -847,6 +847,18 @@ impl Store for RedisStore {
         self.write_call_records(writes).await
     }
 
+    async fn keep_ringing(&self, writes: &[crate::store::RingingWrite]) -> Result<(), StoreError> {
+        self.write_ringing(writes).await
+    }
+
+    async fn ringing(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        self.read_ringing(account, identity).await
+    }
+
     async fn call_entries(
         &self,
         account: &AccountSid,

@@ -15,7 +15,8 @@ use time::OffsetDateTime;
 use super::{RedisStore, millis};
 use crate::domain::{AccountSid, CallSid, Identity, RoomSid};
 use crate::store::{
-    MAX_TRACE_ENTRIES, RoomFactWrite, StoreError, TraceWrite, newest_calls, unix_ms,
+    MAX_RINGING, MAX_TRACE_ENTRIES, RingingWrite, RoomFactWrite, StoreError, TraceWrite,
+    newest_calls, unix_ms,
 };
 
 impl RedisStore {
@@ -45,6 +46,40 @@ impl RedisStore {
         }
         let mut c = self.conn.clone();
         self.run(pipe.query_async::<()>(&mut c)).await
+    }
+
+    pub(super) async fn write_ringing(&self, writes: &[RingingWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for w in writes {
+            let key = self.keys.ringing(&w.account, &w.identity);
+            pipe.rpush(&key, w.entry.as_ref()).ignore();
+            pipe.ltrim(&key, -(MAX_RINGING as isize), -1).ignore();
+            pipe.pexpire(&key, millis(w.window) as i64).ignore();
+        }
+        let mut c = self.conn.clone();
+        self.run(pipe.query_async::<()>(&mut c)).await
+    }
+
+    pub(super) async fn read_ringing(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.keys.ringing(account, identity);
+        let entries: Vec<Vec<u8>> = self
+            .run(
+                redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(entries.into_iter().map(Bytes::from).collect())
     }
 
     pub(super) async fn read_call_entries(

@@ -1,0 +1,72 @@
+//! Call notifications kept for the ringing window, so that a client that lost its socket
+//! (a network change, a replica restarting) and reconnects while the call still rings is
+//! given what it missed. Each copy is `<received Unix ms>\n<Twilio's bytes>`: the time to
+//! judge the window by, then the payload exactly as Twilio sent it.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// A kept copy of `raw`, received at `received_ms`.
+pub fn entry(received_ms: i64, raw: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(raw.len() + 14);
+    out.put_slice(received_ms.to_string().as_bytes());
+    out.put_u8(b'\n');
+    out.put_slice(raw);
+    out.freeze()
+}
+
+/// When a copy was received, and its payload; `None` for bytes that are not a copy.
+pub fn read(entry: &Bytes) -> Option<(i64, Bytes)> {
+    let newline = entry.iter().position(|&b| b == b'\n')?;
+    let ms = std::str::from_utf8(&entry[..newline]).ok()?.parse().ok()?;
+    Some((ms, entry.slice(newline + 1..)))
+}
+
+/// The payloads to replay to a client that was last connected at `since_ms`: those received
+/// after it and within `window` of `now_ms`, oldest first.
+pub fn missed(entries: &[Bytes], since_ms: i64, now_ms: i64, window: Duration) -> Vec<Bytes> {
+    let oldest = now_ms - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let mut kept: Vec<(i64, Bytes)> = entries
+        .iter()
+        .filter_map(read)
+        .filter(|(at, _)| *at > since_ms && *at >= oldest)
+        .collect();
+    kept.sort_by_key(|(at, _)| *at);
+    kept.into_iter().map(|(_, raw)| raw).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_reads_back_byte_for_byte_even_with_newlines_in_the_payload() {
+        let raw = b"{\n  \"twi_message_id\": \"RM1\"\n}";
+        assert_eq!(
+            read(&entry(1_700_000_000_123, raw)),
+            Some((1_700_000_000_123, Bytes::from_static(raw)))
+        );
+        assert_eq!(read(&Bytes::from_static(b"not a copy")), None);
+        assert_eq!(read(&Bytes::from_static(b"12x\n{}")), None);
+    }
+
+    #[test]
+    fn only_what_arrived_after_the_client_left_and_within_the_window_is_replayed_oldest_first() {
+        let window = Duration::from_secs(30);
+        let now = 100_000;
+        let entries = [
+            entry(now - 31_000, b"too old"),
+            entry(now - 5_000, b"second"),
+            entry(now - 20_000, b"before the client left"),
+            entry(now - 10_000, b"first"),
+            Bytes::from_static(b"garbage"),
+        ];
+        let since = now - 15_000;
+        assert_eq!(
+            missed(&entries, since, now, window),
+            [Bytes::from_static(b"first"), Bytes::from_static(b"second")]
+        );
+        assert!(missed(&entries, now, now, window).is_empty());
+    }
+}
