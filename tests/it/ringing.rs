@@ -145,3 +145,176 @@ non_call_alert_template = "{from} hung up""#,
     assert_eq!(r.body["skipped"], 2);
     assert!(s.apns.requests().is_empty());
 }
+
+/// A socket for `identity` opened with `query` (beside the access token).
+async fn open(app: &TestApp, identity: &str, query: &str) -> WsClient {
+    let q = format!("access_token={}&{query}", token(identity));
+    WsClient::connect(&app.base, "", Some(&q))
+        .await
+        .expect("WebSocket connects")
+}
+
+fn acks(metrics: &str, outcome: &str) -> u64 {
+    let series = format!(r#"callrelay_websocket_acks_total{{outcome="{outcome}"}} "#);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_client_that_opened_with_ack_acknowledges_and_the_trace_and_metrics_say_so() {
+    let app = spawn_with(TestConfig::default()).await;
+    let mut socket = open(&app, "bob", "ack=1&device_id=laptop").await;
+    let body = payload(ACCOUNT, "bob");
+    let call = crate::calls::call_sid(&body);
+    let id = serde_json::from_slice::<Value>(&body).unwrap()["twi_message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.webhook(body.clone()).await.status, StatusCode::OK);
+    // With ack=1 the frame is still exactly Twilio's bytes.
+    let frame = socket.next_text(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(frame.as_bytes(), &body[..]);
+
+    let ack = json!({"type": "ack", "twi_message_id": id}).to_string();
+    socket.send_text(&ack).await.unwrap();
+    socket.send_text(&ack).await.unwrap();
+    socket
+        .send_text(r#"{"type":"ack","twi_message_id":"RMnever-sent"}"#)
+        .await
+        .unwrap();
+    socket.send_text("hello").await.unwrap();
+    let counted = eventually(Duration::from_secs(5), || async {
+        let m = app.metrics().await;
+        acks(&m, "acknowledged") == 1
+            && acks(&m, "repeated") == 1
+            && acks(&m, "unknown") == 1
+            && acks(&m, "invalid") == 1
+    })
+    .await;
+    assert!(counted, "{}", app.metrics().await);
+
+    // The acknowledgement joins the call's trace, naming the socket that gave it.
+    let started = std::time::Instant::now();
+    let trace = loop {
+        let t = crate::calls::trace(&app, &call, 1).await;
+        if t["acks"].as_array().is_some_and(|a| !a.is_empty()) {
+            break t;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no ack in {t}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let socket_id = trace["notifications"][0]["targets"][0]["socket"].clone();
+    assert_eq!(trace["acks"].as_array().unwrap().len(), 1, "{trace}");
+    assert_eq!(trace["acks"][0]["socket"], socket_id);
+    assert_eq!(trace["acks"][0]["message_id"], id.as_str());
+    assert!(trace["acks"][0]["after_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[tokio::test]
+async fn a_socket_opened_without_ack_is_never_read_as_acknowledging() {
+    let app = spawn_with(TestConfig::default()).await;
+    let mut socket = app.connect_ws("bob").await;
+    let body = payload(ACCOUNT, "bob");
+    let id = serde_json::from_slice::<Value>(&body).unwrap()["twi_message_id"].clone();
+    assert_eq!(app.webhook(body).await.status, StatusCode::OK);
+    assert!(socket.next_text(Duration::from_secs(5)).await.is_some());
+    socket
+        .send_text(&json!({"type": "ack", "twi_message_id": id}).to_string())
+        .await
+        .unwrap();
+    // Sent after the ack, so once it is answered the ack has been read too.
+    assert_eq!(app.notify("bob").await.status, StatusCode::OK);
+    assert!(socket.next_text(Duration::from_secs(5)).await.is_some());
+    let m = app.metrics().await;
+    for outcome in ["acknowledged", "repeated", "unknown", "invalid"] {
+        assert_eq!(acks(&m, outcome), 0, "{outcome}: {m}");
+    }
+}
+
+#[tokio::test]
+async fn ack_and_replay_since_must_be_readable() {
+    let app = spawn_with(TestConfig::default()).await;
+    for query in ["ack=yes", "replay_since=yesterday"] {
+        let q = format!("access_token={}&{query}", token("bob"));
+        let refused = WsClient::connect(&app.base, "", Some(&q)).await;
+        match refused {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 400, "{query}")
+            }
+            other => panic!("{query}: expected a 400, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+fn unix_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+/// A client that lost its socket and reconnects while the call still rings gets what it
+/// missed, once, byte for byte; what arrived before it left, or before the window, it does
+/// not get again.
+async fn a_reconnecting_client_gets_the_calls_it_missed(engine: Engine) {
+    let app = spawn_with(TestConfig::with_engine(engine)).await;
+    let mut socket = open(&app, "bob", "ack=1").await;
+    let before = payload(ACCOUNT, "bob");
+    assert_eq!(app.webhook(before.clone()).await.status, StatusCode::OK);
+    assert!(socket.next_text(Duration::from_secs(5)).await.is_some());
+    let left = unix_ms();
+    socket.close().await;
+    // The socket's presence goes with it: nobody is bound, Twilio is answered 404, and the
+    // call keeps ringing on Twilio's side.
+    let missed = payload(ACCOUNT, "bob");
+    let gone = eventually(Duration::from_secs(5), || async {
+        app.admin_get(&format!("/v1/bindings?account_sid={ACCOUNT}&identity=bob"))
+            .await
+            .body["sockets"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    })
+    .await;
+    assert!(gone, "the closed socket was still a binding");
+    assert_eq!(
+        app.webhook(missed.clone()).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let mut back = open(&app, "bob", &format!("ack=1&replay_since={left}")).await;
+    let replayed = back.next_text(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(replayed.as_bytes(), &missed[..], "replayed byte for byte");
+    back.expect_silence(Duration::from_millis(300)).await;
+
+    // A client that says it left later than that is given nothing.
+    let mut later = open(&app, "bob", &format!("replay_since={}", unix_ms())).await;
+    later.expect_silence(Duration::from_millis(300)).await;
+    let m = app.metrics().await;
+    assert!(m.contains("callrelay_websocket_replayed_total 1"), "{m}");
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_the_calls_it_missed_on_the_memory_store() {
+    a_reconnecting_client_gets_the_calls_it_missed(Engine::Memory).await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_the_calls_it_missed_on_redis() {
+    a_reconnecting_client_gets_the_calls_it_missed(Engine::Redis).await;
+}
+
+#[tokio::test]
+async fn nothing_is_replayed_once_the_ringing_window_has_passed() {
+    let app = spawn_with(TestConfig {
+        ringing_window_secs: 1,
+        ..TestConfig::default()
+    })
+    .await;
+    let left = unix_ms();
+    assert_eq!(
+        app.webhook(payload(ACCOUNT, "bob")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let mut back = open(&app, "bob", &format!("replay_since={left}")).await;
+    back.expect_silence(Duration::from_millis(300)).await;
+}

@@ -143,13 +143,18 @@ async fn accept(
 }
 
 /// Queues to a newly registered socket the call notifications its identity received since
-/// `since` (Unix ms) and within the ringing window. Registered first, so nothing arriving
-/// meanwhile is missed; what was also delivered live is not sent twice (same message id).
+/// `since` (Unix ms) and within the ringing window. Registered first, so a notification
+/// arriving meanwhile is delivered live if it is not in the replay; one that is both is sent
+/// once (same message id).
 /// When the store cannot say, the socket opens without the replay (and the log says so).
 async fn replay_missed(state: &AppState, socket: &LocalSocket, since: i64) {
     if !state.config.websocket.replay {
         return;
     }
+    // Copies are written off the webhooks' path, a few milliseconds after they arrive: wait
+    // for those queued before this socket registered, so a notification that found no socket
+    // a moment ago is in the replay.
+    state.relay.flush_records().await;
     let kept = match state
         .store
         .ringing(&socket.account_sid, &socket.identity)

@@ -86,6 +86,8 @@ pub struct TestConfig {
     /// `store.command_timeout_ms`.
     pub command_timeout_ms: u64,
     pub queue_capacity: u64,
+    /// `websocket.ringing_window_secs`.
+    pub ringing_window_secs: u64,
     /// Push apps served by recording fake channels: (name, "apns" | "fcm").
     pub fake_apps: Vec<(&'static str, &'static str)>,
     /// Appended to the generated TOML (extra sections or keys).
@@ -105,6 +107,7 @@ impl Default for TestConfig {
             deadline_ms: 3_000,
             command_timeout_ms: 500,
             queue_capacity: 16,
+            ringing_window_secs: 30,
             fake_apps: Vec::new(),
             extra: String::new(),
             accounts: None,
@@ -184,6 +187,7 @@ command_timeout_ms = {command_timeout}
 presence_ttl_ms = {presence}
 ping_interval_ms = {ping}
 queue_capacity = {queue}
+ringing_window_secs = {ringing_window}
 
 [admin]
 api_keys = ["{ADMIN_KEY}"]
@@ -192,6 +196,7 @@ api_keys = ["{ADMIN_KEY}"]
 {extra}
 "#,
             deadline = self.deadline_ms,
+            ringing_window = self.ringing_window_secs,
             command_timeout = self.command_timeout_ms,
             prefix = self.prefix,
             presence = self.presence_ttl_ms,
