@@ -615,11 +615,13 @@ fn websocket_operation() -> Value {
         "operationId": "openWebSocket",
         "tags": ["WebSocket"],
         "summary": "Open a WebSocket: a live binding of the token's identity",
-        "description": "Each call notification for the identity arrives as one text frame holding exactly the JSON Twilio sent. The server pings; a client silent for two ping intervals is dropped. Close codes the server sends: 1001 (going away: shutdown; reconnect, to another replica) and 4001 (access token expired: the token the socket was opened with is no longer accepted, at its `exp` plus 30 s of clock-skew leeway; reconnect with a fresh token, ideally before then).",
+        "description": "Each call notification for the identity arrives as one text frame holding exactly the JSON Twilio sent; one that waited inside callrelay longer than `websocket.ringing_window_secs` is dropped, never delivered late. With `ack=1` the client may send `{\"type\":\"ack\",\"twi_message_id\":\"…\"}` for each one it has (counted in `callrelay_websocket_acks_total` and recorded in the call's trace). The server pings; a client silent for two ping intervals is dropped. Close codes the server sends: 1001 (going away: shutdown; reconnect, to another replica) and 4001 (access token expired: the token the socket was opened with is no longer accepted, at its `exp` plus 30 s of clock-skew leeway; reconnect with a fresh token, ideally before then).",
         "security": [{"bearer": []}, {}],
         "parameters": [
             {"name": "access_token", "in": "query", "required": false, "description": "A Twilio Access Token, for clients that cannot set headers (browsers).", "schema": {"type": "string", "maxLength": 8192}, "example": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImN0eSI6InR3aWxpby1mcGE7dj0xIn0.payload.signature"},
-            {"name": "device_id", "in": "query", "required": false, "description": "Names the device, so its sockets and bindings can be told apart in the list.", "schema": {"$ref": "#/components/schemas/DeviceId"}, "example": "laptop-browser"}
+            {"name": "device_id", "in": "query", "required": false, "description": "Names the device, so its sockets and bindings can be told apart in the list.", "schema": {"$ref": "#/components/schemas/DeviceId"}, "example": "laptop-browser"},
+            {"name": "ack", "in": "query", "required": false, "description": "`1`: the client acknowledges what it receives. Without it, nothing the client sends is read as an acknowledgement.", "schema": {"type": "string", "enum": ["0", "1"]}, "example": "1"},
+            {"name": "replay_since", "in": "query", "required": false, "description": "Unix milliseconds of the moment the client lost its previous socket: the call notifications its identity received since then, within `websocket.ringing_window_secs`, are sent first (oldest first). Drop repeats by `twi_message_id`.", "schema": {"type": "string", "pattern": "^-?[0-9]{1,19}$"}, "example": "1796674014564"}
         ],
         "responses": {
             "101": {"description": "Switching protocols: the socket is open."},

@@ -24,7 +24,7 @@ pub fn schemas(out: &mut Map<String, Value>) {
                 "app": nullable("string"), "binding": nullable("string"),
                 "socket": nullable("string"), "replica": nullable("string"),
                 "attempts": {"type": "integer", "minimum": 0, "description": "Requests made to Apple or Google (retries included); 1 for a socket."},
-                "outcome": {"enum": ["delivered", "removed", "failed"], "description": "`removed`: the address was dead and the binding or socket went."},
+                "outcome": {"enum": ["delivered", "removed", "failed", "skipped"], "description": "`removed`: the address was dead and the binding or socket went. `skipped`: not sent, by a ringing rule (`detail` says which)."},
                 "status": {"type": ["integer", "null"], "description": "The HTTP status Apple or Google answered last."},
                 "reason": {"type": ["string", "null"], "description": "Apple's reason or Google's error code (or `timeout`, `connection_error`)."},
                 "apns_id": {"type": ["string", "null"], "description": "The `apns-id` Apple gave the push."},
@@ -87,7 +87,25 @@ pub fn schemas(out: &mut Map<String, Value>) {
                 "account_sid": {"type": "string"}, "call_sid": {"type": "string"},
                 "identity": nullable("string"), "from": nullable("string"), "to": nullable("string"),
                 "notifications": {"type": "array", "items": {"$ref": "#/components/schemas/TraceNotification"}},
-                "insights": {"type": "array", "items": {"$ref": "#/components/schemas/CallSummary"}}
+                "insights": {"type": "array", "items": {"$ref": "#/components/schemas/CallSummary"}},
+                "acks": {"type": "array", "description": "Acknowledgements from sockets opened with `ack=1`; absent when none.", "items": {"$ref": "#/components/schemas/CallAck"}}
+            },
+            "additionalProperties": false
+        }),
+    );
+    out.insert(
+        "CallAck".into(),
+        json!({
+            "type": "object",
+            "description": "A client acknowledged a notification it received over its socket.",
+            "required": ["identity", "socket", "acknowledged_at", "after_ms"],
+            "properties": {
+                "message_id": {"type": "string"},
+                "identity": {"type": "string"},
+                "socket": {"type": "string", "description": "The socket's connection id."},
+                "replica": {"type": "string", "description": "The replica holding the socket (admin keys only)."},
+                "acknowledged_at": {"type": "string", "format": "date-time"},
+                "after_ms": {"type": "number", "minimum": 0, "description": "From the hand-off to the socket to the acknowledgement."}
             },
             "additionalProperties": false
         }),
