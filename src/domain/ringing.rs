@@ -7,6 +7,32 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Binding;
+
+/// One ring per device: of push bindings naming the same `device_id`, the one registered (or
+/// refreshed by a delivered push) most recently; the rest come back as the second list, not
+/// to be sent to. Bindings without a `device_id` are each their own device. Order is kept.
+pub fn one_per_device(bindings: Vec<Binding>) -> (Vec<Binding>, Vec<Binding>) {
+    let newest = |b: &Binding| {
+        let device = b.device_id.as_deref()?;
+        bindings
+            .iter()
+            .filter(|o| o.device_id.as_deref() == Some(device))
+            .max_by_key(|o| (o.updated_at, o.created_at, o.id.as_str().to_owned()))
+            .map(|o| o.id.clone())
+    };
+    let keep: Vec<bool> = bindings
+        .iter()
+        .map(|b| newest(b).is_none_or(|id| id == b.id))
+        .collect();
+    let mut kept = Vec::with_capacity(bindings.len());
+    let mut older = Vec::new();
+    for (b, keep) in bindings.into_iter().zip(keep) {
+        if keep { kept.push(b) } else { older.push(b) }
+    }
+    (kept, older)
+}
+
 /// A kept copy of `raw`, received at `received_ms`.
 pub fn entry(received_ms: i64, raw: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(raw.len() + 14);
@@ -39,6 +65,37 @@ pub fn missed(entries: &[Bytes], since_ms: i64, now_ms: i64, window: Duration) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{BindingId, PushChannel};
+    use time::OffsetDateTime;
+
+    fn binding(id: &str, device: Option<&str>, registered: i64) -> Binding {
+        let at = OffsetDateTime::from_unix_timestamp(registered).unwrap();
+        Binding {
+            id: BindingId::parse(id).unwrap(),
+            device_id: device.map(str::to_owned),
+            ..Binding::example(PushChannel::Apns, "ios", "ab", at)
+        }
+    }
+
+    fn ids(bindings: &[Binding]) -> Vec<&str> {
+        bindings.iter().map(|b| b.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_device_with_several_bindings_gets_only_its_most_recently_registered_one() {
+        let (kept, older) = one_per_device(vec![
+            binding("stale", Some("phone"), 100),
+            binding("tablet", Some("tablet"), 50),
+            binding("fresh", Some("phone"), 200),
+            binding("anon1", None, 10),
+            binding("anon2", None, 20),
+            binding("middle", Some("phone"), 150),
+        ]);
+        assert_eq!(ids(&kept), ["tablet", "fresh", "anon1", "anon2"]);
+        assert_eq!(ids(&older), ["stale", "middle"]);
+        let (kept, older) = one_per_device(vec![binding("only", Some("phone"), 1)]);
+        assert_eq!((ids(&kept), ids(&older).len()), (vec!["only"], 0));
+    }
 
     #[test]
     fn a_copy_reads_back_byte_for_byte_even_with_newlines_in_the_payload() {

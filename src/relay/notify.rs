@@ -118,9 +118,14 @@ impl Relay {
             }
         }
 
-        let mut all: Vec<Target> = targets.bindings.into_iter().map(Target::Push).collect();
+        // One ring per device: a device's older push bindings are not sent to.
+        let (bindings, older) = crate::domain::ringing::one_per_device(targets.bindings);
+        let mut all: Vec<Target> = bindings.into_iter().map(Target::Push).collect();
         all.extend(targets.sockets.into_iter().map(Target::Socket));
-        let summary = self.deliver_all(all, notification, deadline, trail).await;
+        let older = older.into_iter().map(Target::Push).collect();
+        let summary = self
+            .deliver_all(all, older, notification, deadline, trail)
+            .await;
 
         if let Some(id) = &notification.message_id {
             // Off the answer's path, which may have used the whole deadline: a retry of this
@@ -139,19 +144,37 @@ impl Relay {
         }
     }
 
+    /// Delivers to every target at once; `older` (bindings of a device that has a newer one)
+    /// are counted and traced as skipped, not sent to.
     async fn deliver_all(
         &self,
-        targets: Vec<Target>,
+        mut targets: Vec<Target>,
+        older: Vec<Target>,
         notification: &CallNotification,
         deadline: Instant,
         trail: Option<&mut Vec<TargetRecord>>,
     ) -> Summary {
-        let reports = join_all(
+        let mut reports = join_all(
             targets
                 .iter()
                 .map(|t| self.deliver_one(t, notification, deadline)),
         )
         .await;
+        for target in older {
+            self.metrics
+                .deliveries
+                .get_or_create(&DeliveryLabels {
+                    channel: target.channel_name(),
+                    outcome: "skipped",
+                })
+                .inc();
+            let why = "one ring per device: the device has a more recently registered binding";
+            reports.push((
+                Report::plain(Outcome::Skipped(why.into()), 0),
+                std::time::Duration::ZERO,
+            ));
+            targets.push(target);
+        }
         let mut summary = Summary::default();
         for (report, _) in &reports {
             match report.outcome {

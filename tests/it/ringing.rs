@@ -318,3 +318,56 @@ async fn nothing_is_replayed_once_the_ringing_window_has_passed() {
     let mut back = open(&app, "bob", &format!("replay_since={left}")).await;
     back.expect_silence(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn a_device_with_a_stale_and_a_fresh_binding_rings_once_on_the_fresh_one() {
+    let s = start("").await;
+    let phone = json!({"device_id": "bobs-iphone"});
+    s.app
+        .register("bob", PushChannel::Apns, APNS_TOKEN, phone.clone())
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.app
+        .register("bob", PushChannel::Apns, APNS_TOKEN_2, phone)
+        .await;
+    // Another device of Bob's still rings.
+    s.app
+        .register(
+            "bob",
+            PushChannel::Apns,
+            "cd".repeat(32).as_str(),
+            json!({"device_id": "bobs-ipad"}),
+        )
+        .await;
+    let body = payload(ACCOUNT, "bob");
+    let call = crate::calls::call_sid(&body);
+    let r = s.app.webhook(body).await;
+    assert_eq!(
+        r.body,
+        json!({"delivered": 2, "failed": 0, "removed": 0, "skipped": 1})
+    );
+    let mut tokens: Vec<String> = s
+        .apns
+        .requests()
+        .iter()
+        .map(|r| r.device_token.clone())
+        .collect();
+    tokens.sort();
+    let mut expected = vec![APNS_TOKEN_2.to_owned(), "cd".repeat(32)];
+    expected.sort();
+    assert_eq!(tokens, expected, "the stale token was not pushed");
+    let trace = crate::calls::trace(&s.app, &call, 1).await;
+    let skipped: Vec<&Value> = trace["notifications"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["outcome"] == "skipped")
+        .collect();
+    assert_eq!(skipped.len(), 1, "{trace}");
+    assert!(
+        skipped[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("one ring per device")
+    );
+}
