@@ -11,6 +11,7 @@ mod calls;
 mod chaos;
 mod claims;
 mod cli;
+mod clients;
 mod cluster;
 mod console;
 mod events;
