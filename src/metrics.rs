@@ -165,6 +165,9 @@ pub struct Metrics {
     /// `repeated` (acknowledged already), `unknown` (no such notification sent recently),
     /// `invalid` (not an acknowledgement).
     pub websocket_acks: Family<OutcomeLabels, Counter>,
+    /// Devices reached socket first (`delivery = "prefer_websocket"`), by outcome:
+    /// `acknowledged` (push skipped) or `pushed` (no acknowledgement in time).
+    pub socket_first: Family<OutcomeLabels, Counter>,
     /// Frames dropped because they waited past the ringing window: never delivered late.
     pub websocket_late_frames: Counter,
     /// Notifications replayed to clients that reconnected with `replay_since`.
@@ -319,6 +322,12 @@ impl Metrics {
             "Acknowledgements from sockets opened with ack=1, by outcome: acknowledged, repeated, unknown, invalid",
             websocket_acks.clone(),
         );
+        let socket_first = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "socket_first_deliveries",
+            "Devices reached socket first (delivery = prefer_websocket), by outcome: acknowledged (push skipped) or pushed (no acknowledgement within websocket.ack_timeout_ms)",
+            socket_first.clone(),
+        );
         let websocket_late_frames = Counter::default();
         registry.register(
             "websocket_late_frames",
@@ -401,6 +410,7 @@ impl Metrics {
             bus_acknowledgements,
             websocket_repeats,
             websocket_acks,
+            socket_first,
             websocket_late_frames,
             websocket_replayed,
             webhook_deadline,

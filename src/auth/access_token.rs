@@ -277,6 +277,7 @@ mod tests {
             api_keys: vec![(key.clone(), secret.clone())],
             webhook_basic_auth: None,
             require_signature: true,
+            delivery: Default::default(),
             event_targets: Vec::new(),
         }]);
         (verifier, account, key, secret)

@@ -245,6 +245,7 @@ mod tests {
             api_keys: vec![],
             webhook_basic_auth: None,
             require_signature: true,
+            delivery: Default::default(),
             event_targets: Vec::new(),
         }
     }

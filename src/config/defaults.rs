@@ -292,6 +292,11 @@ fn sections() -> Vec<Section> {
                     default(|d| int(d.config.websocket.ringing_window.as_secs() as usize)),
                 ),
                 key(
+                    "ack_timeout_ms",
+                    "With delivery = \"prefer_websocket\": how long a device's socket has to acknowledge a call\nbefore its push goes out (10..=60000; less than server.webhook_deadline_ms).",
+                    default(|d| millis(d.config.websocket.ack_timeout)),
+                ),
+                key(
                     "replay",
                     "Keep each identity's call notifications for the ringing window (in the store), so a client\nthat reconnects with replay_since receives the calls it missed.",
                     default(|d| toml::Value::Boolean(d.config.websocket.replay)),
@@ -572,6 +577,11 @@ fn sections() -> Vec<Section> {
                     example("\"/run/secrets/callrelay/webhook-password\""),
                 ),
                 key(
+                    "delivery",
+                    "A device with an open socket and a push binding (same device_id) gets a call: all (both at\nonce) or prefer_websocket (the socket first, the push only without an acknowledgement within\nwebsocket.ack_timeout_ms). An app's own delivery overrides it.",
+                    default(|_| text("all")),
+                ),
+                key(
                     "require_signature",
                     "false only together with Basic credentials.",
                     default(|d| toml::Value::Boolean(d.account.require_signature)),
@@ -614,6 +624,11 @@ fn sections() -> Vec<Section> {
                     example("\"ios\""),
                 ),
                 key("channel", "apns.", example("\"apns\"")),
+                key(
+                    "delivery",
+                    "Overrides the account's delivery (all | prefer_websocket) for this app's bindings.",
+                    example("\"prefer_websocket\""),
+                ),
                 key(
                     "topic",
                     "The bundle ID, without .voip. Required.",
@@ -727,6 +742,11 @@ fn sections() -> Vec<Section> {
                     example("\"android\""),
                 ),
                 key("channel", "fcm.", example("\"fcm\"")),
+                key(
+                    "delivery",
+                    "Overrides the account's delivery (all | prefer_websocket) for this app's bindings.",
+                    example("\"prefer_websocket\""),
+                ),
                 key(
                     "service_account",
                     "The Firebase service-account key's JSON (a secret).",
@@ -860,7 +880,11 @@ mod tests {
             "[[apps]]\nname = \"x\"\nchannel = \"{channel}\"\n__probe__ = 1\n"
         ));
         let mut fields = expected_fields(&error);
-        fields.extend(["name".to_owned(), "channel".to_owned()]);
+        fields.extend([
+            "name".to_owned(),
+            "channel".to_owned(),
+            "delivery".to_owned(),
+        ]);
         fields
     }
 

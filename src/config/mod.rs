@@ -73,6 +73,9 @@ pub struct WebSocketConfig {
     /// Whether call notifications are kept for the ringing window, for clients that
     /// reconnect with `replay_since`.
     pub replay: bool,
+    /// With `delivery = "prefer_websocket"`: how long a device's socket has to acknowledge
+    /// before its push goes out.
+    pub ack_timeout: Duration,
 }
 
 /// Abuse limits: what one client, one identity or the whole replica may use.
@@ -139,6 +142,38 @@ pub struct TracesConfig {
     pub service_name: String,
 }
 
+/// How a device that has both an open socket and a push binding gets a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Both at once.
+    #[default]
+    All,
+    /// The socket first; the push only if the socket has not acknowledged within
+    /// `websocket.ack_timeout_ms`.
+    PreferWebsocket,
+}
+
+impl Delivery {
+    pub fn parse(key: &str, value: Option<&str>) -> Result<Option<Self>, ConfigError> {
+        match value {
+            None => Ok(None),
+            Some("all") => Ok(Some(Self::All)),
+            Some("prefer_websocket") => Ok(Some(Self::PreferWebsocket)),
+            Some(other) => Err(ConfigError::invalid(
+                key,
+                format!("`{other}` is not one of all, prefer_websocket"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::PreferWebsocket => "prefer_websocket",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AccountConfig {
     pub sid: AccountSid,
@@ -150,6 +185,8 @@ pub struct AccountConfig {
     pub api_keys: Vec<(ApiKeySid, Secret)>,
     pub webhook_basic_auth: Option<BasicAuth>,
     pub require_signature: bool,
+    /// How a device with a socket and a push binding gets a call (an app may override it).
+    pub delivery: Delivery,
     /// HTTP endpoints the account's events are forwarded to.
     pub event_targets: Vec<EventTarget>,
 }
@@ -269,7 +306,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }),
         replay: raw.websocket.replay.unwrap_or(true),
+        ack_timeout: millis(
+            "websocket.ack_timeout_ms",
+            raw.websocket.ack_timeout_ms,
+            1000,
+            10..=60_000,
+        )?,
     };
+    if websocket.ack_timeout >= server.webhook_deadline {
+        return Err(ConfigError::invalid(
+            "websocket.ack_timeout_ms",
+            "must be less than server.webhook_deadline_ms: a push that follows an unacknowledged socket needs the rest of the deadline",
+        ));
+    }
     if !(1..=4096).contains(&websocket.queue_capacity) {
         return Err(ConfigError::invalid(
             "websocket.queue_capacity",
@@ -658,6 +707,8 @@ fn validate_account(key: &str, raw: raw::RawAccount) -> Result<AccountConfig, Co
         ));
     }
     let event_targets = event_targets::validate(key, raw.event_targets)?;
+    let delivery =
+        Delivery::parse(&format!("{key}.delivery"), raw.delivery.as_deref())?.unwrap_or_default();
     Ok(AccountConfig {
         sid,
         auth_tokens,
@@ -665,6 +716,7 @@ fn validate_account(key: &str, raw: raw::RawAccount) -> Result<AccountConfig, Co
         api_keys,
         webhook_basic_auth,
         require_signature,
+        delivery,
         event_targets,
     })
 }
@@ -780,6 +832,17 @@ fn millis(
 impl Config {
     pub fn account(&self, sid: &AccountSid) -> Option<&AccountConfig> {
         self.accounts.iter().find(|a| &a.sid == sid)
+    }
+
+    /// How `account`'s bindings of `app` are delivered beside a socket of their device: the
+    /// app's `delivery` if it has one, else the account's.
+    pub fn delivery(&self, account: &AccountSid, app: &str) -> Delivery {
+        self.apps
+            .iter()
+            .find(|a| a.name == app)
+            .and_then(|a| a.delivery)
+            .or_else(|| self.account(account).map(|a| a.delivery))
+            .unwrap_or_default()
     }
 }
 

@@ -92,6 +92,8 @@ pub struct RawWebSocket {
     pub ringing_window_secs: Option<u64>,
     #[serde(default, deserialize_with = "lenient::boolean")]
     pub replay: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub ack_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +188,8 @@ pub struct RawAccount {
     pub webhook_password_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "lenient::boolean")]
     pub require_signature: Option<bool>,
+    /// `all` or `prefer_websocket`.
+    pub delivery: Option<String>,
     #[serde(default)]
     pub event_targets: Vec<RawEventTarget>,
 }
@@ -230,6 +234,8 @@ pub struct RawAdmin {
 pub struct RawApp {
     pub name: Option<String>,
     pub channel: Option<String>,
+    /// Overrides the account's `delivery` for this app's bindings.
+    pub delivery: Option<String>,
     #[serde(flatten)]
     pub settings: toml::Table,
 }

@@ -431,3 +431,47 @@ fn a_password_goes_either_in_the_url_or_in_its_own_key() {
     assert!(!err.contains("pw2"), "{err}");
     from_toml_str("[store]\nredis_url = \"redis://r:6379\"\npassword = \"pw2\"").unwrap();
 }
+
+#[test]
+fn ringing_settings_have_defaults_ranges_and_an_order() {
+    let config = from_toml_str("").unwrap();
+    assert_eq!(config.websocket.ringing_window, Duration::from_secs(30));
+    assert!(config.websocket.replay);
+    assert_eq!(config.websocket.ack_timeout, Duration::from_secs(1));
+    for (toml, key) in [
+        (
+            "[websocket]\nringing_window_secs = 0",
+            "websocket.ringing_window_secs",
+        ),
+        (
+            "[websocket]\nringing_window_secs = 301",
+            "websocket.ringing_window_secs",
+        ),
+        (
+            "[websocket]\nack_timeout_ms = 5",
+            "websocket.ack_timeout_ms",
+        ),
+        // The push that follows a silent socket needs part of the deadline.
+        (
+            "[server]\nwebhook_deadline_ms = 800\n[websocket]\nack_timeout_ms = 800",
+            "websocket.ack_timeout_ms",
+        ),
+    ] {
+        let err = from_toml_str(toml).unwrap_err();
+        assert!(err.to_string().starts_with(key), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn delivery_is_all_unless_an_account_or_its_app_prefers_sockets() {
+    let config = from_toml_str(&account_toml("delivery = \"prefer_websocket\"")).unwrap();
+    let sid = AccountSid::parse(SID).unwrap();
+    assert_eq!(config.delivery(&sid, "any"), Delivery::PreferWebsocket);
+    let config = from_toml_str(&account_toml("")).unwrap();
+    assert_eq!(config.delivery(&sid, "any"), Delivery::All);
+    let err = from_toml_str(&account_toml("delivery = \"sometimes\"")).unwrap_err();
+    assert!(err.to_string().starts_with("accounts[0].delivery"), "{err}");
+    let err =
+        from_toml_str("[[apps]]\nname = \"a\"\nchannel = \"fcm\"\ndelivery = \"x\"").unwrap_err();
+    assert!(err.to_string().starts_with("apps[0].delivery"), "{err}");
+}

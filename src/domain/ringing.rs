@@ -7,7 +7,44 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::Binding;
+use super::{Binding, SocketPresence};
+
+/// A device reached socket first: its sockets get the call at once, its push binding only if
+/// none of them acknowledges in time (`delivery = "prefer_websocket"`).
+#[derive(Debug, Clone)]
+pub struct SocketFirst {
+    pub sockets: Vec<SocketPresence>,
+    pub push: Binding,
+}
+
+/// Splits a call's targets for `delivery = "prefer_websocket"`: each push binding whose app
+/// or account prefers sockets (`prefers`) and whose `device_id` names at least one of the
+/// sockets becomes a `SocketFirst` with those sockets; everything else is delivered at once
+/// (the bindings and sockets returned). Bindings are one per device already
+/// (`one_per_device`).
+pub fn socket_first(
+    bindings: Vec<Binding>,
+    mut sockets: Vec<SocketPresence>,
+    prefers: impl Fn(&Binding) -> bool,
+) -> (Vec<Binding>, Vec<SocketPresence>, Vec<SocketFirst>) {
+    let mut direct = Vec::with_capacity(bindings.len());
+    let mut devices = Vec::new();
+    for b in bindings {
+        let device = b.device_id.clone();
+        let mine = |s: &SocketPresence| s.device_id.is_some() && s.device_id == device;
+        if device.is_none() || !prefers(&b) || !sockets.iter().any(mine) {
+            direct.push(b);
+            continue;
+        }
+        let (of_device, others): (Vec<_>, Vec<_>) = sockets.into_iter().partition(mine);
+        sockets = others;
+        devices.push(SocketFirst {
+            sockets: of_device,
+            push: b,
+        });
+    }
+    (direct, sockets, devices)
+}
 
 /// One ring per device: of push bindings naming the same `device_id`, the one registered (or
 /// refreshed by a delivered push) most recently; the rest come back as the second list, not
@@ -95,6 +132,44 @@ mod tests {
         assert_eq!(ids(&older), ["stale", "middle"]);
         let (kept, older) = one_per_device(vec![binding("only", Some("phone"), 1)]);
         assert_eq!((ids(&kept), ids(&older).len()), (vec!["only"], 0));
+    }
+
+    fn socket(id: &str, device: Option<&str>) -> SocketPresence {
+        SocketPresence {
+            conn_id: id.into(),
+            account_sid: crate::domain::AccountSid::parse("AC0123456789abcdef0123456789abcdef")
+                .unwrap(),
+            identity: crate::domain::Identity::parse("bob").unwrap(),
+            node: "n1".into(),
+            device_id: device.map(str::to_owned),
+            connected_at: OffsetDateTime::UNIX_EPOCH,
+            lease: Duration::from_secs(15),
+        }
+    }
+
+    #[test]
+    fn a_preferring_device_with_a_socket_is_reached_socket_first_and_the_rest_at_once() {
+        let bindings = vec![
+            binding("phone-push", Some("phone"), 1),
+            binding("laptop-push", Some("laptop"), 1),
+            binding("tablet-push", Some("tablet"), 1),
+            binding("anon-push", None, 1),
+        ];
+        let sockets = vec![
+            socket("phone-ws", Some("phone")),
+            socket("laptop-ws", Some("laptop")),
+            socket("phone-ws-2", Some("phone")),
+            socket("anon-ws", None),
+        ];
+        // The laptop's app delivers to all; the others prefer sockets.
+        let (direct, rest, first) =
+            socket_first(bindings, sockets, |b| b.id.as_str() != "laptop-push");
+        assert_eq!(ids(&direct), ["laptop-push", "tablet-push", "anon-push"]);
+        let conns = |s: &[SocketPresence]| s.iter().map(|s| s.conn_id.clone()).collect::<Vec<_>>();
+        assert_eq!(conns(&rest), ["laptop-ws", "anon-ws"]);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].push.id.as_str(), "phone-push");
+        assert_eq!(conns(&first[0].sockets), ["phone-ws", "phone-ws-2"]);
     }
 
     #[test]

@@ -22,10 +22,14 @@ use tracing::Instrument;
 
 use super::{Relay, Summary, WebhookError};
 use crate::auth::webhook::{self, WebhookCredentials};
+use tokio::sync::oneshot;
+
 use crate::channels::{Outcome, Report, Target};
+use crate::config::Delivery;
 use crate::domain::CallNotification;
+use crate::domain::ringing::{self, SocketFirst};
 use crate::domain::trace::TargetRecord;
-use crate::metrics::{ChannelLabels, DeliveryLabels};
+use crate::metrics::{ChannelLabels, DeliveryLabels, OutcomeLabels};
 use crate::store::{Claim, ClaimOwner, ClaimRequest, StoreError};
 
 impl Relay {
@@ -118,13 +122,27 @@ impl Relay {
             }
         }
 
-        // One ring per device: a device's older push bindings are not sent to.
-        let (bindings, older) = crate::domain::ringing::one_per_device(targets.bindings);
+        // One ring per device: a device's older push bindings are not sent to, and a device
+        // whose app prefers sockets gets its push only if its socket stays silent.
+        let (bindings, older) = ringing::one_per_device(targets.bindings);
+        let (bindings, sockets, socket_first) =
+            ringing::socket_first(bindings, targets.sockets, |b| {
+                self.config.delivery(account, &b.app) == Delivery::PreferWebsocket
+            });
         let mut all: Vec<Target> = bindings.into_iter().map(Target::Push).collect();
-        all.extend(targets.sockets.into_iter().map(Target::Socket));
+        all.extend(sockets.into_iter().map(Target::Socket));
         let older = older.into_iter().map(Target::Push).collect();
         let summary = self
-            .deliver_all(all, older, notification, deadline, trail)
+            .deliver_all(
+                Plan {
+                    at_once: all,
+                    socket_first,
+                    older,
+                },
+                notification,
+                deadline,
+                trail,
+            )
             .await;
 
         if let Some(id) = &notification.message_id {
@@ -144,39 +162,41 @@ impl Relay {
         }
     }
 
-    /// Delivers to every target at once; `older` (bindings of a device that has a newer one)
-    /// are counted and traced as skipped, not sent to.
+    /// Delivers to every target of the plan at once (a socket-first device's push after its
+    /// sockets had their chance); the plan's older bindings are counted and traced as
+    /// skipped, not sent to.
     async fn deliver_all(
         &self,
-        mut targets: Vec<Target>,
-        older: Vec<Target>,
+        plan: Plan,
         notification: &CallNotification,
         deadline: Instant,
         trail: Option<&mut Vec<TargetRecord>>,
     ) -> Summary {
-        let mut reports = join_all(
-            targets
+        let Plan {
+            at_once,
+            socket_first,
+            older,
+        } = plan;
+        let at_once_done = join_all(
+            at_once
                 .iter()
                 .map(|t| self.deliver_one(t, notification, deadline)),
-        )
-        .await;
+        );
+        let socket_first_done = join_all(
+            socket_first
+                .into_iter()
+                .map(|device| self.deliver_socket_first(device, notification, deadline)),
+        );
+        let (reports, devices) = tokio::join!(at_once_done, socket_first_done);
+        let mut done: Vec<(Target, (Report, std::time::Duration))> =
+            at_once.into_iter().zip(reports).collect();
+        done.extend(devices.into_iter().flatten());
         for target in older {
-            self.metrics
-                .deliveries
-                .get_or_create(&DeliveryLabels {
-                    channel: target.channel_name(),
-                    outcome: "skipped",
-                })
-                .inc();
             let why = "one ring per device: the device has a more recently registered binding";
-            reports.push((
-                Report::plain(Outcome::Skipped(why.into()), 0),
-                std::time::Duration::ZERO,
-            ));
-            targets.push(target);
+            done.push((target.clone(), self.skip(&target, why)));
         }
         let mut summary = Summary::default();
-        for (report, _) in &reports {
+        for (_, (report, _)) in &done {
             match report.outcome {
                 Outcome::Delivered => summary.delivered += 1,
                 Outcome::Dead(_) => summary.removed += 1,
@@ -185,13 +205,78 @@ impl Relay {
             }
         }
         if let Some(trail) = trail {
-            trail.extend(
-                targets.iter().zip(reports).map(|(target, (report, took))| {
-                    super::trace::target_record(target, report, took)
-                }),
-            );
+            trail.extend(done.into_iter().map(|(target, (report, took))| {
+                super::trace::target_record(&target, report, took)
+            }));
         }
         summary
+    }
+
+    /// A target not sent to, by a rule: counted as `skipped`.
+    fn skip(&self, target: &Target, why: &str) -> (Report, std::time::Duration) {
+        self.metrics
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                channel: target.channel_name(),
+                outcome: "skipped",
+            })
+            .inc();
+        (
+            Report::plain(Outcome::Skipped(why.into()), 0),
+            std::time::Duration::ZERO,
+        )
+    }
+
+    /// `delivery = "prefer_websocket"`: the device's sockets get the call at once; its push
+    /// goes out only if no socket's client acknowledges within `websocket.ack_timeout_ms`
+    /// (and inside the webhook's deadline), else it is skipped.
+    async fn deliver_socket_first(
+        &self,
+        device: SocketFirst,
+        notification: &CallNotification,
+        deadline: Instant,
+    ) -> Vec<(Target, (Report, std::time::Duration))> {
+        let ack_by = deadline.min(Instant::now() + self.config.websocket.ack_timeout);
+        let handed = join_all(device.sockets.into_iter().map(|p| async move {
+            let target = Target::Socket(p);
+            let (report, acked) = self
+                .deliver_one_awaiting_ack(&target, notification, deadline)
+                .await;
+            (target, report, acked)
+        }))
+        .await;
+        let mut done = Vec::with_capacity(handed.len() + 1);
+        let mut waiting = Vec::new();
+        for (target, report, acked) in handed {
+            waiting.extend(acked);
+            done.push((target, report));
+        }
+        let acknowledged = !waiting.is_empty()
+            && matches!(
+                tokio::time::timeout_at(ack_by, futures_util::future::select_ok(waiting)).await,
+                Ok(Ok(_))
+            );
+        let push = Target::Push(device.push);
+        let report = if acknowledged {
+            self.metrics
+                .socket_first
+                .get_or_create(&OutcomeLabels {
+                    outcome: "acknowledged",
+                })
+                .inc();
+            self.skip(
+                &push,
+                "the device's socket acknowledged the call in time (delivery = prefer_websocket)",
+            )
+        } else {
+            self.metrics
+                .socket_first
+                .get_or_create(&OutcomeLabels { outcome: "pushed" })
+                .inc();
+            self.deliver_one(&push, notification, deadline).await
+        };
+        done.push((push, report));
+        done
     }
 
     /// Delivers to one target; says what came of it and how long it took.
@@ -201,10 +286,45 @@ impl Relay {
         notification: &CallNotification,
         deadline: Instant,
     ) -> (Report, std::time::Duration) {
+        let delivery = self.channels.deliver(target, notification, deadline);
+        self.deliver_timed(target, delivery, deadline).await
+    }
+
+    /// Delivers to a socket target, with a receiver told when its client acknowledges (when
+    /// the socket has the notification and it can be acknowledged).
+    async fn deliver_one_awaiting_ack(
+        &self,
+        target: &Target,
+        notification: &CallNotification,
+        deadline: Instant,
+    ) -> ((Report, std::time::Duration), Option<oneshot::Receiver<()>>) {
+        let Target::Socket(presence) = target else {
+            return (self.deliver_one(target, notification, deadline).await, None);
+        };
+        let mut acked = None;
+        let delivery = async {
+            let (outcome, rx) = self
+                .channels
+                .websocket
+                .deliver_awaiting_ack(presence, notification, deadline)
+                .await;
+            acked = rx;
+            Report::plain(outcome, 1)
+        };
+        let done = self.deliver_timed(target, delivery, deadline).await;
+        (done, acked)
+    }
+
+    async fn deliver_timed(
+        &self,
+        target: &Target,
+        delivery: impl Future<Output = Report>,
+        deadline: Instant,
+    ) -> (Report, std::time::Duration) {
         let span = delivery_span(target);
         let started = Instant::now();
         let report = self
-            .deliver_and_count(target, notification, deadline)
+            .deliver_and_count(target, delivery, deadline)
             .instrument(span.clone())
             .await;
         span.record("outcome", report.outcome.label());
@@ -214,12 +334,11 @@ impl Relay {
     async fn deliver_and_count(
         &self,
         target: &Target,
-        notification: &CallNotification,
+        delivery: impl Future<Output = Report>,
         deadline: Instant,
     ) -> Report {
         let started = Instant::now();
         let channel = target.channel_name();
-        let delivery = self.channels.deliver(target, notification, deadline);
         tokio::pin!(delivery);
         // A local socket answers at once; only a delivery that has to wait (a push, the
         // replica bus) arms the deadline's timer.
@@ -287,6 +406,14 @@ impl Relay {
         }
         report
     }
+}
+
+/// Who gets a call: targets delivered at once, devices reached socket first, and a device's
+/// older push bindings (not sent to).
+struct Plan {
+    at_once: Vec<Target>,
+    socket_first: Vec<SocketFirst>,
+    older: Vec<Target>,
 }
 
 /// One target's delivery, for traces (and the logs at debug): what was tried, never the device

@@ -30,6 +30,7 @@ fn account(auth_token: &str) -> AccountConfig {
         api_keys: vec![(ApiKeySid::parse(KEY).unwrap(), Secret::new("api-secret"))],
         webhook_basic_auth: None,
         require_signature: true,
+        delivery: Default::default(),
         event_targets: Vec::new(),
     }
 }

@@ -371,3 +371,140 @@ async fn a_device_with_a_stale_and_a_fresh_binding_rings_once_on_the_fresh_one()
             .contains("one ring per device")
     );
 }
+
+/// callrelay(s) on Redis, sharing one APNs mock whose app `ios` prefers sockets.
+async fn socket_first_replicas(n: usize) -> (Vec<TestApp>, MockApns) {
+    let key = TeamKey::generate(TEAM, KEY_ID);
+    let apns = MockApns::token_auth(&[&key]).await;
+    let config = TestConfig {
+        extra: apns.token_app("ios", TOPIC, &key, r#"delivery = "prefer_websocket""#),
+        ..TestConfig::redis()
+    };
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        apps.push(spawn_with(config.clone()).await);
+    }
+    (apps, apns)
+}
+
+/// Bob's phone: a PushKit binding and a socket opened with `ack=1`, both naming the device.
+async fn phone(push_on: &TestApp, socket_on: &TestApp) -> WsClient {
+    push_on
+        .register(
+            "bob",
+            PushChannel::Apns,
+            APNS_TOKEN,
+            json!({"device_id": "bobs-phone"}),
+        )
+        .await;
+    open(socket_on, "bob", "ack=1&device_id=bobs-phone").await
+}
+
+/// The webhook on `app`, answered while the test plays the client.
+fn webhook_in_background(app: &TestApp, body: Vec<u8>) -> tokio::task::JoinHandle<Answer> {
+    let base = app.base.clone();
+    let client = app.http.clone();
+    let url = format!("{base}{}", webhook_path(&body));
+    tokio::spawn(async move {
+        let signature = sign(AUTH_TOKEN, &url);
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-twilio-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        answer(response).await
+    })
+}
+
+async fn ack(socket: &mut WsClient, frame: &str) {
+    let id = serde_json::from_str::<Value>(frame).unwrap()["twi_message_id"].clone();
+    socket
+        .send_text(&json!({"type": "ack", "twi_message_id": id}).to_string())
+        .await
+        .unwrap();
+}
+
+/// `delivery = "prefer_websocket"`: a socket that acknowledges in time spares the device its
+/// push, on the same replica and across replicas.
+async fn an_acknowledging_socket_spares_the_push(remote: bool) {
+    let (apps, apns) = socket_first_replicas(if remote { 2 } else { 1 }).await;
+    let (webhook_on, socket_on) = (&apps[0], apps.last().unwrap());
+    let mut socket = phone(webhook_on, socket_on).await;
+    let body = payload(ACCOUNT, "bob");
+    let call = crate::calls::call_sid(&body);
+    let answered = webhook_in_background(webhook_on, body.clone());
+    let frame = socket.next_text(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(frame.as_bytes(), &body[..]);
+    ack(&mut socket, &frame).await;
+    let r = answered.await.unwrap();
+    assert_eq!(
+        r.body,
+        json!({"delivered": 1, "failed": 0, "removed": 0, "skipped": 1}),
+        "{}",
+        r.text
+    );
+    assert!(apns.requests().is_empty(), "the push was sent anyway");
+    let trace = crate::calls::trace(webhook_on, &call, 1).await;
+    let push = trace["notifications"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["channel"] == "apns")
+        .unwrap()
+        .clone();
+    assert_eq!(push["outcome"], "skipped");
+    assert!(push["detail"].as_str().unwrap().contains("acknowledged"));
+    let m = webhook_on.metrics().await;
+    assert!(
+        m.contains(r#"callrelay_socket_first_deliveries_total{outcome="acknowledged"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn with_prefer_websocket_an_acknowledging_socket_spares_the_push() {
+    an_acknowledging_socket_spares_the_push(false).await;
+}
+
+#[tokio::test]
+async fn with_prefer_websocket_a_socket_on_another_replica_spares_the_push_too() {
+    an_acknowledging_socket_spares_the_push(true).await;
+}
+
+#[tokio::test]
+async fn with_prefer_websocket_a_silent_socket_is_followed_by_the_push_inside_the_deadline() {
+    let (apps, apns) = socket_first_replicas(2).await;
+    let mut socket = phone(&apps[0], &apps[1]).await;
+    let body = payload(ACCOUNT, "bob");
+    let started = std::time::Instant::now();
+    let answered = webhook_in_background(&apps[0], body.clone());
+    // The client gets the frame and says nothing.
+    assert!(socket.next_text(Duration::from_secs(5)).await.is_some());
+    let r = answered.await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body, json!({"delivered": 2, "failed": 0, "removed": 0}));
+    let pushes = apns.requests();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].body, body);
+    // The push waited for the acknowledgement timeout (1 s by default), not the deadline.
+    assert!(took >= Duration::from_millis(1_000), "{took:?}");
+    let m = apps[0].metrics().await;
+    assert!(
+        m.contains(r#"callrelay_socket_first_deliveries_total{outcome="pushed"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn without_prefer_websocket_the_socket_and_the_push_ring_together() {
+    let s = start("").await;
+    let mut socket = phone(&s.app, &s.app).await;
+    let r = s.app.notify("bob").await;
+    assert_eq!(r.body, json!({"delivered": 2, "failed": 0, "removed": 0}));
+    assert!(socket.next_text(Duration::from_secs(5)).await.is_some());
+    assert_eq!(s.apns.requests().len(), 1);
+}

@@ -4,6 +4,7 @@
 //! acknowledges the hand-off. Delivery is never inferred from how many replicas a publish
 //! reached.
 
+mod acks;
 mod queue;
 mod registry;
 mod wire;
@@ -22,7 +23,7 @@ use tracing::Instrument;
 
 pub use queue::{Frame, QueueReceiver, queue};
 use registry::Registry;
-pub use registry::{Ack, Handoff, LocalSocket};
+pub use registry::{Ack, AckWaiter, Handoff, LocalSocket};
 use wire::WireMessage;
 
 use super::Outcome;
@@ -50,6 +51,9 @@ pub struct WebSocketChannel {
     max_sockets: usize,
     max_sockets_per_identity: usize,
     pending: Mutex<HashMap<u64, oneshot::Sender<Handoff>>>,
+    /// Remote deliveries whose webhook waits for the client's acknowledgement (`acks.rs`),
+    /// each until its webhook's deadline.
+    client_acks: Mutex<HashMap<u64, (oneshot::Sender<()>, Instant)>>,
     next_request: AtomicU64,
     tasks: TaskTracker,
     inbox_stop: CancellationToken,
@@ -110,6 +114,7 @@ impl WebSocketChannel {
             max_sockets: limits.max_sockets,
             max_sockets_per_identity: limits.max_sockets_per_identity,
             pending: Mutex::new(HashMap::new()),
+            client_acks: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             tasks,
             inbox_stop: CancellationToken::new(),
@@ -271,16 +276,24 @@ impl WebSocketChannel {
                     conn_id,
                     message_id,
                     payload,
+                    await_ack,
                 }) => {
-                    let handoff = self.hand_off(&conn_id, payload, message_id.as_deref());
-                    let ack = WireMessage::Ack { request, handoff }.encode();
-                    let store = self.store.clone();
-                    // Acknowledging must not hold up the next hand-off.
-                    self.tasks.spawn(async move {
-                        if let Err(e) = store.publish(&reply_to, ack).await {
-                            tracing::warn!(error = %e, "could not acknowledge a delivery");
-                        }
+                    let waiter = await_ack.then(|| AckWaiter::Remote {
+                        reply_to: reply_to.clone(),
+                        request,
                     });
+                    let (handoff, acknowledged) =
+                        self.hand_off_awaiting(&conn_id, payload, message_id.as_deref(), waiter);
+                    self.publish_later(reply_to, WireMessage::Ack { request, handoff });
+                    if let Some(waiter) = acknowledged {
+                        self.tell(waiter);
+                    }
+                }
+                Some(WireMessage::ClientAck { request }) => {
+                    let waiter = self.client_acks().remove(&request);
+                    if let Some((w, _)) = waiter {
+                        let _ = w.send(());
+                    }
                 }
                 Some(WireMessage::Ack { request, handoff }) => {
                     let waiter = self.waiters().remove(&request);
@@ -293,16 +306,36 @@ impl WebSocketChannel {
         }
     }
 
+    /// Publishes `message` to `node` on a task of its own: answering must not hold up the
+    /// next hand-off.
+    fn publish_later(&self, node: String, message: WireMessage) {
+        let store = self.store.clone();
+        let message = message.encode();
+        self.tasks.spawn(async move {
+            if let Err(e) = store.publish(&node, message).await {
+                tracing::warn!(error = %e, "could not answer a replica");
+            }
+        });
+    }
+
+    /// Hands `payload` to the holder's socket over the bus and waits for the hand-off's
+    /// acknowledgement until `deadline`; with `client_ack`, that sender is told when the
+    /// client acknowledges (or dropped at `deadline`).
     async fn deliver_remote(
         &self,
         p: &SocketPresence,
         payload: Bytes,
         message_id: Option<&str>,
         deadline: Instant,
+        client_ack: Option<oneshot::Sender<()>>,
     ) -> Outcome {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiters().insert(request, tx);
+        let await_ack = client_ack.is_some();
+        if let Some(client_ack) = client_ack {
+            self.await_client_ack(request, client_ack, deadline);
+        }
         // However this ends (acknowledged, timed out, or the future dropped by a caller that
         // gave up), the waiter goes: the map holds only requests someone still waits for.
         let _waiting = Waiting {
@@ -315,6 +348,7 @@ impl WebSocketChannel {
             conn_id: p.conn_id.clone(),
             message_id: message_id.map(str::to_owned),
             payload,
+            await_ack,
         };
         let span = tracing::debug_span!(
             "bus.acknowledgement",
@@ -366,11 +400,25 @@ impl WebSocketChannel {
 
     /// Hands `payload` to a socket of this replica, counting repeats.
     fn hand_off(&self, conn_id: &str, payload: Bytes, message_id: Option<&str>) -> Handoff {
-        let handoff = self.registry.hand_off(conn_id, payload, message_id);
+        self.hand_off_awaiting(conn_id, payload, message_id, None).0
+    }
+
+    /// `hand_off`, with someone waiting for the client's acknowledgement (returned when the
+    /// client acknowledged the notification already, to be told at once).
+    fn hand_off_awaiting(
+        &self,
+        conn_id: &str,
+        payload: Bytes,
+        message_id: Option<&str>,
+        waiter: Option<AckWaiter>,
+    ) -> (Handoff, Option<AckWaiter>) {
+        let (handoff, acknowledged) = self
+            .registry
+            .hand_off_awaiting(conn_id, payload, message_id, waiter);
         if handoff == Handoff::Repeat {
             self.metrics.websocket_repeats.inc();
         }
-        handoff
+        (handoff, acknowledged)
     }
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Handoff>>> {
@@ -425,6 +473,7 @@ impl WebSocketChannel {
                 notification.raw.clone(),
                 notification.message_id.as_deref(),
                 deadline,
+                None,
             )
             .await
         }
@@ -470,7 +519,8 @@ mod tests {
     async fn a_waiter_whose_request_is_dropped_is_removed() {
         let (channel, presence, mut there) = unanswered().await;
         let deadline = Instant::now() + Duration::from_secs(30);
-        let delivery = channel.deliver_remote(&presence, Bytes::from_static(b"{}"), None, deadline);
+        let delivery =
+            channel.deliver_remote(&presence, Bytes::from_static(b"{}"), None, deadline, None);
         // The caller gives up while the request waits for its acknowledgement.
         let gave_up = tokio::time::timeout(Duration::from_millis(50), delivery).await;
         assert!(gave_up.is_err());
@@ -483,7 +533,7 @@ mod tests {
         let (channel, presence, _there) = unanswered().await;
         let deadline = Instant::now() + Duration::from_millis(50);
         let outcome = channel
-            .deliver_remote(&presence, Bytes::from_static(b"{}"), None, deadline)
+            .deliver_remote(&presence, Bytes::from_static(b"{}"), None, deadline, None)
             .await;
         assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
         assert_eq!(channel.waiting(), 0);

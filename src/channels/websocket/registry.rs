@@ -56,19 +56,28 @@ struct Sent {
     /// `twi_call_sid`, read only for sockets that take acknowledgements (for the trace).
     call_sid: Option<Box<str>>,
     acknowledged: bool,
+    /// Deliveries waiting for the client's acknowledgement (`delivery = "prefer_websocket"`).
+    waiters: Vec<AckWaiter>,
+}
+
+/// Someone waiting for a client to acknowledge a notification: a webhook on this replica, or
+/// one on another replica, told over the bus. Dropped unanswered when the notification leaves
+/// the socket's memory or the socket closes: the waiter then hears nothing, as from a silent
+/// client.
+#[derive(Debug)]
+pub enum AckWaiter {
+    Local(tokio::sync::oneshot::Sender<()>),
+    Remote { reply_to: String, request: u64 },
 }
 
 impl RecentIds {
-    fn contains(&self, id: u64) -> bool {
-        self.sent.iter().any(|s| s.id == id)
-    }
-
-    fn insert(&mut self, id: u64, call_sid: Option<Box<str>>) {
+    fn insert(&mut self, id: u64, call_sid: Option<Box<str>>, waiter: Option<AckWaiter>) {
         self.sent[self.next] = Sent {
             id,
             queued_at: Some(Instant::now()),
             call_sid,
             acknowledged: false,
+            waiters: waiter.into_iter().collect(),
         };
         self.next = (self.next + 1) % REMEMBERED;
     }
@@ -128,8 +137,19 @@ pub enum Handoff {
 
 impl LocalSocket {
     /// The client acknowledges `message_id`: judged against what was queued to it within
-    /// `window`.
-    pub fn acknowledge(&self, message_id: &str, window: Duration) -> Ack {
+    /// `window`. An acknowledgement hands back the deliveries waiting for it, to be told.
+    pub fn acknowledge(&self, message_id: &str, window: Duration) -> (Ack, Vec<AckWaiter>) {
+        let mut waiters = Vec::new();
+        let ack = self.acknowledge_into(message_id, window, &mut waiters);
+        (ack, waiters)
+    }
+
+    fn acknowledge_into(
+        &self,
+        message_id: &str,
+        window: Duration,
+        waiters: &mut Vec<AckWaiter>,
+    ) -> Ack {
         let id = id_hash(message_id);
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let Some(sent) = recent
@@ -147,6 +167,7 @@ impl LocalSocket {
         if std::mem::replace(&mut sent.acknowledged, true) {
             return Ack::Repeated;
         }
+        waiters.append(&mut sent.waiters);
         Ack::Acknowledged {
             call_sid: sent.call_sid.as_deref().map(str::to_owned),
             after,
@@ -224,32 +245,58 @@ impl Registry {
         self.lock().remove(conn_id)
     }
 
-    /// Queues `payload` to the socket, unless the notification `message_id` names was queued
-    /// to it already (then `Repeat`, and nothing is sent).
+    /// `hand_off_awaiting` without a waiter.
+    #[cfg(test)]
     pub fn hand_off(&self, conn_id: &str, payload: Bytes, message_id: Option<&str>) -> Handoff {
+        self.hand_off_awaiting(conn_id, payload, message_id, None).0
+    }
+
+    /// Queues `payload` to the socket, unless the notification `message_id` names was queued
+    /// to it already (then `Repeat`, and nothing is sent). `waiter` is told when the client
+    /// acknowledges the notification; when the socket had it and the client acknowledged it
+    /// already, the waiter comes back, to be told at once.
+    pub fn hand_off_awaiting(
+        &self,
+        conn_id: &str,
+        payload: Bytes,
+        message_id: Option<&str>,
+        waiter: Option<AckWaiter>,
+    ) -> (Handoff, Option<AckWaiter>) {
         let Some(socket) = self.lock().get(conn_id).cloned() else {
-            return Handoff::Gone;
+            return (Handoff::Gone, None);
         };
         let Some(message_id) = message_id else {
-            return socket.send(payload);
+            return (socket.send(payload), None);
         };
         let id = id_hash(message_id);
         // Held across the send, so two copies handed off at once cannot both pass the check.
         let mut recent = socket.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.as_ref().is_some_and(|r| r.contains(id)) {
+        if let Some(sent) = recent
+            .as_mut()
+            .and_then(|r| r.sent.iter_mut().find(|s| s.id == id))
+        {
             tracing::debug!(
                 message_id,
                 conn_id,
                 "notification already queued to this socket; not sent again"
             );
-            return Handoff::Repeat;
+            return match waiter {
+                Some(w) if sent.acknowledged => (Handoff::Repeat, Some(w)),
+                Some(w) => {
+                    sent.waiters.push(w);
+                    (Handoff::Repeat, None)
+                }
+                None => (Handoff::Repeat, None),
+            };
         }
         let call_sid = socket.takes_acks.then(|| call_sid(&payload)).flatten();
         let handoff = socket.send(payload);
         if handoff == Handoff::Queued {
-            recent.get_or_insert_with(Box::default).insert(id, call_sid);
+            recent
+                .get_or_insert_with(Box::default)
+                .insert(id, call_sid, waiter);
         }
-        handoff
+        (handoff, None)
     }
 
     pub fn snapshot(&self) -> Vec<Arc<LocalSocket>> {
@@ -409,20 +456,66 @@ mod tests {
             r.hand_off(&s.conn_id, payload, Some("RM1")),
             Handoff::Queued
         );
-        assert_eq!(s.acknowledge("RM2", window), Ack::Unknown);
+        assert_eq!(s.acknowledge("RM2", window).0, Ack::Unknown);
         tokio::time::advance(Duration::from_millis(40)).await;
         assert_eq!(
-            s.acknowledge("RM1", window),
+            s.acknowledge("RM1", window).0,
             Ack::Acknowledged {
                 call_sid: Some("CA1".into()),
                 after: Duration::from_millis(40)
             }
         );
-        assert_eq!(s.acknowledge("RM1", window), Ack::Repeated);
+        assert_eq!(s.acknowledge("RM1", window).0, Ack::Repeated);
 
         let late = Bytes::from_static(br#"{"twi_call_sid":"CA2"}"#);
         assert_eq!(r.hand_off(&s.conn_id, late, Some("RM3")), Handoff::Queued);
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert_eq!(s.acknowledge("RM3", window), Ack::Unknown);
+        assert_eq!(s.acknowledge("RM3", window).0, Ack::Unknown);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_told_of_the_acknowledgement_even_when_it_came_first() {
+        let r = Registry::default();
+        let (a, i) = ids();
+        let (s, _rx) = r.register(a, i, None, OffsetDateTime::UNIX_EPOCH, true, 64);
+        let window = Duration::from_secs(30);
+        let payload = || Bytes::from_static(br#"{"twi_message_id":"RM1"}"#);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiter = Some(AckWaiter::Local(tx));
+        let (handoff, now) = r.hand_off_awaiting(&s.conn_id, payload(), Some("RM1"), waiter);
+        assert_eq!((handoff, now.is_none()), (Handoff::Queued, true));
+        let (ack, waiters) = s.acknowledge("RM1", window);
+        assert!(matches!(ack, Ack::Acknowledged { .. }));
+        for w in waiters {
+            let AckWaiter::Local(tx) = w else {
+                panic!("a local waiter")
+            };
+            tx.send(()).unwrap();
+        }
+        assert_eq!(rx.await, Ok(()));
+
+        // A retry that reaches the socket after the client acknowledged: told at once.
+        let remote = Some(AckWaiter::Remote {
+            reply_to: "n2".into(),
+            request: 7,
+        });
+        let (handoff, now) = r.hand_off_awaiting(&s.conn_id, payload(), Some("RM1"), remote);
+        assert_eq!(handoff, Handoff::Repeat);
+        assert!(matches!(now, Some(AckWaiter::Remote { request: 7, .. })));
+
+        // A waiter whose notification never gets acknowledged hears nothing once the socket
+        // forgets it.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let silent = Some(AckWaiter::Local(tx));
+        r.hand_off_awaiting(&s.conn_id, payload(), Some("RM2"), silent);
+        for n in 0..REMEMBERED {
+            let id = format!("RMx{n}");
+            assert_eq!(
+                r.hand_off(&s.conn_id, Bytes::new(), Some(&id)),
+                Handoff::Queued
+            );
+        }
+        let heard = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        assert!(matches!(heard, Ok(Err(_))), "{heard:?}");
     }
 }

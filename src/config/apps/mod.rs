@@ -20,6 +20,8 @@ pub use fcm::FcmSettings;
 pub struct AppConfig {
     pub name: String,
     pub channel: PushChannel,
+    /// Overrides the account's `delivery` for this app's bindings.
+    pub delivery: Option<crate::config::Delivery>,
     pub settings: AppSettings,
 }
 
@@ -121,6 +123,8 @@ pub(super) fn validate(raw: Vec<RawApp>) -> Result<Vec<AppConfig>, ConfigError> 
                 ));
             }
         };
+        let delivery =
+            crate::config::Delivery::parse(&format!("{key}.delivery"), app.delivery.as_deref())?;
         let settings = match channel {
             PushChannel::Apns => apns::parse(&app.settings).map(AppSettings::Apns),
             PushChannel::Fcm => FcmSettings::parse(&app.settings).map(AppSettings::Fcm),
@@ -129,6 +133,7 @@ pub(super) fn validate(raw: Vec<RawApp>) -> Result<Vec<AppConfig>, ConfigError> 
             Ok(settings) => apps.push(AppConfig {
                 name,
                 channel,
+                delivery,
                 settings,
             }),
             Err(e) => errors.push(AppError {

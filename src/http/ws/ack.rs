@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::session::Listener;
-use crate::channels::websocket::{Ack, LocalSocket};
+use crate::channels::websocket::{Ack, LocalSocket, WebSocketChannel};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::relay::Relay;
 
@@ -27,6 +27,7 @@ pub fn acknowledged(text: &str) -> Option<String> {
 /// The listener of one device's session.
 pub struct SocketEvents {
     pub socket: Arc<LocalSocket>,
+    pub channel: Arc<WebSocketChannel>,
     pub relay: Arc<Relay>,
     pub metrics: Arc<Metrics>,
     pub ringing_window: Duration,
@@ -61,7 +62,9 @@ impl Listener for SocketEvents {
             self.count("invalid");
             return;
         };
-        let ack = self.socket.acknowledge(&message_id, self.ringing_window);
+        let ack = self
+            .channel
+            .acknowledge(&self.socket, &message_id, self.ringing_window);
         self.count(ack.label());
         if let Ack::Acknowledged {
             call_sid: Some(call_sid),

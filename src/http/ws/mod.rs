@@ -121,6 +121,7 @@ async fn accept(
     };
     let events = ack::SocketEvents {
         socket: lease.socket.clone(),
+        channel: state.sockets.clone(),
         relay: state.relay.clone(),
         metrics: state.metrics.clone(),
         ringing_window: settings.ringing_window,
