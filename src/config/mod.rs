@@ -306,10 +306,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }),
         replay: raw.websocket.replay.unwrap_or(true),
+        // Unset, it leaves the push at least half of a short deadline.
         ack_timeout: millis(
             "websocket.ack_timeout_ms",
             raw.websocket.ack_timeout_ms,
-            1000,
+            (server.webhook_deadline.as_millis() as u64 / 2).clamp(10, 1000),
             10..=60_000,
         )?,
     };

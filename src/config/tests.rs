@@ -438,6 +438,9 @@ fn ringing_settings_have_defaults_ranges_and_an_order() {
     assert_eq!(config.websocket.ringing_window, Duration::from_secs(30));
     assert!(config.websocket.replay);
     assert_eq!(config.websocket.ack_timeout, Duration::from_secs(1));
+    // Unset, it leaves a short deadline's second half to the push.
+    let short = from_toml_str("[server]\nwebhook_deadline_ms = 800").unwrap();
+    assert_eq!(short.websocket.ack_timeout, Duration::from_millis(400));
     for (toml, key) in [
         (
             "[websocket]\nringing_window_secs = 0",

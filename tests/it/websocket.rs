@@ -290,3 +290,18 @@ async fn a_socket_is_closed_with_4001_when_its_access_token_expires() {
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test]
+async fn a_client_that_closes_gets_a_close_frame_back_and_its_binding_goes() {
+    let app = spawn_app().await;
+    let socket = app.connect_ws("bob").await;
+    assert!(
+        socket.close_answered().await,
+        "the server must answer a close frame with its own (else clients see 1006)"
+    );
+    let gone = eventually(Duration::from_secs(5), || async {
+        app.notify("bob").await.status == reqwest::StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(gone, "the closed socket still counted as a binding");
+}

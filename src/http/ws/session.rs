@@ -107,7 +107,14 @@ where
                 None => return End::Unregistered,
             },
             incoming = socket.next() => match incoming {
-                Some(Ok(Message::Close(_))) | None => return End::ClientClosed,
+                Some(Ok(Message::Close(_))) => {
+                    // The WebSocket library has queued the close frame that answers the
+                    // client's (RFC 6455, 5.5.1); it goes out with a flush. Without it the
+                    // client sees the connection drop (1006) instead of a clean close.
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.flush()).await;
+                    return End::ClientClosed;
+                }
+                None => return End::ClientClosed,
                 // Any frame (pong, or whatever the client sends) proves it is alive.
                 Some(Ok(message)) => {
                     last_heard = Instant::now();

@@ -105,6 +105,23 @@ impl WsClient {
         .await;
     }
 
+    /// Starts the close handshake with `1000` and says whether the server answered with a
+    /// close frame of its own (RFC 6455, 5.5.1) within two seconds.
+    pub async fn close_answered(mut self) -> bool {
+        let _ = self.stream.send(Message::Close(None)).await;
+        tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match self.stream.next().await {
+                    Some(Ok(Message::Close(_))) => return true,
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Drops the TCP connection without a close handshake.
     pub fn abort(self) {
         drop(self.stream);
