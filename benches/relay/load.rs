@@ -1,7 +1,8 @@
 //! The load generator: webhooks over HTTP/1.1 connections (`client.rs`), driven either
 //! closed-loop (a fixed number of connections, each sending as soon as its last answer
 //! arrived) or open-loop (a fixed offered rate, each request's latency counted from its
-//! scheduled send time, so a stalled server cannot hide its queue).
+//! scheduled send time, so a stalled server cannot hide its queue). A closed loop may also
+//! count the answers' bodies, for scenarios whose answers say what happened.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,18 +12,22 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, mpsc};
 
-use crate::client::Conn;
+use crate::client::{Answer, Conn};
 use crate::procs::Error;
 use crate::webhooks::Webhook;
 
-async fn post(conn: &mut Conn, webhook: &Webhook) -> Result<u16, Error> {
-    Ok(conn.exchange(&webhook.wire).await?.status)
+async fn post(conn: &mut Conn, webhook: &Webhook) -> Result<Answer, Error> {
+    conn.exchange(&webhook.wire).await
 }
 
 /// What a run saw: answers by status, transport errors, and latencies in nanoseconds.
 #[derive(Default)]
 pub struct Tally {
     pub statuses: BTreeMap<u16, u64>,
+    /// Answers by body, when the run counts them (`closed_loop_counting_bodies`): a few
+    /// distinct bodies, however many answers.
+    pub bodies: BTreeMap<Vec<u8>, u64>,
+    count_bodies: bool,
     pub errors: u64,
     pub first_error: Option<String>,
     pub latencies_ns: Vec<u64>,
@@ -30,10 +35,13 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, result: Result<u16, Error>, latency: Duration) {
+    fn record(&mut self, result: Result<Answer, Error>, latency: Duration) {
         match result {
-            Ok(status) => {
-                *self.statuses.entry(status).or_default() += 1;
+            Ok(answer) => {
+                *self.statuses.entry(answer.status).or_default() += 1;
+                if self.count_bodies {
+                    *self.bodies.entry(answer.body).or_default() += 1;
+                }
                 self.latencies_ns.push(latency.as_nanos() as u64);
             }
             Err(e) => {
@@ -46,6 +54,9 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         for (status, n) in other.statuses {
             *self.statuses.entry(status).or_default() += n;
+        }
+        for (body, n) in other.bodies {
+            *self.bodies.entry(body).or_default() += n;
         }
         self.errors += other.errors;
         if self.first_error.is_none() {
@@ -92,6 +103,27 @@ pub async fn closed_loop(
     concurrency: usize,
     duration: Duration,
 ) -> Tally {
+    drive(addr, webhooks, concurrency, duration, false).await
+}
+
+/// `closed_loop`, also counting the answers by body (`Tally::bodies`). Not the default: the
+/// load generator shares the machine, and other scenarios need only the status.
+pub async fn closed_loop_counting_bodies(
+    addr: SocketAddr,
+    webhooks: Arc<Vec<Webhook>>,
+    concurrency: usize,
+    duration: Duration,
+) -> Tally {
+    drive(addr, webhooks, concurrency, duration, true).await
+}
+
+async fn drive(
+    addr: SocketAddr,
+    webhooks: Arc<Vec<Webhook>>,
+    concurrency: usize,
+    duration: Duration,
+    count_bodies: bool,
+) -> Tally {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let end = started + duration;
@@ -100,7 +132,10 @@ pub async fn closed_loop(
             let (next, webhooks) = (next.clone(), webhooks.clone());
             tokio::spawn(async move {
                 let mut conn = Conn::new(addr);
-                let mut tally = Tally::default();
+                let mut tally = Tally {
+                    count_bodies,
+                    ..Tally::default()
+                };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= webhooks.len() || Instant::now() >= end {

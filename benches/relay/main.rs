@@ -31,6 +31,7 @@ enum Scenario {
     Push,
     Events,
     Trace,
+    Ringing,
 }
 
 #[derive(Parser, Debug)]
@@ -274,6 +275,7 @@ async fn run(args: Args) -> Result<(), Error> {
             Scenario::Push => scenarios::push::run(&mut bench).await?,
             Scenario::Events => scenarios::events::run(&mut bench).await?,
             Scenario::Trace => scenarios::trace::run(&mut bench).await?,
+            Scenario::Ringing => scenarios::ringing::run(&mut bench).await?,
         }
     }
     let table = report::table(&bench.rows);

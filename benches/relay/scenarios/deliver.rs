@@ -24,7 +24,7 @@ const OPEN_LOOP_CONNECTIONS: usize = 64;
 const FRAME_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Every `200` must have produced exactly one frame.
-async fn frames_for(
+pub(super) async fn frames_for(
     fleet: &mut Fleet,
     run: u32,
     t: &Tally,

@@ -6,6 +6,7 @@ pub mod lookup;
 pub mod push;
 pub mod push_channels;
 pub mod rest;
+pub mod ringing;
 pub mod trace;
 
 use std::net::SocketAddr;

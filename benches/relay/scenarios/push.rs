@@ -23,7 +23,7 @@ fn apps_toml(key: &TeamKey, apns: &MockApns, fcm: &MockFcm) -> String {
 }
 
 /// Registers one binding per identity through the bindings API, as an app backend would.
-async fn register(
+pub(super) async fn register(
     addr: SocketAddr,
     identities: &[String],
     binding: impl Fn(usize) -> String,
