@@ -20,6 +20,12 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// A ringing rule that kept a target from being sent to (`channels::Skip`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    pub rule: &'static str,
+}
+
 /// Events received (status callbacks and Event Streams): `source` is `status_callback` or
 /// `event_streams`; `outcome` is `accepted`, `duplicate`, or the refusal's label as for
 /// webhooks (`bad_request`, `challenged`, `forbidden`, `unavailable`, `too_large`).
@@ -165,6 +171,8 @@ pub struct Metrics {
     /// `repeated` (acknowledged already), `unknown` (no such notification sent recently),
     /// `invalid` (not an acknowledgement).
     pub websocket_acks: Family<OutcomeLabels, Counter>,
+    /// Targets not sent to, by the ringing rule that kept them back (`channels::Skip`).
+    pub skipped_targets: Family<SkipLabels, Counter>,
     /// Devices reached socket first (`delivery = "prefer_websocket"`), by outcome:
     /// `acknowledged` (push skipped) or `pushed` (no acknowledgement in time).
     pub socket_first: Family<OutcomeLabels, Counter>,
@@ -322,6 +330,12 @@ impl Metrics {
             "Acknowledgements from sockets opened with ack=1, by outcome: acknowledged, repeated, unknown, invalid",
             websocket_acks.clone(),
         );
+        let skipped_targets = Family::<SkipLabels, Counter>::default();
+        registry.register(
+            "skipped_targets",
+            "Targets not sent to, by the ringing rule that kept them back: not_a_call, older_binding, socket_acknowledged",
+            skipped_targets.clone(),
+        );
         let socket_first = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "socket_first_deliveries",
@@ -410,6 +424,7 @@ impl Metrics {
             bus_acknowledgements,
             websocket_repeats,
             websocket_acks,
+            skipped_targets,
             socket_first,
             websocket_late_frames,
             websocket_replayed,

@@ -44,8 +44,32 @@ pub enum Outcome {
     /// Not delivered, for a reason that may pass; the binding stays.
     Failed(String),
     /// Not sent, by a rule (a notification that is not a call kept off VoIP pushes, a
-    /// device that gets the call another way); the reason says which.
-    Skipped(String),
+    /// device that gets the call another way).
+    Skipped(Skip),
+}
+
+/// Why a target was not sent to: the rule, as `callrelay_skipped_targets_total` labels it,
+/// and callrelay's words for the trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+impl Skip {
+    /// A notification that is not a call, kept off a binding (`docs/apns.md`).
+    pub const NOT_A_CALL: &'static str = "not_a_call";
+    /// A device's push binding older than another of the same device.
+    pub const OLDER_BINDING: &'static str = "older_binding";
+    /// A device's push, spared by its socket's acknowledgement (`prefer_websocket`).
+    pub const SOCKET_ACKNOWLEDGED: &'static str = "socket_acknowledged";
+
+    pub fn new(rule: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            rule,
+            detail: detail.into(),
+        }
+    }
 }
 
 impl Outcome {

@@ -24,12 +24,12 @@ use super::{Relay, Summary, WebhookError};
 use crate::auth::webhook::{self, WebhookCredentials};
 use tokio::sync::oneshot;
 
-use crate::channels::{Outcome, Report, Target};
+use crate::channels::{Outcome, Report, Skip, Target};
 use crate::config::Delivery;
 use crate::domain::CallNotification;
 use crate::domain::ringing::{self, SocketFirst};
 use crate::domain::trace::TargetRecord;
-use crate::metrics::{ChannelLabels, DeliveryLabels, OutcomeLabels};
+use crate::metrics::{ChannelLabels, DeliveryLabels, OutcomeLabels, SkipLabels};
 use crate::store::{Claim, ClaimOwner, ClaimRequest, StoreError};
 
 impl Relay {
@@ -193,7 +193,8 @@ impl Relay {
         done.extend(devices.into_iter().flatten());
         for target in older {
             let why = "one ring per device: the device has a more recently registered binding";
-            done.push((target.clone(), self.skip(&target, why)));
+            let skip = Skip::new(Skip::OLDER_BINDING, why);
+            done.push((target.clone(), self.skip(&target, skip)));
         }
         let mut summary = Summary::default();
         for (_, (report, _)) in &done {
@@ -212,8 +213,8 @@ impl Relay {
         summary
     }
 
-    /// A target not sent to, by a rule: counted as `skipped`.
-    fn skip(&self, target: &Target, why: &str) -> (Report, std::time::Duration) {
+    /// A target not sent to, by a rule: counted as delivery outcome `skipped` and by rule.
+    fn skip(&self, target: &Target, skip: Skip) -> (Report, std::time::Duration) {
         self.metrics
             .deliveries
             .get_or_create(&DeliveryLabels {
@@ -221,10 +222,18 @@ impl Relay {
                 outcome: "skipped",
             })
             .inc();
+        self.count_skip(&skip);
         (
-            Report::plain(Outcome::Skipped(why.into()), 0),
+            Report::plain(Outcome::Skipped(skip), 0),
             std::time::Duration::ZERO,
         )
+    }
+
+    fn count_skip(&self, skip: &Skip) {
+        self.metrics
+            .skipped_targets
+            .get_or_create(&SkipLabels { rule: skip.rule })
+            .inc();
     }
 
     /// `delivery = "prefer_websocket"`: the device's sockets get the call at once; its push
@@ -264,10 +273,7 @@ impl Relay {
                     outcome: "acknowledged",
                 })
                 .inc();
-            self.skip(
-                &push,
-                "the device's socket acknowledged the call in time (delivery = prefer_websocket)",
-            )
+            self.skip(&push, Skip::new(Skip::SOCKET_ACKNOWLEDGED, "the device's socket acknowledged the call in time (delivery = prefer_websocket)"))
         } else {
             self.metrics
                 .socket_first
@@ -388,8 +394,9 @@ impl Relay {
             (Outcome::Failed(why), _) => {
                 tracing::warn!(channel, reason = why, "delivery failed");
             }
-            (Outcome::Skipped(why), _) => {
-                tracing::debug!(channel, reason = why, "not sent");
+            (Outcome::Skipped(skip), _) => {
+                self.count_skip(skip);
+                tracing::debug!(channel, rule = skip.rule, reason = skip.detail, "not sent");
             }
             (Outcome::Delivered, Target::Push(b)) => {
                 // Each successful push extends the binding's life, as Twilio's own do; off the

@@ -251,7 +251,8 @@ pub(super) fn target_record(target: &Target, report: Report, took: Duration) -> 
     };
     let detail = match &report.outcome {
         Outcome::Delivered => None,
-        Outcome::Dead(why) | Outcome::Failed(why) | Outcome::Skipped(why) => Some(why.clone()),
+        Outcome::Dead(why) | Outcome::Failed(why) => Some(why.clone()),
+        Outcome::Skipped(skip) => Some(skip.detail.clone()),
     };
     TargetRecord {
         channel: channel.to_owned(),

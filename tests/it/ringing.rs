@@ -64,6 +64,10 @@ async fn only_a_call_goes_out_as_a_voip_push_and_other_types_reach_sockets_and_f
         m.contains(r#"callrelay_push_results_total{app="ios",channel="apns",result="skipped_not_a_call"} 2"#),
         "{m}"
     );
+    assert!(
+        m.contains(r#"callrelay_skipped_targets_total{rule="not_a_call"} 2"#),
+        "{m}"
+    );
 
     // A call still rings as a VoIP push.
     let call = payload(ACCOUNT, "bob");
@@ -370,6 +374,11 @@ async fn a_device_with_a_stale_and_a_fresh_binding_rings_once_on_the_fresh_one()
             .unwrap()
             .contains("one ring per device")
     );
+    let m = s.app.metrics().await;
+    assert!(
+        m.contains(r#"callrelay_skipped_targets_total{rule="older_binding"} 1"#),
+        "{m}"
+    );
 }
 
 /// callrelay(s) on Redis, sharing one APNs mock whose app `ios` prefers sockets.
@@ -460,6 +469,10 @@ async fn an_acknowledging_socket_spares_the_push(remote: bool) {
     let m = webhook_on.metrics().await;
     assert!(
         m.contains(r#"callrelay_socket_first_deliveries_total{outcome="acknowledged"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"callrelay_skipped_targets_total{rule="socket_acknowledged"} 1"#),
         "{m}"
     );
 }

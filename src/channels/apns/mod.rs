@@ -123,7 +123,8 @@ impl ApnsChannel {
     /// `twilio.voice.call`) and `why` says which rule keeps it off this binding.
     fn skip(&self, why: &str) -> Report {
         self.count("skipped_not_a_call");
-        Report::plain(Outcome::Skipped(format!("not a call; {why}")), 0)
+        let skip = super::Skip::new(super::Skip::NOT_A_CALL, format!("not a call; {why}"));
+        Report::plain(Outcome::Skipped(skip), 0)
     }
 
     fn count(&self, result: &str) {
