@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         )],
         webhook_basic_auth: None,
         require_signature: true,
+        delivery: Default::default(),
         event_targets: Vec::new(),
     }]);
     assert!(verifier.verify(token).is_err());

@@ -46,6 +46,7 @@ fn account(basic: bool) -> AccountConfig {
             password: Secret::new("fuzz-password"),
         }),
         require_signature: true,
+        delivery: Default::default(),
         event_targets: Vec::new(),
     }
 }
