@@ -293,7 +293,7 @@ fn sections() -> Vec<Section> {
                 ),
                 key(
                     "ack_timeout_ms",
-                    "With delivery = \"prefer_websocket\": how long a device's socket has to acknowledge a call\nbefore its push goes out (10..=60000; less than server.webhook_deadline_ms). Default: 1000,\nor half of server.webhook_deadline_ms when that is shorter.",
+                    "With delivery = \"prefer_websocket\": how long a device's socket has to acknowledge a call\nbefore its push goes out (10..=60000; at most half of server.webhook_deadline_ms). Default: 1000,\nor half of server.webhook_deadline_ms when that is shorter.",
                     default(|d| millis(d.config.websocket.ack_timeout)),
                 ),
                 key(

@@ -314,10 +314,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             10..=60_000,
         )?,
     };
-    if websocket.ack_timeout >= server.webhook_deadline {
+    if websocket.ack_timeout > server.webhook_deadline / 2 {
         return Err(ConfigError::invalid(
             "websocket.ack_timeout_ms",
-            "must be less than server.webhook_deadline_ms: a push that follows an unacknowledged socket needs the rest of the deadline",
+            "must be at most half of server.webhook_deadline_ms: a push that follows an unacknowledged socket needs the other half",
         ));
     }
     if !(1..=4096).contains(&websocket.queue_capacity) {

@@ -456,7 +456,7 @@ fn ringing_settings_have_defaults_ranges_and_an_order() {
         ),
         // The push that follows a silent socket needs part of the deadline.
         (
-            "[server]\nwebhook_deadline_ms = 800\n[websocket]\nack_timeout_ms = 800",
+            "[server]\nwebhook_deadline_ms = 800\n[websocket]\nack_timeout_ms = 401",
             "websocket.ack_timeout_ms",
         ),
     ] {

@@ -9,65 +9,73 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{Binding, SocketPresence};
 
-/// A device reached socket first: its sockets get the call at once, its push binding only if
-/// none of them acknowledges in time (`delivery = "prefer_websocket"`).
+/// A device's push bindings, most recently registered (or refreshed by a delivered push)
+/// first: the first is sent to; each next one only if the one before it turned out dead or
+/// failed, so one ring per device never becomes no ring.
+pub type Chain = Vec<Binding>;
+
+/// A device reached socket first: its sockets get the call at once, its push only if none of
+/// them acknowledges in time (`delivery = "prefer_websocket"`).
 #[derive(Debug, Clone)]
 pub struct SocketFirst {
     pub sockets: Vec<SocketPresence>,
-    pub push: Binding,
+    pub push: Chain,
 }
 
-/// Splits a call's targets for `delivery = "prefer_websocket"`: each push binding whose app
-/// or account prefers sockets (`prefers`) and whose `device_id` names at least one of the
-/// sockets becomes a `SocketFirst` with those sockets; everything else is delivered at once
-/// (the bindings and sockets returned). Bindings are one per device already
-/// (`one_per_device`).
+/// Splits a call's targets for `delivery = "prefer_websocket"`: each device chain whose first
+/// binding's app or account prefers sockets (`prefers`) and whose `device_id` names at least
+/// one of the sockets becomes a `SocketFirst` with those sockets; everything else is
+/// delivered at once (the chains and sockets returned).
 pub fn socket_first(
-    bindings: Vec<Binding>,
+    chains: Vec<Chain>,
     mut sockets: Vec<SocketPresence>,
     prefers: impl Fn(&Binding) -> bool,
-) -> (Vec<Binding>, Vec<SocketPresence>, Vec<SocketFirst>) {
-    let mut direct = Vec::with_capacity(bindings.len());
+) -> (Vec<Chain>, Vec<SocketPresence>, Vec<SocketFirst>) {
+    let mut direct = Vec::with_capacity(chains.len());
     let mut devices = Vec::new();
-    for b in bindings {
-        let device = b.device_id.clone();
+    for chain in chains {
+        let device = chain[0].device_id.clone();
         let mine = |s: &SocketPresence| s.device_id.is_some() && s.device_id == device;
-        if device.is_none() || !prefers(&b) || !sockets.iter().any(mine) {
-            direct.push(b);
+        if device.is_none() || !prefers(&chain[0]) || !sockets.iter().any(mine) {
+            direct.push(chain);
             continue;
         }
         let (of_device, others): (Vec<_>, Vec<_>) = sockets.into_iter().partition(mine);
         sockets = others;
         devices.push(SocketFirst {
             sockets: of_device,
-            push: b,
+            push: chain,
         });
     }
     (direct, sockets, devices)
 }
 
-/// One ring per device: of push bindings naming the same `device_id`, the one registered (or
-/// refreshed by a delivered push) most recently; the rest come back as the second list, not
-/// to be sent to. Bindings without a `device_id` are each their own device. Order is kept.
-pub fn one_per_device(bindings: Vec<Binding>) -> (Vec<Binding>, Vec<Binding>) {
-    let newest = |b: &Binding| {
-        let device = b.device_id.as_deref()?;
-        bindings
-            .iter()
-            .filter(|o| o.device_id.as_deref() == Some(device))
-            .max_by_key(|o| (o.updated_at, o.created_at, o.id.as_str().to_owned()))
-            .map(|o| o.id.clone())
-    };
-    let keep: Vec<bool> = bindings
-        .iter()
-        .map(|b| newest(b).is_none_or(|id| id == b.id))
-        .collect();
-    let mut kept = Vec::with_capacity(bindings.len());
-    let mut older = Vec::new();
-    for (b, keep) in bindings.into_iter().zip(keep) {
-        if keep { kept.push(b) } else { older.push(b) }
+/// One ring per device: push bindings naming the same `device_id` form one chain, most
+/// recently registered (or refreshed) first; a binding without a `device_id` is a chain of
+/// its own. Chains come in the order of their first binding's first appearance.
+pub fn one_per_device(bindings: Vec<Binding>) -> Vec<Chain> {
+    let mut chains: Vec<Chain> = Vec::with_capacity(bindings.len());
+    for b in bindings {
+        let same = b.device_id.as_deref().and_then(|d| {
+            chains
+                .iter_mut()
+                .find(|c| c[0].device_id.as_deref() == Some(d))
+        });
+        match same {
+            Some(chain) => chain.push(b),
+            None => chains.push(vec![b]),
+        }
     }
-    (kept, older)
+    for chain in &mut chains {
+        chain.sort_by(|a, b| {
+            (b.updated_at, b.created_at, b.id.as_str()).cmp(&(
+                a.updated_at,
+                a.created_at,
+                a.id.as_str(),
+            ))
+        });
+    }
+    chains
 }
 
 /// A kept copy of `raw`, received at `received_ms`.
@@ -119,8 +127,8 @@ mod tests {
     }
 
     #[test]
-    fn a_device_with_several_bindings_gets_only_its_most_recently_registered_one() {
-        let (kept, older) = one_per_device(vec![
+    fn a_device_with_several_bindings_is_one_chain_most_recently_registered_first() {
+        let chains = one_per_device(vec![
             binding("stale", Some("phone"), 100),
             binding("tablet", Some("tablet"), 50),
             binding("fresh", Some("phone"), 200),
@@ -128,10 +136,16 @@ mod tests {
             binding("anon2", None, 20),
             binding("middle", Some("phone"), 150),
         ]);
-        assert_eq!(ids(&kept), ["tablet", "fresh", "anon1", "anon2"]);
-        assert_eq!(ids(&older), ["stale", "middle"]);
-        let (kept, older) = one_per_device(vec![binding("only", Some("phone"), 1)]);
-        assert_eq!((ids(&kept), ids(&older).len()), (vec!["only"], 0));
+        let chains: Vec<Vec<&str>> = chains.iter().map(|c| ids(c)).collect();
+        assert_eq!(
+            chains,
+            [
+                vec!["fresh", "middle", "stale"],
+                vec!["tablet"],
+                vec!["anon1"],
+                vec!["anon2"]
+            ]
+        );
     }
 
     fn socket(id: &str, device: Option<&str>) -> SocketPresence {
@@ -149,12 +163,12 @@ mod tests {
 
     #[test]
     fn a_preferring_device_with_a_socket_is_reached_socket_first_and_the_rest_at_once() {
-        let bindings = vec![
+        let bindings = one_per_device(vec![
             binding("phone-push", Some("phone"), 1),
             binding("laptop-push", Some("laptop"), 1),
             binding("tablet-push", Some("tablet"), 1),
             binding("anon-push", None, 1),
-        ];
+        ]);
         let sockets = vec![
             socket("phone-ws", Some("phone")),
             socket("laptop-ws", Some("laptop")),
@@ -164,11 +178,12 @@ mod tests {
         // The laptop's app delivers to all; the others prefer sockets.
         let (direct, rest, first) =
             socket_first(bindings, sockets, |b| b.id.as_str() != "laptop-push");
-        assert_eq!(ids(&direct), ["laptop-push", "tablet-push", "anon-push"]);
+        let direct: Vec<&str> = direct.iter().map(|c| c[0].id.as_str()).collect();
+        assert_eq!(direct, ["laptop-push", "tablet-push", "anon-push"]);
         let conns = |s: &[SocketPresence]| s.iter().map(|s| s.conn_id.clone()).collect::<Vec<_>>();
         assert_eq!(conns(&rest), ["laptop-ws", "anon-ws"]);
         assert_eq!(first.len(), 1);
-        assert_eq!(first[0].push.id.as_str(), "phone-push");
+        assert_eq!(ids(&first[0].push), ["phone-push"]);
         assert_eq!(conns(&first[0].sockets), ["phone-ws", "phone-ws-2"]);
     }
 

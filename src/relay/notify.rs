@@ -26,9 +26,9 @@ use tokio::sync::oneshot;
 
 use crate::channels::{Outcome, Report, Skip, Target};
 use crate::config::Delivery;
-use crate::domain::CallNotification;
 use crate::domain::ringing::{self, SocketFirst};
 use crate::domain::trace::TargetRecord;
+use crate::domain::{CallNotification, SocketPresence};
 use crate::metrics::{ChannelLabels, DeliveryLabels, OutcomeLabels, SkipLabels};
 use crate::store::{Claim, ClaimOwner, ClaimRequest, StoreError};
 
@@ -122,22 +122,23 @@ impl Relay {
             }
         }
 
-        // One ring per device: a device's older push bindings are not sent to, and a device
-        // whose app prefers sockets gets its push only if its socket stays silent.
-        let (bindings, older) = ringing::one_per_device(targets.bindings);
-        let (bindings, sockets, socket_first) =
-            ringing::socket_first(bindings, targets.sockets, |b| {
+        // One ring per device: a device's push bindings form a chain tried newest first, and a
+        // calling device whose app prefers sockets gets its push only if its socket stays
+        // silent. Other types go everywhere at once: nothing waits for their acknowledgement.
+        let chains = ringing::one_per_device(targets.bindings);
+        let (chains, sockets, socket_first) = if notification.is_call() {
+            ringing::socket_first(chains, targets.sockets, |b| {
                 self.config.delivery(account, &b.app) == Delivery::PreferWebsocket
-            });
-        let mut all: Vec<Target> = bindings.into_iter().map(Target::Push).collect();
-        all.extend(sockets.into_iter().map(Target::Socket));
-        let older = older.into_iter().map(Target::Push).collect();
+            })
+        } else {
+            (chains, targets.sockets, Vec::new())
+        };
         let summary = self
             .deliver_all(
                 Plan {
-                    at_once: all,
+                    chains,
+                    sockets,
                     socket_first,
-                    older,
                 },
                 notification,
                 deadline,
@@ -151,9 +152,11 @@ impl Relay {
             self.settle(notification, id, &owner, summary.delivered > 0);
         }
 
-        // Targets skipped by a rule were not failures: the notification went where the rules
-        // say it goes, even when that was nowhere.
-        if summary.delivered > 0 || (summary.skipped > 0 && summary.failed == 0) {
+        // Targets skipped by a rule were not failures: when nothing was delivered only because
+        // the rules sent it nowhere (a cancel for a PushKit-only device), that is the answer.
+        // A dead or failed target beside the skips means nobody got it: Twilio should hear so.
+        let only_skipped = summary.skipped > 0 && summary.failed == 0 && summary.removed == 0;
+        if summary.delivered > 0 || only_skipped {
             Ok(summary)
         } else if summary.failed == 0 {
             Err(WebhookError::AllRemoved(summary))
@@ -163,8 +166,7 @@ impl Relay {
     }
 
     /// Delivers to every target of the plan at once (a socket-first device's push after its
-    /// sockets had their chance); the plan's older bindings are counted and traced as
-    /// skipped, not sent to.
+    /// sockets had their chance) and sums up what came of each.
     async fn deliver_all(
         &self,
         plan: Plan,
@@ -173,29 +175,32 @@ impl Relay {
         trail: Option<&mut Vec<TargetRecord>>,
     ) -> Summary {
         let Plan {
-            at_once,
+            chains,
+            sockets,
             socket_first,
-            older,
         } = plan;
-        let at_once_done = join_all(
-            at_once
-                .iter()
-                .map(|t| self.deliver_one(t, notification, deadline)),
+        let chains_done = join_all(
+            chains
+                .into_iter()
+                .map(|chain| self.deliver_chain(chain, notification, deadline)),
         );
+        let sockets_done = join_all(sockets.into_iter().map(|p| async move {
+            let target = Target::Socket(p);
+            let done = self.deliver_one(&target, notification, deadline).await;
+            (target, done)
+        }));
         let socket_first_done = join_all(
             socket_first
                 .into_iter()
                 .map(|device| self.deliver_socket_first(device, notification, deadline)),
         );
-        let (reports, devices) = tokio::join!(at_once_done, socket_first_done);
-        let mut done: Vec<(Target, (Report, std::time::Duration))> =
-            at_once.into_iter().zip(reports).collect();
-        done.extend(devices.into_iter().flatten());
-        for target in older {
-            let why = "one ring per device: the device has a more recently registered binding";
-            let skip = Skip::new(Skip::OLDER_BINDING, why);
-            done.push((target.clone(), self.skip(&target, skip)));
-        }
+        let (chains, sockets, devices) = tokio::join!(chains_done, sockets_done, socket_first_done);
+        let done: Vec<Delivered> = chains
+            .into_iter()
+            .flatten()
+            .chain(sockets)
+            .chain(devices.into_iter().flatten())
+            .collect();
         let mut summary = Summary::default();
         for (_, (report, _)) in &done {
             match report.outcome {
@@ -211,6 +216,32 @@ impl Relay {
             }));
         }
         summary
+    }
+
+    /// A device's push chain: its newest binding, and each older one only when the one before
+    /// it was dead or failed (within the deadline); those not needed are skipped.
+    async fn deliver_chain(
+        &self,
+        chain: ringing::Chain,
+        notification: &CallNotification,
+        deadline: Instant,
+    ) -> Vec<Delivered> {
+        let mut done = Vec::with_capacity(chain.len());
+        let mut reached = false;
+        for binding in chain {
+            let target = Target::Push(binding);
+            if reached {
+                let why = "one ring per device: a more recently registered binding of the device took the call";
+                let skipped = self.skip(&target, Skip::new(Skip::OLDER_BINDING, why));
+                done.push((target, skipped));
+                continue;
+            }
+            let report = self.deliver_one(&target, notification, deadline).await;
+            reached = !matches!(report.0.outcome, Outcome::Dead(_) | Outcome::Failed(_))
+                || Instant::now() >= deadline;
+            done.push((target, report));
+        }
+        done
     }
 
     /// A target not sent to, by a rule: counted as delivery outcome `skipped` and by rule.
@@ -237,51 +268,93 @@ impl Relay {
     }
 
     /// `delivery = "prefer_websocket"`: the device's sockets get the call at once; its push
-    /// goes out only if no socket's client acknowledges within `websocket.ack_timeout_ms`
-    /// (and inside the webhook's deadline), else it is skipped.
+    /// goes out unless a socket's client acknowledges by `ack_by` (`websocket.ack_timeout_ms`
+    /// after now, and never later than half of what is left of the deadline, so the push
+    /// has time). The push does not wait for the hand-offs themselves: a socket on a replica
+    /// that does not answer (frozen, or too old to know the request) delays nothing.
     async fn deliver_socket_first(
         &self,
         device: SocketFirst,
         notification: &CallNotification,
         deadline: Instant,
-    ) -> Vec<(Target, (Report, std::time::Duration))> {
-        let ack_by = deadline.min(Instant::now() + self.config.websocket.ack_timeout);
-        let handed = join_all(device.sockets.into_iter().map(|p| async move {
-            let target = Target::Socket(p);
-            let (report, acked) = self
-                .deliver_one_awaiting_ack(&target, notification, deadline)
-                .await;
-            (target, report, acked)
-        }))
-        .await;
-        let mut done = Vec::with_capacity(handed.len() + 1);
-        let mut waiting = Vec::new();
-        for (target, report, acked) in handed {
-            waiting.extend(acked);
-            done.push((target, report));
-        }
-        let acknowledged = !waiting.is_empty()
-            && matches!(
-                tokio::time::timeout_at(ack_by, futures_util::future::select_ok(waiting)).await,
-                Ok(Ok(_))
-            );
-        let push = Target::Push(device.push);
-        let report = if acknowledged {
-            self.metrics
-                .socket_first
-                .get_or_create(&OutcomeLabels {
-                    outcome: "acknowledged",
-                })
-                .inc();
-            self.skip(&push, Skip::new(Skip::SOCKET_ACKNOWLEDGED, "the device's socket acknowledged the call in time (delivery = prefer_websocket)"))
-        } else {
-            self.metrics
-                .socket_first
-                .get_or_create(&OutcomeLabels { outcome: "pushed" })
-                .inc();
-            self.deliver_one(&push, notification, deadline).await
+    ) -> Vec<Delivered> {
+        let now = Instant::now();
+        let ack_by = (now + self.config.websocket.ack_timeout)
+            .min(now + deadline.saturating_duration_since(now) / 2);
+        let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel();
+        let sockets = join_all(device.sockets.into_iter().map(|p| {
+            let acks_tx = acks_tx.clone();
+            async move {
+                let target = Target::Socket(p);
+                let (done, acked) = self
+                    .deliver_one_awaiting_ack(&target, notification, deadline)
+                    .await;
+                if let Some(acked) = acked {
+                    let _ = acks_tx.send(acked);
+                }
+                (target, done)
+            }
+        }));
+        drop(acks_tx);
+        let decision = async {
+            // Acknowledged: any socket's client said it has the call before `ack_by`. Every
+            // hand-off over and none able to acknowledge: no reason to wait.
+            let mut waiting = futures_util::stream::FuturesUnordered::new();
+            let mut handing_off = true;
+            let deadline_passed = tokio::time::sleep_until(ack_by);
+            tokio::pin!(deadline_passed);
+            loop {
+                tokio::select! {
+                    _ = &mut deadline_passed => return false,
+                    next = acks_rx.recv(), if handing_off => match next {
+                        Some(rx) => waiting.push(rx),
+                        None => {
+                            handing_off = false;
+                            if waiting.is_empty() {
+                                return false;
+                            }
+                        }
+                    },
+                    Some(heard) = futures_util::StreamExt::next(&mut waiting) => {
+                        if heard.is_ok() {
+                            return true;
+                        }
+                        if !handing_off && waiting.is_empty() {
+                            return false;
+                        }
+                    }
+                }
+            }
         };
-        done.push((push, report));
+        let push = async {
+            let acknowledged = decision.await;
+            let outcome = if acknowledged {
+                "acknowledged"
+            } else {
+                "pushed"
+            };
+            self.metrics
+                .socket_first
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc();
+            if acknowledged {
+                let why = "the device's socket acknowledged the call in time (delivery = prefer_websocket)";
+                device
+                    .push
+                    .into_iter()
+                    .map(|b| {
+                        let target = Target::Push(b);
+                        let skipped = self.skip(&target, Skip::new(Skip::SOCKET_ACKNOWLEDGED, why));
+                        (target, skipped)
+                    })
+                    .collect()
+            } else {
+                self.deliver_chain(device.push, notification, deadline)
+                    .await
+            }
+        };
+        let (mut done, pushed): (Vec<Delivered>, Vec<Delivered>) = tokio::join!(sockets, push);
+        done.extend(pushed);
         done
     }
 
@@ -415,13 +488,16 @@ impl Relay {
     }
 }
 
-/// Who gets a call: targets delivered at once, devices reached socket first, and a device's
-/// older push bindings (not sent to).
+/// Who gets a call: devices' push chains and sockets delivered at once, and devices reached
+/// socket first.
 struct Plan {
-    at_once: Vec<Target>,
+    chains: Vec<ringing::Chain>,
+    sockets: Vec<SocketPresence>,
     socket_first: Vec<SocketFirst>,
-    older: Vec<Target>,
 }
+
+/// A target and what came of it, with how long it took.
+type Delivered = (Target, (Report, std::time::Duration));
 
 /// One target's delivery, for traces (and the logs at debug): what was tried, never the device
 /// token.

@@ -122,7 +122,6 @@ impl ApnsChannel {
     /// Not sent: the notification is not a call (`twi_message_type` other than
     /// `twilio.voice.call`) and `why` says which rule keeps it off this binding.
     fn skip(&self, why: &str) -> Report {
-        self.count("skipped_not_a_call");
         let skip = super::Skip::new(super::Skip::NOT_A_CALL, format!("not a call; {why}"));
         Report::plain(Outcome::Skipped(skip), 0)
     }
