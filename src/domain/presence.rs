@@ -15,6 +15,9 @@ pub struct SocketPresence {
     pub identity: Identity,
     pub node: String,
     pub device_id: Option<String>,
+    /// Opened with `ack=1`: its client acknowledges what it receives, so a webhook may wait
+    /// for that (`delivery = "prefer_websocket"`).
+    pub takes_acks: bool,
     pub connected_at: OffsetDateTime,
     /// The presence counts for this long after the store records it, unless the holder renews
     /// it. The store's clock measures the lease (Redis's, for the Redis engine), never a

@@ -24,8 +24,8 @@ pub struct SocketFirst {
 
 /// Splits a call's targets for `delivery = "prefer_websocket"`: each device chain whose first
 /// binding's app or account prefers sockets (`prefers`) and whose `device_id` names at least
-/// one of the sockets becomes a `SocketFirst` with those sockets; everything else is
-/// delivered at once (the chains and sockets returned).
+/// one socket opened with `ack=1` becomes a `SocketFirst` with those sockets; everything else
+/// is delivered at once (the chains and sockets returned).
 pub fn socket_first(
     chains: Vec<Chain>,
     mut sockets: Vec<SocketPresence>,
@@ -35,7 +35,10 @@ pub fn socket_first(
     let mut devices = Vec::new();
     for chain in chains {
         let device = chain[0].device_id.clone();
-        let mine = |s: &SocketPresence| s.device_id.is_some() && s.device_id == device;
+        // Only a socket that can acknowledge is worth waiting for; a device whose sockets
+        // cannot gets its socket and its push at once, as with `all`.
+        let mine =
+            |s: &SocketPresence| s.takes_acks && s.device_id.is_some() && s.device_id == device;
         if device.is_none() || !prefers(&chain[0]) || !sockets.iter().any(mine) {
             direct.push(chain);
             continue;
@@ -150,12 +153,20 @@ mod tests {
 
     fn socket(id: &str, device: Option<&str>) -> SocketPresence {
         SocketPresence {
+            takes_acks: true,
+            ..plain_socket(id, device)
+        }
+    }
+
+    fn plain_socket(id: &str, device: Option<&str>) -> SocketPresence {
+        SocketPresence {
             conn_id: id.into(),
             account_sid: crate::domain::AccountSid::parse("AC0123456789abcdef0123456789abcdef")
                 .unwrap(),
             identity: crate::domain::Identity::parse("bob").unwrap(),
             node: "n1".into(),
             device_id: device.map(str::to_owned),
+            takes_acks: false,
             connected_at: OffsetDateTime::UNIX_EPOCH,
             lease: Duration::from_secs(15),
         }
@@ -174,6 +185,8 @@ mod tests {
             socket("laptop-ws", Some("laptop")),
             socket("phone-ws-2", Some("phone")),
             socket("anon-ws", None),
+            // The tablet's socket cannot acknowledge: nothing would come to wait for.
+            plain_socket("tablet-ws", Some("tablet")),
         ];
         // The laptop's app delivers to all; the others prefer sockets.
         let (direct, rest, first) =
@@ -181,7 +194,7 @@ mod tests {
         let direct: Vec<&str> = direct.iter().map(|c| c[0].id.as_str()).collect();
         assert_eq!(direct, ["laptop-push", "tablet-push", "anon-push"]);
         let conns = |s: &[SocketPresence]| s.iter().map(|s| s.conn_id.clone()).collect::<Vec<_>>();
-        assert_eq!(conns(&rest), ["laptop-ws", "anon-ws"]);
+        assert_eq!(conns(&rest), ["laptop-ws", "anon-ws", "tablet-ws"]);
         assert_eq!(first.len(), 1);
         assert_eq!(ids(&first[0].push), ["phone-push"]);
         assert_eq!(conns(&first[0].sockets), ["phone-ws", "phone-ws-2"]);

@@ -567,3 +567,28 @@ async fn a_device_whose_newest_binding_is_dead_rings_on_the_next() {
         "newest first, then the next"
     );
 }
+
+#[tokio::test]
+async fn with_prefer_websocket_a_socket_that_cannot_acknowledge_does_not_hold_the_push() {
+    let (apps, apns) = socket_first_replicas(1).await;
+    let app = &apps[0];
+    app.register(
+        "bob",
+        PushChannel::Apns,
+        APNS_TOKEN,
+        json!({"device_id": "bobs-phone"}),
+    )
+    .await;
+    // Opened without ack=1: it can never acknowledge, so nothing waits for it.
+    let mut socket = open(app, "bob", "device_id=bobs-phone").await;
+    let started = std::time::Instant::now();
+    let r = app.notify("bob").await;
+    assert_eq!(r.body, json!({"delivered": 2, "failed": 0, "removed": 0}));
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "waited {:?} for an acknowledgement that could not come",
+        started.elapsed()
+    );
+    assert!(socket.next_text(Duration::from_secs(5)).await.is_some());
+    assert_eq!(apns.requests().len(), 1);
+}

@@ -58,6 +58,8 @@ fn presence(identity: &str, conn: &str, node: &str, lease: Duration) -> SocketPr
         identity: ident(identity),
         node: node.into(),
         device_id: Some("d1".into()),
+        // Read back as written, on every engine.
+        takes_acks: true,
         connected_at: OffsetDateTime::now_utc(),
         lease,
     }

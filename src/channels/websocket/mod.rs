@@ -223,6 +223,7 @@ impl WebSocketChannel {
             identity: s.identity.clone(),
             node: self.node.clone(),
             device_id: s.device_id.clone(),
+            takes_acks: s.takes_acks,
             connected_at: s.connected_at,
             lease: self.config.presence_ttl,
         }
@@ -509,6 +510,7 @@ mod tests {
             identity: Identity::parse("bob").unwrap(),
             node: "there".into(),
             device_id: None,
+            takes_acks: false,
             connected_at: now,
             lease: Duration::from_secs(30),
         };

@@ -42,6 +42,8 @@ struct Written<'a> {
     node: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     device_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    takes_acks: bool,
     #[serde(with = "time::serde::rfc3339")]
     connected_at: OffsetDateTime,
     lease_ms: u64,
@@ -58,6 +60,9 @@ struct Stored {
     node: String,
     #[serde(default)]
     device_id: Option<String>,
+    /// Absent in presences written by earlier versions: they took no acknowledgements.
+    #[serde(default)]
+    takes_acks: bool,
     #[serde(with = "time::serde::rfc3339")]
     connected_at: OffsetDateTime,
     #[serde(default)]
@@ -83,6 +88,7 @@ pub fn written(p: &SocketPresence, writer_now: OffsetDateTime) -> String {
         identity: &p.identity,
         node: &p.node,
         device_id: p.device_id.as_deref(),
+        takes_acks: p.takes_acks,
         connected_at: p.connected_at,
         lease_ms: lease_ms(p),
         lease_until: writer_now + p.lease,
@@ -160,6 +166,7 @@ pub fn read(entries: Vec<(String, String)>, pttl: i64, reader_now: OffsetDateTim
                 identity: stored.identity,
                 node: stored.node,
                 device_id: stored.device_id,
+                takes_acks: stored.takes_acks,
                 connected_at: stored.connected_at,
                 lease: Duration::from_millis(stored.lease_ms),
             });
@@ -182,6 +189,7 @@ mod tests {
             identity: Identity::parse("bob").unwrap(),
             node: "n1".into(),
             device_id: None,
+            takes_acks: false,
             connected_at: OffsetDateTime::UNIX_EPOCH,
             lease: Duration::from_secs(15),
         }
