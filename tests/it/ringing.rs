@@ -335,17 +335,20 @@ async fn nothing_is_replayed_once_the_ringing_window_has_passed() {
     back.expect_silence(Duration::from_millis(300)).await;
 }
 
+/// Bob's iPhone registered twice: `APNS_TOKEN` first, `APNS_TOKEN_2` (the newest) after.
+async fn stale_then_fresh(app: &TestApp) {
+    let phone = json!({"device_id": "bobs-iphone"});
+    app.register("bob", PushChannel::Apns, APNS_TOKEN, phone.clone())
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    app.register("bob", PushChannel::Apns, APNS_TOKEN_2, phone)
+        .await;
+}
+
 #[tokio::test]
 async fn a_device_with_a_stale_and_a_fresh_binding_rings_once_on_the_fresh_one() {
     let s = start("").await;
-    let phone = json!({"device_id": "bobs-iphone"});
-    s.app
-        .register("bob", PushChannel::Apns, APNS_TOKEN, phone.clone())
-        .await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    s.app
-        .register("bob", PushChannel::Apns, APNS_TOKEN_2, phone)
-        .await;
+    stale_then_fresh(&s.app).await;
     // Another device of Bob's still rings.
     s.app
         .register(
@@ -541,14 +544,7 @@ async fn without_prefer_websocket_the_socket_and_the_push_ring_together() {
 #[tokio::test]
 async fn a_device_whose_newest_binding_is_dead_rings_on_the_next() {
     let s = start("").await;
-    let phone = json!({"device_id": "bobs-iphone"});
-    s.app
-        .register("bob", PushChannel::Apns, APNS_TOKEN, phone.clone())
-        .await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    s.app
-        .register("bob", PushChannel::Apns, APNS_TOKEN_2, phone)
-        .await;
+    stale_then_fresh(&s.app).await;
     // The newest token is dead; the older one still works.
     s.apns
         .script([Reply::error(410, "Unregistered"), Reply::ok()]);

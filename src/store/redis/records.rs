@@ -68,12 +68,16 @@ impl RedisStore {
         account: &AccountSid,
         identity: &Identity,
     ) -> Result<Vec<Bytes>, StoreError> {
+        self.whole_list(&self.keys.ringing(account, identity)).await
+    }
+
+    /// Every element of the list at `key`, oldest first.
+    async fn whole_list(&self, key: &str) -> Result<Vec<Bytes>, StoreError> {
         let mut c = self.conn.clone();
-        let key = self.keys.ringing(account, identity);
         let entries: Vec<Vec<u8>> = self
             .run(
                 redis::cmd("LRANGE")
-                    .arg(&key)
+                    .arg(key)
                     .arg(0)
                     .arg(-1)
                     .query_async(&mut c),
@@ -87,18 +91,7 @@ impl RedisStore {
         account: &AccountSid,
         call_sid: &CallSid,
     ) -> Result<Vec<Bytes>, StoreError> {
-        let mut c = self.conn.clone();
-        let key = self.keys.call(account, call_sid);
-        let entries: Vec<Vec<u8>> = self
-            .run(
-                redis::cmd("LRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut c),
-            )
-            .await?;
-        Ok(entries.into_iter().map(Bytes::from).collect())
+        self.whole_list(&self.keys.call(account, call_sid)).await
     }
 
     pub(super) async fn read_recent_calls(
