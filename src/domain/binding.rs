@@ -106,12 +106,21 @@ impl Binding {
 
     /// The binding as it stands after a registration or successful push at `now`.
     pub fn refreshed(&self, now: OffsetDateTime) -> Self {
+        let now = whole_millis(now);
         Self {
             updated_at: now,
             expires_at: now + self.ttl(),
             ..self.clone()
         }
     }
+}
+
+/// `t` to the millisecond: a binding's times are kept in whole milliseconds, the precision
+/// the stores keep them in (`store/redis/lines.rs`), so what a registration answers is what a
+/// later read returns.
+pub fn whole_millis(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .expect("a whole number of milliseconds is a valid nanosecond")
 }
 
 /// A binding as a client sends it, checked field by field.
@@ -140,6 +149,7 @@ impl BindingRequest {
         app: String,
         now: OffsetDateTime,
     ) -> Binding {
+        let now = whole_millis(now);
         Binding {
             id,
             account_sid,
@@ -464,7 +474,8 @@ mod tests {
 
     #[test]
     fn refresh_moves_expiry_by_the_ttl() {
-        let now = OffsetDateTime::now_utc();
+        // Whole milliseconds: a refresh keeps a binding's times in the stores' precision.
+        let now = whole_millis(OffsetDateTime::now_utc());
         let b = Binding {
             expires_at: now,
             ..Binding::example(PushChannel::Fcm, "android", "t", now)
@@ -473,6 +484,8 @@ mod tests {
         let later = now + Duration::from_secs(10);
         let r = b.refreshed(later);
         assert_eq!(r.expires_at, later + Duration::from_secs(60));
+        let r = b.refreshed(later + Duration::from_nanos(1_999_999));
+        assert_eq!(r.updated_at, later + Duration::from_millis(1));
         assert_eq!(r.created_at, now);
         assert!(!r.is_expired(later));
     }

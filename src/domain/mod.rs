@@ -12,7 +12,7 @@ pub mod trace;
 
 pub use binding::{
     ApnsEnvironment, Binding, BindingRequest, DEFAULT_TTL_SECONDS, InvalidBinding, PushChannel,
-    PushType, check_app_name, valid_device_id,
+    PushType, check_app_name, valid_device_id, whole_millis,
 };
 pub use event::{
     CloudEvent, Envelope, Family, InvalidEvent, StatusCallback, StatusEvent, type_matches,

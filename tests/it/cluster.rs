@@ -111,7 +111,7 @@ async fn slots_moving_and_a_master_dying_under_load() {
     let to = *cluster.master_ports().iter().find(|p| **p != from).unwrap();
     let mut slots = vec![channel_slot];
     for identity in identities.iter().take(8) {
-        let key = format!("{prefix}:{{{ACCOUNT}:{identity}}}:bindings");
+        let key = format!("{prefix}:{{{ACCOUNT}:{identity}}}:b");
         slots.push(cluster.slot_of(&key));
     }
     tokio::task::block_in_place(|| {

@@ -77,9 +77,10 @@ async fn sockets_at(
         .sockets
 }
 
-/// Timestamps as stored (RFC 3339 keeps nanoseconds, so equality holds).
+/// Timestamps as stored: bindings keep whole milliseconds (what `Binding::refreshed` and a
+/// registration make of `now`), so equality holds.
 fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
+    callrelay::domain::whole_millis(OffsetDateTime::now_utc())
 }
 
 async fn memory() -> Arc<dyn Store> {

@@ -11,7 +11,7 @@ use callrelay::domain::{
     AccountSid, ApnsEnvironment, Binding, BindingId, Identity, PushChannel, PushType,
 };
 use callrelay::store::Store;
-use callrelay::store::redis::Keys;
+use callrelay::store::redis::{Keys, TokenEntry, lines};
 use redis::AsyncCommands;
 use time::OffsetDateTime;
 
@@ -51,6 +51,10 @@ struct Fixture {
 
 async fn fixture(url: &str, command_timeout: Duration) -> Fixture {
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    fixture_with_prefix(url, &prefix, command_timeout).await
+}
+
+async fn fixture_with_prefix(url: &str, prefix: &str, command_timeout: Duration) -> Fixture {
     let config = callrelay::config::from_toml_str(&format!(
         "[store]\nredis_url = \"{url}\"\nkey_prefix = \"{prefix}\"\ncommand_timeout_ms = {}\n",
         command_timeout.as_millis()
@@ -64,7 +68,7 @@ async fn fixture(url: &str, command_timeout: Duration) -> Fixture {
         .unwrap();
     Fixture {
         store,
-        keys: Keys::new(&prefix),
+        keys: Keys::new(prefix),
         raw,
     }
 }
@@ -76,17 +80,26 @@ impl Fixture {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for name in identities {
-            pipe.hgetall(
-                self.keys
-                    .bindings(&account(), &Identity::parse(name).unwrap()),
-            );
+            let identity = Identity::parse(name).unwrap();
+            pipe.get(self.keys.bindings(&account(), &identity))
+                .hgetall(self.keys.legacy_bindings(&account(), &identity));
         }
         let mut raw = self.raw.clone();
         // Redis may be frozen by the test: a read that times out is asked again.
         let mut attempts = 0;
-        let hashes: Vec<Vec<(String, String)>> = loop {
-            match pipe.query_async(&mut raw).await {
-                Ok(hashes) => break hashes,
+        let replies: Vec<(Option<String>, Vec<(String, String)>)> = loop {
+            match pipe.query_async::<Vec<redis::Value>>(&mut raw).await {
+                Ok(values) => {
+                    break values
+                        .chunks(2)
+                        .map(|pair| {
+                            (
+                                redis::from_redis_value(pair[0].clone()).unwrap(),
+                                redis::from_redis_value(pair[1].clone()).unwrap(),
+                            )
+                        })
+                        .collect();
+                }
                 Err(e) => {
                     attempts += 1;
                     assert!(attempts < 100, "Redis never answered: {e}");
@@ -95,8 +108,19 @@ impl Fixture {
             }
         };
         let mut out = Vec::new();
-        for (name, fields) in identities.iter().zip(hashes) {
-            for (field, text) in fields {
+        for (name, (text, old)) in identities.iter().zip(replies) {
+            let identity = Identity::parse(name).unwrap();
+            for line in lines::split(text.as_deref().unwrap_or("")) {
+                if lines::is_provisional(line) {
+                    continue;
+                }
+                let b = lines::parse(&account(), &identity, line).unwrap();
+                if b.address == address {
+                    out.push(format!("{name}/{}", b.id));
+                }
+            }
+            // Bindings an earlier version wrote.
+            for (field, text) in old {
                 if field.starts_with('?') {
                     continue;
                 }
@@ -109,19 +133,21 @@ impl Fixture {
         out
     }
 
-    /// The token's owner as the index records it, and everyone its claims hash lists.
-    async fn index(&self, address: &str) -> (Option<String>, Vec<String>) {
+    /// The token's entry in the index.
+    async fn entry(&self, address: &str) -> Option<TokenEntry> {
+        let (bucket, field) = self.keys.token(&account(), PushChannel::Apns, address);
         let mut raw = self.raw.clone();
-        let owner: Option<String> = raw
-            .get(self.keys.address(&account(), PushChannel::Apns, address))
-            .await
-            .unwrap();
-        let claims: Vec<String> = raw
-            .hkeys(self.keys.claims(&account(), PushChannel::Apns, address))
-            .await
-            .unwrap();
-        let listed = claims.into_iter().filter(|f| f != "#seq").collect();
-        (owner, listed)
+        let text: Option<String> = raw.hget(bucket, field).await.unwrap();
+        text.map(|t| TokenEntry::parse(&t).expect("a readable entry"))
+    }
+
+    /// The token's owner as the index records it, and everyone its entry lists.
+    async fn index(&self, address: &str) -> (Option<String>, Vec<String>) {
+        let Some(entry) = self.entry(address).await else {
+            return (None, Vec::new());
+        };
+        let owner = entry.owner().map(str::to_owned);
+        (owner, entry.holders.into_iter().map(|(who, _)| who).collect())
     }
 }
 
@@ -148,6 +174,11 @@ fn watch_for_two_holders(
 }
 
 fn owner(identity: &str, id: &str) -> String {
+    format!("{identity}\t{id}")
+}
+
+/// An owner in the index of versions before 0.2.
+fn legacy_owner(identity: &str, id: &str) -> String {
     serde_json::to_string(&(identity, id)).unwrap()
 }
 
@@ -283,7 +314,7 @@ async fn registrations_cut_short_by_a_frozen_redis_never_ring_twice() {
 /// A successful push refreshes its binding's index entry only if the binding still owns the
 /// token. Here bob's binding still rings, but alice's registration has claimed the token (and
 /// went no further, as one cut short would): bob's push must not stretch alice's entry to
-/// bob's year, nor cut it short.
+/// bob's year.
 #[tokio::test]
 async fn only_the_owner_refreshes_the_index() {
     let f = fixture(&shared().url(), Duration::from_secs(2)).await;
@@ -293,24 +324,32 @@ async fn only_the_owner_refreshes_the_index() {
         .await
         .unwrap()
         .binding;
-    let address_key = f.keys.address(&account(), PushChannel::Apns, TOKEN);
+    // Alice's claim, as the claim script would have written it: a later number, an hour.
+    let (bucket, field) = f.keys.token(&account(), PushChannel::Apns, TOKEN);
+    let bob_entry = f.entry(TOKEN).await.unwrap();
+    let alice_claim = bob_entry.seq + 1;
+    let expires_ms = (OffsetDateTime::now_utc().unix_timestamp() as u64 + 3600) * 1000;
     let mut raw = f.raw.clone();
     let _: () = raw
-        .pset_ex(&address_key, owner("alice", "phone"), 3_600_000)
+        .hset(
+            &bucket,
+            &field,
+            format!(
+                "{alice_claim}\t{expires_ms}\n{}\t{}\n{}\t{alice_claim}",
+                owner("bob", "phone"),
+                bob_entry.seq,
+                owner("alice", "phone")
+            ),
+        )
         .await
         .unwrap();
-    let before: i64 = raw.pttl(&address_key).await.unwrap();
     f.store
         .refresh_binding(&bobs, OffsetDateTime::now_utc())
         .await
         .unwrap();
-    let after: i64 = raw.pttl(&address_key).await.unwrap();
-    assert!(
-        (1..=before).contains(&after),
-        "bob's refresh moved alice's entry: {before} then {after}"
-    );
-    let (index_owner, _) = f.index(TOKEN).await;
-    assert_eq!(index_owner, Some(owner("alice", "phone")));
+    let after = f.entry(TOKEN).await.unwrap();
+    assert_eq!(after.expires_ms, expires_ms, "bob's refresh moved alice's entry");
+    assert_eq!(after.owner(), Some(owner("alice", "phone").as_str()));
 
     // An owner's refresh does extend its entry.
     let carols = f
@@ -319,29 +358,36 @@ async fn only_the_owner_refreshes_the_index() {
         .await
         .unwrap()
         .binding;
-    let carol_key = f.keys.address(&account(), PushChannel::Apns, APNS_OTHER);
+    let before = f.entry(APNS_OTHER).await.unwrap().expires_ms;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let before: i64 = raw.pttl(&carol_key).await.unwrap();
     f.store
         .refresh_binding(&carols, OffsetDateTime::now_utc())
         .await
         .unwrap();
-    let after: i64 = raw.pttl(&carol_key).await.unwrap();
+    let after = f.entry(APNS_OTHER).await.unwrap().expires_ms;
     assert!(after > before, "{before} then {after}");
 }
 
-/// What an earlier version stored (bindings without claim numbers, an owner without a claims
-/// hash, APNs tokens as sent, in upper case) is displaced like anything else.
+/// What an earlier version stored (a hash of JSON bindings, some without claim numbers, an
+/// owner without a claims hash, APNs tokens as sent, in upper case) is displaced like
+/// anything else, and its old index entries are deleted.
 #[tokio::test]
 async fn bindings_stored_by_earlier_versions_are_displaced() {
-    let f = fixture(&shared().url(), Duration::from_secs(2)).await;
-    let mut raw = f.raw.clone();
+    let url = shared().url();
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let keys = Keys::new(&prefix);
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Written before this version opens the store, as an upgrade finds it.
     let upper = TOKEN.to_ascii_uppercase();
     for (identity, id, address) in [("bob", "old", TOKEN), ("carol", "older", upper.as_str())] {
         let b = binding(identity, id, address, 3600);
         let _: () = raw
             .hset(
-                f.keys.bindings(&account(), &b.identity),
+                keys.legacy_bindings(&account(), &b.identity),
                 id,
                 serde_json::to_string(&b).unwrap(),
             )
@@ -349,12 +395,13 @@ async fn bindings_stored_by_earlier_versions_are_displaced() {
             .unwrap();
         let _: () = raw
             .set(
-                f.keys.address(&account(), PushChannel::Apns, address),
-                owner(identity, id),
+                keys.legacy_address(&account(), PushChannel::Apns, address),
+                legacy_owner(identity, id),
             )
             .await
             .unwrap();
     }
+    let f = fixture_with_prefix(&url, &prefix, Duration::from_secs(2)).await;
     assert_eq!(
         f.ringing(&["bob", "carol"], TOKEN).await.len()
             + f.ringing(&["bob", "carol"], &upper).await.len(),
@@ -374,28 +421,29 @@ async fn bindings_stored_by_earlier_versions_are_displaced() {
     assert_eq!(displaced, vec!["bob/old", "carol/older"]);
     assert!(f.ringing(&["bob", "carol"], TOKEN).await.is_empty());
     assert!(f.ringing(&["bob", "carol"], &upper).await.is_empty());
-    let upper_owner: Option<String> = raw
-        .get(f.keys.address(&account(), PushChannel::Apns, &upper))
-        .await
-        .unwrap();
-    assert_eq!(upper_owner, None);
+    for address in [TOKEN, upper.as_str()] {
+        let old_owner: Option<String> = raw
+            .get(keys.legacy_address(&account(), PushChannel::Apns, address))
+            .await
+            .unwrap();
+        assert_eq!(old_owner, None);
+    }
     assert_eq!(
         f.index(TOKEN).await,
         (Some(owner("alice", "new")), vec![owner("alice", "new")])
     );
 }
 
-/// A binding being registered sits in a field readers skip: it never rings, and is not listed.
+/// A binding being registered sits in a line readers skip: it never rings, and is not listed.
 #[tokio::test]
 async fn a_provisional_binding_never_rings() {
     let f = fixture(&shared().url(), Duration::from_secs(2)).await;
     let b = binding("bob", "phone", TOKEN, 3600);
     let mut raw = f.raw.clone();
     let _: () = raw
-        .hset(
+        .set(
             f.keys.bindings(&account(), &b.identity),
-            "?phone",
-            format!("?{}", serde_json::to_string(&b).unwrap()),
+            lines::provisional(&lines::line(&b, 1)),
         )
         .await
         .unwrap();
@@ -415,9 +463,10 @@ async fn a_provisional_binding_never_rings() {
     );
     // Registering it for real replaces the leftover.
     f.store.put_binding(b.clone()).await.unwrap();
-    let fields: Vec<String> = raw
-        .hkeys(f.keys.bindings(&account(), &b.identity))
+    let text: String = raw
+        .get(f.keys.bindings(&account(), &b.identity))
         .await
         .unwrap();
+    let fields: Vec<&str> = lines::split(&text).map(lines::field).collect();
     assert_eq!(fields, vec!["phone"]);
 }

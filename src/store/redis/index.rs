@@ -1,26 +1,26 @@
 //! The device-token index: one device token rings for one identity, without cross-key
 //! atomicity.
 //!
-//! A binding lives in its identity's hash (`<p>:{AC…:bob}:bindings`); who owns a token lives
-//! under the token's own hash tag (`<p>:addr:{AC…:apns:<token>}`, owner JSON), beside a
-//! claims hash (`…:claims`: owner JSON → claim number) listing everyone who may hold the
-//! token. On Redis Cluster these are different slots, so no script or transaction covers a
-//! binding and its token together. The protocol orders the writes instead:
+//! A binding lives in its identity's string (`<p>:{AC…:bob}:b`, `lines.rs`); who may hold a
+//! token, and who owns it, lives in the token's entry of the index (a field of one of the
+//! account's 256 bucket hashes, `<p>:tok:{AC…:<00-ff>}`, named by a digest of the token;
+//! `binding_scripts.rs` has its format). On Redis Cluster these are different slots, so no
+//! script or transaction covers a binding and its token together. The protocol orders the
+//! writes instead:
 //!
-//! 1. **Claim** (one script on the token's slot): the registration becomes the owner, gets a
-//!    claim number above every earlier claim on the token, is listed in the claims hash, and
+//! 1. **Claim** (one script on the token's bucket): the registration becomes the owner, gets
+//!    a claim number above every earlier claim on the token, is listed in the entry, and
 //!    learns everyone else listed there: the previous owner, and anyone whose registration or
 //!    removal never finished.
-//! 2. **Displace** every listed holder of *another* identity: remove from its hash the binding
-//!    that holds the token under a claim numbered at most ours (committed or provisional), then
-//!    strike it from the claims hash (unless it claimed again since).
-//! 3. **Write provisionally**: the binding goes into the field `?<id>` (binding ids cannot
-//!    contain `?`), with a `?` before its JSON. Readers skip such fields: a provisional binding
-//!    never rings.
+//! 2. **Displace** every listed holder of *another* identity: remove from its string the
+//!    binding that holds the token under a claim numbered at most ours (committed or
+//!    provisional), then strike it from the entry (unless it claimed again since).
+//! 3. **Write provisionally**: the binding's line goes in with a `?` before it (binding ids
+//!    cannot start with `?`). Readers skip such lines: a provisional binding never rings.
 //! 4. **Check**: still the owner, under this claim number? If not, a later registration of the
 //!    token won: withdraw the provisional binding and stop.
-//! 5. **Commit** (one script on the identity's slot): if the provisional binding is still
-//!    exactly ours, it becomes the binding `<id>`, its JSON ending with `"claim":<number>`.
+//! 5. **Commit** (one script on the identity's slot): if the provisional line is still
+//!    exactly ours, it becomes the binding `<id>`, its line ending with the claim number.
 //! 6. Afterwards, displace holders of the *same* identity (the same device under an older
 //!    binding id: until now it rang there, so re-registering under a new id never leaves the
 //!    device unreachable for a moment) and give up the binding's previous token, if it had
@@ -34,134 +34,175 @@
 //! check, which came before the later claim, which came before the removal.) A registration
 //! that dies or times out between steps leaves at worst a provisional binding, which never
 //! rings, or an owner whose binding is not committed yet while the previous holder still rings
-//! (one identity); it is still listed in the claims hash, so the next claimant displaces it.
+//! (one identity); it is still listed in the entry, so the next claimant displaces it.
 //! A command that timed out may still be applied later (a frozen Redis runs what was queued
 //! when it thaws): each step is conditional on claim numbers or exact values, so a late one
 //! can only do what it would have done on time, or nothing.
 //!
 //! Claim numbers also keep a slow registration from deleting a newer one: a binding is removed
-//! only if it was claimed before the remover's claim. A binding stored by an earlier version
-//! has no claim number (0), and an owner recorded by one is listed with claim 0, so upgrading
-//! needs no migration. Earlier versions also kept APNs tokens as sent: a registration looks
-//! for an owner of its token spelt in upper case too, and displaces it the same way. `docs/decisions.md` ("The device-token index") has the rationale.
+//! only if it was claimed before the remover's claim. Holders found in the index of versions
+//! before 0.2 (`legacy.rs`; APNs tokens spelt in upper case among them) are displaced the same
+//! way, and their old entries deleted. `docs/decisions.md` ("The device-token index") has the
+//! rationale.
 
-use super::scripts::{
-    CLAIM_TOKEN, COMMIT_BINDING, DEL_IF_EQUAL, FORGET_CLAIM, HSET_KEEP_ALIVE, REFRESH_TOKEN,
-    RELEASE_TOKEN, REMOVE_CLAIMED,
+use super::binding_scripts::{
+    CLAIM_TOKEN, COMMIT_LINE, DEL_LINE_IF_EQUAL, FORGET_CLAIM, OWNS_TOKEN, PUT_LINE,
+    REFRESH_TOKEN, RELEASE_TOKEN, REMOVE_CLAIMED,
 };
-use super::{RedisStore, millis, owner_json, parse_owner, to_json};
-use redis::AsyncCommands;
+use super::{RedisStore, lines, millis};
 
-use crate::domain::{Binding, BindingId, Identity, PushChannel};
+use crate::domain::{AccountSid, Binding, BindingId, Identity, whole_millis};
 use crate::store::{PutOutcome, StoreError};
 
-/// The hash field of a binding being registered.
-pub fn provisional_field(id: &BindingId) -> String {
-    format!("?{id}")
+/// How the index names a holder of a token: `identity\tbinding id` (neither holds a tab).
+pub fn holder(identity: &Identity, id: &BindingId) -> String {
+    format!("{identity}\t{id}")
 }
 
-pub fn is_provisional(field: &str) -> bool {
-    field.starts_with('?')
+pub fn parse_holder(text: &str) -> Option<(Identity, BindingId)> {
+    let (identity, id) = text.split_once('\t')?;
+    Some((Identity::parse(identity).ok()?, BindingId::parse(id).ok()?))
 }
 
-/// A committed binding as stored: its JSON with the claim number appended. `Binding` (and
-/// earlier versions) ignore the extra member.
-pub fn committed_json(binding: &Binding, claim: u64) -> String {
-    let json = to_json(binding);
-    format!("{},\"claim\":{claim}}}", &json[..json.len() - 1])
+/// A token's entry in the index, as `binding_scripts.rs` writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    /// The last claim number given out.
+    pub seq: u64,
+    /// When the entry lapses, in ms since the epoch.
+    pub expires_ms: u64,
+    /// Everyone who may hold the token, with their claim numbers.
+    pub holders: Vec<(String, u64)>,
 }
 
-/// The claim number a stored binding was committed under; 0 when written by an earlier version.
-pub fn claim_of(text: &str) -> u64 {
-    text.strip_suffix('}')
-        .and_then(|t| t.rsplit_once(",\"claim\":"))
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or(0)
+impl TokenEntry {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.split('\n');
+        let (seq, expires) = lines.next()?.split_once('\t')?;
+        let holders = lines
+            .map(|l| {
+                let (who, n) = l.rsplit_once('\t')?;
+                Some((who.to_owned(), n.parse().ok()?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            seq: seq.parse().ok()?,
+            expires_ms: expires.parse().ok()?,
+            holders,
+        })
+    }
+
+    /// The holder whose claim is the last one.
+    pub fn owner(&self) -> Option<&str> {
+        self.holders
+            .iter()
+            .find(|(_, n)| *n == self.seq)
+            .map(|(who, _)| who.as_str())
+    }
 }
 
 struct TokenClaim {
     number: u64,
-    /// Owner JSON of everyone else who may hold the token.
+    /// Everyone else who may hold the token.
     others: Vec<String>,
+}
+
+/// A holder to displace: where (the token's spelling), who, and whether it was found in the
+/// index of the earlier layout.
+struct Holder {
+    address: String,
+    identity: Identity,
+    id: BindingId,
+    legacy: bool,
 }
 
 impl RedisStore {
     /// `Store::put_binding`, by the protocol above.
     pub(super) async fn register(&self, binding: Binding) -> Result<PutOutcome, StoreError> {
-        let key = self.keys.bindings(&binding.account_sid, &binding.identity);
-        let me = owner_json(&binding.identity, &binding.id);
+        let (account, identity) = (binding.account_sid.clone(), binding.identity.clone());
+        let me = holder(&identity, &binding.id);
         let ttl_ms = millis(binding.ttl());
         // What the id holds now: its `created_at` carries over, and its token, if another, is
         // given up once this one is committed.
-        let current = self.hget(&key, binding.id.as_str()).await?;
-        let current_binding = current
-            .as_deref()
-            .and_then(|t| serde_json::from_str::<Binding>(t).ok());
+        let current = self.stored_binding(&account, &identity, &binding.id).await?;
         // An expired binding counts as absent: the new one starts a new life.
-        let previous = current_binding
-            .clone()
+        let previous = current
+            .as_ref()
+            .map(|(b, _)| b)
             .filter(|b| !b.is_expired(binding.updated_at));
         let mut stored = binding;
-        if let Some(p) = &previous {
+        stored.created_at = whole_millis(stored.created_at);
+        stored.updated_at = whole_millis(stored.updated_at);
+        stored.expires_at = stored.updated_at + stored.ttl();
+        if let Some(p) = previous {
             stored.created_at = p.created_at;
         }
+        let created = previous.is_none();
 
         let claim = self.claim_token(&stored, &me, ttl_ms).await?;
-        let mut holders: Vec<(String, String)> = claim
+        let mut holders: Vec<Holder> = claim
             .others
-            .into_iter()
-            .map(|holder| (stored.address.clone(), holder))
+            .iter()
+            .filter_map(|text| {
+                let parsed = parse_holder(text);
+                if parsed.is_none() {
+                    tracing::warn!(holder = text, "an unreadable holder in the token index");
+                }
+                parsed
+            })
+            .map(|(identity, id)| Holder {
+                address: stored.address.clone(),
+                identity,
+                id,
+                legacy: false,
+            })
             .collect();
-        holders.extend(self.upper_case_holder(&stored).await?);
+        for (address, identity, id) in self.legacy_holders(&stored).await? {
+            if identity == stored.identity && id == stored.id {
+                // This binding itself, as stored before: the commit below replaces its line.
+                self.drop_legacy_entry(&stored, &address, (&identity, &id))
+                    .await?;
+            } else {
+                holders.push(Holder {
+                    address,
+                    identity,
+                    id,
+                    legacy: true,
+                });
+            }
+        }
+        let (same_identity, others): (Vec<Holder>, Vec<Holder>) = holders
+            .into_iter()
+            .partition(|h| h.identity == stored.identity);
         let mut displaced = Vec::new();
-        let mut same_identity = Vec::new();
-        for (address, holder) in holders {
-            match parse_owner(&holder) {
-                Some((identity, id)) if identity == stored.identity => {
-                    same_identity.push((address, holder, identity, id));
-                }
-                Some((identity, id)) => {
-                    if self
-                        .displace(&stored, &address, &holder, &identity, &id, claim.number)
-                        .await?
-                    {
-                        displaced.push((identity, id));
-                    }
-                }
-                None => self.forget_claim(&stored, &holder, claim.number).await?,
+        for h in others {
+            if self.displace(&stored, &h, claim.number).await? {
+                displaced.push((h.identity, h.id));
             }
         }
 
-        let committed = committed_json(&stored, claim.number);
-        let provisional = format!("?{committed}");
-        let field = provisional_field(&stored.id);
+        let committed = lines::line(&stored, claim.number);
+        let provisional = lines::provisional(&committed);
+        let field = lines::field(&provisional).to_owned();
+        let ttl = ttl_ms.to_string();
         let mut attempt = 0;
         let won = loop {
             attempt += 1;
-            let mut c = self.conn.clone();
             let _: i64 = self
-                .run(
-                    HSET_KEEP_ALIVE
-                        .key(&key)
-                        .arg(&field)
-                        .arg(&provisional)
-                        .arg(ttl_ms)
-                        .invoke_async(&mut c),
-                )
+                .on_lines(&account, &identity, &PUT_LINE, &[&field, &provisional, &ttl])
                 .await?;
             if !self.still_owner(&stored, &me, claim.number).await? {
-                self.hdel_if_equal(&key, &field, &provisional).await?;
+                let _: i64 = self
+                    .on_lines(&account, &identity, &DEL_LINE_IF_EQUAL, &[&provisional])
+                    .await?;
                 break false;
             }
-            let mut c = self.conn.clone();
             let done: i64 = self
-                .run(
-                    COMMIT_BINDING
-                        .key(&key)
-                        .arg(stored.id.as_str())
-                        .arg(&committed)
-                        .arg(ttl_ms)
-                        .invoke_async(&mut c),
+                .on_lines(
+                    &account,
+                    &identity,
+                    &COMMIT_LINE,
+                    &[stored.id.as_str(), &committed, &ttl],
                 )
                 .await?;
             if done == 1 {
@@ -177,32 +218,47 @@ impl RedisStore {
         };
 
         if won {
-            for (address, holder, identity, id) in same_identity {
-                if self
-                    .displace(&stored, &address, &holder, &identity, &id, claim.number)
-                    .await?
-                {
-                    displaced.push((identity, id));
+            for h in same_identity {
+                if h.id != stored.id && self.displace(&stored, &h, claim.number).await? {
+                    displaced.push((h.identity, h.id));
                 }
             }
-            if let (Some(old), Some(text)) = (&current_binding, &current)
+            if let Some((old, number)) = &current
                 && (old.channel != stored.channel || old.address != stored.address)
             {
-                self.release_token(old, claim_of(text)).await?;
+                self.release_token(old, *number).await?;
             }
         } else {
             // As if it had been registered, then moved by the registration that came after.
             tracing::debug!(binding = %stored.id, identity = %stored.identity, "a later registration of the same token won");
         }
-        let address_key = self
-            .keys
-            .address(&stored.account_sid, stored.channel, &stored.address);
-        self.replicated(&[&key, &address_key]).await?;
+        let key = self.keys.bindings(&account, &identity);
+        let (bucket, _) = self.keys.token(&account, stored.channel, &stored.address);
+        self.replicated(&[&key, &bucket]).await?;
         Ok(PutOutcome {
             binding: stored,
-            created: previous.is_none(),
+            created,
             displaced,
         })
+    }
+
+    /// Runs one of the index's scripts on `b`'s token: KEYS[1] the bucket, ARGV[1] the field,
+    /// then `args`.
+    async fn on_token<T: redis::FromRedisValue>(
+        &self,
+        account: &AccountSid,
+        b: &Binding,
+        script: &redis::Script,
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        let (bucket, field) = self.keys.token(account, b.channel, &b.address);
+        let mut invocation = script.key(&bucket);
+        invocation.arg(&field);
+        for a in args {
+            invocation.arg(*a);
+        }
+        let mut c = self.conn.clone();
+        self.run(invocation.invoke_async(&mut c)).await
     }
 
     async fn claim_token(
@@ -211,16 +267,8 @@ impl RedisStore {
         me: &str,
         ttl_ms: u64,
     ) -> Result<TokenClaim, StoreError> {
-        let mut c = self.conn.clone();
         let reply: Vec<String> = self
-            .run(
-                CLAIM_TOKEN
-                    .key(self.keys.address(&b.account_sid, b.channel, &b.address))
-                    .key(self.keys.claims(&b.account_sid, b.channel, &b.address))
-                    .arg(me)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut c),
-            )
+            .on_token(&b.account_sid, b, &CLAIM_TOKEN, &[me, &ttl_ms.to_string()])
             .await?;
         let mut reply = reply.into_iter();
         let number = reply
@@ -233,118 +281,62 @@ impl RedisStore {
         })
     }
 
-    /// The owner of `b`'s token spelt in upper case, as bindings stored before APNs tokens were
-    /// kept in lowercase may hold it: (that spelling, owner JSON).
-    async fn upper_case_holder(&self, b: &Binding) -> Result<Option<(String, String)>, StoreError> {
-        let upper = b.address.to_ascii_uppercase();
-        if b.channel != PushChannel::Apns || upper == b.address {
-            return Ok(None);
-        }
-        let mut c = self.conn.clone();
-        let owner: Option<String> = self
-            .run(c.get(self.keys.address(&b.account_sid, b.channel, &upper)))
-            .await?;
-        Ok(owner.map(|owner| (upper, owner)))
-    }
-
-    /// Removes the binding with which `holder` holds `b`'s token (spelt `address`), if claimed
-    /// before `number`, then strikes `holder` from the token's index. Returns whether a
-    /// committed binding went.
-    async fn displace(
-        &self,
-        b: &Binding,
-        address: &str,
-        holder: &str,
-        identity: &Identity,
-        id: &BindingId,
-        number: u64,
-    ) -> Result<bool, StoreError> {
-        let mut c = self.conn.clone();
+    /// Removes the binding with which `h` holds `b`'s token, if claimed before `number`, then
+    /// strikes `h` from the token's entry. Returns whether a committed binding went.
+    async fn displace(&self, b: &Binding, h: &Holder, number: u64) -> Result<bool, StoreError> {
         let removed: i64 = self
-            .run(
-                REMOVE_CLAIMED
-                    .key(self.keys.bindings(&b.account_sid, identity))
-                    .arg(id.as_str())
-                    .arg(b.channel.as_str())
-                    .arg(address)
-                    .arg(number)
-                    .invoke_async(&mut c),
+            .on_lines(
+                &b.account_sid,
+                &h.identity,
+                &REMOVE_CLAIMED,
+                &[
+                    h.id.as_str(),
+                    lines::channel_code(b.channel),
+                    &h.address,
+                    &number.to_string(),
+                ],
             )
             .await?;
-        if address == b.address {
-            self.forget_claim(b, holder, number).await?;
+        if h.legacy {
+            self.drop_legacy_entry(b, &h.address, (&h.identity, &h.id))
+                .await?;
         } else {
-            // An entry of the old spelling: an owner and no claims, from an earlier version.
-            let mut c = self.conn.clone();
-            let _: i64 = self
-                .run(
-                    DEL_IF_EQUAL
-                        .key(self.keys.address(&b.account_sid, b.channel, address))
-                        .arg(holder)
-                        .invoke_async(&mut c),
-                )
+            self.forget_claim(b, &holder(&h.identity, &h.id), number)
                 .await?;
         }
         Ok(removed == 1)
     }
 
-    async fn forget_claim(&self, b: &Binding, holder: &str, number: u64) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
+    async fn forget_claim(&self, b: &Binding, who: &str, number: u64) -> Result<(), StoreError> {
         let _: i64 = self
-            .run(
-                FORGET_CLAIM
-                    .key(self.keys.claims(&b.account_sid, b.channel, &b.address))
-                    .arg(holder)
-                    .arg(number)
-                    .invoke_async(&mut c),
-            )
+            .on_token(&b.account_sid, b, &FORGET_CLAIM, &[who, &number.to_string()])
             .await?;
         Ok(())
     }
 
     async fn still_owner(&self, b: &Binding, me: &str, number: u64) -> Result<bool, StoreError> {
-        let mut c = self.conn.clone();
-        let (owner, claimed): (Option<String>, Option<String>) = self
-            .run(
-                redis::pipe()
-                    .get(self.keys.address(&b.account_sid, b.channel, &b.address))
-                    .hget(self.keys.claims(&b.account_sid, b.channel, &b.address), me)
-                    .query_async(&mut c),
-            )
+        let owns: i64 = self
+            .on_token(&b.account_sid, b, &OWNS_TOKEN, &[me, &number.to_string()])
             .await?;
-        Ok(owner.as_deref() == Some(me) && claimed == Some(number.to_string()))
+        Ok(owns == 1)
     }
 
     /// Gives up the token of a binding that was removed or now holds another token, unless
     /// it was claimed again since the binding's claim `number`.
     pub(super) async fn release_token(&self, b: &Binding, number: u64) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
+        let who = holder(&b.identity, &b.id);
         let _: i64 = self
-            .run(
-                RELEASE_TOKEN
-                    .key(self.keys.address(&b.account_sid, b.channel, &b.address))
-                    .key(self.keys.claims(&b.account_sid, b.channel, &b.address))
-                    .arg(owner_json(&b.identity, &b.id))
-                    .arg(number)
-                    .invoke_async(&mut c),
-            )
+            .on_token(&b.account_sid, b, &RELEASE_TOKEN, &[&who, &number.to_string()])
             .await?;
         Ok(())
     }
 
-    /// Extends the token's index entries, only if `b` owns the token: a binding that lost its
-    /// token must not keep the new owner's entry alive, nor cut it short.
+    /// Extends the token's entry, only if `b` owns the token: a binding that lost its token
+    /// must not keep the new owner's entry alive.
     pub(super) async fn refresh_token(&self, b: &Binding, ttl_ms: u64) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
+        let who = holder(&b.identity, &b.id);
         let _: i64 = self
-            .run(
-                REFRESH_TOKEN
-                    .key(self.keys.address(&b.account_sid, b.channel, &b.address))
-                    .key(self.keys.claims(&b.account_sid, b.channel, &b.address))
-                    .arg(owner_json(&b.identity, &b.id))
-                    .arg(ttl_ms)
-                    .invoke_async(&mut c),
-            )
+            .on_token(&b.account_sid, b, &REFRESH_TOKEN, &[&who, &ttl_ms.to_string()])
             .await?;
         Ok(())
     }
@@ -352,45 +344,13 @@ impl RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use time::OffsetDateTime;
-
     use super::*;
-    use crate::domain::{AccountSid, PushChannel};
-
-    fn binding() -> Binding {
-        let now = OffsetDateTime::UNIX_EPOCH;
-        Binding {
-            id: BindingId::parse("b1").unwrap(),
-            account_sid: AccountSid::parse("AC0123456789abcdef0123456789abcdef").unwrap(),
-            identity: Identity::parse("bob").unwrap(),
-            channel: PushChannel::Fcm,
-            address: "t:1".into(),
-            app: "android".into(),
-            apns_environment: None,
-            push_type: None,
-            device_id: Some("claim\",\"claim\":9}".into()),
-            ttl_seconds: 60,
-            created_at: now,
-            updated_at: now,
-            expires_at: now,
-        }
-    }
 
     #[test]
-    fn a_committed_binding_reads_as_the_binding_and_keeps_its_claim_number() {
-        let b = binding();
-        let text = committed_json(&b, 1_723_456_789_012_345);
-        assert_eq!(serde_json::from_str::<Binding>(&text).unwrap(), b);
-        assert_eq!(claim_of(&text), 1_723_456_789_012_345);
-        // Written by an earlier version: claim 0, whatever a member's value looks like.
-        assert_eq!(claim_of(&to_json(&b)), 0);
-    }
-
-    #[test]
-    fn provisional_fields_cannot_be_binding_ids() {
-        let field = provisional_field(&BindingId::parse("b1").unwrap());
-        assert!(is_provisional(&field));
-        assert!(BindingId::parse(&field).is_err());
-        assert!(!is_provisional("b1"));
+    fn a_holder_names_an_identity_and_a_binding() {
+        let (bob, b1) = (Identity::parse("team: bob").unwrap(), BindingId::parse("b1").unwrap());
+        assert_eq!(holder(&bob, &b1), "team: bob\tb1");
+        assert_eq!(parse_holder(&holder(&bob, &b1)), Some((bob, b1)));
+        assert_eq!(parse_holder("no tab"), None);
     }
 }

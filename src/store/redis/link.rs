@@ -205,6 +205,21 @@ impl Link {
         RedisError::from((ErrorKind::Io, "no Redis connection yet"))
     }
 
+    /// One page of `SCAN` on every master (`scan.rs`), from `cursors` (one per master, in
+    /// the order of the first page's answer; empty for the first page).
+    pub async fn scan_masters(
+        &self,
+        pattern: &str,
+        cursors: &mut Vec<(Option<(String, u16)>, u64)>,
+    ) -> RedisResult<Vec<String>> {
+        let Some(mut conn) = self.current() else {
+            return Err(self.not_connected());
+        };
+        let result = conn.scan_masters(pattern, cursors).await;
+        self.observe(&result);
+        result
+    }
+
     /// Sends `cmd` to the node holding `key` (on a cluster: the master of its slot).
     pub async fn send_near(&self, key: &str, cmd: Cmd) -> RedisResult<Value> {
         let Some(mut conn) = self.current() else {

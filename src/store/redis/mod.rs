@@ -4,16 +4,20 @@
 //! (`link.rs`). One server, a Sentinel-managed master or a Redis Cluster (`connect.rs`): the
 //! operations below are the same on all three.
 
+mod binding_scripts;
 mod bus;
 mod connect;
 mod events;
 mod index;
 mod keys;
+mod legacy;
+pub mod lines;
 mod link;
 mod outbox;
 mod presence;
 mod probe;
 mod records;
+mod scan;
 mod scripts;
 mod settle;
 mod slots;
@@ -36,10 +40,13 @@ use super::{
 };
 use crate::config::RedisConfig;
 use crate::domain::{AccountSid, Binding, BindingId, CallSid, Identity, RoomSid};
-pub use keys::Keys;
+use binding_scripts::{DEL_LINE_IF_EQUAL, REFRESH_LINE, TAKE_ALL_LINES, TAKE_LINE};
+pub use index::{TokenEntry, holder};
+pub use keys::{Keys, LegacyKey};
+pub use legacy::MigrationReport;
 use link::Link;
 pub use probe::{ServerReport, probe};
-use scripts::{HDEL_IF_EQUAL, HTAKE, HTAKE_ALL, REFRESH_BINDING, STAMP_PRESENCES};
+use scripts::{HDEL_IF_EQUAL, STAMP_PRESENCES};
 
 pub struct RedisStore {
     conn: Link,
@@ -49,6 +56,8 @@ pub struct RedisStore {
     outbox: outbox::Outbox,
     settler: settle::Settler,
     durability: Option<Durability>,
+    /// Whether data of the earlier layout may be left (`legacy.rs`).
+    layout: Arc<legacy::Layout>,
 }
 
 /// `store.min_replica_acks`: binding writes wait until replicas have them.
@@ -73,10 +82,19 @@ async fn bounded<T>(
     timeout: Duration,
     fut: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
+    bounded_raw(link, timeout, fut).await?.map_err(unavailable)
+}
+
+/// `bounded`, with Redis's own error kept for the caller to look at.
+async fn bounded_raw<T>(
+    link: &Link,
+    timeout: Duration,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<redis::RedisResult<T>, StoreError> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(result) => {
             link.answered();
-            result.map_err(unavailable)
+            Ok(result)
         }
         Err(_) => {
             link.timed_out();
@@ -111,21 +129,33 @@ fn parse_claim(state: &str, owner: &ClaimOwner) -> Result<Claim, StoreError> {
     }
 }
 
-/// The JSON kept in the address index: who owns a device token.
-fn owner_json(identity: &Identity, id: &BindingId) -> String {
-    serde_json::to_string(&(identity.as_str(), id.as_str())).expect("strings serialise")
+/// What `RedisStore::read_bindings` added to a pipeline.
+struct ReadBindings {
+    legacy: bool,
 }
 
-fn parse_owner(text: &str) -> Option<(Identity, BindingId)> {
-    let (identity, id): (String, String) = serde_json::from_str(text).ok()?;
-    Some((
-        Identity::parse(&identity).ok()?,
-        BindingId::parse(&id).ok()?,
-    ))
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("bindings serialise")
+impl ReadBindings {
+    /// The answers to those commands, taken from `replies`: the identity's string and the old
+    /// hash's entries.
+    #[allow(clippy::type_complexity)]
+    fn take(
+        &self,
+        replies: &mut impl Iterator<Item = redis::Value>,
+    ) -> Result<(Option<String>, Vec<(String, String)>), StoreError> {
+        let mut next = || {
+            replies
+                .next()
+                .ok_or_else(|| StoreError::Corrupt("a reply is missing".into()))
+        };
+        let text: Option<String> =
+            redis::from_redis_value(next()?).map_err(|e| corrupt("bindings", e))?;
+        let old = if self.legacy {
+            redis::from_redis_value(next()?).map_err(|e| corrupt("bindings", e))?
+        } else {
+            Vec::new()
+        };
+        Ok((text, old))
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -161,7 +191,7 @@ impl RedisStore {
             ));
         }
         let bus = bus::Bus::new(dialer.clone(), conn.clone(), timeout);
-        Ok(Self {
+        let store = Self {
             settler: settle::Settler::start(conn.clone(), timeout),
             outbox: outbox::Outbox::start(conn.clone(), timeout, bus.publish_command()),
             bus,
@@ -169,7 +199,10 @@ impl RedisStore {
             keys: Keys::new(prefix),
             timeout,
             durability,
-        })
+            layout: Arc::default(),
+        };
+        store.watch_layout();
+        Ok(store)
     }
 
     async fn run<T>(
@@ -177,6 +210,13 @@ impl RedisStore {
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         bounded(&self.conn, self.timeout, fut).await
+    }
+
+    async fn run_raw<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<redis::RedisResult<T>, StoreError> {
+        bounded_raw(&self.conn, self.timeout, fut).await
     }
 
     /// With `store.min_replica_acks` set, returns once that many replicas have every write
@@ -244,85 +284,172 @@ impl RedisStore {
         }
     }
 
-    async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
-        let mut c = self.conn.clone();
-        self.run(c.hget(key, field)).await
+    /// Adds to `pipe` the reads of an identity's bindings: its string and, while the earlier
+    /// layout may be left, its old hash. `take_bindings` reads their answers.
+    fn read_bindings(
+        &self,
+        pipe: &mut redis::Pipeline,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> ReadBindings {
+        pipe.get(self.keys.bindings(account, identity));
+        let legacy = self.layout.may_hold_legacy();
+        if legacy {
+            pipe.hgetall(self.keys.legacy_bindings(account, identity));
+        }
+        ReadBindings { legacy }
     }
 
-    async fn hdel_if_equal(&self, key: &str, field: &str, value: &str) -> Result<bool, StoreError> {
-        let mut c = self.conn.clone();
-        let n: i64 = self
-            .run(
-                HDEL_IF_EQUAL
-                    .key(key)
-                    .arg(field)
-                    .arg(value)
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        Ok(n == 1)
+    /// Binding `id` as stored, with the claim number it was committed under.
+    async fn stored_binding(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        id: &BindingId,
+    ) -> Result<Option<(Binding, u64)>, StoreError> {
+        Ok(self
+            .stored_bindings(account, identity)
+            .await?
+            .into_iter()
+            .find(|(b, _, _)| b.id == *id)
+            .map(|(b, claim, _)| (b, claim)))
     }
 
-    /// Removes `like`'s binding if it still holds `like`'s token; returns what was removed.
-    async fn remove_if_same_token(&self, like: &Binding) -> Result<Option<String>, StoreError> {
-        let key = self.keys.bindings(&like.account_sid, &like.identity);
-        let Some(text) = self.hget(&key, like.id.as_str()).await? else {
-            return Ok(None);
-        };
-        let Ok(current) = serde_json::from_str::<Binding>(&text) else {
+    /// Every committed binding of an identity, expired ones included, with its claim number and
+    /// its line (`None` for one still in the old hash).
+    async fn stored_bindings(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+    ) -> Result<Vec<(Binding, u64, Option<String>)>, StoreError> {
+        let mut pipe = redis::pipe();
+        let read = self.read_bindings(&mut pipe, account, identity);
+        let mut c = self.conn.clone();
+        let replies: Vec<redis::Value> = self.run(pipe.query_async(&mut c)).await?;
+        let (text, old) = read.take(&mut replies.into_iter())?;
+        Ok(self.parse_stored(account, identity, text.as_deref(), &old))
+    }
+
+    fn parse_stored(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        text: Option<&str>,
+        old: &[(String, String)],
+    ) -> Vec<(Binding, u64, Option<String>)> {
+        let mut out: Vec<(Binding, u64, Option<String>)> = Vec::new();
+        for line in text.map(lines::split).into_iter().flatten() {
+            // Being registered (or left by a registration that failed): never rings.
+            if lines::is_provisional(line) {
+                continue;
+            }
+            match lines::parse(account, identity, line) {
+                Ok(b) => out.push((b, lines::claim_of(line), Some(line.to_owned()))),
+                Err(e) => {
+                    tracing::warn!(%identity, field = lines::field(line), error = %e, "skipping unreadable binding");
+                }
+            }
+        }
+        // Bindings still in the earlier layout; the string's, written later, win.
+        for (b, claim) in legacy::read_hash(old) {
+            if !out.iter().any(|(o, _, _)| o.id == b.id) {
+                out.push((b, claim, None));
+            }
+        }
+        out
+    }
+
+    /// The live bindings among those stored; expired ones are swept in the background.
+    fn live_bindings(
+        &self,
+        account: &AccountSid,
+        identity: &Identity,
+        text: Option<&str>,
+        old: &[(String, String)],
+        now: OffsetDateTime,
+    ) -> Vec<Binding> {
+        let mut live = Vec::new();
+        let mut expired = Vec::new();
+        for (b, _, line) in self.parse_stored(account, identity, text, old) {
+            if !b.is_expired(now) {
+                live.push(b);
+            } else if let Some(line) = line {
+                expired.push(line);
+            }
+        }
+        self.sweep_lines(account, identity, expired);
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        live
+    }
+
+    /// Removes `like`'s binding if it still holds `like`'s token; returns its claim number.
+    async fn remove_if_same_token(&self, like: &Binding) -> Result<Option<u64>, StoreError> {
+        let (account, identity) = (&like.account_sid, &like.identity);
+        let Some((current, claim)) = self.stored_binding(account, identity, &like.id).await?
+        else {
             return Ok(None);
         };
         if current.channel != like.channel || current.address != like.address {
             return Ok(None);
         }
-        Ok(self
-            .hdel_if_equal(&key, like.id.as_str(), &text)
-            .await?
-            .then_some(text))
+        // Moved to the new layout if it was not (the script sees to that), so its line is
+        // what `current` reads as.
+        let line = lines::line(&current, claim);
+        let removed: i64 = self
+            .on_lines(account, identity, &DEL_LINE_IF_EQUAL, &[&line])
+            .await?;
+        Ok((removed == 1).then_some(claim))
     }
 
-    fn parse_bindings(
-        &self,
-        key: &str,
-        entries: Vec<(String, String)>,
-        now: OffsetDateTime,
-    ) -> Vec<Binding> {
-        let mut live = Vec::with_capacity(entries.len());
-        let mut expired = Vec::new();
-        for (field, text) in entries {
-            // Being registered (or left by a registration that failed): never rings.
-            if index::is_provisional(&field) {
-                continue;
-            }
-            match serde_json::from_str::<Binding>(&text) {
-                Ok(b) if b.is_expired(now) => expired.push((field, text)),
-                Ok(b) => live.push(b),
-                Err(e) => tracing::warn!(key, field, error = %e, "skipping unreadable binding"),
-            }
+    /// Deletes expired lines in the background; each only if it did not change meanwhile.
+    fn sweep_lines(&self, account: &AccountSid, identity: &Identity, expired: Vec<String>) {
+        if expired.is_empty() {
+            return;
         }
-        self.sweep(key, expired);
-        live.sort_by(|a, b| a.id.cmp(&b.id));
-        live
+        let mut c = self.conn.clone();
+        let key = self.keys.bindings(account, identity);
+        let old = self.keys.legacy_bindings(account, identity);
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            for line in expired {
+                let mut invocation = DEL_LINE_IF_EQUAL.key(&key);
+                invocation.key(&old).arg(&line);
+                let call = invocation.invoke_async::<i64>(&mut c);
+                if tokio::time::timeout(timeout, call).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
-    /// `sockets_pttl` is the sockets hash's `PTTL`, read in the same round trip: with the hash's
-    /// own expiry it gives Redis's clock, which judges the leases (`presence.rs`).
-    fn parse_targets(
+    /// The targets in the answers to `read_bindings`' commands followed by `HGETALL` and
+    /// `PTTL` of the sockets hash, taken from `replies`. `PTTL` with the hash's own expiry
+    /// gives Redis's clock, which judges the leases (`presence.rs`).
+    fn take_targets(
         &self,
-        bindings_key: &str,
-        bindings: Vec<(String, String)>,
-        sockets_key: &str,
-        sockets: Vec<(String, String)>,
-        sockets_pttl: i64,
+        account: &AccountSid,
+        identity: &Identity,
+        read: &ReadBindings,
+        replies: &mut impl Iterator<Item = redis::Value>,
         now: OffsetDateTime,
-    ) -> Targets {
-        let bindings = self.parse_bindings(bindings_key, bindings, now);
+    ) -> Result<Targets, StoreError> {
+        let (text, old) = read.take(replies)?;
+        let mut next = || {
+            replies
+                .next()
+                .ok_or_else(|| StoreError::Corrupt("a reply is missing".into()))
+        };
+        let sockets: Vec<(String, String)> =
+            redis::from_redis_value(next()?).map_err(|e| corrupt("sockets", e))?;
+        let sockets_pttl: i64 =
+            redis::from_redis_value(next()?).map_err(|e| corrupt("sockets", e))?;
+        let bindings = self.live_bindings(account, identity, text.as_deref(), &old, now);
         let read = presence::read(sockets, sockets_pttl, now);
-        self.sweep(sockets_key, read.lapsed);
-        Targets {
+        self.sweep(&self.keys.sockets(account, identity), read.lapsed);
+        Ok(Targets {
             bindings,
             sockets: read.live,
-        }
+        })
     }
 
     /// Deletes expired entries in the background; each only if it did not change meanwhile.
@@ -370,12 +497,11 @@ impl Store for RedisStore {
         id: &BindingId,
         now: OffsetDateTime,
     ) -> Result<Option<Binding>, StoreError> {
-        let key = self.keys.bindings(account, identity);
-        let Some(text) = self.hget(&key, id.as_str()).await? else {
-            return Ok(None);
-        };
-        let binding: Binding = serde_json::from_str(&text).map_err(|e| corrupt(&key, e))?;
-        Ok((!binding.is_expired(now)).then_some(binding))
+        Ok(self
+            .stored_binding(account, identity, id)
+            .await?
+            .map(|(b, _)| b)
+            .filter(|b| !b.is_expired(now)))
     }
 
     async fn list_bindings(
@@ -384,10 +510,12 @@ impl Store for RedisStore {
         identity: &Identity,
         now: OffsetDateTime,
     ) -> Result<Vec<Binding>, StoreError> {
-        let key = self.keys.bindings(account, identity);
+        let mut pipe = redis::pipe();
+        let read = self.read_bindings(&mut pipe, account, identity);
         let mut c = self.conn.clone();
-        let entries: Vec<(String, String)> = self.run(c.hgetall(&key)).await?;
-        Ok(self.parse_bindings(&key, entries, now))
+        let replies: Vec<redis::Value> = self.run(pipe.query_async(&mut c)).await?;
+        let (text, old) = read.take(&mut replies.into_iter())?;
+        Ok(self.live_bindings(account, identity, text.as_deref(), &old, now))
     }
 
     async fn delete_binding(
@@ -396,18 +524,18 @@ impl Store for RedisStore {
         identity: &Identity,
         id: &BindingId,
     ) -> Result<bool, StoreError> {
-        let key = self.keys.bindings(account, identity);
-        let mut c = self.conn.clone();
-        let old: Option<String> = self
-            .run(HTAKE.key(&key).arg(id.as_str()).invoke_async(&mut c))
+        let taken: Option<String> = self
+            .on_lines(account, identity, &TAKE_LINE, &[id.as_str()])
             .await?;
-        let Some(old) = old else {
+        let Some(line) = taken else {
             return Ok(false);
         };
-        self.replicated(&[&key]).await?;
-        match serde_json::from_str::<Binding>(&old) {
+        self.replicated(&[&self.keys.bindings(account, identity)])
+            .await?;
+        match lines::parse(account, identity, &line) {
             Ok(binding) => {
-                self.release_token(&binding, index::claim_of(&old)).await?;
+                self.release_token(&binding, lines::claim_of(&line))
+                    .await?;
                 // Gone either way; an expired one was already gone as far as callers could see.
                 Ok(!binding.is_expired(OffsetDateTime::now_utc()))
             }
@@ -420,21 +548,21 @@ impl Store for RedisStore {
         account: &AccountSid,
         identity: &Identity,
     ) -> Result<usize, StoreError> {
-        let key = self.keys.bindings(account, identity);
-        let mut c = self.conn.clone();
-        let flat: Vec<String> = self.run(HTAKE_ALL.key(&key).invoke_async(&mut c)).await?;
-        self.replicated(&[&key]).await?;
-        let bindings: Vec<&String> = flat
-            .chunks(2)
-            .filter(|pair| !index::is_provisional(&pair[0]))
-            .filter_map(|pair| pair.get(1))
+        let taken: Option<String> = self
+            .on_lines(account, identity, &TAKE_ALL_LINES, &[])
+            .await?;
+        self.replicated(&[&self.keys.bindings(account, identity)])
+            .await?;
+        let text = taken.unwrap_or_default();
+        let committed: Vec<&str> = lines::split(&text)
+            .filter(|l| !lines::is_provisional(l))
             .collect();
-        for text in &bindings {
-            if let Ok(binding) = serde_json::from_str::<Binding>(text) {
-                self.release_token(&binding, index::claim_of(text)).await?;
+        for line in &committed {
+            if let Ok(binding) = lines::parse(account, identity, line) {
+                self.release_token(&binding, lines::claim_of(line)).await?;
             }
         }
-        Ok(bindings.len())
+        Ok(committed.len())
     }
 
     async fn refresh_binding(
@@ -442,33 +570,32 @@ impl Store for RedisStore {
         binding: &Binding,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let key = self.keys.bindings(&binding.account_sid, &binding.identity);
         let refreshed = binding.refreshed(now);
         let ttl_ms = millis(binding.ttl());
-        let mut c = self.conn.clone();
         let written: i64 = self
-            .run(
-                REFRESH_BINDING
-                    .key(&key)
-                    .arg(binding.id.as_str())
-                    .arg(to_json(binding))
-                    .arg(to_json(&refreshed))
-                    .arg(ttl_ms)
-                    .invoke_async(&mut c),
+            .on_lines(
+                &binding.account_sid,
+                &binding.identity,
+                &REFRESH_LINE,
+                &[
+                    binding.id.as_str(),
+                    &lines::body(binding),
+                    &lines::body(&refreshed),
+                    &ttl_ms.to_string(),
+                ],
             )
             .await?;
         if written == 1 {
             // Only if the binding still owns its token: one that lost it meanwhile must not
-            // keep the new owner's index entry alive, nor cut it short.
+            // keep the new owner's index entry alive.
             self.refresh_token(binding, ttl_ms).await?;
         }
         Ok(())
     }
 
     async fn remove_dead_binding(&self, binding: &Binding) -> Result<(), StoreError> {
-        if let Some(removed) = self.remove_if_same_token(binding).await? {
-            self.release_token(binding, index::claim_of(&removed))
-                .await?;
+        if let Some(claim) = self.remove_if_same_token(binding).await? {
+            self.release_token(binding, claim).await?;
         }
         Ok(())
     }
@@ -479,27 +606,13 @@ impl Store for RedisStore {
         identity: &Identity,
         now: OffsetDateTime,
     ) -> Result<Targets, StoreError> {
-        let bindings_key = self.keys.bindings(account, identity);
         let sockets_key = self.keys.sockets(account, identity);
+        let mut pipe = redis::pipe();
+        let read = self.read_bindings(&mut pipe, account, identity);
+        pipe.hgetall(&sockets_key).pttl(&sockets_key);
         let mut c = self.conn.clone();
-        type Reply = (Vec<(String, String)>, Vec<(String, String)>, i64);
-        let (bindings, sockets, sockets_pttl): Reply = self
-            .run(
-                redis::pipe()
-                    .hgetall(&bindings_key)
-                    .hgetall(&sockets_key)
-                    .pttl(&sockets_key)
-                    .query_async(&mut c),
-            )
-            .await?;
-        Ok(self.parse_targets(
-            &bindings_key,
-            bindings,
-            &sockets_key,
-            sockets,
-            sockets_pttl,
-            now,
-        ))
+        let replies: Vec<redis::Value> = self.run(pipe.query_async(&mut c)).await?;
+        self.take_targets(account, identity, &read, &mut replies.into_iter(), now)
     }
 
     async fn lookup(
@@ -516,7 +629,6 @@ impl Store for RedisStore {
                 claim: None,
             });
         };
-        let bindings_key = self.keys.bindings(account, identity);
         let sockets_key = self.keys.sockets(account, identity);
         let marker = self.keys.message(account, identity, request.message_id);
         let value = claim_value(request.owner);
@@ -526,8 +638,8 @@ impl Store for RedisStore {
         // next batch of outcomes. A retry that comes in before that finds it pending and
         // waits, as for any claim, until it is free.
         let mut pipe = redis::pipe();
-        pipe.hgetall(&bindings_key)
-            .hgetall(&sockets_key)
+        let read = self.read_bindings(&mut pipe, account, identity);
+        pipe.hgetall(&sockets_key)
             .pttl(&sockets_key)
             .cmd("SET")
             .arg(&marker)
@@ -536,22 +648,15 @@ impl Store for RedisStore {
             .arg("PX")
             .arg(millis(request.pending_for));
         let mut c = self.conn.clone();
-        type Reply = (
-            Vec<(String, String)>,
-            Vec<(String, String)>,
-            i64,
-            Option<String>,
-        );
-        let (bindings, sockets, sockets_pttl, set): Reply =
-            self.run(pipe.query_async(&mut c)).await?;
-        let targets = self.parse_targets(
-            &bindings_key,
-            bindings,
-            &sockets_key,
-            sockets,
-            sockets_pttl,
-            now,
-        );
+        let replies: Vec<redis::Value> = self.run(pipe.query_async(&mut c)).await?;
+        let mut replies = replies.into_iter();
+        let targets = self.take_targets(account, identity, &read, &mut replies, now)?;
+        let set: Option<String> = replies
+            .next()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|e| corrupt("message marker", e))?
+            .flatten();
         let acquired = set.is_some();
         if targets.is_empty() {
             if acquired
