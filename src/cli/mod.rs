@@ -36,6 +36,10 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Move data written by callrelay before 0.2 to the current Redis layout (bindings and the
+    /// device-token index), then mark the store as moved. Safe to run again and beside
+    /// serving replicas; run it once every replica runs this version.
+    Migrate,
     /// Print the OpenAPI document of the public API.
     Openapi,
     /// Configuration helpers.
@@ -94,6 +98,7 @@ pub async fn run() -> ExitCode {
             }
         }
         Command::Dev(command) => dev::run(command, &config).await,
+        Command::Migrate => migrate(&config).await,
         Command::Openapi | Command::ConfigFile(_) | Command::Healthcheck(_) => {
             unreachable!("answered above")
         }
@@ -148,6 +153,32 @@ fn check_config(config: &Config) -> ExitCode {
 }
 
 /// `check-config --connect`: what answers at the configured store.
+async fn migrate(config: &Config) -> ExitCode {
+    let progress = |r: &crate::store::redis::MigrationReport| {
+        eprintln!(
+            "callrelay: moved {} identities ({} bindings) and {} tokens so far",
+            r.identities, r.bindings, r.tokens
+        );
+    };
+    match crate::store::migrate(&config.store, progress).await {
+        Ok(Some(r)) => {
+            println!(
+                "migrated: {} identities ({} bindings) and {} device tokens moved; the store is marked as moved",
+                r.identities, r.bindings, r.tokens
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!("nothing to migrate: the embedded memory store keeps nothing between runs");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callrelay: migration stopped: {e} (run it again: what moved stays moved)");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn check_store(config: &Config) -> ExitCode {
     match crate::store::probe(&config.store).await {
         Ok(Some(report)) => {

@@ -597,6 +597,22 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
+/// `callrelay migrate`: moves what versions before 0.2 wrote to the current layout;
+/// `Ok(None)` for the memory store.
+pub async fn migrate(
+    config: &StoreConfig,
+    progress: impl FnMut(&redis::MigrationReport),
+) -> Result<Option<redis::MigrationReport>, StoreError> {
+    match &config.redis {
+        Some(r) => {
+            let store =
+                redis::RedisStore::connect(r, &config.key_prefix, config.command_timeout).await?;
+            store.migrate(progress).await.map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
 /// Connects to the configured Redis as `serve` would and describes what answered (for
 /// `check-config --connect`); `Ok(None)` for the memory store.
 pub async fn probe(config: &StoreConfig) -> Result<Option<redis::ServerReport>, StoreError> {

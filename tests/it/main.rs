@@ -18,6 +18,7 @@ mod events;
 mod fcm;
 mod limits;
 mod logs;
+mod migrate;
 mod mixed;
 mod monitoring;
 mod openapi;

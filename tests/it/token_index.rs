@@ -87,7 +87,8 @@ impl Fixture {
         let mut raw = self.raw.clone();
         // Redis may be frozen by the test: a read that times out is asked again.
         let mut attempts = 0;
-        let replies: Vec<(Option<String>, Vec<(String, String)>)> = loop {
+        type Stored = (Option<String>, Vec<(String, String)>);
+        let replies: Vec<Stored> = loop {
             match pipe.query_async::<Vec<redis::Value>>(&mut raw).await {
                 Ok(values) => {
                     break values
@@ -147,7 +148,10 @@ impl Fixture {
             return (None, Vec::new());
         };
         let owner = entry.owner().map(str::to_owned);
-        (owner, entry.holders.into_iter().map(|(who, _)| who).collect())
+        (
+            owner,
+            entry.holders.into_iter().map(|(who, _)| who).collect(),
+        )
     }
 }
 
@@ -348,7 +352,10 @@ async fn only_the_owner_refreshes_the_index() {
         .await
         .unwrap();
     let after = f.entry(TOKEN).await.unwrap();
-    assert_eq!(after.expires_ms, expires_ms, "bob's refresh moved alice's entry");
+    assert_eq!(
+        after.expires_ms, expires_ms,
+        "bob's refresh moved alice's entry"
+    );
     assert_eq!(after.owner(), Some(owner("alice", "phone").as_str()));
 
     // An owner's refresh does extend its entry.

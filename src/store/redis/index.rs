@@ -46,8 +46,8 @@
 //! rationale.
 
 use super::binding_scripts::{
-    CLAIM_TOKEN, COMMIT_LINE, DEL_LINE_IF_EQUAL, FORGET_CLAIM, OWNS_TOKEN, PUT_LINE,
-    REFRESH_TOKEN, RELEASE_TOKEN, REMOVE_CLAIMED,
+    CLAIM_TOKEN, COMMIT_LINE, DEL_LINE_IF_EQUAL, FORGET_CLAIM, OWNS_TOKEN, PUT_LINE, REFRESH_TOKEN,
+    RELEASE_TOKEN, REMOVE_CLAIMED,
 };
 use super::{RedisStore, lines, millis};
 
@@ -124,7 +124,9 @@ impl RedisStore {
         let ttl_ms = millis(binding.ttl());
         // What the id holds now: its `created_at` carries over, and its token, if another, is
         // given up once this one is committed.
-        let current = self.stored_binding(&account, &identity, &binding.id).await?;
+        let current = self
+            .stored_binding(&account, &identity, &binding.id)
+            .await?;
         // An expired binding counts as absent: the new one starts a new life.
         let previous = current
             .as_ref()
@@ -189,7 +191,12 @@ impl RedisStore {
         let won = loop {
             attempt += 1;
             let _: i64 = self
-                .on_lines(&account, &identity, &PUT_LINE, &[&field, &provisional, &ttl])
+                .on_lines(
+                    &account,
+                    &identity,
+                    &PUT_LINE,
+                    &[&field, &provisional, &ttl],
+                )
                 .await?;
             if !self.still_owner(&stored, &me, claim.number).await? {
                 let _: i64 = self
@@ -309,7 +316,12 @@ impl RedisStore {
 
     async fn forget_claim(&self, b: &Binding, who: &str, number: u64) -> Result<(), StoreError> {
         let _: i64 = self
-            .on_token(&b.account_sid, b, &FORGET_CLAIM, &[who, &number.to_string()])
+            .on_token(
+                &b.account_sid,
+                b,
+                &FORGET_CLAIM,
+                &[who, &number.to_string()],
+            )
             .await?;
         Ok(())
     }
@@ -326,7 +338,12 @@ impl RedisStore {
     pub(super) async fn release_token(&self, b: &Binding, number: u64) -> Result<(), StoreError> {
         let who = holder(&b.identity, &b.id);
         let _: i64 = self
-            .on_token(&b.account_sid, b, &RELEASE_TOKEN, &[&who, &number.to_string()])
+            .on_token(
+                &b.account_sid,
+                b,
+                &RELEASE_TOKEN,
+                &[&who, &number.to_string()],
+            )
             .await?;
         Ok(())
     }
@@ -336,7 +353,12 @@ impl RedisStore {
     pub(super) async fn refresh_token(&self, b: &Binding, ttl_ms: u64) -> Result<(), StoreError> {
         let who = holder(&b.identity, &b.id);
         let _: i64 = self
-            .on_token(&b.account_sid, b, &REFRESH_TOKEN, &[&who, &ttl_ms.to_string()])
+            .on_token(
+                &b.account_sid,
+                b,
+                &REFRESH_TOKEN,
+                &[&who, &ttl_ms.to_string()],
+            )
             .await?;
         Ok(())
     }
@@ -348,7 +370,10 @@ mod tests {
 
     #[test]
     fn a_holder_names_an_identity_and_a_binding() {
-        let (bob, b1) = (Identity::parse("team: bob").unwrap(), BindingId::parse("b1").unwrap());
+        let (bob, b1) = (
+            Identity::parse("team: bob").unwrap(),
+            BindingId::parse("b1").unwrap(),
+        );
         assert_eq!(holder(&bob, &b1), "team: bob\tb1");
         assert_eq!(parse_holder(&holder(&bob, &b1)), Some((bob, b1)));
         assert_eq!(parse_holder("no tab"), None);

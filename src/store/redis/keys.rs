@@ -109,7 +109,12 @@ impl Keys {
     /// Where the index keeps a device token: its bucket (one of 256 per account, by the
     /// digest's first byte) and its field there (the digest). The token itself is only in its
     /// binding's line.
-    pub fn token(&self, account: &AccountSid, channel: PushChannel, address: &str) -> (String, Vec<u8>) {
+    pub fn token(
+        &self,
+        account: &AccountSid,
+        channel: PushChannel,
+        address: &str,
+    ) -> (String, Vec<u8>) {
         let mut hash = Sha256::new();
         hash.update(channel.as_str().as_bytes());
         hash.update(b":");
@@ -129,7 +134,12 @@ impl Keys {
     }
 
     /// Who owned a device token, in the earlier layout.
-    pub fn legacy_address(&self, account: &AccountSid, channel: PushChannel, address: &str) -> String {
+    pub fn legacy_address(
+        &self,
+        account: &AccountSid,
+        channel: PushChannel,
+        address: &str,
+    ) -> String {
         format!(
             "{}:addr:{{{account}:{}:{address}}}",
             self.prefix,
@@ -138,7 +148,12 @@ impl Keys {
     }
 
     /// Who may hold a device token, in the earlier layout (beside `legacy_address`).
-    pub fn legacy_claims(&self, account: &AccountSid, channel: PushChannel, address: &str) -> String {
+    pub fn legacy_claims(
+        &self,
+        account: &AccountSid,
+        channel: PushChannel,
+        address: &str,
+    ) -> String {
         format!("{}:claims", self.legacy_address(account, channel, address))
     }
 
@@ -282,7 +297,11 @@ mod tests {
         ] {
             assert_eq!(
                 keys.parse_legacy(&key),
-                Some(LegacyKey::Token(a.clone(), PushChannel::Fcm, "x:APA91b-1".into()))
+                Some(LegacyKey::Token(
+                    a.clone(),
+                    PushChannel::Fcm,
+                    "x:APA91b-1".into()
+                ))
             );
         }
         for other in [
@@ -306,7 +325,10 @@ mod tests {
         assert_eq!(field.len(), TOKEN_DIGEST_LEN);
         assert_eq!(
             bucket,
-            format!("callrelay:tok:{{AC0123456789abcdef0123456789abcdef:{:02x}}}", field[0])
+            format!(
+                "callrelay:tok:{{AC0123456789abcdef0123456789abcdef:{:02x}}}",
+                field[0]
+            )
         );
         assert!(!bucket.contains(&token));
         // The channel is part of the name: the same text on APNs and FCM is two tokens.

@@ -26,9 +26,9 @@ use std::time::Duration;
 use redis::{FromRedisValue, Script};
 
 use super::binding_scripts::{MERGE_HOLDERS, MOVE_LEGACY};
-use super::scripts::DEL_IF_EQUAL;
 use super::keys::{Keys, LegacyKey as Legacy};
 use super::link::Link;
+use super::scripts::DEL_IF_EQUAL;
 use super::{RedisStore, bounded, index, lines, millis};
 use crate::domain::{AccountSid, Binding, BindingId, Identity, PushChannel, whole_millis};
 use crate::store::StoreError;
@@ -88,7 +88,10 @@ pub(super) fn read_hash(entries: &[(String, String)]) -> Vec<(Binding, u64)> {
         .filter_map(|(field, text)| {
             let parsed = parse_json(text);
             if parsed.is_none() {
-                tracing::warn!(field, "skipping an unreadable binding of the earlier layout");
+                tracing::warn!(
+                    field,
+                    "skipping an unreadable binding of the earlier layout"
+                );
             }
             parsed
         })
@@ -106,7 +109,10 @@ fn to_millis(mut b: Binding) -> Binding {
 /// An owner of the old index: `["identity","binding id"]`.
 fn parse_owner_json(text: &str) -> Option<(Identity, BindingId)> {
     let (identity, id): (String, String) = serde_json::from_str(text).ok()?;
-    Some((Identity::parse(&identity).ok()?, BindingId::parse(&id).ok()?))
+    Some((
+        Identity::parse(&identity).ok()?,
+        BindingId::parse(&id).ok()?,
+    ))
 }
 
 impl RedisStore {
@@ -152,8 +158,9 @@ impl RedisStore {
         let old = self.keys.legacy_bindings(account, identity);
         for _ in 0..3 {
             let mut c = self.conn.clone();
-            let entries: Vec<(String, String)> =
-                self.run(redis::AsyncCommands::hgetall(&mut c, &old)).await?;
+            let entries: Vec<(String, String)> = self
+                .run(redis::AsyncCommands::hgetall(&mut c, &old))
+                .await?;
             if entries.is_empty() {
                 return Ok(0);
             }
@@ -204,7 +211,9 @@ impl RedisStore {
         }
         let mut holders = Vec::new();
         for address in spellings {
-            let owner_key = self.keys.legacy_address(&b.account_sid, b.channel, &address);
+            let owner_key = self
+                .keys
+                .legacy_address(&b.account_sid, b.channel, &address);
             let claims_key = self.keys.legacy_claims(&b.account_sid, b.channel, &address);
             let mut c = self.conn.clone();
             let (owner, claims): (Option<String>, Vec<(String, String)>) = self
@@ -245,7 +254,12 @@ impl RedisStore {
             .expect("strings serialise");
         let mut c = self.conn.clone();
         let _: i64 = self
-            .run(DEL_IF_EQUAL.key(&owner_key).arg(&owner_json).invoke_async(&mut c))
+            .run(
+                DEL_IF_EQUAL
+                    .key(&owner_key)
+                    .arg(&owner_json)
+                    .invoke_async(&mut c),
+            )
             .await?;
         let mut c = self.conn.clone();
         let _: i64 = self
@@ -310,7 +324,10 @@ impl RedisStore {
         let _: i64 = self.run(invocation.invoke_async(&mut c)).await?;
         let mut c = self.conn.clone();
         let _: i64 = self
-            .run(redis::AsyncCommands::del(&mut c, &[&owner_key, &claims_key]))
+            .run(redis::AsyncCommands::del(
+                &mut c,
+                &[&owner_key, &claims_key],
+            ))
             .await?;
         Ok(true)
     }
@@ -335,9 +352,8 @@ impl RedisStore {
                         report.identities += 1;
                     }
                     Some(Legacy::Token(account, channel, address)) => {
-                        if self.move_token(&account, channel, &address).await? {
-                            report.tokens += 1;
-                        }
+                        let moved = self.move_token(&account, channel, &address).await?;
+                        report.tokens += u64::from(moved);
                     }
                     None => {}
                 }
@@ -392,8 +408,12 @@ async fn layout_moved(
     fresh_check: bool,
 ) -> Result<bool, StoreError> {
     let mut c = conn.clone();
-    let marker: Option<String> =
-        bounded(conn, timeout, redis::AsyncCommands::get(&mut c, keys.layout())).await?;
+    let marker: Option<String> = bounded(
+        conn,
+        timeout,
+        redis::AsyncCommands::get(&mut c, keys.layout()),
+    )
+    .await?;
     if marker.as_deref() == Some(MOVED) {
         return Ok(true);
     }

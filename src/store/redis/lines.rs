@@ -110,7 +110,19 @@ pub struct Unreadable(String);
 pub fn parse(account: &AccountSid, identity: &Identity, line: &str) -> Result<Binding, Unreadable> {
     let bad = |what: &str| Unreadable(format!("{what} in a binding line"));
     let f: Vec<&str> = line.split('\t').collect();
-    let [id, channel, address, app, env, push, device, ttl, created, updated, _claim] = f[..]
+    let [
+        id,
+        channel,
+        address,
+        app,
+        env,
+        push,
+        device,
+        ttl,
+        created,
+        updated,
+        _claim,
+    ] = f[..]
     else {
         return Err(bad(&format!("{} fields", f.len())));
     };
@@ -195,7 +207,13 @@ mod tests {
         plain.expires_at = plain.updated_at + plain.ttl();
         let text = line(&plain, 7);
         assert_eq!(parse(&account(), &plain.identity, &text).unwrap(), plain);
-        assert_eq!(text, format!("b1\tf\tt:1\tandroid\t\t\t\t\t{0}\t{0}\t7", 1_765_148_251_123i64));
+        assert_eq!(
+            text,
+            format!(
+                "b1\tf\tt:1\tandroid\t\t\t\t\t{0}\t{0}\t7",
+                1_765_148_251_123i64
+            )
+        );
     }
 
     #[test]
@@ -212,8 +230,16 @@ mod tests {
         assert!(is_provisional(&text));
         assert_eq!(field(&text), "?b1");
         assert!(BindingId::parse(field(&text)).is_err());
-        for bad in ["", "b1\tf", "b1\tx\tt\tapp\t\t\t\t\t1\t1\t1", "b1\tf\tt\tapp\t\t\t\tttl\t1\t1\t1"] {
-            assert!(parse(&account(), &example().identity, bad).is_err(), "{bad:?}");
+        for bad in [
+            "",
+            "b1\tf",
+            "b1\tx\tt\tapp\t\t\t\t\t1\t1\t1",
+            "b1\tf\tt\tapp\t\t\t\tttl\t1\t1\t1",
+        ] {
+            assert!(
+                parse(&account(), &example().identity, bad).is_err(),
+                "{bad:?}"
+            );
         }
         assert_eq!(split("a\n\nb\n").collect::<Vec<_>>(), vec!["a", "b"]);
     }

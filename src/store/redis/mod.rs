@@ -385,8 +385,7 @@ impl RedisStore {
     /// Removes `like`'s binding if it still holds `like`'s token; returns its claim number.
     async fn remove_if_same_token(&self, like: &Binding) -> Result<Option<u64>, StoreError> {
         let (account, identity) = (&like.account_sid, &like.identity);
-        let Some((current, claim)) = self.stored_binding(account, identity, &like.id).await?
-        else {
+        let Some((current, claim)) = self.stored_binding(account, identity, &like.id).await? else {
             return Ok(None);
         };
         if current.channel != like.channel || current.address != like.address {
@@ -534,8 +533,7 @@ impl Store for RedisStore {
             .await?;
         match lines::parse(account, identity, &line) {
             Ok(binding) => {
-                self.release_token(&binding, lines::claim_of(&line))
-                    .await?;
+                self.release_token(&binding, lines::claim_of(&line)).await?;
                 // Gone either way; an expired one was already gone as far as callers could see.
                 Ok(!binding.is_expired(OffsetDateTime::now_utc()))
             }

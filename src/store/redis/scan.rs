@@ -20,18 +20,17 @@ impl Conn {
         cursors: &mut Vec<(Option<(String, u16)>, u64)>,
     ) -> RedisResult<Vec<String>> {
         if cursors.is_empty() {
-            *cursors = self
-                .masters()
-                .await?
-                .into_iter()
-                .map(|m| (m, 0))
-                .collect();
+            *cursors = self.masters().await?.into_iter().map(|m| (m, 0)).collect();
         }
         let mut keys = Vec::new();
         let mut next = Vec::with_capacity(cursors.len());
         for (node, cursor) in cursors.drain(..) {
             let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(PAGE);
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(PAGE);
             let (cursor, page): (u64, Vec<String>) =
                 redis::from_redis_value(self.on(node.as_ref(), cmd).await?)?;
             keys.extend(page);
@@ -67,7 +66,8 @@ impl Conn {
                     host: host.clone(),
                     port: *port,
                 };
-                conn.route_command(cmd, RoutingInfo::SingleNode(route)).await
+                conn.route_command(cmd, RoutingInfo::SingleNode(route))
+                    .await
             }
             (Conn::Single { conn, .. }, _) => cmd.query_async(conn).await,
             (Conn::Cluster(conn), None) => {
