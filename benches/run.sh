@@ -6,7 +6,9 @@
 #   benches/run.sh --scenario lookup --runs 5       # one scenario, more runs
 #   benches/run.sh --smoke                          # a few seconds: the harness works (CI)
 #   BENCH_PROFILE=dev benches/run.sh --smoke        # reuse the debug build (CI does)
+#   BENCH_CHARTS=docs/benchmarks benches/run.sh     # the charts BENCHMARKS.md shows
 #
+# The charts (PNG) go to target/bench-charts unless BENCH_CHARTS names another directory.
 # Every argument goes to the harness (`cargo bench --bench relay -- --help` lists them). It
 # needs redis-server and python3 with venv; it starts its own servers on free loopback ports.
 set -euo pipefail
@@ -29,5 +31,9 @@ fi
 # The idle-socket scenario holds as many sockets as the open-file limit allows.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-exec cargo bench --locked --profile "${BENCH_PROFILE:-bench}" --bench relay -- \
-  --baseline-venv "$venv" "$@"
+curves=${BENCH_CURVES:-$root/target/bench-curves}
+rm -rf "$curves"
+cargo bench --locked --profile "${BENCH_PROFILE:-bench}" --bench relay -- \
+  --baseline-venv "$venv" --curves "$curves" "$@"
+# The charts of what ran (BENCHMARKS.md shows those of a full run, from docs/benchmarks/).
+"$venv/bin/python" "$root/benches/plot.py" "$curves" "${BENCH_CHARTS:-$root/target/bench-charts}"

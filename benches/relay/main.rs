@@ -6,6 +6,7 @@
 //! `BENCHMARKS.md` explains the method.
 
 mod client;
+mod curves;
 mod fleet;
 mod load;
 mod procs;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+pub use curves::CurveWriter;
 use procs::{Baseline, BaselineSetup, Cluster, Error, Redis};
 use report::{Better, Row, Samples};
 
@@ -32,6 +34,7 @@ enum Scenario {
     Events,
     Trace,
     Ringing,
+    Scale,
 }
 
 #[derive(Parser, Debug)]
@@ -67,6 +70,9 @@ struct Args {
     /// Also write the table to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Where the charts' data goes (one CSV per series; `benches/plot.py` draws them).
+    #[arg(long, default_value = "target/bench-curves")]
+    curves: PathBuf,
     // `cargo bench` passes `--bench` to every harness; accepted and ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -91,6 +97,8 @@ pub struct Bench {
     pub settle: Duration,
     pub push_identities: usize,
     pub smoke: bool,
+    /// The charts' data.
+    pub curves: CurveWriter,
     rows: Vec<Row>,
     next_run: u32,
     next_prefix: u32,
@@ -254,6 +262,7 @@ async fn run(args: Args) -> Result<(), Error> {
         },
         push_identities: if args.smoke { 20 } else { 1000 },
         smoke: args.smoke,
+        curves: CurveWriter::new(args.curves.clone()),
         rows: Vec::new(),
         next_run: 0,
         next_prefix: 0,
@@ -276,8 +285,10 @@ async fn run(args: Args) -> Result<(), Error> {
             Scenario::Events => scenarios::events::run(&mut bench).await?,
             Scenario::Trace => scenarios::trace::run(&mut bench).await?,
             Scenario::Ringing => scenarios::ringing::run(&mut bench).await?,
+            Scenario::Scale => scenarios::scale::run(&mut bench).await?,
         }
     }
+    bench.curves.save()?;
     let table = report::table(&bench.rows);
     println!("\n{table}");
     if let Some(path) = &args.markdown {

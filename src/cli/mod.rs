@@ -154,7 +154,7 @@ fn check_config(config: &Config) -> ExitCode {
 
 /// `check-config --connect`: what answers at the configured store.
 async fn migrate(config: &Config) -> ExitCode {
-    let progress = |r: &crate::store::redis::MigrationReport| {
+    let progress = |r: &crate::store::MigrationReport| {
         eprintln!(
             "callrelay: moved {} identities ({} bindings) and {} tokens so far",
             r.identities, r.bindings, r.tokens

@@ -597,12 +597,14 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
+pub use redis::MigrationReport;
+
 /// `callrelay migrate`: moves what versions before 0.2 wrote to the current layout;
 /// `Ok(None)` for the memory store.
 pub async fn migrate(
     config: &StoreConfig,
-    progress: impl FnMut(&redis::MigrationReport),
-) -> Result<Option<redis::MigrationReport>, StoreError> {
+    progress: impl FnMut(&MigrationReport),
+) -> Result<Option<MigrationReport>, StoreError> {
     match &config.redis {
         Some(r) => {
             let store =

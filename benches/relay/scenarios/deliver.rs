@@ -64,6 +64,8 @@ pub(super) struct Deployment {
     front: Option<Callrelay>,
     fleet: Fleet,
     redis_pids: Vec<u32>,
+    /// The answers' latencies (ns) of the last closed-loop run: the charts' distributions.
+    last_latencies: Vec<u64>,
 }
 
 impl Deployment {
@@ -87,6 +89,7 @@ impl Deployment {
             front,
             fleet,
             redis_pids: store.pids(),
+            last_latencies: Vec::new(),
         })
     }
 
@@ -163,7 +166,8 @@ impl Deployment {
         );
         frames_for(&mut self.fleet, run, &t, &what).await?;
         samples.add(name, t.per_second());
-        samples.add_latency(name, Latency::of(std::mem::take(&mut t.latencies_ns)));
+        self.last_latencies = std::mem::take(&mut t.latencies_ns);
+        samples.add_latency(name, Latency::of(self.last_latencies.clone()));
         Ok(t.answered())
     }
 
@@ -225,6 +229,7 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
     let cluster_name = format!("{CLUSTER} callrelay");
 
     let mut samples = Samples::default();
+    let mut baseline_latencies = Vec::new();
     for _ in 0..b.runs {
         on_redis
             .closed_loop(b, "callrelay", user, &mut samples)
@@ -242,6 +247,7 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
             samples.add("baseline cpu", cpu.micros_per(t.answered()));
             samples.add("baseline redis cpu", redis_cpu.micros_per(t.answered()));
             samples.add("baseline", t.per_second());
+            baseline_latencies = t.latencies_ns;
         }
         for rate in b.rates.clone() {
             on_redis
@@ -258,6 +264,17 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
                 );
             }
         }
+    }
+
+    // The last run's latency distributions, for the charts.
+    let series = if cross { "cross-replica" } else { "delivery" };
+    let mut distributions = vec![("callrelay", std::mem::take(&mut on_redis.last_latencies))];
+    if let Some(d) = on_cluster.as_mut() {
+        distributions.push(("callrelay on Redis Cluster", std::mem::take(&mut d.last_latencies)));
+    }
+    distributions.push(("baseline", baseline_latencies));
+    for (who, latencies) in distributions {
+        b.curves.distribution(&format!("latency-{series}"), who, latencies);
     }
 
     let scenario = if cross {

@@ -103,6 +103,7 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
             ceiling_shares(&mut samples, &format!("{CLUSTER} "));
         }
     }
+    concurrency_curve(b, &relay).await?;
     let c = b.concurrency;
     let scenario = "1. lookup (404)";
     super::closed_loop_rows(b, scenario, &samples);
@@ -148,6 +149,40 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
     );
     super::check_quiet(&relay)?;
     on_cluster.as_ref().map_or(Ok(()), super::check_quiet)
+}
+
+/// Throughput against concurrency, callrelay and the baseline in turn at each level: the
+/// chart's curve (one run per level).
+async fn concurrency_curve(b: &mut Bench, relay: &Callrelay) -> Result<(), Error> {
+    let levels: &[usize] = if b.smoke {
+        &[1, 8]
+    } else {
+        &[1, 2, 4, 8, 16, 32, 64]
+    };
+    let seconds = b.duration.as_secs_f64();
+    for &c in levels {
+        let run = b.run_id();
+        let hooks = webhooks_for(relay.addr, run, CALLRELAY_CEILING, seconds, nobody);
+        let t = load::closed_loop(relay.addr, hooks, c, b.duration).await;
+        t.expect_all(404, &format!("lookup at c={c}"))?;
+        let mine = t.per_second();
+        let theirs = match b.baseline.as_ref().map(|x| x.addr) {
+            Some(addr) => {
+                let run = b.run_id();
+                let hooks = webhooks_for(relay.addr, run, BASELINE_CEILING, seconds, nobody);
+                let t = load::closed_loop(addr, hooks, c, b.duration).await;
+                t.expect_all(404, &format!("baseline lookup at c={c}"))?;
+                t.per_second()
+            }
+            None => f64::NAN,
+        };
+        println!("    c={c}: callrelay {mine:.0} req/s, baseline {theirs:.0} req/s");
+        b.curves.point(
+            "lookup-concurrency",
+            &[("concurrency", c as f64), ("callrelay", mine), ("baseline", theirs)],
+        );
+    }
+    Ok(())
 }
 
 /// Lookup's share of the ceiling in this run: lookups/s over GET/s, and Redis CPU per webhook

@@ -7,6 +7,7 @@ pub mod push;
 pub mod push_channels;
 pub mod rest;
 pub mod ringing;
+pub mod scale;
 pub mod trace;
 
 use std::net::SocketAddr;

@@ -44,6 +44,15 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
             samples.add("redis cpu", per_socket_second(&redis_cpu));
             samples.add("replica cpu", per_socket_second(&replica_cpu));
             let after = rss_bytes(relay.pid())?;
+            for (sockets, rss) in [(0, before), (count, after)] {
+                b.curves.point(
+                    "rss-sockets",
+                    &[
+                        ("sockets", sockets as f64),
+                        ("rss_mib", rss as f64 / (1024.0 * 1024.0)),
+                    ],
+                );
+            }
             let redis_after = redis.used_memory()?;
 
             // The sockets are live bindings: a webhook to one of them is delivered.
