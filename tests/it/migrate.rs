@@ -123,7 +123,8 @@ async fn a_store_written_by_an_earlier_version_is_read_and_moved_when_changed() 
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let phone = binding("bob", "phone", PushChannel::Apns, &"ab".repeat(32));
+    // An APNs token as versions before lower-casing kept it: in upper case.
+    let phone = binding("bob", "phone", PushChannel::Apns, &"AB".repeat(32));
     let tablet = binding("bob", "tablet", PushChannel::Fcm, &fcm_token(1));
     let laptop = binding("alice", "laptop", PushChannel::Fcm, &fcm_token(2));
     for (b, claim) in [(&phone, 11), (&tablet, 12), (&laptop, 13)] {
@@ -137,8 +138,9 @@ async fn a_store_written_by_an_earlier_version_is_read_and_moved_when_changed() 
     let targets = store.targets(&account(), &bob, now).await.unwrap();
     assert_eq!(targets.bindings, vec![phone.clone(), tablet.clone()]);
 
-    // A refresh moves bob: the hash is gone, his string holds both bindings, and nothing
-    // but the refreshed times changed.
+    // A refresh moves bob: the hash is gone, his string holds both bindings (the APNs token
+    // now in lower case), nothing but the refreshed times changed, and both tokens' entries
+    // moved to the new index, where the refresh keeps them alive.
     store.refresh_binding(&phone, now).await.unwrap();
     let old_hash: bool = redis::cmd("EXISTS")
         .arg(keys.legacy_bindings(&account(), &bob))
@@ -146,14 +148,33 @@ async fn a_store_written_by_an_earlier_version_is_read_and_moved_when_changed() 
         .await
         .unwrap();
     assert!(!old_hash, "bob's hash of the earlier layout is gone");
+    let mut phone_now = in_millis(phone.clone());
+    phone_now.address = phone.address.to_ascii_lowercase();
     let listed = store.list_bindings(&account(), &bob, now).await.unwrap();
     assert_eq!(
         listed,
-        vec![
-            in_millis(phone.clone()).refreshed(now),
-            in_millis(tablet.clone())
-        ]
+        vec![phone_now.refreshed(now), in_millis(tablet.clone())]
     );
+    for (b, address) in [
+        (&phone, phone_now.address.as_str()),
+        (&tablet, tablet.address.as_str()),
+    ] {
+        let old: Option<String> = redis::cmd("GET")
+            .arg(keys.legacy_address(&account(), b.channel, &b.address))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(old, None, "the old index entry of {} moved", b.id);
+        let (bucket, field) = keys.token(&account(), b.channel, address);
+        let entry: Option<String> = redis::cmd("HGET")
+            .arg(&bucket)
+            .arg(&field)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let entry = TokenEntry::parse(&entry.expect("an entry in the new index")).unwrap();
+        assert_eq!(entry.owner(), Some(holder(&bob, &b.id).as_str()));
+    }
 
     // A removal moves alice first, and removes her binding.
     assert!(
@@ -170,25 +191,37 @@ async fn a_store_written_by_an_earlier_version_is_read_and_moved_when_changed() 
             .is_empty()
     );
 
-    // The old index still says bob holds the tablet's token: carol registering it displaces
-    // him, and the old entry goes.
-    let mut carols = binding("carol", "c1", PushChannel::Fcm, &tablet.address);
-    carols.updated_at = now;
-    let out = store.put_binding(carols).await.unwrap();
-    assert_eq!(
-        out.displaced,
-        vec![(bob.clone(), BindingId::parse("tablet").unwrap())]
+    // Carol registering the tablet's token, and the phone's in lower case as a registration
+    // now spells it, displaces bob from both.
+    for (id, b, address) in [
+        ("c1", &tablet, tablet.address.clone()),
+        ("c2", &phone, phone_now.address.clone()),
+    ] {
+        let mut carols = binding("carol", id, b.channel, &address);
+        carols.updated_at = now;
+        let out = store.put_binding(carols).await.unwrap();
+        assert_eq!(out.displaced, vec![(bob.clone(), b.id.clone())]);
+    }
+    assert!(
+        store
+            .list_bindings(&account(), &bob, now)
+            .await
+            .unwrap()
+            .is_empty()
     );
-    assert_eq!(
-        store.list_bindings(&account(), &bob, now).await.unwrap(),
-        vec![in_millis(phone.clone()).refreshed(now)]
-    );
-    let old_owner: Option<String> = redis::cmd("GET")
-        .arg(keys.legacy_address(&account(), PushChannel::Fcm, &tablet.address))
+
+    // Alice's token, whose binding was removed, has no owner in the new index.
+    let (bucket, field) = keys.token(&account(), PushChannel::Fcm, &laptop.address);
+    let entry: Option<String> = redis::cmd("HGET")
+        .arg(&bucket)
+        .arg(&field)
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert_eq!(old_owner, None);
+    let owner = entry
+        .and_then(|e| TokenEntry::parse(&e))
+        .and_then(|e| e.owner().map(str::to_owned));
+    assert_eq!(owner, None);
 }
 
 /// Runs `callrelay migrate` against the store in `store_toml`; returns its standard output.

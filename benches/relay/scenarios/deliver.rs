@@ -270,11 +270,15 @@ pub async fn run(b: &mut Bench, cross: bool) -> Result<(), Error> {
     let series = if cross { "cross-replica" } else { "delivery" };
     let mut distributions = vec![("callrelay", std::mem::take(&mut on_redis.last_latencies))];
     if let Some(d) = on_cluster.as_mut() {
-        distributions.push(("callrelay on Redis Cluster", std::mem::take(&mut d.last_latencies)));
+        distributions.push((
+            "callrelay on Redis Cluster",
+            std::mem::take(&mut d.last_latencies),
+        ));
     }
     distributions.push(("baseline", baseline_latencies));
     for (who, latencies) in distributions {
-        b.curves.distribution(&format!("latency-{series}"), who, latencies);
+        b.curves
+            .distribution(&format!("latency-{series}"), who, latencies);
     }
 
     let scenario = if cross {

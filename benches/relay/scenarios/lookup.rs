@@ -179,7 +179,11 @@ async fn concurrency_curve(b: &mut Bench, relay: &Callrelay) -> Result<(), Error
         println!("    c={c}: callrelay {mine:.0} req/s, baseline {theirs:.0} req/s");
         b.curves.point(
             "lookup-concurrency",
-            &[("concurrency", c as f64), ("callrelay", mine), ("baseline", theirs)],
+            &[
+                ("concurrency", c as f64),
+                ("callrelay", mine),
+                ("baseline", theirs),
+            ],
         );
     }
     Ok(())

@@ -19,12 +19,12 @@ use futures_util::StreamExt;
 use time::OffsetDateTime;
 
 use super::{CpuMeter, check_quiet, webhooks_for};
+use crate::Bench;
 use crate::client;
 use crate::load;
 use crate::procs::{ACCOUNT, ADMIN_KEY, Callrelay, Error, Redis};
 use crate::report::{Better, Latency, Samples};
 use crate::webhooks::Webhook;
-use crate::Bench;
 use callrelay::domain::{AccountSid, Binding, BindingId, Identity, PushChannel, whole_millis};
 use callrelay::store::Store;
 use callrelay::store::redis::Keys;

@@ -11,13 +11,14 @@
 //! of the token, `Keys::token`) as `ARGV[1]`. A field's value is its entry:
 //!
 //! ```text
-//! <last claim number>\t<expires, ms since the epoch>
+//! <last claim number>\t<expires, seconds since the epoch>
 //! <identity>\t<binding id>\t<claim number>      one line per holder
 //! ```
 //!
 //! The holders are everyone who may hold the token (`index.rs`); the owner is the holder whose
-//! claim number is the last one. An entry past its expiry holds nobody (its number stays, so
-//! numbers keep rising). The bucket lives as long as its longest-lived entry, and a claim
+//! claim number is the last one, written as an empty number (the value then fits Redis's
+//! allocation class of 80 bytes where it would take 112). An entry past its expiry holds nobody (its number stays, so
+//! numbers keep rising); an entry whose last holder left lapses within a day. The bucket lives as long as its longest-lived entry, and a claim
 //! deletes the lapsed entries among a few it samples, so lapsed tokens do not pile up.
 
 use std::sync::LazyLock;
@@ -214,11 +215,14 @@ local function parse(v)
     if first then
       local s, x = string.match(l, '^(%d+)\t(%d+)$')
       e.seq = tonumber(s) or 0
-      e.exp = tonumber(x) or 0
+      e.exp = (tonumber(x) or 0) * 1000
       first = false
     else
-      local who, c = string.match(l, '^(.*)\t(%d+)$')
-      if who then e.holders[#e.holders + 1] = {who, tonumber(c)} end
+      local who, c = string.match(l, '^(.*)\t(%d*)$')
+      if who then
+        if c == '' then c = e.seq else c = tonumber(c) end
+        e.holders[#e.holders + 1] = {who, c}
+      end
     end
   end
   -- Lapsed: nobody holds the token; the number stays.
@@ -236,8 +240,13 @@ local function drop(e, who)
   end
 end
 local function write(e)
-  local out = {n(e.seq) .. '\t' .. n(e.exp)}
-  for _, h in ipairs(e.holders) do out[#out + 1] = h[1] .. '\t' .. n(h[2]) end
+  -- Nobody left: the number is kept a day (past any command still in flight), not the year
+  -- the last holder had.
+  if #e.holders == 0 then e.exp = math.min(e.exp, now + 86400000) end
+  local out = {n(e.seq) .. '\t' .. n(math.ceil(e.exp / 1000))}
+  for _, h in ipairs(e.holders) do
+    if h[2] == e.seq then out[#out + 1] = h[1] .. '\t' else out[#out + 1] = h[1] .. '\t' .. n(h[2]) end
+  end
   redis.call('HSET', KEYS[1], ARGV[1], table.concat(out, '\n'))
   local ttl = e.exp - now
   if ttl > 0 and redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], n(ttl)) end
@@ -266,7 +275,7 @@ write(e)
 local sample = redis.call('HRANDFIELD', KEYS[1], 3, 'WITHVALUES')
 for i = 1, #sample, 2 do
   if sample[i] ~= ARGV[1] then
-    local x = tonumber(string.match(sample[i + 1], '^%d+\t(%d+)') or '0')
+    local x = tonumber(string.match(sample[i + 1], '^%d+\t(%d+)') or '0') * 1000
     if x <= now then redis.call('HDEL', KEYS[1], sample[i]) end
   end
 end

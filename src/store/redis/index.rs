@@ -69,8 +69,8 @@ pub fn parse_holder(text: &str) -> Option<(Identity, BindingId)> {
 pub struct TokenEntry {
     /// The last claim number given out.
     pub seq: u64,
-    /// When the entry lapses, in ms since the epoch.
-    pub expires_ms: u64,
+    /// When the entry lapses, in seconds since the epoch.
+    pub expires: u64,
     /// Everyone who may hold the token, with their claim numbers.
     pub holders: Vec<(String, u64)>,
 }
@@ -79,15 +79,18 @@ impl TokenEntry {
     pub fn parse(text: &str) -> Option<Self> {
         let mut lines = text.split('\n');
         let (seq, expires) = lines.next()?.split_once('\t')?;
+        let seq: u64 = seq.parse().ok()?;
         let holders = lines
             .map(|l| {
                 let (who, n) = l.rsplit_once('\t')?;
-                Some((who.to_owned(), n.parse().ok()?))
+                // An empty number is the last one: the owner's.
+                let n = if n.is_empty() { seq } else { n.parse().ok()? };
+                Some((who.to_owned(), n))
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Self {
-            seq: seq.parse().ok()?,
-            expires_ms: expires.parse().ok()?,
+            seq,
+            expires: expires.parse().ok()?,
             holders,
         })
     }
@@ -107,8 +110,9 @@ struct TokenClaim {
     others: Vec<String>,
 }
 
-/// A holder to displace: where (the token's spelling), who, and whether it was found in the
-/// index of the earlier layout.
+/// A holder to displace: who, whether it was found in the index of the earlier layout, and
+/// the token's spelling there (an APNs token may be in upper case; its binding's line holds
+/// it in lower case, as every line does).
 struct Holder {
     address: String,
     identity: Identity,
@@ -137,10 +141,14 @@ impl RedisStore {
         stored.updated_at = whole_millis(stored.updated_at);
         stored.expires_at = stored.updated_at + stored.ttl();
         if let Some(p) = previous {
-            stored.created_at = p.created_at;
+            stored.created_at = whole_millis(p.created_at);
         }
         let created = previous.is_none();
 
+        // The earlier layout's index is read before the claim: `callrelay migrate` merges an
+        // old entry into the bucket before deleting it, so a holder is either seen here or
+        // listed by the claim.
+        let legacy = self.legacy_holders(&stored).await?;
         let claim = self.claim_token(&stored, &me, ttl_ms).await?;
         let mut holders: Vec<Holder> = claim
             .others
@@ -159,7 +167,7 @@ impl RedisStore {
                 legacy: false,
             })
             .collect();
-        for (address, identity, id) in self.legacy_holders(&stored).await? {
+        for (address, identity, id) in legacy {
             if identity == stored.identity && id == stored.id {
                 // This binding itself, as stored before: the commit below replaces its line.
                 self.drop_legacy_entry(&stored, &address, (&identity, &id))
@@ -299,7 +307,7 @@ impl RedisStore {
                 &[
                     h.id.as_str(),
                     lines::channel_code(b.channel),
-                    &h.address,
+                    &b.address,
                     &number.to_string(),
                 ],
             )
@@ -307,10 +315,11 @@ impl RedisStore {
         if h.legacy {
             self.drop_legacy_entry(b, &h.address, (&h.identity, &h.id))
                 .await?;
-        } else {
-            self.forget_claim(b, &holder(&h.identity, &h.id), number)
-                .await?;
         }
+        // Also for a holder found in the old index: moving its identity just now moved its
+        // entry into the bucket.
+        self.forget_claim(b, &holder(&h.identity, &h.id), number)
+            .await?;
         Ok(removed == 1)
     }
 
@@ -377,5 +386,18 @@ mod tests {
         assert_eq!(holder(&bob, &b1), "team: bob\tb1");
         assert_eq!(parse_holder(&holder(&bob, &b1)), Some((bob, b1)));
         assert_eq!(parse_holder("no tab"), None);
+    }
+
+    #[test]
+    fn an_entry_names_its_owner_by_an_empty_number() {
+        let e = TokenEntry::parse("17\t1800000000\nbob\t12345\t\nalice\tb2\t9").unwrap();
+        assert_eq!(e.seq, 17);
+        assert_eq!(e.expires, 1_800_000_000);
+        assert_eq!(
+            e.holders,
+            vec![("bob\t12345".to_owned(), 17), ("alice\tb2".to_owned(), 9)]
+        );
+        assert_eq!(e.owner(), Some("bob\t12345"));
+        assert_eq!(TokenEntry::parse("17\t1800000000").unwrap().owner(), None);
     }
 }

@@ -39,6 +39,10 @@ const MOVED: &str = "2";
 /// The error code of a script that refused because the identity's old hash is still there.
 const LEGACY_CODE: &str = "CALLRELAY_LEGACY";
 
+/// `SCAN` pages per master a replica reads at start looking for the earlier layout (1,000
+/// keys each); a larger store waits for `callrelay migrate`.
+const FRESH_CHECK_PAGES: usize = 100;
+
 /// How often a replica asks whether the store was marked as moved.
 const RECHECK: Duration = Duration::from_secs(60);
 
@@ -98,12 +102,24 @@ pub(super) fn read_hash(entries: &[(String, String)]) -> Vec<(Binding, u64)> {
         .collect()
 }
 
-/// The same binding in the new layout's precision.
-fn to_millis(mut b: Binding) -> Binding {
+/// The same binding as the new layout keeps it: whole milliseconds, and an APNs token in
+/// lower case (versions before lower-casing kept it as sent; one device, one spelling). A
+/// binding read from the old layout is compared with its moved line in this form; any other
+/// binding is already in it.
+pub(super) fn normalised(mut b: Binding) -> Binding {
     b.created_at = whole_millis(b.created_at);
     b.updated_at = whole_millis(b.updated_at);
     b.expires_at = b.updated_at + b.ttl();
+    b.address = spelling(b.channel, &b.address);
     b
+}
+
+/// How the new layout spells a token.
+fn spelling(channel: PushChannel, address: &str) -> String {
+    match channel {
+        PushChannel::Apns => address.to_ascii_lowercase(),
+        PushChannel::Fcm => address.to_owned(),
+    }
 }
 
 /// An owner of the old index: `["identity","binding id"]`.
@@ -147,13 +163,13 @@ impl RedisStore {
         ))
     }
 
-    /// Moves `identity`'s old hash, if it has one, into its string. Returns how many bindings
-    /// moved.
+    /// Moves `identity`'s old hash, if it has one, into its string, and its bindings' tokens
+    /// into the new index. Returns how many bindings and tokens moved.
     pub(super) async fn move_identity(
         &self,
         account: &AccountSid,
         identity: &Identity,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         let key = self.keys.bindings(account, identity);
         let old = self.keys.legacy_bindings(account, identity);
         for _ in 0..3 {
@@ -162,14 +178,21 @@ impl RedisStore {
                 .run(redis::AsyncCommands::hgetall(&mut c, &old))
                 .await?;
             if entries.is_empty() {
-                return Ok(0);
+                return Ok((0, 0));
             }
             // Bindings being registered by an earlier version are left out: they never rang,
             // and that registration, finding its provisional binding gone, gives up.
-            let moved: Vec<String> = read_hash(&entries)
+            let bindings = read_hash(&entries);
+            // Their tokens' entries first: once in its string, a binding is refreshed (and its
+            // token's entry kept alive) in the new index only.
+            let mut tokens = 0;
+            for (b, _) in &bindings {
+                tokens += u64::from(self.move_token(account, b.channel, &b.address).await?);
+            }
+            let moved: Vec<String> = bindings
                 .into_iter()
                 .map(|(b, claim)| {
-                    let mut b = to_millis(b);
+                    let mut b = normalised(b);
                     b.account_sid = account.clone();
                     b.identity = identity.clone();
                     lines::line(&b, claim)
@@ -187,7 +210,7 @@ impl RedisStore {
             let done: i64 = self.run(invocation.invoke_async(&mut c)).await?;
             if done == 1 {
                 tracing::debug!(%identity, bindings = moved.len(), "moved an identity's bindings to the new layout");
-                return Ok(moved.len() as u64);
+                return Ok((moved.len() as u64, tokens));
             }
         }
         Err(StoreError::Unavailable(
@@ -314,7 +337,9 @@ impl RedisStore {
         } else {
             millis(Duration::from_secs(crate::domain::DEFAULT_TTL_SECONDS))
         };
-        let (bucket, field) = self.keys.token(account, channel, address);
+        let (bucket, field) = self
+            .keys
+            .token(account, channel, &spelling(channel, address));
         let mut invocation = MERGE_HOLDERS.key(&bucket);
         invocation.arg(&field).arg(seq).arg(ttl_ms);
         for (who, n) in &holders {
@@ -348,8 +373,10 @@ impl RedisStore {
             for key in page {
                 match self.keys.parse_legacy(&key) {
                     Some(Legacy::Identity(account, identity)) => {
-                        report.bindings += self.move_identity(&account, &identity).await?;
-                        report.identities += 1;
+                        let (bindings, tokens) = self.move_identity(&account, &identity).await?;
+                        report.bindings += bindings;
+                        report.tokens += tokens;
+                        report.identities += u64::from(bindings > 0);
                     }
                     Some(Legacy::Token(account, channel, address)) => {
                         let moved = self.move_token(&account, channel, &address).await?;
@@ -399,8 +426,8 @@ impl RedisStore {
 }
 
 /// Whether `<p>:layout` says the store was moved. When `fresh_check`, a store whose keys
-/// under the prefix fit in one `SCAN` page per master and hold nothing of the earlier
-/// layout is marked as moved first.
+/// under the prefix hold nothing of the earlier layout (read in at most `FRESH_CHECK_PAGES`
+/// pages per master) is marked as moved first.
 async fn layout_moved(
     conn: &Link,
     keys: &Keys,
@@ -422,9 +449,23 @@ async fn layout_moved(
     }
     let mut cursors = Vec::new();
     let pattern = format!("{}:*", keys.prefix());
-    let page = bounded(conn, timeout, conn.scan_masters(&pattern, &mut cursors)).await?;
-    if !cursors.is_empty() || page.iter().any(|k| keys.parse_legacy(k).is_some()) {
-        return Ok(false);
+    for page in 0.. {
+        let keys_found = bounded(conn, timeout, conn.scan_masters(&pattern, &mut cursors)).await?;
+        if keys_found.iter().any(|k| keys.parse_legacy(k).is_some()) {
+            tracing::info!(
+                "the store holds bindings of the layout before 0.2: they are read and moved as they change; `callrelay migrate` moves them all"
+            );
+            return Ok(false);
+        }
+        if cursors.is_empty() {
+            break;
+        }
+        if page == FRESH_CHECK_PAGES {
+            tracing::info!(
+                "the store is too large to tell at start whether it holds bindings of the layout before 0.2; `callrelay migrate` settles it"
+            );
+            return Ok(false);
+        }
     }
     let mut c = conn.clone();
     let _: () = bounded(

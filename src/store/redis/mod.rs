@@ -147,13 +147,13 @@ impl ReadBindings {
                 .next()
                 .ok_or_else(|| StoreError::Corrupt("a reply is missing".into()))
         };
-        let text: Option<String> =
-            redis::from_redis_value(next()?).map_err(|e| corrupt("bindings", e))?;
         let old = if self.legacy {
             redis::from_redis_value(next()?).map_err(|e| corrupt("bindings", e))?
         } else {
             Vec::new()
         };
+        let text: Option<String> =
+            redis::from_redis_value(next()?).map_err(|e| corrupt("bindings", e))?;
         Ok((text, old))
     }
 }
@@ -292,11 +292,13 @@ impl RedisStore {
         account: &AccountSid,
         identity: &Identity,
     ) -> ReadBindings {
-        pipe.get(self.keys.bindings(account, identity));
+        // The old hash first: an identity moved between the two reads (one script, all at
+        // once) is then in one or the other, never in neither.
         let legacy = self.layout.may_hold_legacy();
         if legacy {
             pipe.hgetall(self.keys.legacy_bindings(account, identity));
         }
+        pipe.get(self.keys.bindings(account, identity));
         ReadBindings { legacy }
     }
 
@@ -388,11 +390,15 @@ impl RedisStore {
         let Some((current, claim)) = self.stored_binding(account, identity, &like.id).await? else {
             return Ok(None);
         };
+        // Either may have been read from the earlier layout: compared, and the line written,
+        // in the new layout's form (the script moves the identity first if need be).
+        let (current, like) = (
+            legacy::normalised(current),
+            legacy::normalised(like.clone()),
+        );
         if current.channel != like.channel || current.address != like.address {
             return Ok(None);
         }
-        // Moved to the new layout if it was not (the script sees to that), so its line is
-        // what `current` reads as.
         let line = lines::line(&current, claim);
         let removed: i64 = self
             .on_lines(account, identity, &DEL_LINE_IF_EQUAL, &[&line])
@@ -568,6 +574,8 @@ impl Store for RedisStore {
         binding: &Binding,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        // As its line has it, should it be read from the earlier layout and move meanwhile.
+        let binding = &legacy::normalised(binding.clone());
         let refreshed = binding.refreshed(now);
         let ttl_ms = millis(binding.ttl());
         let written: i64 = self
@@ -593,7 +601,8 @@ impl Store for RedisStore {
 
     async fn remove_dead_binding(&self, binding: &Binding) -> Result<(), StoreError> {
         if let Some(claim) = self.remove_if_same_token(binding).await? {
-            self.release_token(binding, claim).await?;
+            self.release_token(&legacy::normalised(binding.clone()), claim)
+                .await?;
         }
         Ok(())
     }

@@ -54,7 +54,17 @@ impl Conn {
                     )
                     .await?,
                 )?;
-                Ok(masters_in(&nodes).into_iter().map(Some).collect())
+                let masters = masters_in(&nodes);
+                let covered: usize = masters.iter().map(|(_, slots)| slots).sum();
+                if covered < SLOTS {
+                    // A scan that missed a master would miss its keys.
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the cluster's healthy masters do not serve every slot",
+                        format!("{covered} of {SLOTS}: try again once the cluster is healthy"),
+                    )));
+                }
+                Ok(masters.into_iter().map(|(m, _)| Some(m)).collect())
             }
         }
     }
@@ -81,21 +91,37 @@ impl Conn {
     }
 }
 
-/// The masters serving slots in a `CLUSTER NODES` answer: `<id> <host>:<port>@<bus> <flags>
-/// <master id> … <slots>`.
-fn masters_in(nodes: &str) -> Vec<(String, u16)> {
+/// Hash slots of a Redis Cluster.
+const SLOTS: usize = 16_384;
+
+/// The healthy masters serving slots in a `CLUSTER NODES` answer (`<id> <host>:<port>@<bus>
+/// <flags> <master id> <ping> <pong> <epoch> <link> <slot or range>…`), with how many slots
+/// each serves.
+fn masters_in(nodes: &str) -> Vec<((String, u16), usize)> {
     nodes
         .lines()
         .filter_map(|line| {
             let words: Vec<&str> = line.split_whitespace().collect();
             let flags = words.get(2)?;
-            let serving = words.len() > 8;
-            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") || !serving {
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                return None;
+            }
+            // Ranges `a-b` and single slots; `[…]` marks a slot being moved, still served here.
+            let slots: usize = words
+                .iter()
+                .skip(8)
+                .filter(|w| !w.starts_with('['))
+                .filter_map(|w| match w.split_once('-') {
+                    Some((a, b)) => Some(b.parse::<usize>().ok()? + 1 - a.parse::<usize>().ok()?),
+                    None => w.parse::<usize>().ok().map(|_| 1),
+                })
+                .sum();
+            if slots == 0 {
                 return None;
             }
             let address = words.get(1)?.split('@').next()?;
             let (host, port) = address.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
+            Some(((host.to_owned(), port.parse().ok()?), slots))
         })
         .collect()
 }
@@ -116,9 +142,17 @@ e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
         assert_eq!(
             masters_in(nodes),
             vec![
-                ("127.0.0.1".to_owned(), 30002),
-                ("127.0.0.1".to_owned(), 30001)
+                (("127.0.0.1".to_owned(), 30002), 5462),
+                (("127.0.0.1".to_owned(), 30001), 5461)
             ]
+        );
+        // The failed master's slots are served by nobody: a scan would miss them.
+        let covered: usize = masters_in(nodes).iter().map(|(_, n)| n).sum();
+        assert!(covered < SLOTS);
+        let whole = "a 127.0.0.1:1@2 master - 0 0 1 connected 0-16383 [5->-b]\n";
+        assert_eq!(
+            masters_in(whole),
+            vec![(("127.0.0.1".to_owned(), 1), SLOTS)]
         );
     }
 }
