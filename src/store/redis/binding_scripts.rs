@@ -12,12 +12,13 @@
 //!
 //! ```text
 //! <last claim number>\t<expires, seconds since the epoch>
-//! <identity>\t<binding id>\t<claim number>      one line per holder
+//! <identity>\t<claim number>      one line per holder
 //! ```
 //!
-//! The holders are everyone who may hold the token (`index.rs`); the owner is the holder whose
-//! claim number is the last one, written as an empty number (the value then fits Redis's
-//! allocation class of 80 bytes where it would take 112). An entry past its expiry holds nobody (its number stays, so
+//! The holders are the identities that may hold the token (`index.rs`); the owner is the one
+//! whose claim number is the last one, written as an empty number. A typical entry is then
+//! about 40 bytes: small enough for a bucket of up to 128 entries to stay a listpack, the
+//! compact encoding Redis keeps for hashes whose values are at most 64 bytes. An entry past its expiry holds nobody (its number stays, so
 //! numbers keep rising); an entry whose last holder left lapses within a day. The bucket lives as long as its longest-lived entry, and a claim
 //! deletes the lapsed entries among a few it samples, so lapsed tokens do not pile up.
 
@@ -54,6 +55,33 @@ local function save(t, ttl)
   end
 end
 local function claim_of(l) return tonumber(string.match(l, '\t(%d+)$') or '0') end
+-- Whether line l holds the token (channel code c, address a).
+local function holds(l, c, a)
+  local lc, la = string.match(l, '^[^\t]*\t([^\t]*)\t([^\t]*)\t')
+  return lc == c and la == a
+end
+-- Removes the lines, committed and provisional, that hold the token (c, a) under a claim
+-- numbered at most n, except binding `keep`'s; returns the ids of the committed ones removed.
+local function displace(t, c, a, n, keep)
+  local kept, removed = {}, {}
+  for i = 1, #t do
+    local f = field_of(t[i])
+    if f ~= keep and f ~= '?' .. keep and holds(t[i], c, a) and claim_of(t[i]) <= n then
+      if string.sub(f, 1, 1) ~= '?' then removed[#removed + 1] = f end
+    else
+      kept[#kept + 1] = t[i]
+    end
+  end
+  return kept, removed
+end
+-- Whether a committed line of t holds the token of line l.
+local function held(t, l)
+  local c, a = string.match(l, '^[^\t]*\t([^\t]*)\t([^\t]*)\t')
+  for i = 1, #t do
+    if string.sub(t[i], 1, 1) ~= '?' and holds(t[i], c, a) then return 1 end
+  end
+  return 0
+end
 ";
 
 fn lines_script(body: &str) -> Script {
@@ -74,13 +102,18 @@ return 1
     )
 });
 
-/// Deletes the line that is exactly ARGV[1]. Returns 1 when deleted.
+/// Deletes the line that is exactly ARGV[1]. Returns 0 when it was not there, 1 when
+/// deleted, 2 when deleted but another binding of the identity still holds its token.
 pub static DEL_LINE_IF_EQUAL: LazyLock<Script> = LazyLock::new(|| {
     lines_script(
         r"
 local t = load()
 for i = 1, #t do
-  if t[i] == ARGV[1] then table.remove(t, i) save(t) return 1 end
+  if t[i] == ARGV[1] then
+    table.remove(t, i)
+    save(t)
+    return 1 + held(t, ARGV[1])
+  end
 end
 return 0
 ",
@@ -88,32 +121,38 @@ return 0
 });
 
 /// Makes the provisional line of binding ARGV[1] the binding's line ARGV[2], if it is still
-/// exactly `?` .. ARGV[2]; keeps the string alive ARGV[3] ms. Returns 1 when committed.
+/// exactly `?` .. ARGV[2], and in the same step removes the identity's other lines holding
+/// the same token (channel code ARGV[4], address ARGV[5]) under a claim numbered at most
+/// ARGV[6]: the same device under an older id, which rang until now. Keeps the string alive
+/// ARGV[3] ms. Returns {1, ids of the committed lines removed…} when committed, {0} if not.
 pub static COMMIT_LINE: LazyLock<Script> = LazyLock::new(|| {
     lines_script(
         r"
 local t = load()
 local p = find(t, '?' .. ARGV[1])
-if not p or t[p] ~= '?' .. ARGV[2] then return 0 end
+if not p or t[p] ~= '?' .. ARGV[2] then return {0} end
 table.remove(t, p)
 local i = find(t, ARGV[1])
 if i then t[i] = ARGV[2] else t[#t + 1] = ARGV[2] end
-save(t, ARGV[3])
-return 1
+local kept, removed = displace(t, ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[1])
+save(kept, ARGV[3])
+table.insert(removed, 1, 1)
+return removed
 ",
     )
 });
 
-/// Deletes binding ARGV[1]'s line and returns it.
+/// Deletes binding ARGV[1]'s line and returns {it, "1" if another binding of the identity
+/// still holds its token, else "0"}; an empty list when there was no such line.
 pub static TAKE_LINE: LazyLock<Script> = LazyLock::new(|| {
     lines_script(
         r"
 local t = load()
 local i = find(t, ARGV[1])
-if not i then return false end
+if not i then return {} end
 local l = table.remove(t, i)
 save(t)
-return l
+return {l, tostring(held(t, l))}
 ",
     )
 });
@@ -129,27 +168,14 @@ return s
     )
 });
 
-/// Deletes binding ARGV[1]'s lines, committed and provisional, that hold the token (channel
-/// code ARGV[2], address ARGV[3]) under a claim numbered at most ARGV[4]. Returns 1 when a
-/// committed line went.
+/// Deletes the identity's lines, committed and provisional, that hold the token (channel
+/// code ARGV[1], address ARGV[2]) under a claim numbered at most ARGV[3]. Returns the ids of
+/// the committed lines removed.
 pub static REMOVE_CLAIMED: LazyLock<Script> = LazyLock::new(|| {
     lines_script(
         r"
-local function held(l)
-  local c, a = string.match(l, '^[^\t]*\t([^\t]*)\t([^\t]*)\t')
-  return c == ARGV[2] and a == ARGV[3] and claim_of(l) <= tonumber(ARGV[4])
-end
 local t = load()
-local removed = 0
-local kept = {}
-for i = 1, #t do
-  local f = field_of(t[i])
-  if (f == ARGV[1] or f == '?' .. ARGV[1]) and held(t[i]) then
-    if f == ARGV[1] then removed = 1 end
-  else
-    kept[#kept + 1] = t[i]
-  end
-end
+local kept, removed = displace(t, ARGV[1], ARGV[2], tonumber(ARGV[3]), '')
 if #kept ~= #t then save(kept) end
 return removed
 ",
@@ -257,7 +283,7 @@ fn entries_script(body: &str) -> Script {
     Script::new(&format!("{ENTRIES}{body}"))
 }
 
-/// Takes a device token for ARGV[2] (`identity\tbinding id`) for ARGV[3] milliseconds. Numbers
+/// Takes a device token for identity ARGV[2] for ARGV[3] milliseconds. Numbers
 /// the claim above every earlier claim on the token, from Redis's microsecond clock (so numbers
 /// keep rising even after the entry lapsed), and lists the claimant with it. Deletes the
 /// lapsed entries among three others of the bucket. Returns the claim number, then every other

@@ -1,30 +1,30 @@
 //! The device-token index: one device token rings for one identity, without cross-key
 //! atomicity.
 //!
-//! A binding lives in its identity's string (`<p>:{AC…:bob}:b`, `lines.rs`); who may hold a
-//! token, and who owns it, lives in the token's entry of the index (a field of one of the
-//! account's 256 bucket hashes, `<p>:tok:{AC…:<00-ff>}`, named by a digest of the token;
-//! `binding_scripts.rs` has its format). On Redis Cluster these are different slots, so no
-//! script or transaction covers a binding and its token together. The protocol orders the
-//! writes instead:
+//! A binding lives in its identity's string (`<p>:{AC…:bob}:b`, `lines.rs`); which identities
+//! may hold a token, and which owns it, lives in the token's entry of the index (a field of
+//! one of the account's 256 bucket hashes, `<p>:tok:{AC…:<00-ff>}`, named by a digest of the
+//! token; `binding_scripts.rs` has its format). On Redis Cluster these are different slots,
+//! so no script or transaction covers a binding and its token together. The protocol orders
+//! the writes instead:
 //!
-//! 1. **Claim** (one script on the token's bucket): the registration becomes the owner, gets
-//!    a claim number above every earlier claim on the token, is listed in the entry, and
-//!    learns everyone else listed there: the previous owner, and anyone whose registration or
-//!    removal never finished.
-//! 2. **Displace** every listed holder of *another* identity: remove from its string the
-//!    binding that holds the token under a claim numbered at most ours (committed or
-//!    provisional), then strike it from the entry (unless it claimed again since).
+//! 1. **Claim** (one script on the token's bucket): the registration's identity becomes the
+//!    owner, gets a claim number above every earlier claim on the token (replacing its own
+//!    earlier claim, if any), is listed in the entry, and learns every other identity listed
+//!    there: the previous owner, and any whose registration or removal never finished.
+//! 2. **Displace** every other listed identity: remove from its string the bindings that hold
+//!    the token under a claim numbered at most ours (committed or provisional), then strike it
+//!    from the entry (unless it claimed again since).
 //! 3. **Write provisionally**: the binding's line goes in with a `?` before it (binding ids
 //!    cannot start with `?`). Readers skip such lines: a provisional binding never rings.
 //! 4. **Check**: still the owner, under this claim number? If not, a later registration of the
 //!    token won: withdraw the provisional binding and stop.
 //! 5. **Commit** (one script on the identity's slot): if the provisional line is still
-//!    exactly ours, it becomes the binding `<id>`, its line ending with the claim number.
-//! 6. Afterwards, displace holders of the *same* identity (the same device under an older
-//!    binding id: until now it rang there, so re-registering under a new id never leaves the
-//!    device unreachable for a moment) and give up the binding's previous token, if it had
-//!    another.
+//!    exactly ours, it becomes the binding `<id>`, its line ending with the claim number; in
+//!    the same step the identity's other bindings holding the token under an earlier claim go
+//!    (the same device under an older binding id: it rang there until this moment, so
+//!    re-registering under a new id never leaves the device unreachable).
+//! 6. Afterwards, give up the binding's previous token, if it had another.
 //!
 //! Why one device never rings for two identities: a binding rings only once committed, and a
 //! registration commits only after its check saw it as the owner. A later claimant of another
@@ -39,8 +39,11 @@
 //! when it thaws): each step is conditional on claim numbers or exact values, so a late one
 //! can only do what it would have done on time, or nothing.
 //!
-//! Claim numbers also keep a slow registration from deleting a newer one: a binding is removed
-//! only if it was claimed before the remover's claim. Holders found in the index of versions
+//! Two registrations of one identity: the later claim replaces the earlier in the entry, so
+//! the earlier one's check fails and it withdraws; if it had committed already, the later
+//! commit removes it. Claim numbers also keep a slow registration from deleting a newer one: a
+//! binding is removed only if it was claimed before the remover's claim. A binding's removal
+//! gives up its identity's claim only when no other binding of the identity holds the token. Holders found in the index of versions
 //! before 0.2 (`legacy.rs`; APNs tokens spelt in upper case among them) are displaced the same
 //! way, and their old entries deleted. `docs/decisions.md` ("The device-token index") has the
 //! rationale.
@@ -54,14 +57,13 @@ use super::{RedisStore, lines, millis};
 use crate::domain::{AccountSid, Binding, BindingId, Identity, whole_millis};
 use crate::store::{PutOutcome, StoreError};
 
-/// How the index names a holder of a token: `identity\tbinding id` (neither holds a tab).
-pub fn holder(identity: &Identity, id: &BindingId) -> String {
-    format!("{identity}\t{id}")
+/// How the index names a holder of a token: its identity (which holds no tab or newline).
+pub fn holder(identity: &Identity) -> String {
+    identity.as_str().to_owned()
 }
 
-pub fn parse_holder(text: &str) -> Option<(Identity, BindingId)> {
-    let (identity, id) = text.split_once('\t')?;
-    Some((Identity::parse(identity).ok()?, BindingId::parse(id).ok()?))
+pub fn parse_holder(text: &str) -> Option<Identity> {
+    Identity::parse(text).ok()
 }
 
 /// A token's entry in the index, as `binding_scripts.rs` writes it.
@@ -110,21 +112,18 @@ struct TokenClaim {
     others: Vec<String>,
 }
 
-/// A holder to displace: who, whether it was found in the index of the earlier layout, and
-/// the token's spelling there (an APNs token may be in upper case; its binding's line holds
-/// it in lower case, as every line does).
+/// An identity to displace, and whether it was found in the index of the earlier layout
+/// (with the token's spelling there and the binding it named, to delete that entry).
 struct Holder {
-    address: String,
     identity: Identity,
-    id: BindingId,
-    legacy: bool,
+    legacy: Option<(String, BindingId)>,
 }
 
 impl RedisStore {
     /// `Store::put_binding`, by the protocol above.
     pub(super) async fn register(&self, binding: Binding) -> Result<PutOutcome, StoreError> {
         let (account, identity) = (binding.account_sid.clone(), binding.identity.clone());
-        let me = holder(&identity, &binding.id);
+        let me = holder(&identity);
         let ttl_ms = millis(binding.ttl());
         // What the id holds now: its `created_at` carries over, and its token, if another, is
         // given up once this one is committed.
@@ -160,34 +159,27 @@ impl RedisStore {
                 }
                 parsed
             })
-            .map(|(identity, id)| Holder {
-                address: stored.address.clone(),
+            .map(|identity| Holder {
                 identity,
-                id,
-                legacy: false,
+                legacy: None,
             })
             .collect();
         for (address, identity, id) in legacy {
-            if identity == stored.identity && id == stored.id {
-                // This binding itself, as stored before: the commit below replaces its line.
+            if identity == stored.identity {
+                // The same identity: the commit below replaces or removes its binding.
                 self.drop_legacy_entry(&stored, &address, (&identity, &id))
                     .await?;
             } else {
                 holders.push(Holder {
-                    address,
                     identity,
-                    id,
-                    legacy: true,
+                    legacy: Some((address, id)),
                 });
             }
         }
-        let (same_identity, others): (Vec<Holder>, Vec<Holder>) = holders
-            .into_iter()
-            .partition(|h| h.identity == stored.identity);
         let mut displaced = Vec::new();
-        for h in others {
-            if self.displace(&stored, &h, claim.number).await? {
-                displaced.push((h.identity, h.id));
+        for h in holders {
+            for id in self.displace(&stored, &h, claim.number).await? {
+                displaced.push((h.identity.clone(), id));
             }
         }
 
@@ -212,15 +204,26 @@ impl RedisStore {
                     .await?;
                 break false;
             }
-            let done: i64 = self
+            let done: Vec<String> = self
                 .on_lines(
                     &account,
                     &identity,
                     &COMMIT_LINE,
-                    &[stored.id.as_str(), &committed, &ttl],
+                    &[
+                        stored.id.as_str(),
+                        &committed,
+                        &ttl,
+                        lines::channel_code(stored.channel),
+                        &stored.address,
+                        &claim.number.to_string(),
+                    ],
                 )
                 .await?;
-            if done == 1 {
+            let mut done = done.into_iter();
+            if done.next().as_deref() == Some("1") {
+                for id in done.filter_map(|id| BindingId::parse(&id).ok()) {
+                    displaced.push((identity.clone(), id));
+                }
                 break true;
             }
             // An earlier registration of this very binding wrote its provisional copy over ours
@@ -233,11 +236,6 @@ impl RedisStore {
         };
 
         if won {
-            for h in same_identity {
-                if h.id != stored.id && self.displace(&stored, &h, claim.number).await? {
-                    displaced.push((h.identity, h.id));
-                }
-            }
             if let Some((old, number)) = &current
                 && (old.channel != stored.channel || old.address != stored.address)
             {
@@ -296,31 +294,38 @@ impl RedisStore {
         })
     }
 
-    /// Removes the binding with which `h` holds `b`'s token, if claimed before `number`, then
-    /// strikes `h` from the token's entry. Returns whether a committed binding went.
-    async fn displace(&self, b: &Binding, h: &Holder, number: u64) -> Result<bool, StoreError> {
-        let removed: i64 = self
+    /// Removes the bindings with which `h` holds `b`'s token, if claimed before `number`,
+    /// then strikes `h` from the token's entry. Returns the ids of the committed bindings
+    /// removed.
+    async fn displace(
+        &self,
+        b: &Binding,
+        h: &Holder,
+        number: u64,
+    ) -> Result<Vec<BindingId>, StoreError> {
+        let removed: Vec<String> = self
             .on_lines(
                 &b.account_sid,
                 &h.identity,
                 &REMOVE_CLAIMED,
                 &[
-                    h.id.as_str(),
                     lines::channel_code(b.channel),
                     &b.address,
                     &number.to_string(),
                 ],
             )
             .await?;
-        if h.legacy {
-            self.drop_legacy_entry(b, &h.address, (&h.identity, &h.id))
+        if let Some((address, id)) = &h.legacy {
+            self.drop_legacy_entry(b, address, (&h.identity, id))
                 .await?;
         }
         // Also for a holder found in the old index: moving its identity just now moved its
         // entry into the bucket.
-        self.forget_claim(b, &holder(&h.identity, &h.id), number)
-            .await?;
-        Ok(removed == 1)
+        self.forget_claim(b, &holder(&h.identity), number).await?;
+        Ok(removed
+            .iter()
+            .filter_map(|id| BindingId::parse(id).ok())
+            .collect())
     }
 
     async fn forget_claim(&self, b: &Binding, who: &str, number: u64) -> Result<(), StoreError> {
@@ -343,9 +348,10 @@ impl RedisStore {
     }
 
     /// Gives up the token of a binding that was removed or now holds another token, unless
-    /// it was claimed again since the binding's claim `number`.
+    /// its identity claimed it again since the binding's claim `number`. Callers release only
+    /// when no other binding of the identity holds the token.
     pub(super) async fn release_token(&self, b: &Binding, number: u64) -> Result<(), StoreError> {
-        let who = holder(&b.identity, &b.id);
+        let who = holder(&b.identity);
         let _: i64 = self
             .on_token(
                 &b.account_sid,
@@ -360,7 +366,7 @@ impl RedisStore {
     /// Extends the token's entry, only if `b` owns the token: a binding that lost its token
     /// must not keep the new owner's entry alive.
     pub(super) async fn refresh_token(&self, b: &Binding, ttl_ms: u64) -> Result<(), StoreError> {
-        let who = holder(&b.identity, &b.id);
+        let who = holder(&b.identity);
         let _: i64 = self
             .on_token(
                 &b.account_sid,
@@ -378,26 +384,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_holder_names_an_identity_and_a_binding() {
-        let (bob, b1) = (
-            Identity::parse("team: bob").unwrap(),
-            BindingId::parse("b1").unwrap(),
-        );
-        assert_eq!(holder(&bob, &b1), "team: bob\tb1");
-        assert_eq!(parse_holder(&holder(&bob, &b1)), Some((bob, b1)));
-        assert_eq!(parse_holder("no tab"), None);
+    fn a_holder_is_an_identity() {
+        let bob = Identity::parse("team: bob").unwrap();
+        assert_eq!(parse_holder(&holder(&bob)), Some(bob));
+        assert_eq!(parse_holder(""), None);
     }
 
     #[test]
     fn an_entry_names_its_owner_by_an_empty_number() {
-        let e = TokenEntry::parse("17\t1800000000\nbob\t12345\t\nalice\tb2\t9").unwrap();
+        let e = TokenEntry::parse("17\t1800000000\n12345\t\nalice\t9").unwrap();
         assert_eq!(e.seq, 17);
         assert_eq!(e.expires, 1_800_000_000);
         assert_eq!(
             e.holders,
-            vec![("bob\t12345".to_owned(), 17), ("alice\tb2".to_owned(), 9)]
+            vec![("12345".to_owned(), 17), ("alice".to_owned(), 9)]
         );
-        assert_eq!(e.owner(), Some("bob\t12345"));
+        assert_eq!(e.owner(), Some("12345"));
         assert_eq!(TokenEntry::parse("17\t1800000000").unwrap().owner(), None);
     }
 }

@@ -321,12 +321,12 @@ impl RedisStore {
             let n: u64 = n.parse().unwrap_or(0);
             if who == "#seq" {
                 seq = seq.max(n);
-            } else if let Some((identity, id)) = parse_owner_json(who) {
-                holders.push((index::holder(&identity, &id), n));
+            } else if let Some((identity, _)) = parse_owner_json(who) {
+                holders.push((index::holder(&identity), n));
             }
         }
-        if let Some((identity, id)) = owner.as_deref().and_then(parse_owner_json) {
-            let who = index::holder(&identity, &id);
+        if let Some((identity, _)) = owner.as_deref().and_then(parse_owner_json) {
+            let who = index::holder(&identity);
             if !holders.iter().any(|(h, _)| *h == who) {
                 holders.push((who, 0));
             }

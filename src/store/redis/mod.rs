@@ -384,7 +384,8 @@ impl RedisStore {
         live
     }
 
-    /// Removes `like`'s binding if it still holds `like`'s token; returns its claim number.
+    /// Removes `like`'s binding if it still holds `like`'s token; returns its claim number when
+    /// the token is to be given up.
     async fn remove_if_same_token(&self, like: &Binding) -> Result<Option<u64>, StoreError> {
         let (account, identity) = (&like.account_sid, &like.identity);
         let Some((current, claim)) = self.stored_binding(account, identity, &like.id).await? else {
@@ -400,6 +401,8 @@ impl RedisStore {
             return Ok(None);
         }
         let line = lines::line(&current, claim);
+        // 1: removed; 2: removed, but another binding of the identity holds the token and
+        // keeps its claim; 0: changed meanwhile.
         let removed: i64 = self
             .on_lines(account, identity, &DEL_LINE_IF_EQUAL, &[&line])
             .await?;
@@ -529,17 +532,20 @@ impl Store for RedisStore {
         identity: &Identity,
         id: &BindingId,
     ) -> Result<bool, StoreError> {
-        let taken: Option<String> = self
+        let taken: Vec<String> = self
             .on_lines(account, identity, &TAKE_LINE, &[id.as_str()])
             .await?;
-        let Some(line) = taken else {
+        let [line, held] = &taken[..] else {
             return Ok(false);
         };
         self.replicated(&[&self.keys.bindings(account, identity)])
             .await?;
-        match lines::parse(account, identity, &line) {
+        match lines::parse(account, identity, line) {
             Ok(binding) => {
-                self.release_token(&binding, lines::claim_of(&line)).await?;
+                // Another binding of the identity holding the token keeps its claim.
+                if held != "1" {
+                    self.release_token(&binding, lines::claim_of(line)).await?;
+                }
                 // Gone either way; an expired one was already gone as far as callers could see.
                 Ok(!binding.is_expired(OffsetDateTime::now_utc()))
             }
