@@ -7,8 +7,9 @@
 //!   the same N written as versions before 0.2 laid them out (JSON per binding, an owner key
 //!   and a claims hash per token), in another Redis of its own.
 //! - Flat cost: lookup (`404`) and FCM delivery at c=32 against a store holding 1,000
-//!   bindings and against the one holding the largest N, in alternating runs; then delivery to
-//!   identities with 1 and with 20 bindings (the cost of each extra target).
+//!   bindings and against the one holding the largest N, in turn (the order turning every
+//!   run); then delivery to identities with 1 and with 20 bindings (the cost of each extra
+//!   target).
 //! - The bindings API: registrations per second through `PUT /v1/bindings/{id}` at c=32, and
 //!   the CPU each takes in callrelay and in Redis.
 
@@ -343,9 +344,15 @@ pub async fn run(b: &mut Bench) -> Result<(), Error> {
         warm_up(b, relay).await?;
     }
     let big_name = format!("{big_n}");
-    for _ in 0..b.runs {
-        measure(b, &on_small, &fcm, "1000", 1, &mut samples).await?;
-        measure(b, &on_big, &fcm, &big_name, 1, &mut samples).await?;
+    for run in 0..b.runs {
+        // The order turns every run, so that the machine's drift falls on both stores alike.
+        let mut pair = [(&on_small, "1000"), (&on_big, big_name.as_str())];
+        if run % 2 == 1 {
+            pair.reverse();
+        }
+        for (relay, name) in pair {
+            measure(b, relay, &fcm, name, 1, &mut samples).await?;
+        }
         measure(b, &on_fan, &fcm, "fan", FAN_OUT, &mut samples).await?;
         let ratio = |s: &Samples, what: &str| {
             let last = |name: &str| s.all(name).last().copied();

@@ -1,7 +1,7 @@
 //! Data written by versions before 0.2: an identity's bindings as a hash of JSON
 //! (`<p>:{AC…:bob}:bindings`) and the device-token index as an owner string and a claims hash
-//! per token (`<p>:addr:{AC…:apns:<token>}` and `…:claims`), about 1.6 kB per FCM binding where
-//! the layout of `keys.rs` takes under 600 bytes.
+//! per token (`<p>:addr:{AC…:apns:<token>}` and `…:claims`), about 1.7 kB per FCM binding where
+//! the layout of `keys.rs` takes 500 to 550 bytes (BENCHMARKS.md, scenario 9).
 //!
 //! Nothing has to be done before upgrading, and nothing is lost:
 //! - Readers read the old hash beside the new string, in the same round trip, until the store
