@@ -15,7 +15,7 @@ use callrelay::store::redis::{Keys, TokenEntry, holder};
 use redis::aio::ConnectionLike;
 use time::OffsetDateTime;
 
-use crate::helpers::redis::{RedisServer, shared};
+use crate::helpers::redis::{RedisServer, raw_connection, shared};
 use crate::helpers::topology::Cluster;
 
 fn account() -> AccountSid {
@@ -91,6 +91,23 @@ async fn write_legacy(conn: &mut impl ConnectionLike, keys: &Keys, b: &Binding, 
     }
 }
 
+/// The entry of `address` in the new index, if it has one.
+async fn entry_of(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    channel: PushChannel,
+    address: &str,
+) -> Option<TokenEntry> {
+    let (bucket, field) = keys.token(&account(), channel, address);
+    let text: Option<String> = redis::cmd("HGET")
+        .arg(&bucket)
+        .arg(&field)
+        .query_async(conn)
+        .await
+        .unwrap();
+    text.map(|t| TokenEntry::parse(&t).expect("a readable entry"))
+}
+
 /// `b` as the current layout keeps it: whole milliseconds.
 fn in_millis(mut b: Binding) -> Binding {
     b.created_at = whole_millis(b.created_at);
@@ -118,11 +135,7 @@ async fn a_store_written_by_an_earlier_version_is_read_and_moved_when_changed() 
     let url = shared().url();
     let prefix = new_prefix();
     let keys = Keys::new(&prefix);
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(url.as_str()).await;
     // An APNs token as versions before lower-casing kept it: in upper case.
     let phone = binding("bob", "phone", PushChannel::Apns, &"AB".repeat(32));
     let tablet = binding("bob", "tablet", PushChannel::Fcm, &fcm_token(1));
@@ -165,14 +178,9 @@ async fn a_store_written_by_an_earlier_version_is_read_and_moved_when_changed() 
             .await
             .unwrap();
         assert_eq!(old, None, "the old index entry of {} moved", b.id);
-        let (bucket, field) = keys.token(&account(), b.channel, address);
-        let entry: Option<String> = redis::cmd("HGET")
-            .arg(&bucket)
-            .arg(&field)
-            .query_async(&mut raw)
+        let entry = entry_of(&mut raw, &keys, b.channel, address)
             .await
-            .unwrap();
-        let entry = TokenEntry::parse(&entry.expect("an entry in the new index")).unwrap();
+            .expect("an entry in the new index");
         assert_eq!(entry.owner(), Some(holder(&bob).as_str()));
     }
 
@@ -211,16 +219,8 @@ async fn a_store_written_by_an_earlier_version_is_read_and_moved_when_changed() 
     );
 
     // Alice's token, whose binding was removed, has no owner in the new index.
-    let (bucket, field) = keys.token(&account(), PushChannel::Fcm, &laptop.address);
-    let entry: Option<String> = redis::cmd("HGET")
-        .arg(&bucket)
-        .arg(&field)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    let owner = entry
-        .and_then(|e| TokenEntry::parse(&e))
-        .and_then(|e| e.owner().map(str::to_owned));
+    let entry = entry_of(&mut raw, &keys, PushChannel::Fcm, &laptop.address).await;
+    let owner = entry.and_then(|e| e.owner().map(str::to_owned));
     assert_eq!(owner, None);
 }
 
@@ -290,14 +290,9 @@ async fn migrate_moves_everything(
             .await
             .unwrap();
         assert_eq!(stored, Some(in_millis(b.clone())));
-        let (bucket, field) = keys.token(&account(), b.channel, &b.address);
-        let entry: Option<String> = redis::cmd("HGET")
-            .arg(&bucket)
-            .arg(&field)
-            .query_async(raw)
+        let entry = entry_of(raw, &keys, b.channel, &b.address)
             .await
-            .unwrap();
-        let entry = TokenEntry::parse(&entry.expect("the token is in the new index")).unwrap();
+            .expect("the token is in the new index");
         assert_eq!(entry.owner(), Some(holder(&b.identity).as_str()));
     }
 
@@ -323,11 +318,7 @@ async fn callrelay_migrate_moves_a_standalone_store() {
     let server = RedisServer::start();
     let url = server.url();
     let prefix = new_prefix();
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(url.as_str()).await;
     let pattern = format!("{prefix}:*");
     let old_keys_left = || {
         server

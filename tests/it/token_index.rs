@@ -15,7 +15,7 @@ use callrelay::store::redis::{Keys, TokenEntry, lines};
 use redis::AsyncCommands;
 use time::OffsetDateTime;
 
-use crate::helpers::redis::{RedisServer, shared};
+use crate::helpers::redis::{RedisServer, raw_connection, shared};
 
 const TOKEN: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 const APNS_OTHER: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -61,11 +61,7 @@ async fn fixture_with_prefix(url: &str, prefix: &str, command_timeout: Duration)
     ))
     .expect("store configuration is valid");
     let store = callrelay::store::open(&config.store).await.unwrap();
-    let raw = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let raw = raw_connection(url).await;
     Fixture {
         store,
         keys: Keys::new(prefix),
@@ -377,11 +373,7 @@ async fn bindings_stored_by_earlier_versions_are_displaced() {
     let url = shared().url();
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let keys = Keys::new(&prefix);
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(url.as_str()).await;
     // Written before this version opens the store, as an upgrade finds it.
     let upper = TOKEN.to_ascii_uppercase();
     for (identity, id, address) in [("bob", "old", TOKEN), ("carol", "older", upper.as_str())] {

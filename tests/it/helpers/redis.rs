@@ -352,3 +352,12 @@ pub fn shared_tls() -> &'static (TestCa, RedisServer) {
         (ca, server)
     })
 }
+
+/// A plain connection to the server at `url`, for tests that read or write keys directly.
+pub async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
