@@ -419,7 +419,13 @@ impl Relay {
         };
         let calls = self
             .store
-            .recent_calls(&account, &identity, since, limit.clamp(1, MAX_CALLS_LISTED))
+            .recent_calls(
+                &account,
+                &identity,
+                since,
+                limit.clamp(1, MAX_CALLS_LISTED),
+                usize::try_from(self.config.calls.max_per_identity).unwrap_or(usize::MAX),
+            )
             .await?;
         let mut traces = Vec::with_capacity(calls.len());
         // Each call's trace is a key of its own: read them sixteen at a time.

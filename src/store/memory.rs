@@ -587,6 +587,8 @@ impl Store for MemoryStore {
         identity: &Identity,
         since: OffsetDateTime,
         limit: usize,
+        // This engine trims each list to exactly its cap as it appends.
+        _kept: usize,
     ) -> Result<Vec<CallSid>, StoreError> {
         Ok(self.lock().records.recent_calls(
             account,

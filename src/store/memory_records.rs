@@ -1,6 +1,6 @@
 //! The memory engine's call traces and room facts: what the Redis engine keeps in
-//! `…:call:{…}` lists, `…:calls` and `…:rooms` sorted sets and `…:room:{…}` hashes, with the
-//! same limits. Retention is judged against the wall clock when read; what lapsed is pruned
+//! `…:trace:{…}` strings, `…:calls` lists, `…:room:{…}` hashes and `…:rooms` sorted sets, with
+//! the same limits. Retention is judged against the wall clock when read; what lapsed is pruned
 //! at most once a second (the engine's one lock is the webhooks' too), emptied entries with it.
 
 use std::collections::{HashMap, VecDeque};

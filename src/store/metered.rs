@@ -619,10 +619,12 @@ impl Store for MeteredStore {
         identity: &Identity,
         since: OffsetDateTime,
         limit: usize,
+        kept: usize,
     ) -> Result<Vec<CallSid>, StoreError> {
         self.timed(
             Op::RecentCalls,
-            self.inner.recent_calls(account, identity, since, limit),
+            self.inner
+                .recent_calls(account, identity, since, limit, kept),
         )
         .await
     }

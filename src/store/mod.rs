@@ -448,13 +448,16 @@ pub trait Store: Send + Sync + 'static {
         call_sid: &CallSid,
     ) -> Result<Vec<Bytes>, StoreError>;
 
-    /// The calls listed under an identity since `since`, newest first, at most `limit`.
+    /// The calls listed under an identity since `since`, newest first, at most `limit`,
+    /// among the last `kept` entries of its list (`calls.max_per_identity`: an engine may
+    /// hold a few more until it trims).
     async fn recent_calls(
         &self,
         account: &AccountSid,
         identity: &Identity,
         since: OffsetDateTime,
         limit: usize,
+        kept: usize,
     ) -> Result<Vec<CallSid>, StoreError>;
 
     /// Keeps one of a room's ledger facts under its id (a repeat replaces it with the same),

@@ -294,9 +294,70 @@ async fn on_redis_a_trace_outlives_the_replica_that_wrote_it_and_expires_with_it
     .await;
     let t = trace(&again, &call, 1).await;
     assert_eq!(t["notifications"][0]["status"], 200);
-    let ttl = redis::shared().cli(&["PTTL", &format!("{prefix}:call:{{{ACCOUNT}:{call}}}")]);
-    let ttl: i64 = ttl.trim().parse().unwrap();
+    let pttl =
+        |key: String| -> i64 { redis::shared().cli(&["PTTL", &key]).trim().parse().unwrap() };
+    let ttl = pttl(format!("{prefix}:trace:{{{ACCOUNT}:{call}}}"));
     assert!((1..=120_000).contains(&ttl), "PTTL {ttl}");
+    // The identity's list of calls lives at least the retention, at most an eighth longer.
+    let ttl = pttl(format!("{prefix}:{{{ACCOUNT}:bob}}:calls"));
+    assert!((100_000..=135_000).contains(&ttl), "PTTL {ttl}");
+}
+
+#[tokio::test]
+async fn on_redis_an_identitys_calls_stay_within_their_cap_and_traces_kept_as_lists_are_read() {
+    let config = TestConfig {
+        extra: "[calls]\nmax_per_identity = 8\n".into(),
+        ..TestConfig::redis()
+    };
+    let prefix = config.prefix.clone();
+    let app = spawn_with(config).await;
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let body = payload(ACCOUNT, "nobody");
+        calls.push(call_sid(&body));
+        assert_eq!(app.webhook(body).await.status, 404);
+        // One batch per call, so each is appended on its own.
+        trace(&app, calls.last().unwrap(), 1).await;
+    }
+    // Listed: the last 8. Held: never more than 8 plus its slack (an eighth, plus one: 2),
+    // trimmed back to 8 past it.
+    let listed = app
+        .admin_get(&format!(
+            "/v1/calls?account_sid={ACCOUNT}&identity=nobody&limit=50"
+        ))
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let sids: Vec<&str> = listed.body["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["call_sid"].as_str().unwrap())
+        .collect();
+    let newest: Vec<&str> = calls.iter().rev().take(8).map(String::as_str).collect();
+    assert_eq!(sids, newest);
+    let held: usize = redis::shared()
+        .cli(&["LLEN", &format!("{prefix}:{{{ACCOUNT}:nobody}}:calls")])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((8..=10).contains(&held), "{held} entries held");
+
+    // A trace as versions before 0.2.1 kept it, a list under `…:call:{…}`, is read with
+    // what is written now, older first.
+    let body = payload(ACCOUNT, "nobody");
+    let call = call_sid(&body);
+    assert_eq!(app.webhook(body).await.status, 404);
+    trace(&app, &call, 1).await;
+    let entry = redis::shared().cli(&["GET", &format!("{prefix}:trace:{{{ACCOUNT}:{call}}}")]);
+    let earlier = entry.trim().replace("\"status\":404", "\"status\":503");
+    redis::shared().cli(&[
+        "RPUSH",
+        &format!("{prefix}:call:{{{ACCOUNT}:{call}}}"),
+        &earlier,
+    ]);
+    let t = trace(&app, &call, 2).await;
+    assert_eq!(t["notifications"][0]["status"], 503);
+    assert_eq!(t["notifications"][1]["status"], 404);
 }
 
 #[tokio::test]

@@ -1343,7 +1343,7 @@ async fn call_traces_keep_their_entries_and_list_calls_per_identity(store: Arc<d
         let store = store.clone();
         async move {
             store
-                .recent_calls(&account(), &ident("bob"), since, 10)
+                .recent_calls(&account(), &ident("bob"), since, 10, 3)
                 .await
                 .unwrap()
         }
@@ -1360,7 +1360,7 @@ async fn call_traces_keep_their_entries_and_list_calls_per_identity(store: Arc<d
     assert_eq!(bob(s(-60)).await, vec!["CA5", "CA4", "CA3"]);
     assert_eq!(
         store
-            .recent_calls(&account(), &ident("carol"), s(-60), 10)
+            .recent_calls(&account(), &ident("carol"), s(-60), 10, 3)
             .await
             .unwrap(),
         vec!["CA9"]
@@ -1376,6 +1376,20 @@ async fn call_traces_keep_their_entries_and_list_calls_per_identity(store: Arc<d
         .unwrap();
     assert_eq!(kept.len(), MAX_TRACE_ENTRIES);
     assert_eq!(kept[0].as_ref(), b"{\"n\":5}");
+    // And as later batches add to it.
+    for n in 100..103 {
+        store
+            .record_calls(&[trace_write("CA7", None, s(21), n)])
+            .await
+            .unwrap();
+    }
+    let kept = store
+        .call_entries(&account(), &CallSid::parse("CA7").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), MAX_TRACE_ENTRIES);
+    assert_eq!(kept[0].as_ref(), b"{\"n\":8}");
+    assert_eq!(kept[MAX_TRACE_ENTRIES - 1].as_ref(), b"{\"n\":102}");
 }
 
 async fn room_facts_are_kept_once_per_id_and_rooms_listed_by_their_earliest_fact(

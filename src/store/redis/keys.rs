@@ -16,9 +16,9 @@
 //! | `<p>:{AC…:events}:fwd:<target>:cursor` | string | the position of the last event handed to the target |
 //! | `<p>:{AC…:events}:fwd:<target>:replay` | list | failed positions an admin asked to send again, oldest first |
 //! | `<p>:{AC…:events}:fwd:<target>:failed` | list | positions of events the target did not take within the retry budget (the most recent 10,000) |
-//! | `<p>:call:{AC…:CA…}` | list | the call's trace entries (JSON), the most recent 64, expiring after `calls.retention_secs` |
-//! | `<p>:{AC…:bob}:calls` | list | `<ms>:<call SID>` per notification recorded: the identity's calls, the most recent `calls.max_per_identity` entries, expiring after the retention |
-//! | `<p>:{AC…:bob}:ringing` | list | `<ms>\n<payload>` per call notification for the identity: the most recent 32, expiring `websocket.ringing_window_secs` after the last; replayed to clients reconnecting with `replay_since` |
+//! | `<p>:trace:{AC…:CA…}` | string | the call's trace entries, one JSON line each, the most recent 64, expiring `calls.retention_secs` after the last (`records.rs`) |
+//! | `<p>:{AC…:bob}:calls` | list | `<ms>:<call SID>` per notification recorded: the identity's calls; readers take the most recent `calls.max_per_identity`, and the list is trimmed to that number once an eighth longer; each entry kept at least the retention (`appends.rs`) |
+//! | `<p>:{AC…:bob}:ringing` | list | `<ms>\n<payload>` per call notification for the identity: readers take the most recent 32; each kept at least `websocket.ringing_window_secs` (`appends.rs`); replayed to clients reconnecting with `replay_since` |
 //! | `<p>:room:{AC…:RM…}` | hash | fact id → room-ledger fact (JSON), expiring after `rooms.retention_secs` |
 //! | `<p>:{AC…:rooms}:index` | sorted set | room SID → its earliest fact's `Timestamp` (ms) |
 //! | `<p>:node:<node id>` | pub/sub channel | messages for one replica (sharded on a cluster) |
@@ -31,6 +31,12 @@
 //! | `<p>:{AC…:bob}:bindings` | hash | binding id → binding JSON |
 //! | `<p>:addr:{AC…:apns:<token>}` | string | `["identity","binding id"]`: who owned the token |
 //! | `<p>:addr:{AC…:apns:<token>}:claims` | hash | owner JSON → claim number; `#seq` → the last claim number |
+//!
+//! Left by versions before 0.2.1, read until the retention has passed, never written:
+//!
+//! | key | type | held |
+//! |---|---|---|
+//! | `<p>:call:{AC…:CA…}` | list | the call's trace entries (JSON) |
 
 use sha2::{Digest, Sha256};
 
@@ -187,6 +193,11 @@ impl Keys {
 
     /// A call's trace, under a tag of its own: calls spread over a cluster's slots.
     pub fn call(&self, account: &AccountSid, call_sid: &CallSid) -> String {
+        format!("{}:trace:{{{account}:{call_sid}}}", self.prefix)
+    }
+
+    /// A call's trace as versions before 0.2.1 kept it (a list), in the same slot.
+    pub fn legacy_call(&self, account: &AccountSid, call_sid: &CallSid) -> String {
         format!("{}:call:{{{account}:{call_sid}}}", self.prefix)
     }
 
@@ -268,9 +279,14 @@ mod tests {
             tag(&keys.bindings(&a, &bob))
         );
         assert_eq!(tag(&keys.ringing(&a, &bob)), tag(&keys.bindings(&a, &bob)));
+        let call = CallSid::parse("CA1").unwrap();
         assert_eq!(
-            keys.call(&a, &CallSid::parse("CA1").unwrap()),
-            "callrelay:call:{AC0123456789abcdef0123456789abcdef:CA1}"
+            keys.call(&a, &call),
+            "callrelay:trace:{AC0123456789abcdef0123456789abcdef:CA1}"
+        );
+        assert_eq!(
+            tag(&keys.legacy_call(&a, &call)),
+            tag(&keys.call(&a, &call))
         );
         assert_eq!(
             keys.room(&a, &RoomSid::parse("RM1").unwrap()),

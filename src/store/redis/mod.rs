@@ -4,6 +4,7 @@
 //! (`link.rs`). One server, a Sentinel-managed master or a Redis Cluster (`connect.rs`): the
 //! operations below are the same on all three.
 
+mod appends;
 mod binding_scripts;
 mod bus;
 mod connect;
@@ -58,6 +59,8 @@ pub struct RedisStore {
     durability: Option<Durability>,
     /// Whether data of the earlier layout may be left (`legacy.rs`).
     layout: Arc<legacy::Layout>,
+    /// Which lists' expiries this replica set lately (`appends.rs`).
+    refreshes: std::sync::Mutex<appends::Refreshes>,
 }
 
 /// `store.min_replica_acks`: binding writes wait until replicas have them.
@@ -200,6 +203,7 @@ impl RedisStore {
             timeout,
             durability,
             layout: Arc::default(),
+            refreshes: std::sync::Mutex::default(),
         };
         store.watch_layout();
         Ok(store)
@@ -991,8 +995,9 @@ impl Store for RedisStore {
         identity: &Identity,
         since: OffsetDateTime,
         limit: usize,
+        kept: usize,
     ) -> Result<Vec<CallSid>, StoreError> {
-        self.read_recent_calls(account, identity, since, limit)
+        self.read_recent_calls(account, identity, since, limit, kept)
             .await
     }
 

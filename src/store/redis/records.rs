@@ -1,17 +1,31 @@
-//! Call traces and room-ledger facts on Redis (the rows `…:call:{…}`, `…:calls`,
-//! `…:room:{…}` and `…:rooms}:index` of `keys.rs`).
+//! Call traces, copies kept for replay, and room-ledger facts on Redis (the rows
+//! `…:trace:{…}`, `…:calls`, `…:ringing`, `…:room:{…}` and `…:rooms}:index` of `keys.rs`).
 //!
-//! Trace entries arrive in batches from the relay's writer, off every answer's path: one
-//! pipeline per batch, which the link splits per slot on a cluster. Every key written is given
-//! the retention as its expiry, and every list and index is trimmed as it grows, so Redis holds
-//! at most what the retention and the caps say.
+//! Trace entries and copies arrive in batches from the relay's writer, off every answer's
+//! path: one pipeline per batch, which the link splits per slot on a cluster. What a call
+//! notification costs Redis here is paid on every call, so it is kept to one command per key
+//! in the common case (each is about a `GET`'s worth of Redis's time):
+//!
+//! - a call's trace is a string of JSON lines, created with its expiry by one `SET … PX … NX`;
+//!   the rare later entry (an acknowledgement, a summary, a retry) is appended by a script in
+//!   a second round trip, which renews the expiry and keeps the last 64 lines;
+//! - an identity's calls and its copies for replay are lists appended to by `RPUSH` alone,
+//!   trimmed and given their expiry only when due (`appends.rs`).
+//!
+//! Every key written has an expiry and every list a cap, so Redis holds at most what the
+//! retention and the caps say.
 //!
 //! A room fact is kept before Twilio is answered (the ledger must not lose an acknowledged
 //! callback): a repeat of an event writes the same field with the same value.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
+use redis::Value;
 use time::OffsetDateTime;
 
+use super::appends::{self, Append};
 use super::{RedisStore, millis};
 use crate::domain::{AccountSid, CallSid, Identity, RoomSid};
 use crate::store::{
@@ -24,28 +38,81 @@ impl RedisStore {
         if writes.is_empty() {
             return Ok(());
         }
-        let keep = -(MAX_TRACE_ENTRIES as i64);
-        let mut pipe = redis::pipe();
+        // One value per call: its entries in this batch (the last 64), a line each, in the
+        // order recorded.
+        let mut calls: Vec<(String, Vec<&[u8]>, Duration)> = Vec::new();
+        let mut of_call: HashMap<&CallSid, usize> = HashMap::new();
         for w in writes {
-            let ttl = millis(w.retention);
-            let call = self.keys.call(&w.account, &w.call_sid);
-            pipe.rpush(&call, w.entry.as_ref()).ignore();
-            pipe.ltrim(&call, keep as isize, -1).ignore();
-            pipe.pexpire(&call, ttl as i64).ignore();
-            if let Some(identity) = &w.identity {
-                // The identity's calls as a list of `<ms>:<call SID>`, one per notification:
-                // three O(1) commands (a sorted set cost twice as much per call, measured).
-                // Readers take each call's earliest entry; the trim bounds the list.
-                let index = self.keys.identity_calls(&w.account, identity);
-                let cap = isize::try_from(w.max_per_identity).unwrap_or(isize::MAX);
-                pipe.rpush(&index, format!("{}:{}", unix_ms(w.at), w.call_sid))
+            debug_assert!(!w.entry.contains(&b'\n'), "a trace entry is one line");
+            let i = *of_call.entry(&w.call_sid).or_insert_with(|| {
+                let key = self.keys.call(&w.account, &w.call_sid);
+                calls.push((key, Vec::new(), w.retention));
+                calls.len() - 1
+            });
+            let (_, entries, retention) = &mut calls[i];
+            entries.push(&w.entry);
+            *retention = (*retention).max(w.retention);
+        }
+        let calls: Vec<(String, Vec<u8>, Duration)> = calls
+            .into_iter()
+            .map(|(key, entries, retention)| {
+                let from = entries.len().saturating_sub(MAX_TRACE_ENTRIES);
+                (key, entries[from..].join(&b'\n'), retention)
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        // A call's first entries create its trace, expiry included, in one command; a call
+        // already traced (a later entry: an acknowledgement, a summary, a retry) is appended
+        // to in the second round trip.
+        for (key, lines, retention) in &calls {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(lines.as_slice())
+                .arg("PX")
+                .arg(millis(*retention))
+                .arg("NX");
+        }
+        // The identity's calls as a list of `<ms>:<call SID>`, one per notification: readers
+        // take each call's earliest entry (a sorted set cost twice as much per call, measured).
+        let listed: Vec<(String, Vec<u8>, &TraceWrite)> = writes
+            .iter()
+            .filter_map(|w| {
+                let identity = w.identity.as_ref()?;
+                let line = format!("{}:{}", unix_ms(w.at), w.call_sid).into_bytes();
+                Some((self.keys.identity_calls(&w.account, identity), line, w))
+            })
+            .collect();
+        let planned = appends::add(
+            &mut pipe,
+            listed
+                .iter()
+                .map(|(key, line, w)| Append {
+                    key: key.clone(),
+                    value: line,
+                    cap: usize::try_from(w.max_per_identity).unwrap_or(usize::MAX),
+                    lifetime: w.retention,
+                })
+                .collect(),
+            &mut self.refreshes(),
+            Instant::now(),
+        );
+        let replies: Vec<Value> = self.send_appends(&pipe, &planned).await?;
+        let (created, lengths) = replies.split_at(calls.len().min(replies.len()));
+        let mut second = appends::follow_up(&planned, &lengths_of(lengths)).unwrap_or_default();
+        for ((key, lines, retention), created) in calls.iter().zip(created) {
+            if matches!(created, Value::Nil) {
+                second
+                    .cmd("EVAL")
+                    .arg(APPEND_TRACE)
+                    .arg(1)
+                    .arg(key)
+                    .arg(lines.as_slice())
+                    .arg(millis(*retention))
+                    .arg(MAX_TRACE_ENTRIES)
                     .ignore();
-                pipe.ltrim(&index, -cap, -1).ignore();
-                pipe.pexpire(&index, ttl as i64).ignore();
             }
         }
-        let mut c = self.conn.clone();
-        self.run(pipe.query_async::<()>(&mut c)).await
+        self.send_second(second).await
     }
 
     pub(super) async fn write_ringing(&self, writes: &[RingingWrite]) -> Result<(), StoreError> {
@@ -53,11 +120,47 @@ impl RedisStore {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for w in writes {
-            let key = self.keys.ringing(&w.account, &w.identity);
-            pipe.rpush(&key, w.entry.as_ref()).ignore();
-            pipe.ltrim(&key, -(MAX_RINGING as isize), -1).ignore();
-            pipe.pexpire(&key, millis(w.window) as i64).ignore();
+        let planned = appends::add(
+            &mut pipe,
+            writes
+                .iter()
+                .map(|w| Append {
+                    key: self.keys.ringing(&w.account, &w.identity),
+                    value: &w.entry,
+                    cap: MAX_RINGING,
+                    lifetime: w.window,
+                })
+                .collect(),
+            &mut self.refreshes(),
+            Instant::now(),
+        );
+        let lengths: Vec<Value> = self.send_appends(&pipe, &planned).await?;
+        let second = appends::follow_up(&planned, &lengths_of(&lengths)).unwrap_or_default();
+        self.send_second(second).await
+    }
+
+    fn refreshes(&self) -> std::sync::MutexGuard<'_, appends::Refreshes> {
+        self.refreshes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a pipeline carrying `planned`; when its outcome is unknown, the expiries it
+    /// carried are sent again with the next appends.
+    async fn send_appends(
+        &self,
+        pipe: &redis::Pipeline,
+        planned: &[appends::Planned],
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut c = self.conn.clone();
+        let sent = self.run(pipe.query_async(&mut c)).await;
+        if sent.is_err() {
+            self.refreshes().forget(appends::expiries_sent(planned));
+        }
+        sent
+    }
+
+    async fn send_second(&self, pipe: redis::Pipeline) -> Result<(), StoreError> {
+        if pipe.is_empty() {
+            return Ok(());
         }
         let mut c = self.conn.clone();
         self.run(pipe.query_async::<()>(&mut c)).await
@@ -68,17 +171,19 @@ impl RedisStore {
         account: &AccountSid,
         identity: &Identity,
     ) -> Result<Vec<Bytes>, StoreError> {
-        self.whole_list(&self.keys.ringing(account, identity)).await
+        let key = self.keys.ringing(account, identity);
+        self.list_tail(&key, MAX_RINGING).await
     }
 
-    /// Every element of the list at `key`, oldest first.
-    async fn whole_list(&self, key: &str) -> Result<Vec<Bytes>, StoreError> {
+    /// The last `n` elements of the list at `key`, oldest first.
+    async fn list_tail(&self, key: &str, n: usize) -> Result<Vec<Bytes>, StoreError> {
         let mut c = self.conn.clone();
+        let from = -isize::try_from(n).unwrap_or(isize::MAX);
         let entries: Vec<Vec<u8>> = self
             .run(
                 redis::cmd("LRANGE")
                     .arg(key)
-                    .arg(0)
+                    .arg(from)
                     .arg(-1)
                     .query_async(&mut c),
             )
@@ -91,7 +196,25 @@ impl RedisStore {
         account: &AccountSid,
         call_sid: &CallSid,
     ) -> Result<Vec<Bytes>, StoreError> {
-        self.whole_list(&self.keys.call(account, call_sid)).await
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        // Versions before 0.2.1 kept a call's entries as a list (same hash tag, same node);
+        // read until the retention has passed.
+        pipe.lrange(self.keys.legacy_call(account, call_sid), 0, -1)
+            .get(self.keys.call(account, call_sid));
+        let (earlier, lines): (Vec<Vec<u8>>, Option<Vec<u8>>) =
+            self.run(pipe.query_async(&mut c)).await?;
+        let lines = Bytes::from(lines.unwrap_or_default());
+        let mut entries: Vec<Bytes> = earlier.into_iter().map(Bytes::from).collect();
+        entries.extend(
+            lines
+                .split(|b| *b == b'\n')
+                .filter(|line| !line.is_empty())
+                .map(|line| lines.slice_ref(line)),
+        );
+        let extra = entries.len().saturating_sub(MAX_TRACE_ENTRIES);
+        entries.drain(..extra);
+        Ok(entries)
     }
 
     pub(super) async fn read_recent_calls(
@@ -100,21 +223,13 @@ impl RedisStore {
         identity: &Identity,
         since: OffsetDateTime,
         limit: usize,
+        kept: usize,
     ) -> Result<Vec<CallSid>, StoreError> {
-        let mut c = self.conn.clone();
         let key = self.keys.identity_calls(account, identity);
-        let listed: Vec<String> = self
-            .run(
-                redis::cmd("LRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut c),
-            )
-            .await?;
+        let listed = self.list_tail(&key, kept).await?;
         // `<ms>:<call SID>` entries; an unreadable one is passed over.
         let entries = listed.iter().filter_map(|entry| {
-            let (ms, call) = entry.split_once(':')?;
+            let (ms, call) = std::str::from_utf8(entry).ok()?.split_once(':')?;
             Some((ms.parse::<i64>().ok()?, CallSid::parse(call).ok()?))
         });
         Ok(newest_calls(entries, unix_ms(since), limit))
@@ -191,3 +306,35 @@ impl RedisStore {
             .collect())
     }
 }
+
+/// The lengths `RPUSH` answered.
+fn lengths_of(replies: &[Value]) -> Vec<i64> {
+    replies
+        .iter()
+        .map(|v| match v {
+            Value::Int(n) => *n,
+            _ => 0,
+        })
+        .collect()
+}
+
+/// Appends lines to a call's trace that exists already (the `SET … NX` that would have
+/// created it was refused), renews its expiry as a new list entry did, and keeps its last
+/// `ARGV[3]` lines. If the trace lapsed in between, `APPEND` creates it: readers pass over
+/// the empty first line. Sent as `EVAL`, never retried: a repeat would append twice, and a
+/// node that forgot the script cannot half-run a split pipeline this way.
+const APPEND_TRACE: &str = r"
+local len = redis.call('APPEND', KEYS[1], '\n' .. ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local keep = tonumber(ARGV[3])
+local s = redis.call('GET', KEYS[1])
+local _, breaks = string.gsub(s, '\n', '')
+if breaks >= keep then
+  local lines = {}
+  for line in string.gmatch(s, '[^\n]+') do lines[#lines + 1] = line end
+  if #lines > keep then
+    redis.call('SET', KEYS[1], table.concat(lines, '\n', #lines - keep + 1), 'KEEPTTL')
+  end
+end
+return len
+";
