@@ -51,6 +51,9 @@ use scripts::{HDEL_IF_EQUAL, STAMP_PRESENCES};
 
 pub struct RedisStore {
     conn: Link,
+    /// The call-record writer's connection: its batches (tens of writes each) would otherwise
+    /// sit in one ordered stream in front of the webhooks' lookups.
+    records: Link,
     keys: Keys,
     timeout: Duration,
     bus: bus::Bus,
@@ -175,6 +178,7 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let dialer = Arc::new(connect::Dialer::new(config, timeout)?);
         let conn = Link::open(dialer.clone(), "store", timeout).await;
+        let records = Link::open(dialer.clone(), "call records", timeout).await;
         let durability = match config.min_replica_acks {
             0 => None,
             replicas => Some(Durability {
@@ -184,7 +188,7 @@ impl RedisStore {
             }),
         };
         if let Some(master) = dialer.master_name() {
-            let mut links = vec![conn.downgrade()];
+            let mut links = vec![conn.downgrade(), records.downgrade()];
             links.extend(durability.as_ref().map(|d| d.link.downgrade()));
             tokio::spawn(switches::watch(
                 dialer.clone(),
@@ -199,6 +203,7 @@ impl RedisStore {
             outbox: outbox::Outbox::start(conn.clone(), timeout, bus.publish_command()),
             bus,
             conn,
+            records,
             keys: Keys::new(prefix),
             timeout,
             durability,

@@ -26,7 +26,7 @@ use redis::Value;
 use time::OffsetDateTime;
 
 use super::appends::{self, Append};
-use super::{RedisStore, millis};
+use super::{RedisStore, bounded, millis};
 use crate::domain::{AccountSid, CallSid, Identity, RoomSid};
 use crate::store::{
     MAX_RINGING, MAX_TRACE_ENTRIES, RingingWrite, RoomFactWrite, StoreError, TraceWrite,
@@ -150,8 +150,8 @@ impl RedisStore {
         pipe: &redis::Pipeline,
         planned: &[appends::Planned],
     ) -> Result<Vec<Value>, StoreError> {
-        let mut c = self.conn.clone();
-        let sent = self.run(pipe.query_async(&mut c)).await;
+        let mut c = self.records.clone();
+        let sent = bounded(&self.records, self.timeout, pipe.query_async(&mut c)).await;
         if sent.is_err() {
             self.refreshes().forget(appends::expiries_sent(planned));
         }
@@ -162,8 +162,8 @@ impl RedisStore {
         if pipe.is_empty() {
             return Ok(());
         }
-        let mut c = self.conn.clone();
-        self.run(pipe.query_async::<()>(&mut c)).await
+        let mut c = self.records.clone();
+        bounded(&self.records, self.timeout, pipe.query_async::<()>(&mut c)).await
     }
 
     pub(super) async fn read_ringing(
