@@ -11,7 +11,7 @@
 #
 # For a release, label the image with what it was built from (OCI image annotations):
 #
-#   docker build -t callrelay:0.2.0 \
+#   docker build -t callrelay:0.2.1 \
 #     --build-arg REVISION="$(git rev-parse HEAD)" \
 #     --build-arg SOURCE=https://github.com/<you>/callrelay .
 #
@@ -71,7 +71,7 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 # VERSION is Cargo.toml's (.ci/image-context checks they agree); REVISION the commit, also
 # reported by `callrelay --version` and the callrelay_build_info metric; SOURCE the repository's
 # URL.
-ARG VERSION=0.2.0
+ARG VERSION=0.2.1
 ARG REVISION=unknown
 ARG SOURCE=
 LABEL org.opencontainers.image.title="callrelay" \
