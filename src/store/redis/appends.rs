@@ -20,10 +20,11 @@
 //!   append after its restart: still capped.)
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 /// Lists whose expiry this replica set, and when. Forgotten at this size (the cost of
-/// forgetting is one `PEXPIRE` per list on its next append).
+/// forgetting is one `PEXPIRE` per list on its next append); about 3 MiB when full.
 const MAX_REMEMBERED: usize = 100_000;
 
 /// One value to append.
@@ -45,16 +46,19 @@ fn expiry(lifetime: Duration) -> Duration {
     lifetime + lifetime / 8
 }
 
-/// When this replica last set each list's expiry.
+/// When this replica last set each list's expiry, by a 64-bit hash of the list's key (two
+/// keys sharing one would, once in 2^64, have one list's expiry set later than due).
 #[derive(Default)]
 pub struct Refreshes {
-    last: HashMap<String, Instant>,
+    last: HashMap<u64, Instant>,
+    hasher: RandomState,
 }
 
 impl Refreshes {
     /// Whether `key`'s expiry is to be set now; if so, it is remembered as set.
     fn due(&mut self, key: &str, lifetime: Duration, now: Instant) -> bool {
-        if let Some(at) = self.last.get_mut(key) {
+        let id = self.hasher.hash_one(key);
+        if let Some(at) = self.last.get_mut(&id) {
             if now.saturating_duration_since(*at) < lifetime / 8 {
                 return false;
             }
@@ -64,14 +68,14 @@ impl Refreshes {
         if self.last.len() >= MAX_REMEMBERED {
             self.last.clear();
         }
-        self.last.insert(key.to_owned(), now);
+        self.last.insert(id, now);
         true
     }
 
     /// After a pipeline whose outcome is unknown: any expiry it carried may not be set.
-    pub fn forget(&mut self, keys: impl IntoIterator<Item = String>) {
+    pub fn forget<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>) {
         for key in keys {
-            self.last.remove(&key);
+            self.last.remove(&self.hasher.hash_one(key));
         }
     }
 }
@@ -129,11 +133,17 @@ pub fn follow_up(planned: &[Planned], lengths: &[i64]) -> Option<redis::Pipeline
 }
 
 /// The keys whose expiry `planned` sent.
-pub fn expiries_sent(planned: &[Planned]) -> impl Iterator<Item = String> + '_ {
+pub fn expiries_sent(planned: &[Planned]) -> impl Iterator<Item = &str> {
     planned
         .iter()
         .filter(|p| p.expiry_sent)
-        .map(|p| p.key.clone())
+        .map(|p| p.key.as_str())
+}
+
+/// Every key of `planned`: after a second round trip whose outcome is unknown, an expiry it
+/// carried may not be set, and is set again on the list's next append.
+pub fn keys(planned: &[Planned]) -> impl Iterator<Item = &str> {
+    planned.iter().map(|p| p.key.as_str())
 }
 
 fn millis(d: Duration) -> i64 {
@@ -206,7 +216,7 @@ mod tests {
         add(&mut pipe, vec![append("a", 10)], &mut refreshes, t + HOUR);
         assert_eq!(commands(&pipe), ["RPUSH a v", "PEXPIRE a 32400000"]);
         // Forgotten after a failed pipeline: set on the next append.
-        refreshes.forget(["a".to_owned()]);
+        refreshes.forget(["a"]);
         let mut pipe = redis::pipe();
         add(&mut pipe, vec![append("a", 10)], &mut refreshes, t + HOUR);
         assert_eq!(commands(&pipe), ["RPUSH a v", "PEXPIRE a 32400000"]);

@@ -112,7 +112,7 @@ impl RedisStore {
                     .ignore();
             }
         }
-        self.send_second(second).await
+        self.send_second(second, &planned).await
     }
 
     pub(super) async fn write_ringing(&self, writes: &[RingingWrite]) -> Result<(), StoreError> {
@@ -136,7 +136,7 @@ impl RedisStore {
         );
         let lengths: Vec<Value> = self.send_appends(&pipe, &planned).await?;
         let second = appends::follow_up(&planned, &lengths_of(&lengths)).unwrap_or_default();
-        self.send_second(second).await
+        self.send_second(second, &planned).await
     }
 
     fn refreshes(&self) -> std::sync::MutexGuard<'_, appends::Refreshes> {
@@ -158,12 +158,21 @@ impl RedisStore {
         sent
     }
 
-    async fn send_second(&self, pipe: redis::Pipeline) -> Result<(), StoreError> {
+    /// The second round trip of appends `planned`, if it has anything to send.
+    async fn send_second(
+        &self,
+        pipe: redis::Pipeline,
+        planned: &[appends::Planned],
+    ) -> Result<(), StoreError> {
         if pipe.is_empty() {
             return Ok(());
         }
         let mut c = self.records.clone();
-        bounded(&self.records, self.timeout, pipe.query_async::<()>(&mut c)).await
+        let sent = bounded(&self.records, self.timeout, pipe.query_async::<()>(&mut c)).await;
+        if sent.is_err() {
+            self.refreshes().forget(appends::keys(planned));
+        }
+        sent
     }
 
     pub(super) async fn read_ringing(
