@@ -6,9 +6,9 @@
 //! `GET` does, and the writer sends them for every call notification. So:
 //!
 //! - **Trimmed with slack.** `RPUSH` answers the list's length; a list longer than its cap
-//!   plus an eighth is trimmed back to its cap, in a second round trip. Readers read the last
-//!   `cap` entries (`LRANGE -cap -1`), so nobody sees the slack, and a list holds at most
-//!   `cap + cap / 8 + 1` entries.
+//!   plus its slack (`cap / 8 + 1`) is trimmed back to its cap, in a second round trip.
+//!   Readers read the last `cap` entries (`LRANGE -cap -1`), so nobody sees the slack; a list
+//!   holds its cap plus its slack plus what one batch appends before the trim.
 //! - **The expiry refreshed an eighth of the lifetime ahead.** Each replica sets a list's
 //!   expiry to the lifetime plus an eighth, and sets it again only once an eighth of the
 //!   lifetime has passed since it last did. Every entry then lives at least the lifetime:

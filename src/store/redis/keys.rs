@@ -17,7 +17,7 @@
 //! | `<p>:{AC…:events}:fwd:<target>:replay` | list | failed positions an admin asked to send again, oldest first |
 //! | `<p>:{AC…:events}:fwd:<target>:failed` | list | positions of events the target did not take within the retry budget (the most recent 10,000) |
 //! | `<p>:trace:{AC…:CA…}` | string | the call's trace entries, one JSON line each, the most recent 64, expiring `calls.retention_secs` after the last (`records.rs`) |
-//! | `<p>:{AC…:bob}:calls` | list | `<ms>:<call SID>` per notification recorded: the identity's calls; readers take the most recent `calls.max_per_identity`, and the list is trimmed to that number once an eighth longer; each entry kept at least the retention (`appends.rs`) |
+//! | `<p>:{AC…:bob}:calls` | list | `<ms>:<call SID>` per notification recorded: the identity's calls; readers take the most recent `calls.max_per_identity`, and the list is trimmed to that number once longer by more than an eighth plus one; each entry kept at least the retention (`appends.rs`) |
 //! | `<p>:{AC…:bob}:ringing` | list | `<ms>\n<payload>` per call notification for the identity: readers take the most recent 32; each kept at least `websocket.ringing_window_secs` (`appends.rs`); replayed to clients reconnecting with `replay_since` |
 //! | `<p>:room:{AC…:RM…}` | hash | fact id → room-ledger fact (JSON), expiring after `rooms.retention_secs` |
 //! | `<p>:{AC…:rooms}:index` | sorted set | room SID → its earliest fact's `Timestamp` (ms) |

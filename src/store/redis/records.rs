@@ -2,7 +2,8 @@
 //! `…:trace:{…}`, `…:calls`, `…:ringing`, `…:room:{…}` and `…:rooms}:index` of `keys.rs`).
 //!
 //! Trace entries and copies arrive in batches from the relay's writer, off every answer's
-//! path: one pipeline per batch, which the link splits per slot on a cluster. What a call
+//! path, on a connection of its own: one pipeline per batch (which the link splits per slot on
+//! a cluster), and a second only for what the first's answers ask for. What a call
 //! notification costs Redis here is paid on every call, so it is kept to one command per key
 //! in the common case (each is about a `GET`'s worth of Redis's time):
 //!
@@ -12,8 +13,8 @@
 //! - an identity's calls and its copies for replay are lists appended to by `RPUSH` alone,
 //!   trimmed and given their expiry only when due (`appends.rs`).
 //!
-//! Every key written has an expiry and every list a cap, so Redis holds at most what the
-//! retention and the caps say.
+//! Every key is written with an expiry, or given one on a later append (`appends.rs` says
+//! when), and every list is trimmed, so Redis holds about what the retention and the caps say.
 //!
 //! A room fact is kept before Twilio is answered (the ledger must not lose an acknowledged
 //! callback): a repeat of an event writes the same field with the same value.
@@ -41,11 +42,12 @@ impl RedisStore {
         // One value per call: its entries in this batch (the last 64), a line each, in the
         // order recorded.
         let mut calls: Vec<(String, Vec<&[u8]>, Duration)> = Vec::new();
-        let mut of_call: HashMap<&CallSid, usize> = HashMap::new();
+        // By key: the same call SID under two accounts is two traces.
+        let mut of_call: HashMap<String, usize> = HashMap::new();
         for w in writes {
             debug_assert!(!w.entry.contains(&b'\n'), "a trace entry is one line");
-            let i = *of_call.entry(&w.call_sid).or_insert_with(|| {
-                let key = self.keys.call(&w.account, &w.call_sid);
+            let key = self.keys.call(&w.account, &w.call_sid);
+            let i = *of_call.entry(key.clone()).or_insert_with(|| {
                 calls.push((key, Vec::new(), w.retention));
                 calls.len() - 1
             });
@@ -98,10 +100,11 @@ impl RedisStore {
         );
         let replies: Vec<Value> = self.send_appends(&pipe, &planned).await?;
         let (created, lengths) = replies.split_at(calls.len().min(replies.len()));
-        let mut second = appends::follow_up(&planned, &lengths_of(lengths)).unwrap_or_default();
+        let upkeep = appends::follow_up(&planned, &lengths_of(lengths));
+        let mut later = redis::pipe();
         for ((key, lines, retention), created) in calls.iter().zip(created) {
             if matches!(created, Value::Nil) {
-                second
+                later
                     .cmd("EVAL")
                     .arg(APPEND_TRACE)
                     .arg(1)
@@ -112,7 +115,16 @@ impl RedisStore {
                     .ignore();
             }
         }
-        self.send_second(second, &planned).await
+        // Entries are lost only if the appends fail; a failed trim or expiry is done again later.
+        let appended = async {
+            if later.is_empty() {
+                return Ok(());
+            }
+            let mut c = self.records.clone();
+            bounded(&self.records, self.timeout, later.query_async::<()>(&mut c)).await
+        };
+        let ((), appended) = tokio::join!(self.upkeep(upkeep, &planned), appended);
+        appended
     }
 
     pub(super) async fn write_ringing(&self, writes: &[RingingWrite]) -> Result<(), StoreError> {
@@ -135,8 +147,12 @@ impl RedisStore {
             Instant::now(),
         );
         let lengths: Vec<Value> = self.send_appends(&pipe, &planned).await?;
-        let second = appends::follow_up(&planned, &lengths_of(&lengths)).unwrap_or_default();
-        self.send_second(second, &planned).await
+        self.upkeep(
+            appends::follow_up(&planned, &lengths_of(&lengths)),
+            &planned,
+        )
+        .await;
+        Ok(())
     }
 
     fn refreshes(&self) -> std::sync::MutexGuard<'_, appends::Refreshes> {
@@ -158,21 +174,18 @@ impl RedisStore {
         sent
     }
 
-    /// The second round trip of appends `planned`, if it has anything to send.
-    async fn send_second(
-        &self,
-        pipe: redis::Pipeline,
-        planned: &[appends::Planned],
-    ) -> Result<(), StoreError> {
-        if pipe.is_empty() {
-            return Ok(());
-        }
+    /// The trims and expiries the appends `planned` turned out to need. Every entry is
+    /// already stored: when these fail, nothing is lost, the lists are trimmed on a later
+    /// append, and their expiries are set again on their next one.
+    async fn upkeep(&self, pipe: Option<redis::Pipeline>, planned: &[appends::Planned]) {
+        let Some(pipe) = pipe else {
+            return;
+        };
         let mut c = self.records.clone();
-        let sent = bounded(&self.records, self.timeout, pipe.query_async::<()>(&mut c)).await;
-        if sent.is_err() {
+        if let Err(e) = bounded(&self.records, self.timeout, pipe.query_async::<()>(&mut c)).await {
             self.refreshes().forget(appends::keys(planned));
+            tracing::warn!(error = %e, "could not trim or set the expiry of call-record lists; a later append will");
         }
-        sent
     }
 
     pub(super) async fn read_ringing(
@@ -221,6 +234,11 @@ impl RedisStore {
                 .filter(|line| !line.is_empty())
                 .map(|line| lines.slice_ref(line)),
         );
+        // A write the cluster client sent again (a connection lost, a slot moved) may have
+        // appended the same lines twice; an entry carries its own time to the nanosecond, so
+        // two equal lines are one entry.
+        let mut seen = std::collections::HashSet::new();
+        entries.retain(|e| seen.insert(e.clone()));
         let extra = entries.len().saturating_sub(MAX_TRACE_ENTRIES);
         entries.drain(..extra);
         Ok(entries)
@@ -330,8 +348,10 @@ fn lengths_of(replies: &[Value]) -> Vec<i64> {
 /// Appends lines to a call's trace that exists already (the `SET … NX` that would have
 /// created it was refused), renews its expiry as a new list entry did, and keeps its last
 /// `ARGV[3]` lines. If the trace lapsed in between, `APPEND` creates it: readers pass over
-/// the empty first line. Sent as `EVAL`, never retried: a repeat would append twice, and a
-/// node that forgot the script cannot half-run a split pipeline this way.
+/// the empty first line. Sent as `EVAL`, not `EVALSHA`: callrelay never sends it again after
+/// a node that forgot its scripts refused part of a split pipeline, which would append twice.
+/// (The cluster client itself may resend a pipeline whose connection dropped; readers drop
+/// repeated lines.)
 const APPEND_TRACE: &str = r"
 local len = redis.call('APPEND', KEYS[1], '\n' .. ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
