@@ -1365,6 +1365,21 @@ async fn call_traces_keep_their_entries_and_list_calls_per_identity(store: Arc<d
             .unwrap(),
         vec!["CA9"]
     );
+    // One call SID under two accounts, in one batch: two traces, each with its own entry.
+    let other = AccountSid::parse("AC11111111111111111111111111111111").unwrap();
+    let theirs = TraceWrite {
+        account: other.clone(),
+        ..trace_write("CA8", None, s(30), 77)
+    };
+    store
+        .record_calls(&[trace_write("CA8", None, s(30), 76), theirs])
+        .await
+        .unwrap();
+    let ca8 = CallSid::parse("CA8").unwrap();
+    let ours = store.call_entries(&account(), &ca8).await.unwrap();
+    assert_eq!(ours, vec![Bytes::from_static(b"{\"n\":76}")]);
+    let theirs = store.call_entries(&other, &ca8).await.unwrap();
+    assert_eq!(theirs, vec![Bytes::from_static(b"{\"n\":77}")]);
     // A call's list keeps the most recent entries only.
     let many: Vec<TraceWrite> = (0..MAX_TRACE_ENTRIES + 5)
         .map(|n| trace_write("CA7", None, s(20), n))
