@@ -76,23 +76,22 @@ impl RedisStore {
         }
         // The identity's calls as a list of `<ms>:<call SID>`, one per notification: readers
         // take each call's earliest entry (a sorted set cost twice as much per call, measured).
-        let listed: Vec<(String, Vec<u8>, &TraceWrite)> = writes
+        let lines: Vec<Vec<u8>> = writes
             .iter()
-            .filter_map(|w| {
-                let identity = w.identity.as_ref()?;
-                let line = format!("{}:{}", unix_ms(w.at), w.call_sid).into_bytes();
-                Some((self.keys.identity_calls(&w.account, identity), line, w))
-            })
+            .map(|w| format!("{}:{}", unix_ms(w.at), w.call_sid).into_bytes())
             .collect();
         let planned = appends::add(
             &mut pipe,
-            listed
+            writes
                 .iter()
-                .map(|(key, line, w)| Append {
-                    key: key.clone(),
-                    value: line,
-                    cap: usize::try_from(w.max_per_identity).unwrap_or(usize::MAX),
-                    lifetime: w.retention,
+                .zip(&lines)
+                .filter_map(|(w, line)| {
+                    Some(Append {
+                        key: self.keys.identity_calls(&w.account, w.identity.as_ref()?),
+                        value: line,
+                        cap: usize::try_from(w.max_per_identity).unwrap_or(usize::MAX),
+                        lifetime: w.retention,
+                    })
                 })
                 .collect(),
             &mut self.refreshes(),
@@ -120,8 +119,7 @@ impl RedisStore {
             if later.is_empty() {
                 return Ok(());
             }
-            let mut c = self.records.clone();
-            bounded(&self.records, self.timeout, later.query_async::<()>(&mut c)).await
+            self.on_records(&later).await
         };
         let ((), appended) = tokio::join!(self.upkeep(upkeep, &planned), appended);
         appended
@@ -155,6 +153,15 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Sends `pipe` on the writer's own connection, bounded by the command timeout.
+    async fn on_records<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut c = self.records.clone();
+        bounded(&self.records, self.timeout, pipe.query_async(&mut c)).await
+    }
+
     fn refreshes(&self) -> std::sync::MutexGuard<'_, appends::Refreshes> {
         self.refreshes.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -166,8 +173,7 @@ impl RedisStore {
         pipe: &redis::Pipeline,
         planned: &[appends::Planned],
     ) -> Result<Vec<Value>, StoreError> {
-        let mut c = self.records.clone();
-        let sent = bounded(&self.records, self.timeout, pipe.query_async(&mut c)).await;
+        let sent = self.on_records(pipe).await;
         if sent.is_err() {
             self.refreshes().forget(appends::expiries_sent(planned));
         }
@@ -181,8 +187,7 @@ impl RedisStore {
         let Some(pipe) = pipe else {
             return;
         };
-        let mut c = self.records.clone();
-        if let Err(e) = bounded(&self.records, self.timeout, pipe.query_async::<()>(&mut c)).await {
+        if let Err(e) = self.on_records::<()>(&pipe).await {
             self.refreshes().forget(appends::keys(planned));
             tracing::warn!(error = %e, "could not trim or set the expiry of call-record lists; a later append will");
         }
